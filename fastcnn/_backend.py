@@ -1,0 +1,141 @@
+"""Which backend runs the ops, and how many threads it may use.
+
+Two backends implement the same functions (see ``_kernels/BACKEND_API.md``): the compiled
+Cython kernels and the pure-numpy reference in ``_reference.py``. The compiled one is the
+default whenever it imports; otherwise fastcnn falls back to numpy and warns once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import types
+import warnings
+from collections.abc import Iterator
+
+BACKENDS = ("cython", "numpy")
+
+
+class FastCNNWarning(UserWarning):
+    """Warning category for fastcnn (e.g. the compiled extension failed to import)."""
+
+
+def _import_compiled() -> tuple[types.SimpleNamespace | None, str | None]:
+    try:
+        from fastcnn._kernels import _conv, _openmp, _pool
+    except Exception as exc:  # any failure (missing .so, ABI mismatch) means: fall back
+        return None, f"{type(exc).__name__}: {exc}"
+    namespace = types.SimpleNamespace(
+        name="cython",
+        conv2d_forward=_conv.conv2d_forward,
+        conv2d_backward=_conv.conv2d_backward,
+        max_pool2d_forward=_pool.max_pool2d_forward,
+        max_pool2d_backward=_pool.max_pool2d_backward,
+        avg_pool2d_forward=_pool.avg_pool2d_forward,
+        avg_pool2d_backward=_pool.avg_pool2d_backward,
+        openmp=_openmp,
+    )
+    return namespace, None
+
+
+_compiled, _compiled_error = _import_compiled()
+_reference = None  # imported on first use: keeps `import fastcnn` light
+
+
+def _reference_module():
+    global _reference
+    if _reference is None:
+        from fastcnn import _reference as ref
+
+        _reference = ref
+    return _reference
+
+
+def _initial_backend() -> str:
+    requested = os.environ.get("FASTCNN_BACKEND", "").strip().lower()
+    if requested and requested not in BACKENDS:
+        raise ValueError(
+            f"FASTCNN_BACKEND must be one of {BACKENDS}, got {os.environ['FASTCNN_BACKEND']!r}"
+        )
+    if requested == "cython" and _compiled is None:
+        raise ImportError(
+            "FASTCNN_BACKEND=cython was requested but the compiled extension "
+            f"could not be imported ({_compiled_error})"
+        )
+    if requested:
+        return requested
+    if _compiled is None:
+        warnings.warn(
+            "fastcnn's compiled extension could not be imported, so the (much slower) "
+            f"numpy backend is used. Reason: {_compiled_error}. "
+            "Reinstall fastcnn (pip install --force-reinstall fastcnn) to get the "
+            "compiled kernels.",
+            FastCNNWarning,
+            stacklevel=3,
+        )
+        return "numpy"
+    return "cython"
+
+
+_active = _initial_backend()
+_lock = threading.Lock()
+
+
+def available_backends() -> tuple[str, ...]:
+    """Names of the backends that can be selected on this installation."""
+    return BACKENDS if _compiled is not None else ("numpy",)
+
+
+def backend_import_error() -> str | None:
+    """Why the compiled extension failed to import, or None if it imported."""
+    return _compiled_error
+
+
+def get_backend() -> str:
+    """Name of the active backend: ``'cython'`` or ``'numpy'``."""
+    return _active
+
+
+def set_backend(name: str) -> None:
+    """Select the backend used by every op from now on.
+
+    Parameters
+    ----------
+    name : {'cython', 'numpy'}
+        ``'cython'`` needs the compiled extension; ``'numpy'`` is always available.
+    """
+    global _active
+    if not isinstance(name, str) or name.lower() not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    name = name.lower()
+    if name == "cython" and _compiled is None:
+        raise ImportError(f"the compiled backend is not available: {_compiled_error}")
+    with _lock:
+        _active = name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[str]:
+    """Context manager that selects a backend and restores the previous one on exit.
+
+    Examples
+    --------
+    >>> import fastcnn
+    >>> with fastcnn.use_backend("numpy"):
+    ...     fastcnn.get_backend()
+    'numpy'
+    """
+    previous = get_backend()
+    set_backend(name)
+    try:
+        yield name.lower()
+    finally:
+        set_backend(previous)
+
+
+def current():
+    """The module-like object implementing the active backend's kernels."""
+    if _active == "cython":
+        return _compiled
+    return _reference_module()

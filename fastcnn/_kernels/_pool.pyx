@@ -1,0 +1,181 @@
+"""Compiled 2-D max and average pooling, forward and backward (NCHW, PyTorch semantics).
+
+Design
+------
+Every (n, c) plane is independent, so the kernels run one OpenMP ``prange`` over the
+N*C planes and make a single pass over each: max pooling writes each output and its
+argmax index together, and the backward passes scatter into a plane that only the
+current thread touches, so overlapping windows accumulate without atomics.
+"""
+
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport INFINITY
+from libc.string cimport memset
+
+
+cdef inline Py_ssize_t min_ssize(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a < b else b
+
+
+cdef inline Py_ssize_t max_ssize(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a > b else b
+
+
+cdef void max_plane(const floating* x, floating* out, long long* idx,
+                    Py_ssize_t h, Py_ssize_t w, Py_ssize_t h_out, Py_ssize_t w_out,
+                    Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh,
+                    Py_ssize_t dw) noexcept nogil:
+    cdef Py_ssize_t oh, ow, i, j, ih, iw, best
+    cdef floating v, m
+    for oh in range(h_out):
+        for ow in range(w_out):
+            m = -INFINITY
+            best = -1
+            for i in range(kh):
+                ih = oh * sh - ph + i * dh
+                if ih < 0 or ih >= h:
+                    continue
+                for j in range(kw):
+                    iw = ow * sw - pw + j * dw
+                    if iw < 0 or iw >= w:
+                        continue
+                    v = x[ih * w + iw]
+                    # Strict '>' keeps the first of tied maxima; the first NaN wins and
+                    # then sticks, because nothing compares greater than NaN.
+                    if best < 0 or v > m or (v != v and m == m):
+                        m = v
+                        best = ih * w + iw
+            out[oh * w_out + ow] = m
+            idx[oh * w_out + ow] = best
+
+
+cdef void avg_window(Py_ssize_t o, Py_ssize_t stride, Py_ssize_t pad, Py_ssize_t k,
+                     Py_ssize_t size, Py_ssize_t* start, Py_ssize_t* end,
+                     Py_ssize_t* span) noexcept nogil:
+    # PyTorch's window: clip to the padded extent for the divisor, then to the input.
+    cdef Py_ssize_t s = o * stride - pad
+    cdef Py_ssize_t e = min_ssize(s + k, size + pad)
+    span[0] = e - s
+    start[0] = max_ssize(s, 0)
+    end[0] = min_ssize(e, size)
+
+
+cdef void avg_plane(const floating* x, floating* out, Py_ssize_t h, Py_ssize_t w,
+                    Py_ssize_t h_out, Py_ssize_t w_out, Py_ssize_t kh, Py_ssize_t kw,
+                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                    bint count_include_pad, Py_ssize_t divisor_override) noexcept nogil:
+    cdef Py_ssize_t oh, ow, ih, iw, h0, h1, w0, w1, span_h, span_w, divisor
+    cdef floating acc
+    for oh in range(h_out):
+        avg_window(oh, sh, ph, kh, h, &h0, &h1, &span_h)
+        for ow in range(w_out):
+            avg_window(ow, sw, pw, kw, w, &w0, &w1, &span_w)
+            if divisor_override:
+                divisor = divisor_override
+            elif count_include_pad:
+                divisor = span_h * span_w
+            else:
+                divisor = (h1 - h0) * (w1 - w0)
+            acc = 0
+            for ih in range(h0, h1):
+                for iw in range(w0, w1):
+                    acc = acc + x[ih * w + iw]
+            out[oh * w_out + ow] = acc / divisor
+
+
+cdef void avg_plane_backward(const floating* grad_out, floating* grad_x,
+                             Py_ssize_t h, Py_ssize_t w, Py_ssize_t h_out,
+                             Py_ssize_t w_out, Py_ssize_t kh, Py_ssize_t kw,
+                             Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                             bint count_include_pad,
+                             Py_ssize_t divisor_override) noexcept nogil:
+    cdef Py_ssize_t oh, ow, ih, iw, h0, h1, w0, w1, span_h, span_w, divisor
+    cdef floating share
+    memset(grad_x, 0, h * w * sizeof(floating))
+    for oh in range(h_out):
+        avg_window(oh, sh, ph, kh, h, &h0, &h1, &span_h)
+        for ow in range(w_out):
+            avg_window(ow, sw, pw, kw, w, &w0, &w1, &span_w)
+            if divisor_override:
+                divisor = divisor_override
+            elif count_include_pad:
+                divisor = span_h * span_w
+            else:
+                divisor = (h1 - h0) * (w1 - w0)
+            share = grad_out[oh * w_out + ow] / divisor
+            for ih in range(h0, h1):
+                for iw in range(w0, w1):
+                    grad_x[ih * w + iw] += share
+
+
+def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+                       long long[:, :, :, ::1] indices,
+                       Py_ssize_t kernel_h, Py_ssize_t kernel_w,
+                       Py_ssize_t stride_h, Py_ssize_t stride_w,
+                       Py_ssize_t pad_h, Py_ssize_t pad_w,
+                       Py_ssize_t dil_h, Py_ssize_t dil_w, int n_threads):
+    """See BACKEND_API.md. Writes every element of ``out`` and ``indices``."""
+    cdef Py_ssize_t planes = x.shape[0] * x.shape[1], p
+    cdef Py_ssize_t h = x.shape[2], w = x.shape[3]
+    cdef Py_ssize_t h_out = out.shape[2], w_out = out.shape[3]
+    with nogil:
+        for p in prange(planes, num_threads=n_threads, schedule="static"):
+            max_plane(&x[0, 0, 0, 0] + p * h * w, &out[0, 0, 0, 0] + p * h_out * w_out,
+                      &indices[0, 0, 0, 0] + p * h_out * w_out, h, w, h_out, w_out,
+                      kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
+
+
+def max_pool2d_backward(const floating[:, :, :, ::1] grad_out,
+                        const long long[:, :, :, ::1] indices,
+                        floating[:, :, :, ::1] grad_x, int n_threads):
+    """See BACKEND_API.md. Overwrites ``grad_x``; indices must lie in [0, H*W)."""
+    cdef Py_ssize_t planes = grad_x.shape[0] * grad_x.shape[1], p, o
+    cdef Py_ssize_t plane = grad_x.shape[2] * grad_x.shape[3]
+    cdef Py_ssize_t n_out = grad_out.shape[2] * grad_out.shape[3]
+    cdef const floating* go
+    cdef const long long* idx
+    cdef floating* gx
+    with nogil:
+        for p in prange(planes, num_threads=n_threads, schedule="static"):
+            go = &grad_out[0, 0, 0, 0] + p * n_out
+            idx = &indices[0, 0, 0, 0] + p * n_out
+            gx = &grad_x[0, 0, 0, 0] + p * plane
+            memset(gx, 0, plane * sizeof(floating))
+            for o in range(n_out):
+                gx[idx[o]] += go[o]
+
+
+def avg_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+                       Py_ssize_t kernel_h, Py_ssize_t kernel_w,
+                       Py_ssize_t stride_h, Py_ssize_t stride_w,
+                       Py_ssize_t pad_h, Py_ssize_t pad_w,
+                       bint count_include_pad, Py_ssize_t divisor_override, int n_threads):
+    """See BACKEND_API.md. Writes every element of ``out``."""
+    cdef Py_ssize_t planes = x.shape[0] * x.shape[1], p
+    cdef Py_ssize_t h = x.shape[2], w = x.shape[3]
+    cdef Py_ssize_t h_out = out.shape[2], w_out = out.shape[3]
+    with nogil:
+        for p in prange(planes, num_threads=n_threads, schedule="static"):
+            avg_plane(&x[0, 0, 0, 0] + p * h * w, &out[0, 0, 0, 0] + p * h_out * w_out,
+                      h, w, h_out, w_out, kernel_h, kernel_w, stride_h, stride_w,
+                      pad_h, pad_w, count_include_pad, divisor_override)
+
+
+def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
+                        floating[:, :, :, ::1] grad_x,
+                        Py_ssize_t kernel_h, Py_ssize_t kernel_w,
+                        Py_ssize_t stride_h, Py_ssize_t stride_w,
+                        Py_ssize_t pad_h, Py_ssize_t pad_w,
+                        bint count_include_pad, Py_ssize_t divisor_override, int n_threads):
+    """See BACKEND_API.md. Overwrites ``grad_x``."""
+    cdef Py_ssize_t planes = grad_x.shape[0] * grad_x.shape[1], p
+    cdef Py_ssize_t h = grad_x.shape[2], w = grad_x.shape[3]
+    cdef Py_ssize_t h_out = grad_out.shape[2], w_out = grad_out.shape[3]
+    with nogil:
+        for p in prange(planes, num_threads=n_threads, schedule="static"):
+            avg_plane_backward(&grad_out[0, 0, 0, 0] + p * h_out * w_out,
+                               &grad_x[0, 0, 0, 0] + p * h * w, h, w, h_out, w_out,
+                               kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                               count_include_pad, divisor_override)

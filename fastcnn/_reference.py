@@ -1,0 +1,540 @@
+"""Pure-numpy reference backend.
+
+This module implements the backend interface described in ``_kernels/BACKEND_API.md``
+with the same function names and signatures as the compiled ``_kernels._conv`` and
+``_kernels._pool``. It has two jobs:
+
+* it is the correctness oracle the compiled kernels are tested against, so every
+  function is written to be obviously right before it is fast;
+* it is the fallback used when the compiled extension is not available.
+
+Design
+------
+Every op is expressed over *windows*: the (padded) input is viewed, without copying,
+as an array of shape ``(N, C, H_out, W_out, kH, kW)`` with
+``numpy.lib.stride_tricks.sliding_window_view``, then stride and dilation are plain
+slices of that view. Convolution is one batched matmul over groups on the im2col
+matrix built from those windows; backward passes scatter back with a loop over the
+``kH * kW`` kernel offsets, each a vectorized strided slice add. There are no Python
+loops over batch elements or pixels.
+
+As for the compiled backend, the caller validates every argument and allocates every
+output; functions here only overwrite the output buffers they are given. Arithmetic is
+done in the dtype of the inputs. ``n_threads`` is accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from numpy.typing import NDArray
+
+__all__ = [
+    "conv2d_forward",
+    "conv2d_backward",
+    "max_pool2d_forward",
+    "max_pool2d_backward",
+    "avg_pool2d_forward",
+    "avg_pool2d_backward",
+]
+
+FloatArray = NDArray[np.floating]
+IndexArray = NDArray[np.int64]
+
+
+# --------------------------------------------------------------------------------------
+# Window helpers
+# --------------------------------------------------------------------------------------
+
+
+def _span(out_size: int, kernel: int, stride: int, dilation: int) -> int:
+    """Extent of the padded input touched by ``out_size`` windows."""
+    return (out_size - 1) * stride + dilation * (kernel - 1) + 1
+
+
+def _pad(
+    x: FloatArray,
+    pad_h: int,
+    pad_w: int,
+    span_h: int,
+    span_w: int,
+    value: float,
+) -> FloatArray:
+    """Pad the last two axes by ``pad`` before and enough after to cover ``span``.
+
+    The trailing pad is at least ``pad`` and grows further when ceil_mode windows
+    run past the padded edge, so that every window has a full-size view; the extra
+    cells hold ``value`` like the rest of the padding.
+    """
+    H, W = x.shape[-2:]
+    after_h = max(pad_h, span_h - H - pad_h)
+    after_w = max(pad_w, span_w - W - pad_w)
+    if pad_h == pad_w == after_h == after_w == 0:
+        return x
+    widths = [(0, 0)] * (x.ndim - 2) + [(pad_h, after_h), (pad_w, after_w)]
+    return np.pad(x, widths, mode="constant", constant_values=value)
+
+
+def _windows(
+    xp: FloatArray,
+    out_h: int,
+    out_w: int,
+    kernel_h: int,
+    kernel_w: int,
+    stride_h: int,
+    stride_w: int,
+    dil_h: int,
+    dil_w: int,
+) -> FloatArray:
+    """Read-only view of shape ``(N, C, out_h, out_w, kernel_h, kernel_w)`` over ``xp``.
+
+    Element ``[n, c, oh, ow, i, j]`` is ``xp[n, c, oh*stride_h + i*dil_h,
+    ow*stride_w + j*dil_w]``, with ``xp`` already padded.
+    """
+    # A dilated kernel covers this extent; stepping through it by `dil` keeps its taps.
+    ext_h = dil_h * (kernel_h - 1) + 1
+    ext_w = dil_w * (kernel_w - 1) + 1
+    view = sliding_window_view(xp, (ext_h, ext_w), axis=(-2, -1))
+    return view[
+        :,
+        :,
+        : (out_h - 1) * stride_h + 1 : stride_h,
+        : (out_w - 1) * stride_w + 1 : stride_w,
+        ::dil_h,
+        ::dil_w,
+    ]
+
+
+def _offset_slices(
+    i: int,
+    j: int,
+    out_h: int,
+    out_w: int,
+    stride_h: int,
+    stride_w: int,
+    dil_h: int,
+    dil_w: int,
+) -> tuple[slice, slice, slice, slice]:
+    """Index into a padded buffer: the cells kernel tap ``(i, j)`` visits, one per output.
+
+    The result has shape ``(..., out_h, out_w)`` and hits distinct cells, so ``+=`` on
+    it is a safe scatter-add for one tap.
+    """
+    h = i * dil_h
+    w = j * dil_w
+    return (
+        slice(None),
+        slice(None),
+        slice(h, h + (out_h - 1) * stride_h + 1, stride_h),
+        slice(w, w + (out_w - 1) * stride_w + 1, stride_w),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Convolution
+# --------------------------------------------------------------------------------------
+
+
+def _im2col(
+    x: FloatArray,
+    weight_shape: tuple[int, ...],
+    out_h: int,
+    out_w: int,
+    stride_h: int,
+    stride_w: int,
+    pad_h: int,
+    pad_w: int,
+    dil_h: int,
+    dil_w: int,
+    groups: int,
+) -> FloatArray:
+    """Return the im2col matrix per group, shape ``(groups, N*out_h*out_w, Cg*kH*kW)``."""
+    N = x.shape[0]
+    _, c_group, kH, kW = weight_shape
+    span_h = _span(out_h, kH, stride_h, dil_h)
+    span_w = _span(out_w, kW, stride_w, dil_w)
+    xp = _pad(x, pad_h, pad_w, span_h, span_w, 0.0)
+    win = _windows(xp, out_h, out_w, kH, kW, stride_h, stride_w, dil_h, dil_w)
+    win = win.reshape(N, groups, c_group, out_h, out_w, kH, kW)
+    # Rows are output pixels, columns are (channel, ki, kj) in the weight's own order.
+    cols = win.transpose(1, 0, 3, 4, 2, 5, 6)
+    return cols.reshape(groups, N * out_h * out_w, c_group * kH * kW)
+
+
+def conv2d_forward(
+    x: FloatArray,
+    weight: FloatArray,
+    bias: FloatArray | None,
+    out: FloatArray,
+    stride_h: int,
+    stride_w: int,
+    pad_h: int,
+    pad_w: int,
+    dil_h: int,
+    dil_w: int,
+    groups: int,
+    n_threads: int,
+) -> None:
+    """2-D cross-correlation with zero padding (PyTorch ``conv2d`` semantics).
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, C_in, H, W)
+        Input.
+    weight : ndarray of shape (C_out, C_in // groups, kH, kW)
+        Filters.
+    bias : ndarray of shape (C_out,) or None
+        Added to every output pixel of its channel.
+    out : ndarray of shape (N, C_out, H_out, W_out)
+        Overwritten with the result.
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups : int
+        Convolution geometry, already validated by the caller.
+    n_threads : int
+        Ignored by this backend.
+    """
+    N, C_out, out_h, out_w = out.shape
+    c_out_group = C_out // groups
+    cols = _im2col(
+        x, weight.shape, out_h, out_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups
+    )
+    w_mat = weight.reshape(groups, c_out_group, -1)
+    res = np.matmul(cols, w_mat.transpose(0, 2, 1))  # (G, N*out_h*out_w, C_out/G)
+    res = res.reshape(groups, N, out_h, out_w, c_out_group).transpose(1, 0, 4, 2, 3)
+    out[...] = res.reshape(N, C_out, out_h, out_w)
+    if bias is not None:
+        out += bias[:, None, None]
+
+
+def conv2d_backward(
+    grad_out: FloatArray,
+    x: FloatArray,
+    weight: FloatArray,
+    grad_x: FloatArray | None,
+    grad_weight: FloatArray | None,
+    grad_bias: FloatArray | None,
+    stride_h: int,
+    stride_w: int,
+    pad_h: int,
+    pad_w: int,
+    dil_h: int,
+    dil_w: int,
+    groups: int,
+    n_threads: int,
+) -> None:
+    """Gradients of :func:`conv2d_forward` with respect to its input, weight and bias.
+
+    Parameters
+    ----------
+    grad_out : ndarray of shape (N, C_out, H_out, W_out)
+        Gradient of the loss with respect to the forward output.
+    x : ndarray of shape (N, C_in, H, W)
+        Forward input.
+    weight : ndarray of shape (C_out, C_in // groups, kH, kW)
+        Forward filters.
+    grad_x : ndarray of shape (N, C_in, H, W) or None
+        Overwritten with the input gradient; skipped if None.
+    grad_weight : ndarray of shape (C_out, C_in // groups, kH, kW) or None
+        Overwritten with the weight gradient; skipped if None.
+    grad_bias : ndarray of shape (C_out,) or None
+        Overwritten with the bias gradient; skipped if None.
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups : int
+        Convolution geometry of the forward pass.
+    n_threads : int
+        Ignored by this backend.
+    """
+    N, C_out, out_h, out_w = grad_out.shape
+    _, c_group, kH, kW = weight.shape
+    c_out_group = C_out // groups
+
+    if grad_bias is not None:
+        grad_bias[...] = grad_out.sum(axis=(0, 2, 3))
+    if grad_x is None and grad_weight is None:
+        return
+
+    # Per group, rows of output pixels by the group's output channels: the layout of the
+    # forward matmul result, so both gradients are again one batched matmul.
+    g_mat = grad_out.reshape(N, groups, c_out_group, out_h, out_w).transpose(1, 0, 3, 4, 2)
+    g_mat = g_mat.reshape(groups, N * out_h * out_w, c_out_group)
+
+    if grad_weight is not None:
+        cols = _im2col(
+            x, weight.shape, out_h, out_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups
+        )
+        gw = np.matmul(g_mat.transpose(0, 2, 1), cols)  # (G, C_out/G, Cg*kH*kW)
+        grad_weight[...] = gw.reshape(weight.shape)
+
+    if grad_x is not None:
+        w_mat = weight.reshape(groups, c_out_group, -1)
+        d_cols = np.matmul(g_mat, w_mat)  # (G, N*out_h*out_w, Cg*kH*kW)
+        # Back to the window layout (N, C_in, out_h, out_w, kH, kW) of the forward pass.
+        d_win = d_cols.reshape(groups, N, out_h, out_w, c_group, kH, kW)
+        d_win = d_win.transpose(1, 0, 4, 2, 3, 5, 6).reshape(x.shape[:2] + (out_h, out_w, kH, kW))
+        H, W = x.shape[-2:]
+        span_h = _span(out_h, kH, stride_h, dil_h)
+        span_w = _span(out_w, kW, stride_w, dil_w)
+        # Scatter into a padded buffer so taps that land in the padding need no clipping;
+        # those cells are simply cropped away below.
+        buf = np.zeros(
+            x.shape[:2] + (max(H + 2 * pad_h, span_h), max(W + 2 * pad_w, span_w)),
+            dtype=grad_x.dtype,
+        )
+        for i in range(kH):
+            for j in range(kW):
+                tap = _offset_slices(i, j, out_h, out_w, stride_h, stride_w, dil_h, dil_w)
+                buf[tap] += d_win[..., i, j]
+        grad_x[...] = buf[:, :, pad_h : pad_h + H, pad_w : pad_w + W]
+
+
+# --------------------------------------------------------------------------------------
+# Max pooling
+# --------------------------------------------------------------------------------------
+
+
+def _in_bounds_taps(
+    out_size: int, kernel: int, stride: int, pad: int, dil: int, size: int
+) -> NDArray[np.bool_]:
+    """Boolean ``(out_size, kernel)``: does tap ``i`` of window ``o`` fall inside the input."""
+    pos = np.arange(out_size)[:, None] * stride - pad + np.arange(kernel)[None, :] * dil
+    return (pos >= 0) & (pos < size)
+
+
+def max_pool2d_forward(
+    x: FloatArray,
+    out: FloatArray,
+    indices: IndexArray,
+    kernel_h: int,
+    kernel_w: int,
+    stride_h: int,
+    stride_w: int,
+    pad_h: int,
+    pad_w: int,
+    dil_h: int,
+    dil_w: int,
+    n_threads: int,
+) -> None:
+    """2-D max pooling with argmax indices.
+
+    Padding never wins. Within a window, the first NaN in row-major order is selected
+    if there is one, otherwise the first maximum. A window whose in-bounds elements are
+    all ``-inf`` selects its first in-bounds element.
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, C, H, W)
+        Input.
+    out : ndarray of shape (N, C, H_out, W_out)
+        Overwritten with the window maxima.
+    indices : int64 ndarray of shape (N, C, H_out, W_out)
+        Overwritten with the flat index ``h * W + w`` of each maximum in its input plane.
+        A window with no in-bounds element (only possible when dilation skips over the
+        whole input) gets ``-inf`` and index ``-1``.
+    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w : int
+        Pooling geometry, already validated by the caller.
+    n_threads : int
+        Ignored by this backend.
+    """
+    N, C, H, W = x.shape
+    out_h, out_w = out.shape[-2:]
+    span_h = _span(out_h, kernel_h, stride_h, dil_h)
+    span_w = _span(out_w, kernel_w, stride_w, dil_w)
+    xp = _pad(x, pad_h, pad_w, span_h, span_w, -np.inf)
+    win = _windows(xp, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w, dil_h, dil_w)
+    win = win.reshape(N, C, out_h, out_w, kernel_h * kernel_w)
+
+    # np.argmax returns the first NaN if any, else the first maximum: exactly the scan
+    # rule, except that a -inf padding cell ahead of in-bounds -inf values would tie and
+    # win. That can only happen when the maximum is -inf, and then the rule picks the
+    # first in-bounds tap, so that case is patched below.
+    tap = np.argmax(win, axis=-1)
+    out[...] = np.take_along_axis(win, tap[..., None], axis=-1)[..., 0]
+
+    valid = (
+        _in_bounds_taps(out_h, kernel_h, stride_h, pad_h, dil_h, H)[:, None, :, None]
+        & _in_bounds_taps(out_w, kernel_w, stride_w, pad_w, dil_w, W)[None, :, None, :]
+    ).reshape(out_h, out_w, kernel_h * kernel_w)
+    first_valid = np.argmax(valid, axis=-1)  # (out_h, out_w)
+    tap = np.where(out == -np.inf, first_valid, tap)
+
+    ti, tj = np.divmod(tap, kernel_w)
+    h = np.arange(out_h)[:, None] * stride_h - pad_h + ti * dil_h
+    w = np.arange(out_w)[None, :] * stride_w - pad_w + tj * dil_w
+    flat = h * W + w
+    empty = ~valid.any(axis=-1)
+    if empty.any():
+        flat = np.where(empty, -1, flat)
+    indices[...] = flat
+
+
+def max_pool2d_backward(
+    grad_out: FloatArray,
+    indices: IndexArray,
+    grad_x: FloatArray,
+    n_threads: int,
+) -> None:
+    """Route each output gradient back to the input element that won its window.
+
+    Parameters
+    ----------
+    grad_out : ndarray of shape (N, C, H_out, W_out)
+        Gradient of the loss with respect to the pooled output.
+    indices : int64 ndarray of shape (N, C, H_out, W_out)
+        Argmax indices from :func:`max_pool2d_forward`.
+    grad_x : ndarray of shape (N, C, H, W)
+        Overwritten with the input gradient; overlapping windows accumulate.
+    n_threads : int
+        Ignored by this backend.
+    """
+    N, C, H, W = grad_x.shape
+    grad_x[...] = 0
+    plane = np.arange(N * C, dtype=np.int64).reshape(N, C, 1, 1) * (H * W)
+    target = (plane + indices).reshape(-1)
+    values = grad_out.reshape(-1)
+    # -1 marks a window with no in-bounds element: it has nowhere to send its gradient.
+    keep = (indices >= 0).reshape(-1)
+    if not keep.all():
+        target = target[keep]
+        values = values[keep]
+    # np.add.at (unlike fancy-index +=) accumulates repeated targets.
+    np.add.at(grad_x.reshape(-1), target, values)
+
+
+# --------------------------------------------------------------------------------------
+# Average pooling
+# --------------------------------------------------------------------------------------
+
+
+def _avg_extents(
+    out_size: int, kernel: int, stride: int, pad: int, size: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Per-window lengths along one axis: (counting padding, in-bounds only)."""
+    start = np.arange(out_size) * stride - pad
+    # A ceil_mode window may run past the padded edge; that part never counts.
+    stop = np.minimum(start + kernel, size + pad)
+    with_pad = stop - start
+    in_bounds = np.minimum(stop, size) - np.maximum(start, 0)
+    return with_pad, in_bounds
+
+
+def _avg_divisor(
+    axis_h: tuple[int, int, int, int, int],
+    axis_w: tuple[int, int, int, int, int],
+    count_include_pad: bool,
+    divisor_override: int,
+    dtype: np.dtype,
+) -> FloatArray:
+    """Per-window divisors, shape ``(out_h, out_w)``, following PyTorch's rule.
+
+    ``axis_h`` and ``axis_w`` are ``(out_size, kernel, stride, pad, input_size)``.
+    """
+    if divisor_override:
+        return np.full((axis_h[0], axis_w[0]), divisor_override, dtype=dtype)
+    # Window extents are separable, so each divisor is a product of per-axis lengths.
+    with_pad_h, in_bounds_h = _avg_extents(*axis_h)
+    with_pad_w, in_bounds_w = _avg_extents(*axis_w)
+    if count_include_pad:
+        div = np.outer(with_pad_h, with_pad_w)
+    else:
+        div = np.outer(in_bounds_h, in_bounds_w)
+    return div.astype(dtype)
+
+
+def avg_pool2d_forward(
+    x: FloatArray,
+    out: FloatArray,
+    kernel_h: int,
+    kernel_w: int,
+    stride_h: int,
+    stride_w: int,
+    pad_h: int,
+    pad_w: int,
+    count_include_pad: bool,
+    divisor_override: int,
+    n_threads: int,
+) -> None:
+    """2-D average pooling with PyTorch's divisor rules.
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, C, H, W)
+        Input.
+    out : ndarray of shape (N, C, H_out, W_out)
+        Overwritten with the window averages.
+    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w : int
+        Pooling geometry, already validated by the caller.
+    count_include_pad : bool
+        Count zero-padding cells (but never cells past the padded edge) in the divisor.
+    divisor_override : int
+        Divide every window sum by this instead; 0 means no override.
+    n_threads : int
+        Ignored by this backend.
+    """
+    H, W = x.shape[-2:]
+    out_h, out_w = out.shape[-2:]
+    span_h = _span(out_h, kernel_h, stride_h, 1)
+    span_w = _span(out_w, kernel_w, stride_w, 1)
+    # Zero padding adds nothing to a sum, so only the divisor needs to know about it.
+    xp = _pad(x, pad_h, pad_w, span_h, span_w, 0.0)
+    win = _windows(xp, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w, 1, 1)
+    divisor = _avg_divisor(
+        (out_h, kernel_h, stride_h, pad_h, H),
+        (out_w, kernel_w, stride_w, pad_w, W),
+        count_include_pad,
+        divisor_override,
+        x.dtype,
+    )
+    out[...] = win.sum(axis=(-2, -1)) / divisor
+
+
+def avg_pool2d_backward(
+    grad_out: FloatArray,
+    grad_x: FloatArray,
+    kernel_h: int,
+    kernel_w: int,
+    stride_h: int,
+    stride_w: int,
+    pad_h: int,
+    pad_w: int,
+    count_include_pad: bool,
+    divisor_override: int,
+    n_threads: int,
+) -> None:
+    """Gradient of :func:`avg_pool2d_forward` with respect to its input.
+
+    Parameters
+    ----------
+    grad_out : ndarray of shape (N, C, H_out, W_out)
+        Gradient of the loss with respect to the pooled output.
+    grad_x : ndarray of shape (N, C, H, W)
+        Overwritten: each ``grad_out`` element spread as ``grad / divisor`` over the
+        in-bounds part of its window, accumulating where windows overlap.
+    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w : int
+        Pooling geometry of the forward pass.
+    count_include_pad : bool
+        As in the forward pass.
+    divisor_override : int
+        As in the forward pass; 0 means no override.
+    n_threads : int
+        Ignored by this backend.
+    """
+    H, W = grad_x.shape[-2:]
+    out_h, out_w = grad_out.shape[-2:]
+    divisor = _avg_divisor(
+        (out_h, kernel_h, stride_h, pad_h, H),
+        (out_w, kernel_w, stride_w, pad_w, W),
+        count_include_pad,
+        divisor_override,
+        grad_x.dtype,
+    )
+    share = grad_out / divisor
+    span_h = _span(out_h, kernel_h, stride_h, 1)
+    span_w = _span(out_w, kernel_w, stride_w, 1)
+    # Scatter into a padded buffer, then crop: what lands in padding is dropped, which
+    # is exactly clipping each window to the input.
+    buf = np.zeros(
+        grad_x.shape[:2] + (max(H + 2 * pad_h, span_h), max(W + 2 * pad_w, span_w)),
+        dtype=grad_x.dtype,
+    )
+    for i in range(kernel_h):
+        for j in range(kernel_w):
+            buf[_offset_slices(i, j, out_h, out_w, stride_h, stride_w, 1, 1)] += share
+    grad_x[...] = buf[:, :, pad_h : pad_h + H, pad_w : pad_w + W]

@@ -1,0 +1,105 @@
+"""Thread counts: fastcnn's own OpenMP team size, and BLAS pinned while kernels run.
+
+Kept apart from ``_backend`` because the compiled kernels import ``blas_threads`` while
+``_backend`` is still importing them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+import os
+import threading
+from collections.abc import Iterator
+from functools import cache
+
+_num_threads: int | None = None
+
+
+@cache  # the OpenMP runtime reads OMP_NUM_THREADS once, at start-up, and so do we
+def _default_num_threads() -> int:
+    try:
+        from fastcnn._kernels import _openmp
+    except ImportError:
+        pass
+    else:
+        # omp_get_max_threads honours OMP_NUM_THREADS (and is 1 without OpenMP).
+        return max(1, int(_openmp.max_threads()))
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.split(",")[0].strip().isdigit():
+        return max(1, int(env.split(",")[0]))
+    return os.cpu_count() or 1
+
+
+def get_num_threads() -> int:
+    """Number of threads the compiled kernels use (default: ``OMP_NUM_THREADS`` or all cores)."""
+    if _num_threads is None:
+        return _default_num_threads()
+    return _num_threads
+
+
+def set_num_threads(n: int | None) -> None:
+    """Set the number of threads the compiled kernels use.
+
+    Parameters
+    ----------
+    n : int or None
+        A positive thread count, or None to return to the default
+        (``OMP_NUM_THREADS`` when set, else the number of cores).
+    """
+    global _num_threads
+    if n is None:
+        _num_threads = None
+        return
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"n must be a positive int or None, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    _num_threads = int(n)
+
+
+# BLAS threads. OpenMP threads that each call a multi-threaded BLAS would oversubscribe the
+# cores, so while a kernel parallelises over the batch it pins BLAS to one thread; a kernel
+# that runs its batch loop serially lets BLAS use the fastcnn thread count instead. The
+# previous BLAS setting is restored when the last concurrent kernel call leaves.
+
+_blas_lock = threading.Lock()
+_blas_depth = 0
+_blas_saved: list | None = None
+_blas_controllers: list | None = None
+
+
+def _blas_libraries() -> list:
+    global _blas_controllers
+    if _blas_controllers is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _blas_controllers = list(
+                ThreadpoolController().select(user_api="blas").lib_controllers
+            )
+        except Exception:  # threadpoolctl missing or unable to inspect: leave BLAS alone
+            _blas_controllers = []
+    return _blas_controllers
+
+
+@contextlib.contextmanager
+def blas_threads(n: int) -> Iterator[None]:
+    """Run the body with every loaded BLAS limited to ``n`` threads."""
+    global _blas_depth, _blas_saved
+    libs = _blas_libraries()
+    with _blas_lock:
+        if _blas_depth == 0:
+            _blas_saved = [lib.num_threads for lib in libs]
+        _blas_depth += 1
+        for lib in libs:
+            if lib.num_threads != n:
+                lib.set_num_threads(n)
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_depth -= 1
+            if _blas_depth == 0:
+                for lib, saved in zip(libs, _blas_saved or [], strict=True):
+                    lib.set_num_threads(saved)

@@ -1,0 +1,115 @@
+"""Argument checks and output-size arithmetic shared by the ops.
+
+Everything here runs once per call, before any kernel: a kernel only ever sees
+C-contiguous float32/float64 arrays and plain, already-checked ints.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# Kernels index with Py_ssize_t and BLAS with 32-bit ints: keep every buffer and every
+# matrix dimension handed to BLAS below these bounds.
+MAX_ELEMENTS = 2**62
+MAX_BLAS_DIM = 2**31 - 1
+
+
+def as_float_array(value, name: str, ndim: int | None = None) -> np.ndarray:
+    """Return ``value`` as an ndarray of float32/float64, checking its rank."""
+    array = np.asarray(value)
+    if array.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a float32 or float64 array, got dtype {array.dtype}"
+            + (
+                " (convert integer images with .astype(np.float32))"
+                if array.dtype.kind in "uib"
+                else ""
+            )
+        )
+    if ndim is not None and array.ndim != ndim:
+        layout = {4: "(N, C, H, W)", 1: "(C_out,)"}.get(ndim, f"{ndim}-D")
+        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {array.shape}")
+    return array
+
+
+def same_dtype(reference: np.ndarray, other: np.ndarray, ref_name: str, other_name: str) -> None:
+    if other.dtype != reference.dtype:
+        raise TypeError(
+            f"{other_name} has dtype {other.dtype} but {ref_name} has dtype {reference.dtype}; "
+            "they must match (cast one with .astype)"
+        )
+
+
+def contiguous(array: np.ndarray) -> np.ndarray:
+    """C-contiguous view or copy; the kernels assume unit strides."""
+    return np.ascontiguousarray(array)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def pair(value, name: str, minimum: int) -> tuple[int, int]:
+    """Normalize an int or an (h, w) pair of ints, each >= ``minimum``."""
+    if _is_int(value):
+        values = (int(value), int(value))
+    elif isinstance(value, tuple | list) and len(value) == 2 and all(map(_is_int, value)):
+        values = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(values) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return values
+
+
+def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int) -> int:
+    """PyTorch's floor((size + 2*pad - dilation*(kernel-1) - 1) / stride) + 1."""
+    return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def pool_output_size(
+    size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool
+) -> int:
+    """Pooling output size; with ceil_mode the last window must start inside the input
+    or its left padding (PyTorch's rule), so it never lies entirely in the right padding."""
+    span = size + 2 * pad - dilation * (kernel - 1) - 1
+    if span < 0:
+        return 0
+    out = (math.ceil(span / stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def conv_padding(
+    padding, kernel: tuple[int, int], dilation: tuple[int, int], stride: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Resolve ``'valid'``, ``'same'``, an int or a pair to ((top, bottom), (left, right)).
+
+    Explicit padding is symmetric. ``'same'`` puts the odd extra row/column at the bottom
+    and right when dilation*(kernel-1) is odd, as PyTorch does.
+    """
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode == "valid":
+            return ((0, 0), (0, 0))
+        if mode == "same":
+            if stride != (1, 1):
+                raise ValueError(f"padding='same' requires stride 1, got stride={stride}")
+            totals = [d * (k - 1) for k, d in zip(kernel, dilation, strict=True)]
+            return tuple((t // 2, t - t // 2) for t in totals)  # type: ignore[return-value]
+        raise ValueError(f"padding must be 'valid', 'same', an int or a pair, got {padding!r}")
+    ph, pw = pair(padding, "padding", 0)
+    return ((ph, ph), (pw, pw))
+
+
+def check_size(shape: tuple[int, ...], what: str) -> None:
+    """Refuse outputs whose element count would overflow index arithmetic."""
+    count = math.prod(shape)
+    if count >= MAX_ELEMENTS:
+        raise ValueError(f"{what} of shape {shape} has {count} elements, too many to index")

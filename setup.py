@@ -1,0 +1,113 @@
+"""Build script: declares the compiled kernels; all metadata lives in pyproject.toml.
+
+Environment switches read at build time:
+
+* ``FASTCNN_OPENMP=0``   build without OpenMP (kernels run single-threaded).
+* ``FASTCNN_DEBUG=1``    Cython bounds/wraparound/initializedcheck on, ``-O0 -g``.
+* ``FASTCNN_ANNOTATE=1`` write Cython's annotated HTML next to each ``.pyx``.
+"""
+
+import os
+import sys
+import tempfile
+import textwrap
+
+import numpy as np
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+KERNELS = ["_conv", "_pool", "_openmp"]
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _openmp_flags(compiler) -> tuple[list[str], list[str]]:
+    """Return (compile_args, link_args) enabling OpenMP, or empty lists if unavailable."""
+    if os.environ.get("FASTCNN_OPENMP", "1").strip() == "0":
+        print("fastcnn: FASTCNN_OPENMP=0, building without OpenMP (single-threaded kernels)")
+        return [], []
+    if sys.platform == "win32":
+        candidates = [(["/openmp"], [])]
+    elif sys.platform == "darwin":
+        candidates = [(["-Xpreprocessor", "-fopenmp"], ["-lomp"]), (["-fopenmp"], ["-fopenmp"])]
+    else:
+        candidates = [(["-fopenmp"], ["-fopenmp"])]
+    source = textwrap.dedent(
+        """
+        #include <omp.h>
+        int main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }
+        """
+    )
+    for cflags, lflags in candidates:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "check_openmp.c")
+            with open(path, "w") as f:
+                f.write(source)
+            try:
+                objects = compiler.compile([path], output_dir=tmp, extra_postargs=cflags)
+                compiler.link_executable(
+                    objects, "check_openmp", output_dir=tmp, extra_postargs=lflags
+                )
+            except Exception:
+                continue
+        return cflags, lflags
+    print(
+        "fastcnn: WARNING: the compiler does not support OpenMP; "
+        "building single-threaded kernels (set FASTCNN_OPENMP=0 to silence this check)"
+    )
+    return [], []
+
+
+class BuildExt(build_ext):
+    """Cythonize at build time and add OpenMP / optimization flags per compiler."""
+
+    def finalize_options(self):
+        from Cython.Build import cythonize
+
+        debug = _flag("FASTCNN_DEBUG")
+        directives = {
+            "language_level": "3",
+            "boundscheck": debug,
+            "wraparound": debug,
+            "initializedcheck": debug,
+            "cdivision": True,
+            "embedsignature": True,
+        }
+        self.distribution.ext_modules = cythonize(
+            self.distribution.ext_modules,
+            compiler_directives=directives,
+            annotate=_flag("FASTCNN_ANNOTATE"),
+            force=debug,
+        )
+        super().finalize_options()
+
+    def build_extensions(self):
+        cflags, lflags = _openmp_flags(self.compiler)
+        debug = _flag("FASTCNN_DEBUG")
+        if self.compiler.compiler_type == "msvc":
+            opt = ["/Od", "/Zi"] if debug else ["/O2"]
+        else:
+            opt = ["-O0", "-g"] if debug else ["-O3"]
+        for ext in self.extensions:
+            ext.extra_compile_args = opt + cflags + ext.extra_compile_args
+            ext.extra_link_args = lflags + ext.extra_link_args
+            ext.define_macros += [
+                ("FASTCNN_DEBUG_BUILD", "1" if debug else "0"),
+                ("FASTCNN_BUILD_FLAGS", '"' + " ".join(opt + cflags) + '"'),
+            ]
+        super().build_extensions()
+
+
+extensions = [
+    Extension(
+        f"fastcnn._kernels.{name}",
+        [f"fastcnn/_kernels/{name}.pyx"],
+        include_dirs=[np.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+    )
+    for name in KERNELS
+]
+
+setup(ext_modules=extensions, cmdclass={"build_ext": BuildExt})

@@ -1,0 +1,42 @@
+"""Shared fixtures: every numeric test runs on both backends and both float dtypes."""
+
+import numpy as np
+import pytest
+
+import fastcnn
+
+# Per-dtype tolerances for comparing the compiled backend with the numpy reference.
+TOLERANCES = {
+    np.dtype(np.float32): {"rtol": 1e-4, "atol": 1e-5},
+    np.dtype(np.float64): {"rtol": 1e-10, "atol": 1e-12},
+}
+
+
+def _compiled_available() -> bool:
+    return "cython" in fastcnn.available_backends()
+
+
+@pytest.fixture(params=[np.float32, np.float64], ids=["f32", "f64"])
+def dtype(request):
+    """Both float dtypes the library supports."""
+    return np.dtype(request.param)
+
+
+@pytest.fixture(params=["numpy", "cython"])
+def backend(request):
+    """Run the test with each backend active; restores the previous one afterwards."""
+    if request.param == "cython" and not _compiled_available():
+        pytest.skip(f"compiled extension not importable: {fastcnn.backend_import_error()}")
+    with fastcnn.use_backend(request.param):
+        yield request.param
+
+
+@pytest.fixture
+def rng():
+    """A seeded generator so every test is reproducible."""
+    return np.random.default_rng(12345)
+
+
+def tol(dtype) -> dict:
+    """Tolerance keyword arguments for ``np.testing.assert_allclose``."""
+    return TOLERANCES[np.dtype(dtype)]
