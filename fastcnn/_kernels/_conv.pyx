@@ -2,15 +2,19 @@
 
 Design
 ------
-Each sample is lowered to a matrix product: im2col copies the receptive fields of one
-sample and one group into a (C_in/groups * kH * kW, H_out * W_out) column matrix, and one
-BLAS GEMM with the (C_out/groups, C_in/groups * kH * kW) weight matrix yields that
-sample's output plane block. A 1x1 convolution with stride 1 and no padding skips the
-copy: the input plane already is the column matrix.
+Convolution is lowered to matrix products. im2col copies the receptive fields of a chunk
+of consecutive samples (one group at a time) into a column matrix of shape
+(C_in/groups * kH * kW, samples * H_out * W_out), and one BLAS GEMM with the
+(C_out/groups, C_in/groups * kH * kW) weight matrix yields the chunk's outputs. Chunks
+hold enough samples to give BLAS about a thousand columns (small images would otherwise
+mean many tiny, overhead-bound GEMMs) but never more than a bounded amount of scratch.
+A 1x1 convolution with stride 1 and no padding needs no im2col for a single sample: the
+input plane already is the column matrix.
 
-The batch loop runs under OpenMP ``prange``. Every thread owns its scratch (the column
-matrix, the input-gradient columns, partial weight/bias gradients), allocated once per
-call, so scratch grows with the thread count, never with the batch. The partial
+The chunk loop runs under OpenMP ``prange``. Every thread owns its scratch (the column
+matrix, gathered output gradients, the input-gradient columns, partial weight/bias
+gradients), allocated once per call, so scratch grows with the thread count and the
+chunk size, never with the batch. The partial
 gradients are summed after the parallel loop in a fixed order, so results do not depend
 on scheduling. While threads run over the batch, BLAS is pinned to one thread (see
 ``fastcnn._backend.blas_threads``); a batch of one runs serially and lets BLAS use the
@@ -59,26 +63,31 @@ cdef inline void valid_range(Py_ssize_t n_out, Py_ssize_t stride, Py_ssize_t off
     hi[0] = last
 
 
-cdef void im2col(const floating* x, const Geometry* g, floating* col) noexcept nogil:
-    # x: (cg, h, w) of one sample and group -> col: (k, p), zeros where the field is padding.
+cdef void im2col(const floating* x, const Geometry* g, floating* col,
+                 Py_ssize_t ld) noexcept nogil:
+    # x: (cg, h, w) of one sample and group -> col: (k, p) block with row stride ld,
+    # zeros where the receptive field lies in the padding.
     cdef Py_ssize_t c, i, j, oh, ow, ih, lo, hi
     cdef floating* dst
     cdef const floating* src
     for c in range(g.cg):
         for i in range(g.kh):
             for j in range(g.kw):
-                dst = col + ((c * g.kh + i) * g.kw + j) * g.p
+                dst = col + ((c * g.kh + i) * g.kw + j) * ld
                 valid_range(g.w_out, g.sw, j * g.dw - g.pw, g.w, &lo, &hi)
                 for oh in range(g.h_out):
                     ih = oh * g.sh - g.ph + i * g.dh
                     if ih < 0 or ih >= g.h:
-                        memset(dst, 0, g.w_out * sizeof(floating))
+                        for ow in range(g.w_out):
+                            dst[ow] = 0
                     else:
                         src = x + (c * g.h + ih) * g.w + j * g.dw - g.pw
                         for ow in range(lo):
                             dst[ow] = 0
                         if g.sw == 1:
-                            memcpy(dst + lo, src + lo, (hi - lo) * sizeof(floating))
+                            # a plain loop beats memcpy on these short rows
+                            for ow in range(lo, hi):
+                                dst[ow] = src[ow]
                         else:
                             for ow in range(lo, hi):
                                 dst[ow] = src[ow * g.sw]
@@ -87,7 +96,8 @@ cdef void im2col(const floating* x, const Geometry* g, floating* col) noexcept n
                     dst += g.w_out
 
 
-cdef void col2im_add(const floating* col, const Geometry* g, floating* x) noexcept nogil:
+cdef void col2im_add(const floating* col, Py_ssize_t ld, const Geometry* g,
+                     floating* x) noexcept nogil:
     # The adjoint of im2col: add every column entry back onto the input pixel it came from.
     cdef Py_ssize_t c, i, j, oh, ow, ih, lo, hi
     cdef const floating* src
@@ -95,7 +105,7 @@ cdef void col2im_add(const floating* col, const Geometry* g, floating* x) noexce
     for c in range(g.cg):
         for i in range(g.kh):
             for j in range(g.kw):
-                src = col + ((c * g.kh + i) * g.kw + j) * g.p
+                src = col + ((c * g.kh + i) * g.kw + j) * ld
                 valid_range(g.w_out, g.sw, j * g.dw - g.pw, g.w, &lo, &hi)
                 for oh in range(g.h_out):
                     ih = oh * g.sh - g.ph + i * g.dh
@@ -110,73 +120,131 @@ cdef void col2im_add(const floating* col, const Geometry* g, floating* x) noexce
                     src += g.w_out
 
 
-cdef void forward_sample(const floating* x, const floating* weight, const floating* bias,
-                         floating* out, floating* col, const Geometry* g) noexcept nogil:
-    cdef Py_ssize_t grp, co, q
+cdef void forward_chunk(const floating* x, const floating* weight, const floating* bias,
+                        floating* out, Py_ssize_t ns, floating* col, floating* tmp,
+                        const Geometry* g) noexcept nogil:
+    # ns consecutive samples: their column blocks sit side by side in col (k, ns*p), so
+    # one GEMM per group covers the whole chunk. With ns == 1 the product lands in out
+    # directly; otherwise in tmp (cog, ns*p), copied out (with the bias) per sample.
+    cdef Py_ssize_t grp, s, co, q, ld = ns * g.p
+    cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
     cdef const floating* columns
-    cdef floating* row
+    cdef const floating* src
+    cdef floating* dst
     cdef floating b
     for grp in range(g.groups):
-        if g.direct:
+        if g.direct and ns == 1:
             columns = x + grp * g.cg * g.h * g.w
         else:
-            im2col(x + grp * g.cg * g.h * g.w, g, col)
+            for s in range(ns):
+                if g.direct:
+                    for co in range(g.cg):  # reusing co as the input-channel counter
+                        src = x + s * x_stride + (grp * g.cg + co) * g.p
+                        dst = col + co * ld + s * g.p
+                        for q in range(g.p):
+                            dst[q] = src[q]
+                else:
+                    im2col(x + s * x_stride + grp * g.cg * g.h * g.w, g, col + s * g.p, ld)
             columns = col
-        gemm(False, False, <int> g.cog, <int> g.p, <int> g.k,
-             1, weight + grp * g.cog * g.k, <int> g.k,
-             columns, <int> g.p,
-             0, out + grp * g.cog * g.p, <int> g.p)
-    if bias != NULL:
+        if ns == 1:
+            gemm(False, False, <int> g.cog, <int> g.p, <int> g.k,
+                 1, weight + grp * g.cog * g.k, <int> g.k, columns, <int> g.p,
+                 0, out + grp * g.cog * g.p, <int> g.p)
+        else:
+            gemm(False, False, <int> g.cog, <int> ld, <int> g.k,
+                 1, weight + grp * g.cog * g.k, <int> g.k, columns, <int> ld,
+                 0, tmp, <int> ld)
+            for s in range(ns):
+                for co in range(g.cog):
+                    src = tmp + co * ld + s * g.p
+                    dst = out + s * out_stride + (grp * g.cog + co) * g.p
+                    b = bias[grp * g.cog + co] if bias != NULL else 0
+                    for q in range(g.p):
+                        dst[q] = src[q] + b
+    if ns == 1 and bias != NULL:
         for co in range(g.c_out):
-            row = out + co * g.p
+            dst = out + co * g.p
             b = bias[co]
             for q in range(g.p):
-                row[q] += b
+                dst[q] += b
 
 
-cdef void backward_sample(const floating* grad_out, const floating* x,
-                          const floating* weight, floating* grad_x,
-                          floating* grad_weight, floating* grad_bias,
-                          floating* col, floating* dcol, const Geometry* g) noexcept nogil:
-    # grad_weight / grad_bias are this thread's partial sums (accumulated into);
-    # grad_x is this sample's input gradient (overwritten).
-    cdef Py_ssize_t grp, co, q
+cdef void backward_chunk(const floating* grad_out, const floating* x,
+                         const floating* weight, floating* grad_x,
+                         floating* grad_weight, floating* grad_bias, Py_ssize_t ns,
+                         floating* col, floating* dy, floating* dcol,
+                         const Geometry* g) noexcept nogil:
+    # ns consecutive samples. grad_weight / grad_bias are this thread's partial sums
+    # (accumulated into); grad_x is the chunk's input gradient (overwritten).
+    # col (k, ns*p): the chunk's columns; dy (cog, ns*p): its output gradient gathered
+    # group by group; dcol (k, ns*p): the column gradient before col2im.
+    cdef Py_ssize_t grp, s, co, q, ld = ns * g.p
+    cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
     cdef const floating* go
     cdef const floating* columns
-    cdef const floating* x_grp
-    cdef floating s
+    cdef const floating* src
+    cdef floating* dst
+    cdef floating acc
     if grad_x != NULL and not g.direct:
-        memset(grad_x, 0, g.c_in * g.h * g.w * sizeof(floating))
+        memset(grad_x, 0, ns * x_stride * sizeof(floating))
     for grp in range(g.groups):
-        go = grad_out + grp * g.cog * g.p
-        x_grp = x + grp * g.cg * g.h * g.w
+        if ns == 1:
+            go = grad_out + grp * g.cog * g.p
+        else:
+            for s in range(ns):
+                for co in range(g.cog):
+                    src = grad_out + s * out_stride + (grp * g.cog + co) * g.p
+                    dst = dy + co * ld + s * g.p
+                    for q in range(g.p):
+                        dst[q] = src[q]
+            go = dy
         if grad_weight != NULL:
-            if g.direct:
-                columns = x_grp
+            if g.direct and ns == 1:
+                columns = x + grp * g.cg * g.h * g.w
             else:
-                im2col(x_grp, g, col)
+                for s in range(ns):
+                    if g.direct:
+                        for co in range(g.cg):
+                            src = x + s * x_stride + (grp * g.cg + co) * g.p
+                            dst = col + co * ld + s * g.p
+                            for q in range(g.p):
+                                dst[q] = src[q]
+                    else:
+                        im2col(x + s * x_stride + grp * g.cg * g.h * g.w, g,
+                               col + s * g.p, ld)
                 columns = col
-            # dW_grp (cog, k) += dY_grp (cog, p) @ columns^T (p, k)
-            gemm(False, True, <int> g.cog, <int> g.k, <int> g.p,
-                 1, go, <int> g.p, columns, <int> g.p,
+            # dW_grp (cog, k) += dY_grp (cog, ns*p) @ columns^T (ns*p, k)
+            gemm(False, True, <int> g.cog, <int> g.k, <int> ld,
+                 1, go, <int> ld, columns, <int> ld,
                  1, grad_weight + grp * g.cog * g.k, <int> g.k)
         if grad_x != NULL:
-            # dcolumns (k, p) = W_grp^T (k, cog) @ dY_grp (cog, p)
-            if g.direct:
+            if g.direct and ns == 1:
                 gemm(True, False, <int> g.k, <int> g.p, <int> g.cog,
                      1, weight + grp * g.cog * g.k, <int> g.k, go, <int> g.p,
                      0, grad_x + grp * g.cg * g.h * g.w, <int> g.p)
             else:
-                gemm(True, False, <int> g.k, <int> g.p, <int> g.cog,
-                     1, weight + grp * g.cog * g.k, <int> g.k, go, <int> g.p,
-                     0, dcol, <int> g.p)
-                col2im_add(dcol, g, grad_x + grp * g.cg * g.h * g.w)
+                # dcolumns (k, ns*p) = W_grp^T (k, cog) @ dY_grp (cog, ns*p)
+                gemm(True, False, <int> g.k, <int> ld, <int> g.cog,
+                     1, weight + grp * g.cog * g.k, <int> g.k, go, <int> ld,
+                     0, dcol, <int> ld)
+                for s in range(ns):
+                    if g.direct:
+                        for co in range(g.cg):
+                            src = dcol + co * ld + s * g.p
+                            dst = grad_x + s * x_stride + (grp * g.cg + co) * g.p
+                            for q in range(g.p):
+                                dst[q] = src[q]
+                    else:
+                        col2im_add(dcol + s * g.p, ld, g,
+                                   grad_x + s * x_stride + grp * g.cg * g.h * g.w)
     if grad_bias != NULL:
-        for co in range(g.c_out):
-            s = 0
-            for q in range(g.p):
-                s = s + grad_out[co * g.p + q]
-            grad_bias[co] += s
+        for s in range(ns):
+            for co in range(g.c_out):
+                src = grad_out + s * out_stride + co * g.p
+                acc = 0
+                for q in range(g.p):
+                    acc = acc + src[q]
+                grad_bias[co] += acc
 
 
 cdef Geometry make_geometry(Py_ssize_t c_in, Py_ssize_t h, Py_ssize_t w,
@@ -198,7 +266,26 @@ cdef Geometry make_geometry(Py_ssize_t c_in, Py_ssize_t h, Py_ssize_t w,
     return g
 
 
-cdef int batch_threads(Py_ssize_t n, int n_threads):
+# Columns per GEMM worth aiming for, and the most scratch one chunk may take (elements).
+cdef enum:
+    TARGET_COLUMNS = 1024
+    MAX_CHUNK_ELEMENTS = 1 << 20
+
+
+cdef Py_ssize_t chunk_size(Py_ssize_t n, int threads, const Geometry* g) noexcept:
+    # Samples per GEMM: enough columns to keep BLAS efficient, bounded scratch, and at
+    # least one chunk per thread.
+    cdef Py_ssize_t nb = (TARGET_COLUMNS + g.p - 1) // g.p
+    cdef Py_ssize_t per_thread = (n + threads - 1) // threads
+    cdef Py_ssize_t rows = g.k if g.k > g.cog else g.cog
+    if nb > per_thread:
+        nb = per_thread
+    while nb > 1 and nb * g.p * rows > MAX_CHUNK_ELEMENTS:
+        nb -= 1
+    return nb if nb > 0 else 1
+
+
+cdef int batch_threads(Py_ssize_t n, int n_threads) noexcept:
     return <int> (n if n < n_threads else n_threads)
 
 
@@ -208,7 +295,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                    Py_ssize_t pad_w, Py_ssize_t dil_h, Py_ssize_t dil_w,
                    Py_ssize_t groups, int n_threads):
     """See BACKEND_API.md. Writes every element of ``out``."""
-    cdef Py_ssize_t n_batch = x.shape[0], n
+    cdef Py_ssize_t n_batch = x.shape[0], c, n0, ns
     cdef Geometry g = make_geometry(
         x.shape[1], x.shape[2], x.shape[3], weight.shape[0], weight.shape[2],
         weight.shape[3], out.shape[2], out.shape[3], stride_h, stride_w, pad_h, pad_w,
@@ -219,18 +306,25 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
         bias_view = bias
         bias_ptr = &bias_view[0]
     cdef int threads = batch_threads(n_batch, n_threads)
-    cdef Py_ssize_t per_thread = 0 if g.direct else g.k * g.p
+    cdef Py_ssize_t nb = chunk_size(n_batch, threads, &g)
+    cdef Py_ssize_t n_chunks = (n_batch + nb - 1) // nb
+    cdef Py_ssize_t n_col = g.k * g.p * nb
+    cdef Py_ssize_t per_thread = n_col + (g.cog * g.p * nb if nb > 1 else 0)
     cdef floating* scratch = <floating*> malloc(max(1, threads * per_thread) * sizeof(floating))
+    cdef floating* base
     if scratch == NULL:
         raise MemoryError(f"conv2d: cannot allocate {threads} x {per_thread} scratch")
     cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
     try:
         with blas_threads(1 if threads > 1 else n_threads):
             with nogil:
-                for n in prange(n_batch, num_threads=threads, schedule="static"):
-                    forward_sample(&x[0, 0, 0, 0] + n * x_stride, &weight[0, 0, 0, 0],
-                                   bias_ptr, &out[0, 0, 0, 0] + n * out_stride,
-                                   scratch + threadid() * per_thread, &g)
+                for c in prange(n_chunks, num_threads=threads, schedule="static"):
+                    n0 = c * nb
+                    ns = n_batch - n0 if n_batch - n0 < nb else nb
+                    base = scratch + threadid() * per_thread
+                    forward_chunk(&x[0, 0, 0, 0] + n0 * x_stride, &weight[0, 0, 0, 0],
+                                  bias_ptr, &out[0, 0, 0, 0] + n0 * out_stride, ns,
+                                  base, base + n_col, &g)
     finally:
         free(scratch)
 
@@ -242,7 +336,7 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
                     Py_ssize_t pad_w, Py_ssize_t dil_h, Py_ssize_t dil_w,
                     Py_ssize_t groups, int n_threads):
     """See BACKEND_API.md. Overwrites each gradient buffer that is not None."""
-    cdef Py_ssize_t n_batch = x.shape[0], n, t, i
+    cdef Py_ssize_t n_batch = x.shape[0], c, n0, ns, t, i
     cdef Geometry g = make_geometry(
         x.shape[1], x.shape[2], x.shape[3], weight.shape[0], weight.shape[2],
         weight.shape[3], grad_out.shape[2], grad_out.shape[3], stride_h, stride_w,
@@ -263,41 +357,49 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
         gb_view = grad_bias
 
     cdef int threads = batch_threads(n_batch, n_threads)
-    # Per-thread scratch: [col (k*p) | dcol (k*p) | weight partials | bias partials].
-    cdef Py_ssize_t n_col = g.k * g.p if (want_w and not g.direct) else 0
-    cdef Py_ssize_t n_dcol = g.k * g.p if (want_x and not g.direct) else 0
+    cdef Py_ssize_t nb = chunk_size(n_batch, threads, &g)
+    cdef Py_ssize_t n_chunks = (n_batch + nb - 1) // nb
+    # Per-thread scratch: [col | dy | dcol | weight partials | bias partials].
+    cdef Py_ssize_t n_col = g.k * g.p * nb if want_w else 0
+    cdef Py_ssize_t n_dy = g.cog * g.p * nb if nb > 1 else 0
+    cdef Py_ssize_t n_dcol = g.k * g.p * nb if want_x else 0
     cdef Py_ssize_t n_gw = g.c_out * g.k if want_w else 0
     cdef Py_ssize_t n_gb = g.c_out if want_b else 0
-    cdef Py_ssize_t per_thread = n_col + n_dcol + n_gw + n_gb
+    cdef Py_ssize_t off_gw = n_col + n_dy + n_dcol, off_gb = off_gw + n_gw
+    cdef Py_ssize_t per_thread = off_gb + n_gb
     cdef floating* scratch = <floating*> calloc(max(1, threads * per_thread), sizeof(floating))
     if scratch == NULL:
         raise MemoryError(f"conv2d_backward: cannot allocate {threads} x {per_thread} scratch")
     cdef floating* base
+    cdef floating* gw_ptr
     cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
     try:
         with blas_threads(1 if threads > 1 else n_threads):
             with nogil:
-                for n in prange(n_batch, num_threads=threads, schedule="static"):
+                for c in prange(n_chunks, num_threads=threads, schedule="static"):
+                    n0 = c * nb
+                    ns = n_batch - n0 if n_batch - n0 < nb else nb
                     base = scratch + threadid() * per_thread
-                    backward_sample(
-                        &grad_out[0, 0, 0, 0] + n * out_stride,
-                        &x[0, 0, 0, 0] + n * x_stride, &weight[0, 0, 0, 0],
-                        (gx_ptr + n * x_stride) if want_x else NULL,
-                        (base + n_col + n_dcol) if want_w else NULL,
-                        (base + n_col + n_dcol + n_gw) if want_b else NULL,
-                        base, base + n_col, &g)
+                    backward_chunk(
+                        &grad_out[0, 0, 0, 0] + n0 * out_stride,
+                        &x[0, 0, 0, 0] + n0 * x_stride, &weight[0, 0, 0, 0],
+                        (gx_ptr + n0 * x_stride) if want_x else NULL,
+                        (base + off_gw) if want_w else NULL,
+                        (base + off_gb) if want_b else NULL,
+                        ns, base, base + n_col, base + n_col + n_dy, &g)
         # Sum the per-thread partials in thread order: deterministic for a thread count.
         with nogil:
             if want_w:
-                memcpy(&gw_view[0, 0, 0, 0], scratch + n_col + n_dcol, n_gw * sizeof(floating))
+                gw_ptr = &gw_view[0, 0, 0, 0]
+                memcpy(gw_ptr, scratch + off_gw, n_gw * sizeof(floating))
                 for t in range(1, threads):
-                    base = scratch + t * per_thread + n_col + n_dcol
+                    base = scratch + t * per_thread + off_gw
                     for i in range(n_gw):
-                        (&gw_view[0, 0, 0, 0])[i] += base[i]
+                        gw_ptr[i] += base[i]
             if want_b:
-                memcpy(&gb_view[0], scratch + n_col + n_dcol + n_gw, n_gb * sizeof(floating))
+                memcpy(&gb_view[0], scratch + off_gb, n_gb * sizeof(floating))
                 for t in range(1, threads):
-                    base = scratch + t * per_thread + n_col + n_dcol + n_gw
+                    base = scratch + t * per_thread + off_gb
                     for i in range(n_gb):
                         gb_view[i] += base[i]
     finally:
