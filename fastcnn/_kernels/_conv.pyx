@@ -42,6 +42,10 @@ ctypedef struct Geometry:
     Py_ssize_t k                     # rows of the column matrix: cg * kh * kw
     Py_ssize_t p                     # columns of the column matrix: h_out * w_out
     bint direct                      # 1x1, stride 1, no padding: no im2col needed
+    bint wide                        # stride 1: use the wide (padded-row) layout below
+    Py_ssize_t hp, wp                # padded input plane
+    Py_ssize_t q                     # wide columns per sample: h_out * wp
+    Py_ssize_t plane                 # padded plane block incl. slack: cg*hp*wp + slack
 
 
 cdef inline void valid_range(Py_ssize_t n_out, Py_ssize_t stride, Py_ssize_t offset,
@@ -120,6 +124,130 @@ cdef void col2im_add(const floating* col, Py_ssize_t ld, const Geometry* g,
                     src += g.w_out
 
 
+cdef void pad_plane(const floating* x, const Geometry* g, floating* xp) noexcept nogil:
+    # x (cg, h, w) of one sample and group -> xp (cg, hp, wp) zero-padded, plus zero slack.
+    cdef Py_ssize_t c, ih
+    memset(xp, 0, g.plane * sizeof(floating))
+    for c in range(g.cg):
+        for ih in range(g.h):
+            memcpy(xp + (c * g.hp + ih + g.ph) * g.wp + g.pw, x + (c * g.h + ih) * g.w,
+                   g.w * sizeof(floating))
+
+
+cdef void im2col_wide(const floating* xp, const Geometry* g, floating* col,
+                      Py_ssize_t ld) noexcept nogil:
+    # Stride-1 im2col on the padded plane, computing outputs over the full padded width:
+    # column oh*wp + ow of tap (c, i, j) reads xp[c, oh + i*dh, ow + j*dw], so each tap's
+    # row is ONE contiguous slice of xp. Columns with ow >= w_out are junk (they wrap into
+    # the next row) and are dropped when results are copied out.
+    cdef Py_ssize_t c, i, j
+    cdef floating* dst = col
+    for c in range(g.cg):
+        for i in range(g.kh):
+            for j in range(g.kw):
+                memcpy(dst, xp + (c * g.hp + i * g.dh) * g.wp + j * g.dw, g.q * sizeof(floating))
+                dst += ld
+
+
+cdef void col2im_wide_add(const floating* dcol, Py_ssize_t ld, const Geometry* g,
+                          floating* dxp) noexcept nogil:
+    # Adjoint of im2col_wide. Junk columns carry zero gradient, so adding them is harmless.
+    cdef Py_ssize_t c, i, j, t
+    cdef floating* dst
+    cdef const floating* src = dcol
+    for c in range(g.cg):
+        for i in range(g.kh):
+            for j in range(g.kw):
+                dst = dxp + (c * g.hp + i * g.dh) * g.wp + j * g.dw
+                for t in range(g.q):
+                    dst[t] += src[t]
+                src += ld
+
+
+cdef void forward_chunk_wide(const floating* x, const floating* weight,
+                             const floating* bias, floating* out, Py_ssize_t ns,
+                             floating* col, floating* tmp, floating* xp,
+                             const Geometry* g) noexcept nogil:
+    cdef Py_ssize_t grp, s, co, oh, ow, ld = ns * g.q
+    cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
+    cdef const floating* src
+    cdef floating* dst
+    cdef floating b
+    for grp in range(g.groups):
+        for s in range(ns):
+            pad_plane(x + s * x_stride + grp * g.cg * g.h * g.w, g, xp)
+            im2col_wide(xp, g, col + s * g.q, ld)
+        gemm(False, False, <int> g.cog, <int> ld, <int> g.k,
+             1, weight + grp * g.cog * g.k, <int> g.k, col, <int> ld, 0, tmp, <int> ld)
+        for s in range(ns):
+            for co in range(g.cog):
+                b = bias[grp * g.cog + co] if bias != NULL else 0
+                src = tmp + co * ld + s * g.q
+                dst = out + s * out_stride + (grp * g.cog + co) * g.p
+                for oh in range(g.h_out):
+                    for ow in range(g.w_out):
+                        dst[ow] = src[ow] + b
+                    src += g.wp
+                    dst += g.w_out
+
+
+cdef void backward_chunk_wide(const floating* grad_out, const floating* x,
+                              const floating* weight, floating* grad_x,
+                              floating* grad_weight, Py_ssize_t ns,
+                              floating* col, floating* dy, floating* dcol, floating* xp,
+                              const Geometry* g) noexcept nogil:
+    # Wide-layout backward (see im2col_wide); the bias gradient is summed by the caller.
+    cdef Py_ssize_t grp, s, co, c, oh, ow, ih, ld = ns * g.q
+    cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
+    cdef const floating* src
+    cdef floating* dst
+    for grp in range(g.groups):
+        # dY in the wide layout, zero in the junk columns so they contribute nothing.
+        for s in range(ns):
+            for co in range(g.cog):
+                src = grad_out + s * out_stride + (grp * g.cog + co) * g.p
+                dst = dy + co * ld + s * g.q
+                for oh in range(g.h_out):
+                    for ow in range(g.w_out):
+                        dst[ow] = src[ow]
+                    for ow in range(g.w_out, g.wp):
+                        dst[ow] = 0
+                    src += g.w_out
+                    dst += g.wp
+        if grad_weight != NULL:
+            for s in range(ns):
+                pad_plane(x + s * x_stride + grp * g.cg * g.h * g.w, g, xp)
+                im2col_wide(xp, g, col + s * g.q, ld)
+            gemm(False, True, <int> g.cog, <int> g.k, <int> ld,
+                 1, dy, <int> ld, col, <int> ld,
+                 1, grad_weight + grp * g.cog * g.k, <int> g.k)
+        if grad_x != NULL:
+            gemm(True, False, <int> g.k, <int> ld, <int> g.cog,
+                 1, weight + grp * g.cog * g.k, <int> g.k, dy, <int> ld, 0, dcol, <int> ld)
+            for s in range(ns):
+                memset(xp, 0, g.plane * sizeof(floating))
+                col2im_wide_add(dcol + s * g.q, ld, g, xp)
+                for c in range(g.cg):
+                    for ih in range(g.h):
+                        memcpy(grad_x + s * x_stride + ((grp * g.cg + c) * g.h + ih) * g.w,
+                               xp + (c * g.hp + ih + g.ph) * g.wp + g.pw,
+                               g.w * sizeof(floating))
+
+
+cdef void add_bias_grad(const floating* grad_out, floating* grad_bias, Py_ssize_t ns,
+                        const Geometry* g) noexcept nogil:
+    cdef Py_ssize_t s, co, t
+    cdef const floating* src
+    cdef floating acc
+    for s in range(ns):
+        for co in range(g.c_out):
+            src = grad_out + (s * g.c_out + co) * g.p
+            acc = 0
+            for t in range(g.p):
+                acc = acc + src[t]
+            grad_bias[co] += acc
+
+
 cdef void forward_chunk(const floating* x, const floating* weight, const floating* bias,
                         floating* out, Py_ssize_t ns, floating* col, floating* tmp,
                         const Geometry* g) noexcept nogil:
@@ -184,7 +312,6 @@ cdef void backward_chunk(const floating* grad_out, const floating* x,
     cdef const floating* columns
     cdef const floating* src
     cdef floating* dst
-    cdef floating acc
     if grad_x != NULL and not g.direct:
         memset(grad_x, 0, ns * x_stride * sizeof(floating))
     for grp in range(g.groups):
@@ -238,13 +365,7 @@ cdef void backward_chunk(const floating* grad_out, const floating* x,
                         col2im_add(dcol + s * g.p, ld, g,
                                    grad_x + s * x_stride + grp * g.cg * g.h * g.w)
     if grad_bias != NULL:
-        for s in range(ns):
-            for co in range(g.c_out):
-                src = grad_out + s * out_stride + co * g.p
-                acc = 0
-                for q in range(g.p):
-                    acc = acc + src[q]
-                grad_bias[co] += acc
+        add_bias_grad(grad_out, grad_bias, ns, g)
 
 
 cdef Geometry make_geometry(Py_ssize_t c_in, Py_ssize_t h, Py_ssize_t w,
@@ -261,6 +382,11 @@ cdef Geometry make_geometry(Py_ssize_t c_in, Py_ssize_t h, Py_ssize_t w,
     g.k = g.cg * kh * kw
     g.p = h_out * w_out
     g.direct = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
+    g.wide = sh == 1 and sw == 1 and not g.direct
+    g.hp, g.wp = h + 2 * ph, w + 2 * pw
+    g.q = h_out * g.wp if g.wide else g.p
+    # Wide rows of the last taps run (kw-1)*dw elements past the padded block.
+    g.plane = g.cg * g.hp * g.wp + (kw - 1) * dw
     if g.k > INT_MAX or g.p > INT_MAX or g.cog > INT_MAX or g.cg * h * w > INT_MAX:
         raise ValueError("convolution too large for 32-bit BLAS indices")
     return g
@@ -275,12 +401,12 @@ cdef enum:
 cdef Py_ssize_t chunk_size(Py_ssize_t n, int threads, const Geometry* g) noexcept:
     # Samples per GEMM: enough columns to keep BLAS efficient, bounded scratch, and at
     # least one chunk per thread.
-    cdef Py_ssize_t nb = (TARGET_COLUMNS + g.p - 1) // g.p
+    cdef Py_ssize_t nb = (TARGET_COLUMNS + g.q - 1) // g.q
     cdef Py_ssize_t per_thread = (n + threads - 1) // threads
     cdef Py_ssize_t rows = g.k if g.k > g.cog else g.cog
     if nb > per_thread:
         nb = per_thread
-    while nb > 1 and nb * g.p * rows > MAX_CHUNK_ELEMENTS:
+    while nb > 1 and nb * g.q * rows > MAX_CHUNK_ELEMENTS:
         nb -= 1
     return nb if nb > 0 else 1
 
@@ -308,8 +434,9 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef int threads = batch_threads(n_batch, n_threads)
     cdef Py_ssize_t nb = chunk_size(n_batch, threads, &g)
     cdef Py_ssize_t n_chunks = (n_batch + nb - 1) // nb
-    cdef Py_ssize_t n_col = g.k * g.p * nb
-    cdef Py_ssize_t per_thread = n_col + (g.cog * g.p * nb if nb > 1 else 0)
+    cdef Py_ssize_t n_col = g.k * g.q * nb
+    cdef Py_ssize_t n_tmp = g.cog * g.q * nb if (nb > 1 or g.wide) else 0
+    cdef Py_ssize_t per_thread = n_col + n_tmp + (g.plane if g.wide else 0)
     cdef floating* scratch = <floating*> malloc(max(1, threads * per_thread) * sizeof(floating))
     cdef floating* base
     if scratch == NULL:
@@ -322,9 +449,15 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                     n0 = c * nb
                     ns = n_batch - n0 if n_batch - n0 < nb else nb
                     base = scratch + threadid() * per_thread
-                    forward_chunk(&x[0, 0, 0, 0] + n0 * x_stride, &weight[0, 0, 0, 0],
-                                  bias_ptr, &out[0, 0, 0, 0] + n0 * out_stride, ns,
-                                  base, base + n_col, &g)
+                    if g.wide:
+                        forward_chunk_wide(
+                            &x[0, 0, 0, 0] + n0 * x_stride, &weight[0, 0, 0, 0], bias_ptr,
+                            &out[0, 0, 0, 0] + n0 * out_stride, ns,
+                            base, base + n_col, base + n_col + n_tmp, &g)
+                    else:
+                        forward_chunk(
+                            &x[0, 0, 0, 0] + n0 * x_stride, &weight[0, 0, 0, 0], bias_ptr,
+                            &out[0, 0, 0, 0] + n0 * out_stride, ns, base, base + n_col, &g)
     finally:
         free(scratch)
 
@@ -359,13 +492,14 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
     cdef int threads = batch_threads(n_batch, n_threads)
     cdef Py_ssize_t nb = chunk_size(n_batch, threads, &g)
     cdef Py_ssize_t n_chunks = (n_batch + nb - 1) // nb
-    # Per-thread scratch: [col | dy | dcol | weight partials | bias partials].
-    cdef Py_ssize_t n_col = g.k * g.p * nb if want_w else 0
-    cdef Py_ssize_t n_dy = g.cog * g.p * nb if nb > 1 else 0
-    cdef Py_ssize_t n_dcol = g.k * g.p * nb if want_x else 0
+    # Per-thread scratch: [col | dy | dcol | padded plane | weight partials | bias partials].
+    cdef Py_ssize_t n_col = g.k * g.q * nb if want_w else 0
+    cdef Py_ssize_t n_dy = g.cog * g.q * nb if (nb > 1 or g.wide) else 0
+    cdef Py_ssize_t n_dcol = g.k * g.q * nb if want_x else 0
+    cdef Py_ssize_t n_xp = g.plane if g.wide else 0
     cdef Py_ssize_t n_gw = g.c_out * g.k if want_w else 0
     cdef Py_ssize_t n_gb = g.c_out if want_b else 0
-    cdef Py_ssize_t off_gw = n_col + n_dy + n_dcol, off_gb = off_gw + n_gw
+    cdef Py_ssize_t off_gw = n_col + n_dy + n_dcol + n_xp, off_gb = off_gw + n_gw
     cdef Py_ssize_t per_thread = off_gb + n_gb
     cdef floating* scratch = <floating*> calloc(max(1, threads * per_thread), sizeof(floating))
     if scratch == NULL:
@@ -380,13 +514,24 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
                     n0 = c * nb
                     ns = n_batch - n0 if n_batch - n0 < nb else nb
                     base = scratch + threadid() * per_thread
-                    backward_chunk(
-                        &grad_out[0, 0, 0, 0] + n0 * out_stride,
-                        &x[0, 0, 0, 0] + n0 * x_stride, &weight[0, 0, 0, 0],
-                        (gx_ptr + n0 * x_stride) if want_x else NULL,
-                        (base + off_gw) if want_w else NULL,
-                        (base + off_gb) if want_b else NULL,
-                        ns, base, base + n_col, base + n_col + n_dy, &g)
+                    if g.wide:
+                        backward_chunk_wide(
+                            &grad_out[0, 0, 0, 0] + n0 * out_stride,
+                            &x[0, 0, 0, 0] + n0 * x_stride, &weight[0, 0, 0, 0],
+                            (gx_ptr + n0 * x_stride) if want_x else NULL,
+                            (base + off_gw) if want_w else NULL, ns, base, base + n_col,
+                            base + n_col + n_dy, base + n_col + n_dy + n_dcol, &g)
+                        if want_b:
+                            add_bias_grad(&grad_out[0, 0, 0, 0] + n0 * out_stride,
+                                          base + off_gb, ns, &g)
+                    else:
+                        backward_chunk(
+                            &grad_out[0, 0, 0, 0] + n0 * out_stride,
+                            &x[0, 0, 0, 0] + n0 * x_stride, &weight[0, 0, 0, 0],
+                            (gx_ptr + n0 * x_stride) if want_x else NULL,
+                            (base + off_gw) if want_w else NULL,
+                            (base + off_gb) if want_b else NULL,
+                            ns, base, base + n_col, base + n_col + n_dy, &g)
         # Sum the per-thread partials in thread order: deterministic for a thread count.
         with nogil:
             if want_w:
