@@ -21,9 +21,30 @@ class FastCNNWarning(UserWarning):
     """Warning category for fastcnn (e.g. the compiled extension failed to import)."""
 
 
+@contextlib.contextmanager
+def _passive_openmp_waits() -> Iterator[None]:
+    """Let the OpenMP runtime loaded with the kernels sleep, not spin, between kernels.
+
+    A training step alternates short parallel kernels with numpy work that uses its own
+    BLAS threads. Spinning OpenMP workers would hold the cores that work needs (on a busy
+    2-core machine a LeNet step slowed more than tenfold), so unless the user chose a
+    policy, the runtime reads OMP_WAIT_POLICY=PASSIVE when it initialises, which happens
+    as the extension loads. The variable is restored at once, so nothing else sees it.
+    """
+    if "OMP_WAIT_POLICY" in os.environ:
+        yield
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        yield
+    finally:
+        del os.environ["OMP_WAIT_POLICY"]
+
+
 def _import_compiled() -> tuple[types.SimpleNamespace | None, str | None]:
     try:
-        from fastcnn._kernels import _conv, _openmp, _pool
+        with _passive_openmp_waits():
+            from fastcnn._kernels import _conv, _openmp, _pool
     except Exception as exc:  # any failure (missing .so, ABI mismatch) means: fall back
         return None, f"{type(exc).__name__}: {exc}"
     namespace = types.SimpleNamespace(

@@ -70,16 +70,25 @@ _blas_controllers: list | None = None
 
 
 def _blas_libraries() -> list:
+    """threadpoolctl controllers for the BLAS that scipy's ``cython_blas`` (our GEMM) uses.
+
+    numpy usually bundles a BLAS of its own; leaving that one alone keeps its thread pool
+    warm for the user's (and the dense layers') matrix products. Where no BLAS can be told
+    apart as scipy's (a shared system BLAS), every BLAS is controlled.
+    """
     global _blas_controllers
     if _blas_controllers is None:
         try:
+            import scipy.linalg.cython_blas  # noqa: F401  (make sure it is loaded)
             from threadpoolctl import ThreadpoolController
 
-            _blas_controllers = list(
-                ThreadpoolController().select(user_api="blas").lib_controllers
-            )
+            libs = list(ThreadpoolController().select(user_api="blas").lib_controllers)
         except Exception:  # threadpoolctl missing or unable to inspect: leave BLAS alone
-            _blas_controllers = []
+            libs = []
+        scipy_libs = [
+            lib for lib in libs if "scipy" in os.path.dirname(lib.filepath or "").lower()
+        ]
+        _blas_controllers = scipy_libs or libs
     return _blas_controllers
 
 

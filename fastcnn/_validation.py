@@ -22,6 +22,8 @@ MAX_BLAS_DIM = 2**31 - 1
 def as_float_array(value, name: str, ndim: int | None = None) -> np.ndarray:
     """Return ``value`` as an ndarray of float32/float64, checking its rank."""
     array = np.asarray(value)
+    if array.dtype.kind == "f" and not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))  # e.g. big-endian data from a file
     if array.dtype not in FLOAT_DTYPES:
         raise TypeError(
             f"{name} must be a float32 or float64 array, got dtype {array.dtype}"
@@ -50,20 +52,22 @@ def contiguous(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def pair(value, name: str, minimum: int) -> tuple[int, int]:
     """Normalize an int or an (h, w) pair of ints, each >= ``minimum``."""
-    if _is_int(value):
+    if is_int(value):
         values = (int(value), int(value))
-    elif isinstance(value, tuple | list) and len(value) == 2 and all(map(_is_int, value)):
+    elif isinstance(value, tuple | list) and len(value) == 2 and all(map(is_int, value)):
         values = (int(value[0]), int(value[1]))
     else:
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     if min(values) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if max(values) > MAX_BLAS_DIM:
+        raise ValueError(f"{name} must be at most {MAX_BLAS_DIM}, got {value!r}")
     return values
 
 
@@ -75,12 +79,13 @@ def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: in
 def pool_output_size(
     size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool
 ) -> int:
-    """Pooling output size; with ceil_mode the last window must start inside the input
-    or its left padding (PyTorch's rule), so it never lies entirely in the right padding."""
+    """Pooling output size, PyTorch's rule (0 or less means the input is too small).
+
+    With ``ceil_mode`` the division rounds up, but the last window must start inside the
+    input or its left padding, so it never lies entirely in the right padding.
+    """
     span = size + 2 * pad - dilation * (kernel - 1) - 1
-    if span < 0:
-        return 0
-    out = (math.ceil(span / stride) if ceil_mode else span // stride) + 1
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1  # floor division, as div_rtn
     if ceil_mode and (out - 1) * stride >= size + pad:
         out -= 1
     return out

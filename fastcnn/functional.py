@@ -17,11 +17,13 @@ import numpy as np
 
 from fastcnn import _backend, _threads
 from fastcnn._validation import (
+    MAX_BLAS_DIM,
     as_float_array,
     check_size,
     contiguous,
     conv_output_size,
     conv_padding,
+    is_int,
     pair,
     pool_output_size,
     same_dtype,
@@ -233,10 +235,14 @@ class _Pool(NamedTuple):
 
 
 def _check_input_shape(input_shape) -> tuple[int, int, int, int]:
-    try:
-        shape = tuple(int(s) for s in input_shape)
-    except TypeError:
-        raise TypeError(f"input_shape must be a tuple (N, C, H, W), got {input_shape!r}") from None
+    if not isinstance(input_shape, tuple | list | np.ndarray) or not all(
+        is_int(s) for s in input_shape
+    ):
+        raise TypeError(
+            f"input_shape must be a tuple (N, C, H, W), got {input_shape!r}; "
+            "every entry must be an int"
+        )
+    shape = tuple(int(s) for s in input_shape)
     if len(shape) != 4 or min(shape) < 0:
         raise ValueError(
             f"input_shape must be 4 non-negative sizes (N, C, H, W), got {input_shape!r}"
@@ -391,9 +397,10 @@ def _check_avg(
         raise TypeError(
             f"divisor_override must be a positive int or None, got {divisor_override!r}"
         )
-    elif divisor_override < 1:
+    elif not 1 <= divisor_override <= MAX_BLAS_DIM:
         raise ValueError(
-            f"divisor_override must be a positive int or None, got {divisor_override}"
+            f"divisor_override must be a positive int or None, got {divisor_override} "
+            f"(at most {MAX_BLAS_DIM})"
         )
     else:
         divisor = int(divisor_override)

@@ -411,7 +411,14 @@ cdef Py_ssize_t chunk_size(Py_ssize_t n, int threads, const Geometry* g) noexcep
     return nb if nb > 0 else 1
 
 
-cdef int batch_threads(Py_ssize_t n, int n_threads) noexcept:
+cdef enum:
+    # Below this many multiply-adds a call runs on one thread: waking a team costs more.
+    MIN_PARALLEL_MACS = 1 << 21
+
+
+cdef int batch_threads(Py_ssize_t n, int n_threads, const Geometry* g) noexcept:
+    if n * g.c_out * g.p * g.k < MIN_PARALLEL_MACS:
+        return 1
     return <int> (n if n < n_threads else n_threads)
 
 
@@ -431,7 +438,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     if bias is not None:
         bias_view = bias
         bias_ptr = &bias_view[0]
-    cdef int threads = batch_threads(n_batch, n_threads)
+    cdef int threads = batch_threads(n_batch, n_threads, &g)
     cdef Py_ssize_t nb = chunk_size(n_batch, threads, &g)
     cdef Py_ssize_t n_chunks = (n_batch + nb - 1) // nb
     cdef Py_ssize_t n_col = g.k * g.q * nb
@@ -489,7 +496,7 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
     if want_b:
         gb_view = grad_bias
 
-    cdef int threads = batch_threads(n_batch, n_threads)
+    cdef int threads = batch_threads(n_batch, n_threads, &g)
     cdef Py_ssize_t nb = chunk_size(n_batch, threads, &g)
     cdef Py_ssize_t n_chunks = (n_batch + nb - 1) // nb
     # Per-thread scratch: [col | dy | dcol | padded plane | weight partials | bias partials].
