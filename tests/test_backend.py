@@ -1,0 +1,442 @@
+"""Backend selection (environment variable, set/use/get, fallback) and thread control."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import tol
+
+import fastcnn
+import fastcnn.functional as F
+from fastcnn import _backend
+
+COMPILED = "cython" in fastcnn.available_backends()
+needs_compiled = pytest.mark.skipif(
+    not COMPILED,
+    reason=f"compiled extension not importable: {fastcnn.backend_import_error()}",
+)
+OPENMP = COMPILED and _backend._compiled.openmp.openmp_enabled()
+
+# Make the compiled extension unimportable before fastcnn is imported: the same path as a
+# missing or ABI-incompatible .so.
+BREAK_EXTENSION = 'import sys\nsys.modules["fastcnn._kernels._conv"] = None\n'
+
+
+def run_python(code: str, **env_updates: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter, without inherited FASTCNN_/OMP_ settings."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("FASTCNN_BACKEND", "OMP_NUM_THREADS") and not k.startswith("GOMP_")
+    }
+    env.update(env_updates)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def run_json(code: str, **env_updates: str):
+    proc = run_python(code, **env_updates)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def restore_backend():
+    previous = fastcnn.get_backend()
+    yield
+    fastcnn.set_backend(previous)
+
+
+@pytest.fixture
+def restore_threads():
+    previous = fastcnn.get_num_threads()
+    yield
+    fastcnn.set_num_threads(None)
+    if fastcnn.get_num_threads() != previous:
+        fastcnn.set_num_threads(previous)
+
+
+# ---------------------------------------------------------------------------------------
+# This installation
+
+
+def test_compiled_backend_is_importable_in_this_installation():
+    if os.environ.get("FASTCNN_ALLOW_NO_EXTENSION") == "1" and not COMPILED:
+        pytest.skip(
+            "FASTCNN_ALLOW_NO_EXTENSION=1: running without the compiled extension "
+            f"(import failed: {fastcnn.backend_import_error()})"
+        )
+    assert COMPILED, (
+        "the compiled extension did not import, so only the slow numpy backend is "
+        f"available: {fastcnn.backend_import_error()}. Rebuild it (pip install -e .) or set "
+        "FASTCNN_ALLOW_NO_EXTENSION=1 to run the suite on the numpy backend only."
+    )
+    assert fastcnn.backend_import_error() is None
+    assert fastcnn.available_backends() == ("cython", "numpy")
+
+
+@needs_compiled
+def test_fresh_import_selects_compiled_backend_without_warning():
+    result = run_json(
+        """
+        import json, warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import fastcnn
+        print(json.dumps({"backend": fastcnn.get_backend(),
+                          "warnings": [str(w.message) for w in caught
+                                       if issubclass(w.category, fastcnn.FastCNNWarning)]}))
+        """
+    )
+    assert result == {"backend": "cython", "warnings": []}
+
+
+# ---------------------------------------------------------------------------------------
+# FASTCNN_BACKEND
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("numpy", "numpy"), (" NumPy ", "numpy"), ("CYTHON", "cython")],
+)
+def test_env_var_selects_backend(value, expected):
+    if expected == "cython" and not COMPILED:
+        pytest.skip("compiled extension not importable")
+    result = run_json(
+        """
+        import json
+        import numpy as np
+        import fastcnn, fastcnn.functional as F
+        from fastcnn import _backend
+        y = F.conv2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2)))
+        print(json.dumps({"backend": fastcnn.get_backend(),
+                          "impl": getattr(_backend.current(), "name", "numpy"),
+                          "y": y.ravel().tolist()}))
+        """,
+        FASTCNN_BACKEND=value,
+    )
+    assert result == {"backend": expected, "impl": expected, "y": [4.0] * 4}
+
+
+@pytest.mark.parametrize("value", ["numpy,cython"])
+def test_env_var_rejects_unknown_backend(value):
+    proc = run_python("import fastcnn", FASTCNN_BACKEND=value)
+    assert proc.returncode != 0
+    assert "ValueError" in proc.stderr
+    assert "FASTCNN_BACKEND must be one of ('cython', 'numpy')" in proc.stderr
+    assert repr(value) in proc.stderr
+
+
+def test_empty_env_var_means_default():
+    result = run_json(
+        "import json, fastcnn; print(json.dumps(fastcnn.get_backend()))", FASTCNN_BACKEND=""
+    )
+    assert result == ("cython" if COMPILED else "numpy")
+
+
+# ---------------------------------------------------------------------------------------
+# set_backend / use_backend / get_backend / available_backends
+
+
+def test_available_backends():
+    names = fastcnn.available_backends()
+    assert isinstance(names, tuple)
+    assert "numpy" in names
+    assert set(names) <= {"cython", "numpy"}
+    assert fastcnn.get_backend() in names
+
+
+def test_set_backend_switches_and_get_backend_reports(restore_backend):
+    for name in fastcnn.available_backends():
+        fastcnn.set_backend(name)
+        assert fastcnn.get_backend() == name
+    fastcnn.set_backend("NumPy")
+    assert fastcnn.get_backend() == "numpy"
+
+
+@pytest.mark.parametrize("name", ["torch", "", "cython ", "np", None, 1, ["numpy"]])
+def test_set_backend_rejects_invalid_names(name, restore_backend):
+    fastcnn.set_backend("numpy")
+    with pytest.raises(
+        ValueError,
+        match=rf"backend must be one of \('cython', 'numpy'\), got {re.escape(repr(name))}",
+    ):
+        fastcnn.set_backend(name)
+    assert fastcnn.get_backend() == "numpy"
+    with pytest.raises(ValueError, match=r"backend must be one of"):
+        with fastcnn.use_backend(name):
+            pass  # pragma: no cover
+    assert fastcnn.get_backend() == "numpy"
+
+
+@needs_compiled
+def test_use_backend_restores_previous_backend(restore_backend):
+    fastcnn.set_backend("cython")
+    with fastcnn.use_backend("NUMPY") as active:
+        assert active == "numpy"
+        assert fastcnn.get_backend() == "numpy"
+        with fastcnn.use_backend("cython"):
+            assert fastcnn.get_backend() == "cython"
+        assert fastcnn.get_backend() == "numpy"
+    assert fastcnn.get_backend() == "cython"
+    with pytest.raises(RuntimeError, match="boom"):
+        with fastcnn.use_backend("numpy"):
+            raise RuntimeError("boom")
+    assert fastcnn.get_backend() == "cython"
+
+
+@pytest.mark.parametrize("name", ["numpy", "cython"])
+def test_ops_dispatch_to_the_active_backend(name, monkeypatch, restore_threads):
+    if name not in fastcnn.available_backends():
+        pytest.skip("compiled extension not importable")
+    calls = []
+    impl = _backend._compiled if name == "cython" else _backend._reference_module()
+    for op in (
+        "conv2d_forward",
+        "conv2d_backward",
+        "max_pool2d_forward",
+        "max_pool2d_backward",
+        "avg_pool2d_forward",
+        "avg_pool2d_backward",
+    ):
+        original = getattr(impl, op)
+
+        def spy(*args, _op=op, _original=original):
+            calls.append((_op, args[-1]))
+            return _original(*args)
+
+        monkeypatch.setattr(impl, op, spy)
+    fastcnn.set_num_threads(2)
+    x = np.ones((1, 1, 4, 4))
+    w = np.ones((1, 1, 3, 3))
+    with fastcnn.use_backend(name):
+        F.conv2d(x, w)
+        F.conv2d_backward(np.ones((1, 1, 2, 2)), x, w)
+        y, idx = F.max_pool2d(x, 2)
+        F.max_pool2d_backward(y, idx, x.shape)
+        F.avg_pool2d(x, 2)
+        F.avg_pool2d_backward(y, x.shape, 2)
+    assert calls == [
+        ("conv2d_forward", 2),
+        ("conv2d_backward", 2),
+        ("max_pool2d_forward", 2),
+        ("max_pool2d_backward", 2),
+        ("avg_pool2d_forward", 2),
+        ("avg_pool2d_backward", 2),
+    ]
+
+
+# ---------------------------------------------------------------------------------------
+# Fallback when the extension cannot be imported
+
+
+def test_fallback_warns_once_with_the_reason_and_uses_numpy():
+    result = run_json(
+        BREAK_EXTENSION
+        + """
+import json, warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import numpy as np
+    import fastcnn
+    import fastcnn.functional as F
+    y = F.conv2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2)))
+    p, i = F.max_pool2d(np.arange(16.0).reshape(1, 1, 4, 4), 2)
+    import fastcnn  # a second import does not warn again
+    fastcnn.set_backend("numpy")
+    with fastcnn.use_backend("numpy"):
+        F.avg_pool2d(np.ones((1, 1, 2, 2)), 2)
+try:
+    fastcnn.set_backend("cython")
+except ImportError as exc:
+    set_error = str(exc)
+else:
+    set_error = None
+print(json.dumps({
+    "messages": [str(w.message) for w in caught
+                 if issubclass(w.category, fastcnn.FastCNNWarning)],
+    "categories": [w.category.__name__ for w in caught],
+    "backend": fastcnn.get_backend(),
+    "available": list(fastcnn.available_backends()),
+    "import_error": fastcnn.backend_import_error(),
+    "set_error": set_error,
+    "y": y.ravel().tolist(),
+    "pool": p.ravel().tolist(),
+    "idx": i.ravel().tolist(),
+}))
+"""
+    )
+    assert len(result["messages"]) == 1, result["messages"]
+    assert result["categories"] == ["FastCNNWarning"]
+    message = result["messages"][0]
+    assert "compiled extension could not be imported" in message
+    assert "numpy backend" in message
+    assert "fastcnn._kernels._conv" in message  # the reason: which module, and why
+    assert "None in sys.modules" in message
+    assert result["backend"] == "numpy"
+    assert result["available"] == ["numpy"]
+    assert "fastcnn._kernels._conv" in result["import_error"]
+    assert (
+        result["set_error"] is not None
+        and "compiled backend is not available" in (result["set_error"])
+    )
+    assert "fastcnn._kernels._conv" in result["set_error"]
+    assert result["y"] == [4.0] * 4
+    assert result["pool"] == [5.0, 7.0, 13.0, 15.0]
+    assert result["idx"] == [5, 7, 13, 15]
+
+
+def test_fallback_warning_category_is_a_user_warning():
+    assert issubclass(fastcnn.FastCNNWarning, UserWarning)
+    proc = run_python(BREAK_EXTENSION + "import fastcnn\n", PYTHONWARNINGS="error")
+    assert proc.returncode != 0  # an error filter turns it into an exception, by category
+    assert "FastCNNWarning" in proc.stderr
+
+
+def test_env_var_cython_without_extension_fails_with_the_reason():
+    proc = run_python(BREAK_EXTENSION + "import fastcnn\n", FASTCNN_BACKEND="cython")
+    assert proc.returncode != 0
+    assert "ImportError" in proc.stderr
+    assert "FASTCNN_BACKEND=cython" in proc.stderr
+    assert "fastcnn._kernels._conv" in proc.stderr
+
+
+def test_env_var_numpy_without_extension_and_omp_num_threads():
+    # the numpy backend can be requested explicitly, and the thread count then comes
+    # from OMP_NUM_THREADS since the OpenMP helper module is missing too
+    code = (
+        "import sys\n"
+        "for m in ('_conv', '_pool', '_openmp'):\n"
+        "    sys.modules['fastcnn._kernels.' + m] = None\n"
+        "import json, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "import fastcnn\n"
+        "print(json.dumps([fastcnn.get_backend(), fastcnn.get_num_threads()]))\n"
+    )
+    assert run_json(code, OMP_NUM_THREADS="3", FASTCNN_BACKEND="numpy") == ["numpy", 3]
+
+
+# ---------------------------------------------------------------------------------------
+# Threads
+
+
+def test_set_and_get_num_threads(restore_threads):
+    default = fastcnn.get_num_threads()
+    assert isinstance(default, int) and default >= 1
+    fastcnn.set_num_threads(1)
+    assert fastcnn.get_num_threads() == 1
+    fastcnn.set_num_threads(np.int64(3))
+    assert fastcnn.get_num_threads() == 3
+    assert type(fastcnn.get_num_threads()) is int
+    fastcnn.set_num_threads(None)
+    assert fastcnn.get_num_threads() == default
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "pattern"),
+    [
+        (0, ValueError, r"n must be >= 1, got 0"),
+        (-2, ValueError, r"n must be >= 1, got -2"),
+        (1.5, TypeError, r"n must be a positive int or None, got float"),
+        (2.0, TypeError, r"got float"),
+        ("2", TypeError, r"got str"),
+        (True, TypeError, r"got bool"),
+    ],
+)
+def test_set_num_threads_rejects_bad_values(value, error, pattern, restore_threads):
+    fastcnn.set_num_threads(2)
+    with pytest.raises(error, match=pattern):
+        fastcnn.set_num_threads(value)
+    assert fastcnn.get_num_threads() == 2
+
+
+def _thread_problem(dtype):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 4, 9, 8)).astype(dtype)  # odd batch: uneven split
+    w = rng.standard_normal((6, 2, 3, 3)).astype(dtype)
+    b = rng.standard_normal(6).astype(dtype)
+    return x, w, b
+
+
+def _all_ops(x, w, b):
+    y = F.conv2d(x, w, b, stride=(1, 2), padding=1, groups=2)
+    gx, gw, gb = F.conv2d_backward(y, x, w, stride=(1, 2), padding=1, groups=2)
+    p, idx = F.max_pool2d(x, 3, stride=2, padding=1, ceil_mode=True)
+    gp = F.max_pool2d_backward(p, idx, x.shape)
+    a = F.avg_pool2d(x, 3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)
+    ga = F.avg_pool2d_backward(a, x.shape, 3, stride=2, padding=1, ceil_mode=True)
+    return {"y": y, "gx": gx, "gw": gw, "gb": gb, "p": p, "idx": idx, "gp": gp, "a": a, "ga": ga}
+
+
+@needs_compiled
+def test_results_identical_at_one_and_two_threads(backend, dtype, restore_threads):
+    x, w, b = _thread_problem(dtype)
+    fastcnn.set_num_threads(1)
+    one = _all_ops(x, w, b)
+    fastcnn.set_num_threads(2)
+    two = _all_ops(x, w, b)
+    two_again = _all_ops(x, w, b)
+    fastcnn.set_num_threads(7)  # more threads than cores and than some batch splits
+    seven = _all_ops(x, w, b)
+    for key in one:
+        # per-sample and per-plane results do not depend on how the batch is split
+        if key in ("gw", "gb"):
+            # the weight/bias gradients sum per-thread partials: same up to rounding
+            np.testing.assert_allclose(two[key], one[key], **tol(dtype))
+            np.testing.assert_allclose(seven[key], one[key], **tol(dtype))
+        else:
+            np.testing.assert_array_equal(two[key], one[key], err_msg=key)
+            np.testing.assert_array_equal(seven[key], one[key], err_msg=key)
+        # and for a given thread count the result is deterministic
+        np.testing.assert_array_equal(two_again[key], two[key], err_msg=key)
+
+
+@needs_compiled
+def test_kernels_restore_the_blas_thread_count(restore_threads):
+    threadpoolctl = pytest.importorskip("threadpoolctl", reason="threadpoolctl not installed")
+    x, w, b = _thread_problem(np.float64)
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+                if lib["user_api"] == "blas"]  # fmt: skip
+
+    before = blas_threads()
+    if not before:
+        pytest.skip("no BLAS library visible to threadpoolctl")
+    for n in (1, 2):
+        fastcnn.set_num_threads(n)
+        with fastcnn.use_backend("cython"):
+            F.conv2d_backward(F.conv2d(x[:n], w, b, groups=2), x[:n], w, groups=2)
+        assert blas_threads() == before
+
+
+@pytest.mark.parametrize("omp", ["1", "2"])
+def test_omp_num_threads_is_honoured(omp):
+    if omp != "1" and not OPENMP:
+        pytest.skip("extension built without OpenMP: always one thread")
+    result = run_json(
+        """
+        import json
+        import numpy as np
+        import fastcnn, fastcnn.functional as F
+        n = fastcnn.get_num_threads()
+        y = F.conv2d(np.ones((3, 1, 4, 4)), np.ones((2, 1, 3, 3)), padding=1)
+        fastcnn.set_num_threads(2)
+        print(json.dumps({"default": n, "override": fastcnn.get_num_threads(),
+                          "corner": float(y[2, 1, 0, 0]), "centre": float(y[0, 0, 1, 1])}))
+        """,
+        OMP_NUM_THREADS=omp,
+    )
+    assert result == {"default": int(omp), "override": 2, "corner": 4.0, "centre": 9.0}

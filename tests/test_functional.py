@@ -1,0 +1,977 @@
+"""Numerical tests of :mod:`fastcnn.functional`.
+
+* the compiled backend against the numpy reference over many parameter combinations;
+* every backward op against float64 central differences of its forward, on both backends;
+* known answers computed by hand or with ``scipy.signal.correlate2d``;
+* memory layouts (non-contiguous, Fortran, sliced, negative strides, read-only, broadcast),
+  output properties (new, C-contiguous, input dtype) and empty batches.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from conftest import tol
+from scipy.signal import correlate2d
+
+import fastcnn
+import fastcnn.functional as F
+
+COMPILED = "cython" in fastcnn.available_backends()
+needs_compiled = pytest.mark.skipif(
+    not COMPILED,
+    reason=f"compiled extension not importable: {fastcnn.backend_import_error()}",
+)
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers
+
+
+def on_both(fn, *args, **kwargs):
+    """Return ``(reference result, compiled result)`` of ``fn(*args, **kwargs)``."""
+    with fastcnn.use_backend("numpy"):
+        ref = fn(*args, **kwargs)
+    with fastcnn.use_backend("cython"):
+        got = fn(*args, **kwargs)
+    return ref, got
+
+
+def as_tuple(result):
+    return result if isinstance(result, tuple) else (result,)
+
+
+def assert_close(got, ref, dtype, scale=None):
+    """Compare with the per-dtype tolerance; ``atol`` grows with the size of the values."""
+    got, ref = np.asarray(got), np.asarray(ref)
+    assert got.shape == ref.shape
+    assert got.dtype == np.dtype(dtype)
+    if scale is None:
+        finite = np.abs(ref[np.isfinite(ref)])
+        scale = max(1.0, float(finite.max())) if finite.size else 1.0
+    t = tol(dtype)
+    np.testing.assert_allclose(got, ref, rtol=t["rtol"], atol=t["atol"] * scale)
+
+
+@pytest.fixture
+def one_thread():
+    """Numerical gradients call the forward hundreds of times on tiny inputs, where an
+    OpenMP team only adds start-up latency; thread counts are tested in test_backend."""
+    previous = fastcnn.get_num_threads()
+    fastcnn.set_num_threads(1)
+    yield
+    fastcnn.set_num_threads(None)
+    if fastcnn.get_num_threads() != previous:
+        fastcnn.set_num_threads(previous)
+
+
+def numerical_grad(f, a, rel_step=1e-5):
+    """Central differences of the scalar ``f()`` with respect to ``a`` (mutated in place)."""
+    grad = np.zeros_like(a)
+    flat = a.reshape(-1)
+    assert np.shares_memory(flat, a)
+    for i in range(flat.size):
+        orig = flat[i]
+        h = rel_step * max(1.0, abs(orig))
+        flat[i] = orig + h
+        f_plus = f()
+        flat[i] = orig - h
+        f_minus = f()
+        flat[i] = orig
+        grad.flat[i] = (f_plus - f_minus) / (2 * h)
+    return grad
+
+
+def distinct_values(rng, shape, dtype=np.float64):
+    """Values at least ~0.8 apart in random order: max pooling has no near-ties."""
+    size = int(np.prod(shape))
+    values = rng.permutation(size) - size / 2 + rng.uniform(0, 0.2, size)
+    return values.reshape(shape).astype(dtype)
+
+
+def conv_out_len(size, k, s, p_total, d):
+    return (size + p_total - d * (k - 1) - 1) // s + 1
+
+
+def conv_expected_shape(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1):
+    s = stride if isinstance(stride, tuple) else (stride, stride)
+    d = dilation if isinstance(dilation, tuple) else (dilation, dilation)
+    k = w_shape[2:]
+    if isinstance(padding, str):
+        padding = padding.lower()
+    if padding == "same":
+        return (x_shape[0], w_shape[0], x_shape[2], x_shape[3])
+    if padding == "valid":
+        padding = 0
+    p = padding if isinstance(padding, tuple) else (padding, padding)
+    h = conv_out_len(x_shape[2], k[0], s[0], 2 * p[0], d[0])
+    w = conv_out_len(x_shape[3], k[1], s[1], 2 * p[1], d[1])
+    return (x_shape[0], w_shape[0], h, w)
+
+
+def case_id(value):
+    if isinstance(value, tuple) and all(isinstance(v, int) for v in value):
+        return "x".join(map(str, value))
+    if isinstance(value, dict):
+        return "-".join(f"{k[:3]}{v}".replace(" ", "") for k, v in value.items()) or "default"
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# Convolution cases: (x shape, weight shape, keyword arguments)
+
+CONV_CASES = [
+    ((2, 3, 7, 6), (4, 3, 3, 3), {}),
+    ((1, 1, 5, 5), (1, 1, 3, 3), {"padding": 1}),
+    ((2, 3, 8, 7), (4, 3, 3, 2), {"stride": 2, "padding": 1}),
+    ((2, 3, 9, 10), (2, 3, 3, 3), {"stride": 3}),
+    ((2, 2, 7, 8), (3, 2, 2, 3), {"stride": (1, 2), "padding": (0, 1)}),
+    ((2, 2, 8, 9), (3, 2, 3, 2), {"stride": (3, 1), "padding": (2, 1)}),
+    ((2, 3, 9, 8), (4, 3, 3, 3), {"dilation": 2}),
+    ((2, 3, 9, 8), (4, 3, 3, 3), {"dilation": (2, 1), "padding": 2}),
+    ((2, 2, 9, 9), (2, 2, 2, 3), {"dilation": (1, 2), "stride": 2, "padding": (1, 0)}),
+    ((2, 4, 6, 6), (6, 2, 3, 3), {"groups": 2, "padding": 1}),
+    ((2, 6, 7, 5), (6, 3, 3, 2), {"groups": 2, "stride": (2, 3), "padding": (1, 0)}),
+    ((2, 4, 6, 5), (4, 1, 3, 3), {"groups": 4, "padding": 1}),  # depthwise
+    ((3, 4, 6, 5), (8, 1, 3, 3), {"groups": 4, "stride": 2}),  # depthwise, multiplier 2
+    ((2, 6, 7, 7), (3, 2, 3, 3), {"groups": 3, "dilation": 2, "padding": "same"}),
+    ((1, 3, 6, 7), (2, 3, 3, 3), {"padding": "same"}),
+    ((1, 3, 6, 7), (2, 3, 2, 2), {"padding": "same"}),  # even kernel: extra row/col at end
+    ((2, 2, 5, 6), (3, 2, 4, 3), {"padding": "same"}),
+    ((2, 2, 5, 6), (3, 2, 1, 4), {"padding": "same"}),
+    ((1, 2, 7, 7), (2, 2, 2, 3), {"padding": "same", "dilation": (3, 1)}),  # 3*(2-1) odd
+    ((2, 2, 6, 7), (2, 2, 2, 2), {"padding": "SAME", "dilation": 2}),
+    ((2, 3, 5, 6), (2, 3, 3, 3), {"padding": "valid"}),
+    ((2, 2, 4, 5), (3, 2, 4, 5), {}),  # kernel as large as the input
+    ((2, 2, 3, 4), (3, 2, 5, 6), {"padding": 1}),  # kernel as large as the padded input
+    ((1, 2, 5, 5), (2, 2, 3, 3), {"dilation": 2}),  # dilated kernel as large as the input
+    ((2, 2, 5, 5), (2, 2, 3, 3), {"padding": 3}),  # padding beyond the kernel reach
+    ((2, 3, 5, 5), (4, 3, 1, 1), {}),  # 1x1, no im2col
+    ((2, 3, 5, 5), (4, 3, 1, 1), {"stride": 2}),
+    ((2, 3, 5, 5), (4, 3, 1, 1), {"padding": 1}),
+    ((3, 4, 5, 6), (4, 2, 1, 1), {"groups": 2}),  # 1x1 with groups
+    ((1, 1, 1, 1), (1, 1, 1, 1), {}),
+    ((1, 1, 9, 4), (1, 1, 3, 1), {"stride": (3, 1)}),
+    ((5, 2, 6, 6), (3, 2, 3, 3), {"stride": 2, "padding": 2}),  # batch > threads
+    ((4, 1, 11, 3), (2, 1, 5, 3), {"stride": (2, 1), "padding": (2, 1)}),
+]
+
+
+def _random_conv_cases(count, seed):
+    """Valid random convolution configurations (small, cheap, reproducible)."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    while len(cases) < count:
+        groups = int(rng.choice([1, 1, 2, 3]))
+        c_in = groups * int(rng.integers(1, 3))
+        c_out = groups * int(rng.integers(1, 3))
+        kh, kw = (int(v) for v in rng.integers(1, 5, size=2))
+        dh, dw = (int(v) for v in rng.integers(1, 3, size=2))
+        h, w = (int(v) for v in rng.integers(1, 10, size=2))
+        n = int(rng.integers(1, 4))
+        mode = rng.choice(["int", "pair", "same", "valid"])
+        kwargs = {"dilation": (dh, dw), "groups": groups}
+        if mode == "same":
+            kwargs["padding"] = "same"
+            pads = (dh * (kh - 1), dw * (kw - 1))
+        else:
+            kwargs["stride"] = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+            if mode == "int":
+                p = int(rng.integers(0, 3))
+                kwargs["padding"], pads = p, (2 * p, 2 * p)
+            elif mode == "pair":
+                ph, pw = (int(v) for v in rng.integers(0, 3, size=2))
+                kwargs["padding"], pads = (ph, pw), (2 * ph, 2 * pw)
+            else:
+                kwargs["padding"], pads = "valid", (0, 0)
+        if dh * (kh - 1) + 1 > h + pads[0] or dw * (kw - 1) + 1 > w + pads[1]:
+            continue
+        cases.append(((n, c_in, h, w), (c_out, c_in // groups, kh, kw), kwargs))
+    return cases
+
+
+ALL_CONV_CASES = CONV_CASES + _random_conv_cases(30, seed=2024)
+
+
+def _conv_inputs(rng, x_shape, w_shape, dtype):
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    return x, w, b
+
+
+# ---------------------------------------------------------------------------------------
+# Convolution: compiled vs reference
+
+
+@needs_compiled
+@pytest.mark.parametrize(("x_shape", "w_shape", "kwargs"), ALL_CONV_CASES, ids=case_id)
+def test_conv2d_compiled_matches_reference(x_shape, w_shape, kwargs, dtype, rng):
+    x, w, b = _conv_inputs(rng, x_shape, w_shape, dtype)
+    ref, got = on_both(F.conv2d, x, w, b, **kwargs)
+    assert got.shape == conv_expected_shape(x_shape, w_shape, **kwargs)
+    assert got.dtype == dtype
+    assert_close(got, ref, dtype)
+    ref_nb, got_nb = on_both(F.conv2d, x, w, None, **kwargs)
+    assert_close(got_nb, ref_nb, dtype)
+    # the bias is added once to every output pixel of its channel
+    assert_close(got - got_nb, np.broadcast_to(b[:, None, None], got.shape), dtype, scale=10)
+
+
+@needs_compiled
+@pytest.mark.parametrize(("x_shape", "w_shape", "kwargs"), ALL_CONV_CASES, ids=case_id)
+def test_conv2d_backward_compiled_matches_reference(x_shape, w_shape, kwargs, dtype, rng):
+    x, w, _ = _conv_inputs(rng, x_shape, w_shape, dtype)
+    out_shape = conv_expected_shape(x_shape, w_shape, **kwargs)
+    grad_out = rng.standard_normal(out_shape).astype(dtype)
+    ref, got = on_both(F.conv2d_backward, grad_out, x, w, **kwargs)
+    for g, r, shape in zip(got, ref, (x_shape, w_shape, (w_shape[0],)), strict=True):
+        assert g.shape == shape
+        assert_close(g, r, dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# Convolution: gradients against central differences (float64, both backends)
+
+CONV_GRAD_CASES = [
+    ((2, 2, 4, 5), (3, 2, 3, 2), {}),
+    ((1, 2, 5, 5), (2, 2, 3, 3), {"stride": 2, "padding": 1}),
+    ((2, 1, 6, 5), (2, 1, 2, 3), {"stride": (2, 1), "padding": (0, 2), "dilation": (2, 1)}),
+    ((1, 4, 4, 4), (4, 2, 2, 2), {"groups": 2, "padding": 1}),
+    ((2, 3, 4, 4), (3, 1, 3, 3), {"groups": 3, "stride": 3, "padding": 1}),  # depthwise
+    ((1, 2, 4, 5), (2, 2, 2, 2), {"padding": "same"}),  # even kernel: cropped grad_x
+    ((1, 1, 5, 4), (2, 1, 2, 3), {"padding": "same", "dilation": (3, 1)}),
+    ((2, 2, 3, 4), (1, 2, 5, 6), {"padding": 1}),  # kernel covers the padded input
+    ((2, 3, 3, 4), (2, 3, 1, 1), {}),  # 1x1 path
+    ((1, 2, 5, 5), (2, 2, 3, 3), {"dilation": 2, "stride": 2, "padding": 2}),
+]
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "kwargs"), CONV_GRAD_CASES, ids=case_id)
+def test_conv2d_backward_matches_numerical_gradient(
+    x_shape, w_shape, kwargs, backend, rng, one_thread
+):
+    x, w, b = _conv_inputs(rng, x_shape, w_shape, np.float64)
+    r = rng.standard_normal(conv_expected_shape(x_shape, w_shape, **kwargs))
+
+    def loss():
+        return float(np.sum(F.conv2d(x, w, b, **kwargs) * r))
+
+    grad_x, grad_w, grad_b = F.conv2d_backward(r, x, w, **kwargs)
+    np.testing.assert_allclose(grad_x, numerical_grad(loss, x), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(grad_w, numerical_grad(loss, w), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(grad_b, numerical_grad(loss, b), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "kwargs"), CONV_GRAD_CASES[:6], ids=case_id)
+def test_conv2d_backward_without_input_grad(x_shape, w_shape, kwargs, backend, dtype, rng):
+    x, w, _ = _conv_inputs(rng, x_shape, w_shape, dtype)
+    grad_out = rng.standard_normal(conv_expected_shape(x_shape, w_shape, **kwargs))
+    grad_out = grad_out.astype(dtype)
+    full = F.conv2d_backward(grad_out, x, w, **kwargs)
+    grad_x, grad_w, grad_b = F.conv2d_backward(grad_out, x, w, **kwargs, needs_input_grad=False)
+    assert grad_x is None
+    assert full[0] is not None and full[0].shape == x_shape
+    np.testing.assert_array_equal(grad_w, full[1])
+    np.testing.assert_array_equal(grad_b, full[2])
+    assert grad_w.dtype == grad_b.dtype == dtype
+
+
+# ---------------------------------------------------------------------------------------
+# Convolution: known answers
+
+EDGE_IMAGE = np.array(
+    [[0, 0, 1, 1, 1]] * 5, dtype=np.float64
+)  # a vertical edge between columns 1 and 2
+SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=np.float64)
+
+
+def test_edge_filter_by_hand(backend, dtype):
+    x = EDGE_IMAGE.astype(dtype)[None, None]
+    w = SOBEL_X.astype(dtype)[None, None]
+    valid = F.conv2d(x, w)
+    np.testing.assert_array_equal(valid[0, 0], [[4, 4, 0]] * 3)
+    padded = F.conv2d(x, w, padding=1)
+    expected = [
+        [0, 3, 3, 0, -3],
+        [0, 4, 4, 0, -4],
+        [0, 4, 4, 0, -4],
+        [0, 4, 4, 0, -4],
+        [0, 3, 3, 0, -3],
+    ]
+    np.testing.assert_array_equal(padded[0, 0], expected)
+    assert padded.dtype == dtype
+    # 'same' for an odd kernel is padding=1; stride 2 picks every other output
+    np.testing.assert_array_equal(F.conv2d(x, w, padding="same")[0, 0], expected)
+    np.testing.assert_array_equal(
+        F.conv2d(x, w, padding=1, stride=2)[0, 0], np.array(expected)[::2, ::2]
+    )
+
+
+def test_edge_filter_matches_scipy(backend, dtype):
+    x = EDGE_IMAGE.astype(dtype)[None, None]
+    w = SOBEL_X.astype(dtype)[None, None]
+    for mode, padding in (("valid", 0), ("same", 1)):
+        expected = correlate2d(EDGE_IMAGE, SOBEL_X, mode=mode)
+        assert_close(F.conv2d(x, w, padding=padding)[0, 0], expected.astype(dtype), dtype)
+    # a 'full' correlation is padding k - 1
+    expected = correlate2d(EDGE_IMAGE, SOBEL_X, mode="full")
+    assert_close(F.conv2d(x, w, padding=2)[0, 0], expected.astype(dtype), dtype)
+
+
+def scipy_conv2d(x, w, b, stride, pads, dilation, groups):
+    """Independent conv2d from scipy.signal.correlate2d: explicit (top, bottom, left, right)
+    zero padding, zeros inserted between kernel taps for dilation, slicing for stride."""
+    n, c_in, _, _ = x.shape
+    c_out, cg, kh, kw = w.shape
+    top, bottom, left, right = pads
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    wd = np.zeros((c_out, cg, dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1))
+    wd[:, :, :: dilation[0], :: dilation[1]] = w
+    cog = c_out // groups
+    planes = []
+    for i in range(n):
+        for co in range(c_out):
+            grp = co // cog
+            acc = sum(correlate2d(xp[i, grp * cg + c], wd[co, c], mode="valid") for c in range(cg))
+            planes.append(acc[:: stride[0], :: stride[1]] + (0 if b is None else b[co]))
+    return np.array(planes).reshape(n, c_out, *planes[0].shape)
+
+
+SCIPY_CASES = [
+    ((2, 3, 6, 5), (2, 3, 3, 2), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    ((1, 2, 7, 8), (3, 2, 3, 3), (2, 3), (1, 1, 2, 2), (1, 1), 1),
+    ((1, 2, 8, 7), (2, 2, 3, 2), (1, 2), (2, 2, 1, 1), (2, 3), 1),
+    ((2, 4, 5, 6), (6, 2, 2, 3), (1, 1), (1, 1, 0, 0), (1, 1), 2),
+    ((1, 3, 5, 5), (3, 1, 3, 3), (2, 2), (1, 1, 1, 1), (2, 2), 3),
+]
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "stride", "pads", "dil", "groups"), SCIPY_CASES)
+def test_conv2d_matches_scipy_correlate2d(
+    x_shape, w_shape, stride, pads, dil, groups, backend, rng
+):
+    x, w, b = _conv_inputs(rng, x_shape, w_shape, np.float64)
+    expected = scipy_conv2d(x, w, b, stride, pads, dil, groups)
+    got = F.conv2d(x, w, b, stride=stride, padding=(pads[0], pads[2]), dilation=dil, groups=groups)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("k", "dil"), [((2, 2), (1, 1)), ((4, 3), (1, 1)), ((2, 3), (3, 1)), ((3, 2), (2, 2))]
+)
+def test_conv2d_same_padding_puts_extra_at_bottom_right(k, dil, backend, rng):
+    x, w, b = _conv_inputs(rng, (2, 2, 5, 6), (3, 2, *k), np.float64)
+    totals = [d * (kk - 1) for kk, d in zip(k, dil, strict=True)]
+    pads = (totals[0] // 2, totals[0] - totals[0] // 2, totals[1] // 2, totals[1] - totals[1] // 2)
+    expected = scipy_conv2d(x, w, b, (1, 1), pads, dil, 1)
+    got = F.conv2d(x, w, b, padding="same", dilation=dil)
+    assert got.shape == (2, 3, 5, 6)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_conv2d_groups_equal_block_diagonal_weight(backend, dtype, rng):
+    x, w, b = _conv_inputs(rng, (2, 6, 5, 5), (4, 3, 3, 3), dtype)
+    full = np.zeros((4, 6, 3, 3), dtype)
+    full[:2, :3] = w[:2]
+    full[2:, 3:] = w[2:]
+    assert_close(F.conv2d(x, w, b, groups=2, padding=1), F.conv2d(x, full, b, padding=1), dtype)
+
+
+def test_conv2d_nan_stays_in_its_receptive_field(backend, dtype):
+    x = np.ones((1, 1, 5, 5), dtype)
+    x[0, 0, 0, 0] = np.nan
+    y = F.conv2d(x, np.ones((1, 1, 3, 3), dtype), padding=1)
+    expected_nan = np.zeros((5, 5), bool)
+    expected_nan[:2, :2] = True
+    np.testing.assert_array_equal(np.isnan(y[0, 0]), expected_nan)
+    assert np.all(np.isfinite(y[0, 0][~expected_nan]))
+
+
+def test_conv2d_backward_known_answer(backend, dtype):
+    # Single 3x3 image, 2x2 kernel of ones, grad_out of ones: grad_x counts how many
+    # windows cover each pixel, grad_weight sums the pixels each tap sees.
+    x = np.arange(9, dtype=dtype).reshape(1, 1, 3, 3)
+    w = np.ones((1, 1, 2, 2), dtype)
+    gx, gw, gb = F.conv2d_backward(np.ones((1, 1, 2, 2), dtype), x, w)
+    np.testing.assert_array_equal(gx[0, 0], [[1, 2, 1], [2, 4, 2], [1, 2, 1]])
+    np.testing.assert_array_equal(gw[0, 0], [[0 + 1 + 3 + 4, 1 + 2 + 4 + 5], [3 + 4 + 6 + 7, 24]])
+    np.testing.assert_array_equal(gb, [4])
+
+
+# ---------------------------------------------------------------------------------------
+# Pooling cases: (x shape, keyword arguments); dilation only for max pooling
+
+POOL_CASES = [
+    ((2, 3, 6, 6), {"kernel_size": 2}),
+    ((2, 3, 7, 7), {"kernel_size": 3, "stride": 2}),
+    ((2, 3, 7, 7), {"kernel_size": 3, "stride": 2, "padding": 1}),
+    ((1, 2, 7, 6), {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}),
+    ((1, 2, 5, 5), {"kernel_size": 2, "stride": 2, "padding": 1, "ceil_mode": True}),
+    ((1, 2, 4, 4), {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}),
+    ((1, 2, 6, 5), {"kernel_size": (3, 2), "stride": (2, 1), "padding": (1, 1)}),
+    ((2, 1, 8, 8), {"kernel_size": 3, "stride": 1}),  # overlapping windows
+    ((2, 2, 9, 7), {"kernel_size": 3, "stride": 3, "ceil_mode": True}),
+    ((2, 2, 8, 7), {"kernel_size": 3, "stride": 3, "ceil_mode": True}),
+    ((1, 1, 5, 5), {"kernel_size": 5}),  # kernel as large as the input
+    ((1, 1, 3, 3), {"kernel_size": 5, "padding": 2, "stride": 1}),  # as the padded input
+    ((2, 3, 7, 5), {"kernel_size": 2, "stride": 1, "padding": 1, "ceil_mode": True}),
+    (
+        (1, 2, 5, 7),
+        {"kernel_size": (2, 4), "stride": (3, 2), "padding": (1, 2), "ceil_mode": True},
+    ),
+    ((2, 2, 6, 6), {"kernel_size": 1}),
+    ((2, 2, 6, 6), {"kernel_size": 1, "stride": 2}),
+    ((1, 1, 4, 9), {"kernel_size": (1, 3), "stride": (1, 2), "ceil_mode": True}),
+    ((3, 1, 6, 6), {"kernel_size": 3, "stride": 3, "padding": 1, "ceil_mode": True}),
+    ((1, 3, 10, 3), {"kernel_size": (4, 3), "stride": (3, 1), "padding": (2, 1)}),
+    ((5, 2, 4, 4), {"kernel_size": 2, "stride": 2, "ceil_mode": False}),
+    ((1, 1, 1, 1), {"kernel_size": 1}),
+]
+
+MAX_DILATION_CASES = [
+    ((2, 2, 9, 8), {"kernel_size": 3, "stride": 2, "dilation": 2}),
+    ((1, 2, 9, 8), {"kernel_size": 2, "stride": 1, "dilation": (2, 3), "padding": 1}),
+    (
+        (1, 2, 9, 8),
+        {"kernel_size": 3, "stride": 2, "dilation": 2, "padding": 1, "ceil_mode": True},
+    ),
+    ((2, 1, 7, 10), {"kernel_size": (2, 3), "stride": (3, 2), "dilation": (3, 2), "padding": 1}),
+]
+
+
+def _pool_out_len(size, k, s, p, d, ceil_mode):
+    """PyTorch's pooling_output_shape: floor division of a rounded-up span in ceil_mode,
+    then drop a last window that would start in the right padding."""
+    span = size + 2 * p - d * (k - 1) - 1
+    out = (span + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return max(out, 0)
+
+
+def _touches_input(size, k, s, p, d, n_out):
+    return all(any(0 <= o * s - p + i * d < size for i in range(k)) for o in range(n_out))
+
+
+def _random_pool_cases(count, seed, max_dilation):
+    rng = np.random.default_rng(seed)
+    cases = []
+    while len(cases) < count:
+        k = tuple(int(v) for v in rng.integers(1, 5, size=2))
+        s = tuple(int(v) for v in rng.integers(1, 4, size=2))
+        p = tuple(int(rng.integers(0, kk // 2 + 1)) for kk in k)
+        d = tuple(int(v) for v in rng.integers(1, max_dilation + 1, size=2))
+        ceil_mode = bool(rng.integers(0, 2))
+        shape = (int(rng.integers(1, 4)), int(rng.integers(1, 3)), *rng.integers(1, 10, size=2))
+        shape = tuple(int(v) for v in shape)
+        outs = [_pool_out_len(shape[2 + a], k[a], s[a], p[a], d[a], ceil_mode) for a in range(2)]
+        if min(outs) < 1 or not all(
+            _touches_input(shape[2 + a], k[a], s[a], p[a], d[a], outs[a]) for a in range(2)
+        ):
+            continue
+        kwargs = {"kernel_size": k, "stride": s, "padding": p, "ceil_mode": ceil_mode}
+        if max_dilation > 1:
+            kwargs["dilation"] = d
+        cases.append((shape, kwargs))
+    return cases
+
+
+MAX_POOL_CASES = POOL_CASES + MAX_DILATION_CASES + _random_pool_cases(24, 7, max_dilation=2)
+AVG_POOL_CASES = POOL_CASES + _random_pool_cases(16, 8, max_dilation=1)
+AVG_OPTIONS = [
+    {"count_include_pad": True},
+    {"count_include_pad": False},
+    {"count_include_pad": True, "divisor_override": 3},
+    {"count_include_pad": False, "divisor_override": 2},
+]
+
+
+def pool_expected_shape(x_shape, kernel_size, stride=None, padding=0, dilation=1, **kw):
+    def two(v):
+        return v if isinstance(v, tuple) else (v, v)
+
+    k, p, d = two(kernel_size), two(padding), two(dilation)
+    s = k if stride is None else two(stride)
+    ceil_mode = kw.get("ceil_mode", False)
+    return (
+        *x_shape[:2],
+        *(_pool_out_len(x_shape[2 + a], k[a], s[a], p[a], d[a], ceil_mode) for a in range(2)),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Pooling: compiled vs reference
+
+
+@needs_compiled
+@pytest.mark.parametrize(("x_shape", "kwargs"), MAX_POOL_CASES, ids=case_id)
+def test_max_pool2d_compiled_matches_reference(x_shape, kwargs, dtype, rng):
+    x = rng.standard_normal(x_shape).astype(dtype)
+    (y_ref, i_ref), (y, i) = on_both(F.max_pool2d, x, **kwargs)
+    assert y.shape == i.shape == pool_expected_shape(x_shape, **kwargs)
+    assert y.dtype == dtype and i.dtype == np.int64
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(i, i_ref)
+    # the index points at the value
+    planes = x.reshape(*x_shape[:2], -1)
+    np.testing.assert_array_equal(
+        np.take_along_axis(planes, i.reshape(*x_shape[:2], -1), axis=-1).reshape(y.shape), y
+    )
+
+
+@needs_compiled
+@pytest.mark.parametrize(("x_shape", "kwargs"), MAX_POOL_CASES, ids=case_id)
+def test_max_pool2d_backward_compiled_matches_reference(x_shape, kwargs, dtype, rng):
+    x = rng.standard_normal(x_shape).astype(dtype)
+    _, indices = F.max_pool2d(x, **kwargs)
+    grad_out = rng.standard_normal(indices.shape).astype(dtype)
+    ref, got = on_both(F.max_pool2d_backward, grad_out, indices, x_shape)
+    assert got.shape == x_shape and got.dtype == dtype
+    assert_close(got, ref, dtype)
+
+
+@needs_compiled
+@pytest.mark.parametrize(("x_shape", "kwargs"), AVG_POOL_CASES, ids=case_id)
+def test_avg_pool2d_compiled_matches_reference(x_shape, kwargs, dtype, rng):
+    x = rng.standard_normal(x_shape).astype(dtype)
+    out_shape = pool_expected_shape(x_shape, **kwargs)
+    grad_out = rng.standard_normal(out_shape).astype(dtype)
+    for options in AVG_OPTIONS:
+        ref, got = on_both(F.avg_pool2d, x, **kwargs, **options)
+        assert got.shape == out_shape
+        assert_close(got, ref, dtype)
+        ref, got = on_both(F.avg_pool2d_backward, grad_out, x_shape, **kwargs, **options)
+        assert got.shape == x_shape
+        assert_close(got, ref, dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# Pooling: gradients against central differences
+
+POOL_GRAD_CASES = [
+    ((2, 2, 4, 5), {"kernel_size": 2}),
+    ((1, 2, 5, 5), {"kernel_size": 3, "stride": 1}),  # overlapping windows
+    ((1, 1, 5, 6), {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}),
+    ((1, 2, 5, 5), {"kernel_size": 2, "stride": 2, "padding": 1, "ceil_mode": True}),
+    ((2, 1, 4, 4), {"kernel_size": 3, "stride": 2, "ceil_mode": True}),  # past the edge
+    ((1, 1, 6, 5), {"kernel_size": (3, 2), "stride": (2, 1), "padding": (1, 0)}),
+]
+MAX_GRAD_CASES = POOL_GRAD_CASES + [
+    ((1, 2, 7, 6), {"kernel_size": 2, "stride": 1, "dilation": 2, "padding": 1}),
+    ((1, 1, 7, 7), {"kernel_size": 3, "stride": 2, "dilation": (2, 1), "ceil_mode": True}),
+]
+
+
+@pytest.mark.parametrize(("x_shape", "kwargs"), MAX_GRAD_CASES, ids=case_id)
+def test_max_pool2d_backward_matches_numerical_gradient(x_shape, kwargs, backend, rng, one_thread):
+    x = distinct_values(rng, x_shape)
+    y, indices = F.max_pool2d(x, **kwargs)
+    r = rng.standard_normal(y.shape)
+
+    def loss():
+        return float(np.sum(F.max_pool2d(x, **kwargs)[0] * r))
+
+    grad = F.max_pool2d_backward(r, indices, x_shape)
+    np.testing.assert_allclose(grad, numerical_grad(loss, x), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("options", AVG_OPTIONS, ids=case_id)
+@pytest.mark.parametrize(("x_shape", "kwargs"), POOL_GRAD_CASES, ids=case_id)
+def test_avg_pool2d_backward_matches_numerical_gradient(
+    x_shape, kwargs, options, backend, rng, one_thread
+):
+    x = rng.standard_normal(x_shape)
+    r = rng.standard_normal(pool_expected_shape(x_shape, **kwargs))
+
+    def loss():
+        return float(np.sum(F.avg_pool2d(x, **kwargs, **options) * r))
+
+    grad = F.avg_pool2d_backward(r, x_shape, **kwargs, **options)
+    np.testing.assert_allclose(grad, numerical_grad(loss, x), rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------
+# Pooling: known answers
+
+
+def test_max_pool2d_ties_go_to_first_maximum(backend, dtype):
+    x = np.ones((1, 1, 4, 4), dtype)
+    y, idx = F.max_pool2d(x, 2)
+    np.testing.assert_array_equal(y[0, 0], np.ones((2, 2)))
+    np.testing.assert_array_equal(idx[0, 0], [[0, 2], [8, 10]])
+    # a tie that is not at the window start: 3 at (0, 1) and (1, 0) -> (0, 1)
+    x = np.array([[1, 3], [3, 2]], dtype)[None, None]
+    y, idx = F.max_pool2d(x, 2)
+    assert y[0, 0, 0, 0] == 3 and idx[0, 0, 0, 0] == 1
+    # overlapping windows over a plateau: each picks its own first element
+    x = np.array([[5, 5, 5], [5, 5, 5]], dtype)[None, None]
+    _, idx = F.max_pool2d(x, 2, stride=1)
+    np.testing.assert_array_equal(idx[0, 0], [[0, 1]])
+
+
+def test_max_pool2d_nan_propagates_with_first_nan_index(backend, dtype):
+    nan = np.nan
+    x = np.array(
+        [
+            [1, nan, 7, 2],
+            [nan, 5, 3, nan],
+            [9, 1, 2, 0],
+            [4, 3, 1, nan],
+        ],
+        dtype,
+    )[None, None]
+    y, idx = F.max_pool2d(x, 2)
+    assert np.isnan(y[0, 0, 0, 0]) and idx[0, 0, 0, 0] == 1  # first of two NaNs
+    assert np.isnan(y[0, 0, 0, 1]) and idx[0, 0, 0, 1] == 7  # NaN after a larger value
+    assert y[0, 0, 1, 0] == 9 and idx[0, 0, 1, 0] == 8
+    assert np.isnan(y[0, 0, 1, 1]) and idx[0, 0, 1, 1] == 15  # NaN in the last position
+    # with padding and overlap
+    x = np.array([[0, 1, 2], [3, nan, 5], [6, 7, 8]], dtype)[None, None]
+    y, idx = F.max_pool2d(x, 3, stride=1, padding=1)
+    assert np.all(np.isnan(y))
+    assert np.all(idx == 4)
+    # the gradient goes to the NaN
+    g = F.max_pool2d_backward(np.ones_like(y), idx, x.shape)
+    np.testing.assert_array_equal(g[0, 0], [[0, 0, 0], [0, 9, 0], [0, 0, 0]])
+
+
+def test_max_pool2d_all_minus_inf_windows(backend, dtype):
+    x = np.full((1, 2, 3, 3), -np.inf, dtype)
+    y, idx = F.max_pool2d(x, 2, padding=1)
+    assert np.all(y == -np.inf)
+    # padding never wins: the first in-bounds element is selected
+    np.testing.assert_array_equal(idx[0, 0], [[0, 1], [3, 4]])
+    np.testing.assert_array_equal(idx[0, 1], [[0, 1], [3, 4]])
+    y, idx = F.max_pool2d(x, 3, stride=2, padding=1, ceil_mode=True)
+    np.testing.assert_array_equal(idx[0, 0], [[0, 1], [3, 4]])
+    # a -inf window next to a finite one
+    x = np.array([[-np.inf, -np.inf, 2.0, -np.inf]], dtype)[None, None]
+    y, idx = F.max_pool2d(x, (1, 2))
+    np.testing.assert_array_equal(y[0, 0], [[-np.inf, 2.0]])
+    np.testing.assert_array_equal(idx[0, 0], [[0, 2]])
+
+
+def test_max_pool2d_known_values_with_padding_and_ceil_mode(backend, dtype):
+    x = np.arange(25, dtype=dtype).reshape(1, 1, 5, 5)
+    y, idx = F.max_pool2d(x, 2, stride=2, padding=1, ceil_mode=True)
+    # windows start at -1, 1, 3 along each axis (a fourth would start in the padding)
+    assert y.shape == (1, 1, 3, 3)
+    np.testing.assert_array_equal(y[0, 0], [[0, 2, 4], [10, 12, 14], [20, 22, 24]])
+    np.testing.assert_array_equal(idx[0, 0], y[0, 0].astype(np.int64))
+    y, idx = F.max_pool2d(x, 3, stride=2, ceil_mode=True)  # last window runs past the edge
+    np.testing.assert_array_equal(y[0, 0], [[12, 14], [22, 24]])
+    y, idx = F.max_pool2d(x, 2, stride=3, dilation=2)  # taps at rows/cols 0, 2
+    np.testing.assert_array_equal(y[0, 0], [[12]])
+    assert idx[0, 0, 0, 0] == 12
+
+
+def test_ceil_mode_window_longer_than_the_input(backend, dtype):
+    # PyTorch (and the documented formula: ceil((1 + 0 - 1 - 1) / 2) + 1 = 1) give one
+    # output row for a 2-row kernel over a 1-row input in ceil_mode: the window starts
+    # inside the input and is clipped at its end.
+    x = np.arange(8, dtype=dtype).reshape(1, 1, 1, 8)
+    y, idx = F.max_pool2d(x, 2, ceil_mode=True)
+    np.testing.assert_array_equal(y[0, 0], [[1, 3, 5, 7]])
+    np.testing.assert_array_equal(idx[0, 0], [[1, 3, 5, 7]])
+    g = F.max_pool2d_backward(np.ones_like(y), idx, x.shape)
+    np.testing.assert_array_equal(g[0, 0], [[0, 1, 0, 1, 0, 1, 0, 1]])
+    # avg: each window holds 2 input cells and is clipped to 1 row, so divisor 2
+    a = F.avg_pool2d(x, 2, ceil_mode=True)
+    assert_close(a[0, 0], np.array([[0.5, 2.5, 4.5, 6.5]]), dtype)
+    ga = F.avg_pool2d_backward(np.ones_like(a), x.shape, 2, ceil_mode=True)
+    assert_close(ga[0, 0], np.full((1, 8), 0.5), dtype)
+
+
+def test_max_pool2d_backward_accumulates_overlapping_windows(backend, dtype):
+    x = np.array([[1, 2, 3], [4, 9, 5], [6, 7, 8]], dtype)[None, None]
+    y, idx = F.max_pool2d(x, 2, stride=1)
+    np.testing.assert_array_equal(idx[0, 0], [[4, 4], [4, 4]])
+    g = F.max_pool2d_backward(np.array([[1, 2], [3, 4]], dtype)[None, None], idx, x.shape)
+    np.testing.assert_array_equal(g[0, 0], [[0, 0, 0], [0, 10, 0], [0, 0, 0]])
+    assert g.dtype == dtype
+    # hand-made indices, repeated and across channels/samples
+    indices = np.array([[[[0, 0], [3, 0]]], [[[2, 2], [2, 1]]]])
+    grad_out = np.arange(1, 9, dtype=dtype).reshape(2, 1, 2, 2)
+    g = F.max_pool2d_backward(grad_out, indices, (2, 1, 2, 2))
+    np.testing.assert_array_equal(g[0, 0], [[1 + 2 + 4, 0], [0, 3]])
+    np.testing.assert_array_equal(g[1, 0], [[0, 8], [5 + 6 + 7, 0]])
+
+
+def test_max_pool2d_backward_overwrites_nothing_outside_indices(backend, dtype):
+    grad_out = np.full((1, 1, 1, 1), 2.5, dtype)
+    g = F.max_pool2d_backward(grad_out, np.array([[[[5]]]]), (1, 1, 3, 4))
+    expected = np.zeros((1, 1, 3, 4), dtype)
+    expected[0, 0, 1, 1] = 2.5
+    np.testing.assert_array_equal(g, expected)
+
+
+def test_max_pool2d_backward_accepts_other_integer_index_dtypes(backend, dtype, rng):
+    x = rng.standard_normal((2, 2, 6, 6)).astype(dtype)
+    _, idx = F.max_pool2d(x, 3, stride=1)
+    grad_out = rng.standard_normal(idx.shape).astype(dtype)
+    expected = F.max_pool2d_backward(grad_out, idx, x.shape)
+    for index_dtype in (np.int32, np.uint16, np.uint64):
+        got = F.max_pool2d_backward(grad_out, idx.astype(index_dtype), x.shape)
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_avg_pool2d_divisors_by_hand(backend, dtype):
+    ones = np.ones((1, 1, 4, 4), dtype)
+    kw = {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}
+    # windows along each axis: [-1, 2) -> 2 inputs of 3, [1, 4) -> 3 of 3, [3, 5) -> 1 of 2
+    # (the third window is clipped at the end of the padding, so it counts 2 cells).
+    counts = np.array([2, 3, 1])
+    with_pad = np.array([3, 3, 2])
+    y = F.avg_pool2d(ones, **kw)
+    assert y.shape == (1, 1, 3, 3)
+    assert_close(y[0, 0], (np.outer(counts, counts) / np.outer(with_pad, with_pad)), dtype)
+    np.testing.assert_allclose(y[0, 0, 0, 0], 4 / 9, rtol=1e-6)
+    np.testing.assert_allclose(y[0, 0, 2, 2], 1 / 4, rtol=1e-6)
+    y = F.avg_pool2d(ones, **kw, count_include_pad=False)
+    assert_close(y[0, 0], np.ones((3, 3)), dtype)
+    y = F.avg_pool2d(ones, **kw, divisor_override=2)
+    assert_close(y[0, 0], np.outer(counts, counts) / 2, dtype)
+    # no padding, last window runs past the input: divisor is what is left (6, then 4)
+    y = F.avg_pool2d(np.arange(16, dtype=dtype).reshape(1, 1, 4, 4), 3, stride=2, ceil_mode=True)
+    expected = [[(0 + 1 + 2 + 4 + 5 + 6 + 8 + 9 + 10) / 9, (2 + 3 + 6 + 7 + 10 + 11) / 6],
+                [(8 + 9 + 10 + 12 + 13 + 14) / 6, (10 + 11 + 14 + 15) / 4]]  # fmt: skip
+    assert_close(y[0, 0], np.array(expected), dtype)
+
+
+def test_avg_pool2d_padding_counts_as_zero(backend, dtype):
+    x = np.arange(1, 10, dtype=dtype).reshape(1, 1, 3, 3)
+    y = F.avg_pool2d(x, 2, stride=2, padding=1)
+    assert_close(
+        y[0, 0], np.array([[1 / 4, (2 + 3) / 4], [(4 + 7) / 4, (5 + 6 + 8 + 9) / 4]]), dtype
+    )
+    y = F.avg_pool2d(x, 2, stride=2, padding=1, count_include_pad=False)
+    assert_close(y[0, 0], np.array([[1, 2.5], [5.5, 7]]), dtype)
+
+
+def test_avg_pool2d_backward_accumulates_overlapping_windows(backend, dtype):
+    g = F.avg_pool2d_backward(np.ones((1, 1, 2, 2), dtype), (1, 1, 3, 3), 2, stride=1)
+    assert_close(g[0, 0], np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) / 4, dtype)
+    g = F.avg_pool2d_backward(
+        np.ones((1, 1, 2, 2), dtype), (1, 1, 3, 3), 2, stride=1, divisor_override=1
+    )
+    assert_close(g[0, 0], np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]]), dtype)
+    assert g.dtype == dtype
+
+
+def test_avg_pool2d_nan_propagates(backend, dtype):
+    x = np.ones((1, 1, 4, 4), dtype)
+    x[0, 0, 0, 0] = np.nan
+    y = F.avg_pool2d(x, 2)
+    assert np.isnan(y[0, 0, 0, 0])
+    assert np.all(y.reshape(-1)[1:] == 1)
+
+
+# ---------------------------------------------------------------------------------------
+# Memory layouts, outputs and empty batches
+
+LAYOUTS = ["fortran", "transposed", "sliced", "negative", "readonly", "broadcast"]
+
+
+def relayout(a, kind):
+    """A view of (a variant of) ``a`` with an unusual memory layout."""
+    if kind == "fortran":
+        return np.asfortranarray(a)
+    if kind == "transposed" and a.ndim >= 2:
+        return np.ascontiguousarray(np.swapaxes(a, -1, -2)).swapaxes(-1, -2)
+    if kind in ("sliced", "transposed"):
+        big = np.zeros(tuple(2 * s + 1 for s in a.shape), a.dtype)
+        view = big[tuple(slice(1, None, 2) for _ in a.shape)]
+        view[...] = a
+        return view
+    if kind == "negative":
+        flip = (slice(None, None, -1),) * a.ndim
+        return a[flip].copy()[flip]
+    if kind == "readonly":
+        ro = a.copy()
+        ro.flags.writeable = False
+        return ro
+    if kind == "broadcast":  # zero strides, read-only; values repeat the first sample
+        return np.broadcast_to(a[:1], a.shape)
+    raise AssertionError(kind)
+
+
+def _layout_problem(op, rng, dtype):
+    """(function, dict of array arguments) for each op, on small inputs."""
+    x = rng.standard_normal((2, 3, 6, 5)).astype(dtype)
+    w = rng.standard_normal((4, 3, 3, 2)).astype(dtype)
+    b = rng.standard_normal(4).astype(dtype)
+    conv_kw = {"stride": (2, 1), "padding": 1}
+    pool_kw = {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}
+    if op == "conv2d":
+        return (lambda x, w, b: F.conv2d(x, w, b, **conv_kw)), {"x": x, "w": w, "b": b}
+    if op == "conv2d_backward":
+        g = rng.standard_normal(F.conv2d(x, w, **conv_kw).shape).astype(dtype)
+        return (lambda g, x, w: F.conv2d_backward(g, x, w, **conv_kw)), {"g": g, "x": x, "w": w}
+    if op == "max_pool2d":
+        return (lambda x: F.max_pool2d(x, **pool_kw)), {"x": x}
+    if op == "max_pool2d_backward":
+        _, idx = F.max_pool2d(x, **pool_kw)
+        g = rng.standard_normal(idx.shape).astype(dtype)
+        return (lambda g, idx: F.max_pool2d_backward(g, idx, x.shape)), {"g": g, "idx": idx}
+    if op == "avg_pool2d":
+        return (lambda x: F.avg_pool2d(x, **pool_kw, count_include_pad=False)), {"x": x}
+    if op == "avg_pool2d_backward":
+        g = rng.standard_normal(F.avg_pool2d(x, **pool_kw).shape).astype(dtype)
+        return (lambda g: F.avg_pool2d_backward(g, x.shape, **pool_kw)), {"g": g}
+    raise AssertionError(op)
+
+
+LAYOUT_ARGS = [
+    ("conv2d", "x"),
+    ("conv2d", "w"),
+    ("conv2d", "b"),
+    ("conv2d_backward", "g"),
+    ("conv2d_backward", "x"),
+    ("conv2d_backward", "w"),
+    ("max_pool2d", "x"),
+    ("max_pool2d_backward", "g"),
+    ("max_pool2d_backward", "idx"),
+    ("avg_pool2d", "x"),
+    ("avg_pool2d_backward", "g"),
+]
+
+
+@pytest.mark.parametrize("kind", LAYOUTS)
+@pytest.mark.parametrize(("op", "arg"), LAYOUT_ARGS)
+def test_unusual_layouts_give_same_results(op, arg, kind, backend, rng):
+    dtype = np.dtype(np.float64)
+    fn, arrays = _layout_problem(op, rng, dtype)
+    odd = relayout(arrays[arg], kind)
+    if kind != "broadcast":
+        np.testing.assert_array_equal(odd, arrays[arg])
+    if kind == "readonly":
+        assert not odd.flags.writeable
+    elif not (kind == "fortran" and odd.ndim == 1):
+        assert not odd.flags.c_contiguous
+    before = odd.copy()
+    got = as_tuple(fn(**{**arrays, arg: odd}))
+    expected = as_tuple(fn(**{**arrays, arg: np.ascontiguousarray(odd)}))
+    for g, e in zip(got, expected, strict=True):
+        assert g.flags.c_contiguous
+        if e.dtype.kind == "f":
+            assert_close(g, e, dtype)
+        else:
+            np.testing.assert_array_equal(g, e)
+    np.testing.assert_array_equal(odd, before)  # inputs are never written
+
+
+@pytest.mark.parametrize("op", sorted({op for op, _ in LAYOUT_ARGS}))
+def test_outputs_are_new_c_contiguous_arrays_of_input_dtype(op, backend, dtype, rng):
+    fn, arrays = _layout_problem(op, rng, dtype)
+    saved = {k: v.copy() for k, v in arrays.items()}
+    outputs = as_tuple(fn(**arrays))
+    dtypes = (dtype, np.int64) if op == "max_pool2d" else (dtype,) * len(outputs)
+    for out, out_dtype in zip(outputs, dtypes, strict=True):
+        assert isinstance(out, np.ndarray)
+        assert out.flags.c_contiguous and out.flags.writeable
+        assert out.dtype == out_dtype
+        for a in arrays.values():
+            assert not np.shares_memory(out, a)
+    for a, b in itertools.combinations(outputs, 2):
+        assert not np.shares_memory(a, b)
+    for k, v in arrays.items():
+        np.testing.assert_array_equal(v, saved[k])
+    # a second call gives fresh buffers
+    again = as_tuple(fn(**arrays))
+    for a, b in zip(outputs, again, strict=True):
+        assert not np.shares_memory(a, b)
+
+
+@pytest.mark.parametrize("padding", [1, "same", "valid"])
+def test_conv2d_empty_batch(padding, backend, dtype, rng):
+    x = np.empty((0, 3, 5, 6), dtype)
+    w = rng.standard_normal((4, 3, 2, 3)).astype(dtype)
+    b = rng.standard_normal(4).astype(dtype)
+    y = F.conv2d(x, w, b, padding=padding)
+    expected = conv_expected_shape(x.shape, w.shape, padding=padding)
+    assert y.shape == expected and y.dtype == dtype and y.flags.c_contiguous
+    gx, gw, gb = F.conv2d_backward(np.empty(expected, dtype), x, w, padding=padding)
+    assert gx.shape == x.shape and gx.dtype == dtype
+    np.testing.assert_array_equal(gw, np.zeros(w.shape))
+    np.testing.assert_array_equal(gb, np.zeros(4))
+    assert gw.dtype == gb.dtype == dtype
+    gx, gw, _ = F.conv2d_backward(
+        np.empty(expected, dtype), x, w, padding=padding, needs_input_grad=False
+    )
+    assert gx is None
+    np.testing.assert_array_equal(gw, np.zeros(w.shape))
+
+
+@pytest.mark.parametrize("shape", [(0, 2, 5, 5), (2, 0, 5, 5)])
+def test_pooling_empty_batch_or_channels(shape, backend, dtype):
+    x = np.empty(shape, dtype)
+    y, idx = F.max_pool2d(x, 2, padding=1)
+    assert y.shape == idx.shape == (*shape[:2], 3, 3)
+    assert y.dtype == dtype and idx.dtype == np.int64
+    g = F.max_pool2d_backward(np.empty(y.shape, dtype), idx, shape)
+    assert g.shape == shape and g.dtype == dtype
+    y = F.avg_pool2d(x, 3, stride=2, ceil_mode=True)
+    assert y.shape == (*shape[:2], 2, 2) and y.dtype == dtype
+    g = F.avg_pool2d_backward(np.empty(y.shape, dtype), shape, 3, stride=2, ceil_mode=True)
+    assert g.shape == shape and g.dtype == dtype
+
+
+def test_conv2d_single_sample_and_channel(backend, dtype, rng):
+    # N = 1, C = 1 with a non-square kernel on a non-square image, against scipy
+    x = rng.standard_normal((1, 1, 7, 4))
+    w = rng.standard_normal((1, 1, 2, 3))
+    got = F.conv2d(x.astype(dtype), w.astype(dtype))
+    assert got.shape == (1, 1, 6, 2)
+    assert_close(got[0, 0], correlate2d(x[0, 0], w[0, 0], mode="valid").astype(dtype), dtype)
+
+
+def test_conv2d_with_zero_size_spatial_input_and_padding(backend, dtype):
+    # an empty 0x0 image padded by 1 is a 2x2 image of zeros: the output is the bias
+    x = np.empty((1, 1, 0, 0), dtype)
+    w = np.ones((2, 1, 1, 1), dtype)
+    b = np.array([3.0, -1.0], dtype)
+    y = F.conv2d(x, w, b, padding=1)
+    np.testing.assert_array_equal(y, np.broadcast_to(b[None, :, None, None], (1, 2, 2, 2)))
+    gx, gw, gb = F.conv2d_backward(np.ones((1, 2, 2, 2), dtype), x, w, padding=1)
+    assert gx.shape == (1, 1, 0, 0)
+    np.testing.assert_array_equal(gw, np.zeros((2, 1, 1, 1)))
+    np.testing.assert_array_equal(gb, [4, 4])
+
+
+def test_huge_stride_acts_like_a_stride_past_the_input(backend):
+    # A stride larger than the padded input gives one window per axis, however large it is.
+    x = np.arange(20.0).reshape(1, 1, 4, 5)
+    w = np.ones((1, 1, 2, 2))
+    expected = F.conv2d(x, w, stride=10)
+    for stride in (2**40, 2**63, 2**80):
+        try:
+            got = F.conv2d(x, w, stride=stride)
+        except ValueError as exc:  # rejecting it is fine, if the message says why
+            assert "stride" in str(exc)
+        else:
+            np.testing.assert_array_equal(got, expected)
+    expected_pool = F.max_pool2d(x, 2, stride=10)
+    for stride in (2**40, 2**63, 2**80):
+        try:
+            got = F.max_pool2d(x, 2, stride=stride)
+        except ValueError as exc:
+            assert "stride" in str(exc)
+        else:
+            np.testing.assert_array_equal(got[0], expected_pool[0])
+            np.testing.assert_array_equal(got[1], expected_pool[1])
+
+
+def test_huge_divisor_override_is_divided_or_rejected(backend):
+    # Any positive int is a valid divisor; one too large for the kernels must be refused
+    # with a ValueError naming it, not an OverflowError from inside a backend.
+    x = np.full((1, 1, 2, 2), 2.0**80)
+    for divisor in (2**40, 2**63, 2**80):
+        try:
+            got = F.avg_pool2d(x, 2, divisor_override=divisor)
+        except ValueError as exc:
+            assert "divisor_override" in str(exc)
+        else:
+            np.testing.assert_allclose(got, [[[[4 * 2.0**80 / divisor]]]], rtol=1e-12)
