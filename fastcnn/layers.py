@@ -1,0 +1,1027 @@
+"""Stateful layers: parameters, their gradients and what backward needs, over ``functional``.
+
+Each layer's ``forward`` is one call into :mod:`fastcnn.functional` (or a couple of numpy
+expressions) plus a reference to whatever ``backward`` will need (the conv input, the
+max-pooling indices, the normalized activations), so backward never recomputes forward.
+
+Conventions shared by every layer:
+
+* Layout is NCHW for images and (N, F) for features; ``output_shape`` takes and returns the
+  shape of *one sample*, (C, H, W) or (F,), so it composes without a batch size.
+* ``params`` and ``grads`` are dicts with the same keys. Both are allocated once, in
+  ``__init__``; ``reset_parameters`` and ``backward`` overwrite them in place, so an
+  optimizer may hold on to the arrays for the life of the layer.
+* Layers with parameters have a ``dtype`` (float32 by default) and only accept inputs of
+  that dtype: the conversion of e.g. uint8 images happens once, at the model boundary
+  (:class:`fastcnn.Sequential`), not silently on every batch.
+* ``get_config()`` returns the constructor arguments as JSON-able values, so
+  ``type(layer)(**layer.get_config())`` rebuilds the architecture (used by save/load).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+
+import fastcnn.functional as F
+from fastcnn._validation import conv_output_size, conv_padding, pair, pool_output_size
+
+__all__ = [
+    "AvgPool2D",
+    "BatchNorm2D",
+    "Conv2D",
+    "Dense",
+    "Dropout",
+    "Flatten",
+    "LAYER_REGISTRY",
+    "Layer",
+    "LeakyReLU",
+    "MaxPool2D",
+    "ReLU",
+    "Sigmoid",
+    "Tanh",
+    "layer_from_config",
+    "register_layer",
+]
+
+Shape = tuple[int, ...]
+IntPair = int | tuple[int, int]
+RngLike = int | np.random.Generator | None
+
+
+# ---------------------------------------------------------------------------------------
+# Argument checks shared by the constructors
+
+
+def _check_dtype(dtype) -> np.dtype:
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if resolved not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
+    return resolved
+
+
+def _check_rng(rng: RngLike) -> np.random.Generator:
+    """None -> fresh entropy; int -> seeded Generator; a Generator is used (and advanced)."""
+    if rng is None or (isinstance(rng, numbers.Integral) and not isinstance(rng, bool)):
+        return np.random.default_rng(rng)
+    if isinstance(rng, np.random.Generator):
+        return rng
+    raise TypeError(f"rng must be None, an int seed or a numpy.random.Generator, got {rng!r}")
+
+
+def _check_positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _check_float(value, name: str, low: float, high: float, *, high_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a float, got {value!r}")
+    value = float(value)
+    bad = not (low <= value <= high) or (high_open and value == high)
+    if bad:
+        bracket = ")" if high_open else "]"
+        raise ValueError(f"{name} must be in [{low}, {high}{bracket}, got {value!r}")
+    return value
+
+
+def _check_bool(value, name: str) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+# ---------------------------------------------------------------------------------------
+# Base class
+
+
+class Layer:
+    """Base class: a differentiable function of a batch, with named parameters.
+
+    Subclasses implement ``forward``, ``backward`` and, when the shape changes,
+    ``_output_shape``; layers with parameters also ``reset_parameters``.
+
+    Attributes
+    ----------
+    params : dict of str to ndarray
+        Learnable arrays by name (``"weight"``, ``"bias"``, ``"gamma"``, ...).
+    grads : dict of str to ndarray
+        Gradient of the loss with respect to each parameter, same keys and shapes;
+        overwritten (not accumulated) by every ``backward``.
+    buffers : dict of str to ndarray
+        Non-learnable state that is saved with the model (BatchNorm running statistics).
+    dtype : numpy.dtype or None
+        dtype of the parameters and of the accepted input; None for parameter-free layers,
+        which follow their input.
+    needs_input_grad : bool
+        When False, ``backward`` may skip the input gradient and return None. A
+        :class:`~fastcnn.Sequential` clears it on its first layer, whose input gradient
+        nobody uses.
+    """
+
+    dtype: np.dtype | None = None
+
+    def __init__(self) -> None:
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+        self.needs_input_grad = True
+        # What backward needs from the last forward (references, not copies).
+        self._cache: dict[str, Any] = {}
+        self._checked_shape: Shape | None = None
+
+    # -- the interface ------------------------------------------------------------------
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """Compute the output for a batch ``x``; ``training`` selects train-mode behaviour."""
+        raise NotImplementedError
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
+        """Given dLoss/dOutput of the last ``forward``, fill ``grads`` and return dLoss/dInput."""
+        raise NotImplementedError
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        """Shape of one output sample for one input sample of shape ``input_shape``.
+
+        Raises ValueError, naming this layer, when the layer cannot take that shape.
+        """
+        shape = tuple(int(s) for s in input_shape)
+        return self._output_shape(shape, shape, batched=False)
+
+    def reset_parameters(self, rng: RngLike = None) -> None:
+        """Re-initialize the parameters in place (no-op for parameter-free layers).
+
+        ``rng`` defaults to the generator the layer was built with.
+        """
+
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments as JSON-able values: ``type(self)(**config)`` rebuilds it."""
+        return {}
+
+    def extra_repr(self) -> str:
+        """The arguments shown inside ``repr(layer)`` (PyTorch's convention)."""
+        return ""
+
+    # -- shared machinery ---------------------------------------------------------------
+
+    def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        return self.forward(x, training)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    @property
+    def num_params(self) -> int:
+        """Number of learnable scalars."""
+        return sum(p.size for p in self.params.values())
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickles (joblib, deepcopy) carry the weights, never the last batch's activations.
+        state = self.__dict__.copy()
+        state["_cache"] = {}
+        state["_checked_shape"] = None
+        return state
+
+    def _add_param(self, name: str, shape: Shape) -> np.ndarray:
+        self.params[name] = np.zeros(shape, dtype=self.dtype)
+        self.grads[name] = np.zeros(shape, dtype=self.dtype)
+        return self.params[name]
+
+    def _output_shape(self, shape: Shape, received: Shape, batched: bool) -> Shape:
+        """Check one sample's ``shape`` and return the output sample's shape.
+
+        ``received`` is what the caller passed (the whole batch shape when ``batched``),
+        for the error message. The default suits element-wise layers.
+        """
+        return shape
+
+    def _shape_error(self, expected: str, received: Shape, batched: bool) -> ValueError:
+        # `expected` describes one sample, e.g. "(1, H, W)"; batch inputs get an N in front.
+        if batched:
+            expected = ("(N, " + expected[1:]).replace(",)", ")")
+        return ValueError(f"{self!r} expected input of shape {expected}, got {tuple(received)}")
+
+    def _check_input(self, x: np.ndarray) -> None:
+        """Validate a forward input once per new shape (cheap on every later batch)."""
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{self!r} expected a numpy array, got {type(x).__name__}")
+        if self.dtype is not None and x.dtype != self.dtype:
+            raise TypeError(
+                f"{self!r} has dtype {self.dtype} but received input of dtype {x.dtype}; "
+                f"convert the input with .astype(np.{self.dtype}) or build the layer "
+                f"with dtype=np.{x.dtype}"
+                if x.dtype.kind == "f"
+                else f"{self!r} has dtype {self.dtype} but received input of dtype "
+                f"{x.dtype}; convert the input with .astype(np.{self.dtype})"
+            )
+        if self.dtype is None and x.dtype.kind != "f":
+            raise TypeError(f"{self!r} expected a float32 or float64 array, got {x.dtype}")
+        if x.shape != self._checked_shape:
+            if x.ndim < 1:
+                raise ValueError(f"{self!r} expected a batch of samples, got a 0-d array")
+            self._output_shape(x.shape[1:], x.shape, batched=True)
+            self._checked_shape = x.shape
+
+    def _saved(self, key: str):
+        try:
+            return self._cache[key]
+        except KeyError:
+            raise RuntimeError(
+                f"{self!r}: backward() was called before forward(); run forward first"
+            ) from None
+
+
+# ---------------------------------------------------------------------------------------
+# Layers with parameters
+
+
+class Conv2D(Layer):
+    """2-D convolution (cross-correlation) layer over NCHW batches.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        Channels of the input and of the output; both divisible by ``groups``.
+    kernel_size : int or (int, int)
+    stride : int or (int, int), default 1
+    padding : int, (int, int), ``'valid'`` or ``'same'``, default 0
+        Zero padding on both sides; ``'same'`` (stride 1 only) keeps H and W.
+    dilation : int or (int, int), default 1
+    groups : int, default 1
+    bias : bool, default True
+        Whether to learn an additive per-channel bias.
+    dtype : float32 or float64, default float32
+    rng : int, numpy.random.Generator or None
+        Source of the initial weights.
+
+    Attributes
+    ----------
+    weight : ndarray of shape (out_channels, in_channels // groups, kH, kW)
+        He-uniform (Kaiming-uniform for ReLU) initialization:
+        ``U(-sqrt(6 / fan_in), sqrt(6 / fan_in))`` with
+        ``fan_in = in_channels // groups * kH * kW``.
+    bias : ndarray of shape (out_channels,) or None
+        Initialized to zero.
+
+    Shapes
+    ------
+    Input (N, C_in, H, W), output (N, C_out, H_out, W_out) with
+    ``H_out = floor((H + 2 * padding[0] - dilation[0] * (kH - 1) - 1) / stride[0]) + 1``
+    and the same for ``W_out``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntPair,
+        stride: IntPair = 1,
+        padding: IntPair | str = 0,
+        dilation: IntPair = 1,
+        groups: int = 1,
+        bias: bool = True,
+        *,
+        dtype=np.float32,
+        rng: RngLike = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels = _check_positive_int(in_channels, "in_channels")
+        self.out_channels = _check_positive_int(out_channels, "out_channels")
+        self.kernel_size = pair(kernel_size, "kernel_size", 1)
+        self.stride = pair(stride, "stride", 1)
+        self.dilation = pair(dilation, "dilation", 1)
+        self.groups = _check_positive_int(groups, "groups")
+        if isinstance(padding, str):
+            self.padding: tuple[int, int] | str = padding.lower()
+        else:
+            self.padding = pair(padding, "padding", 0)
+        # Resolves 'same'/'valid' and refuses 'same' with a stride now, not at first batch.
+        self._pads = conv_padding(self.padding, self.kernel_size, self.dilation, self.stride)
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(
+                f"groups={self.groups} must divide in_channels={self.in_channels} and "
+                f"out_channels={self.out_channels}"
+            )
+        self.dtype = _check_dtype(dtype)
+        self.use_bias = _check_bool(bias, "bias")
+        self.rng = _check_rng(rng)
+        kh, kw = self.kernel_size
+        self._add_param("weight", (self.out_channels, self.in_channels // self.groups, kh, kw))
+        if self.use_bias:
+            self._add_param("bias", (self.out_channels,))
+        self.reset_parameters()
+
+    @property
+    def weight(self) -> np.ndarray:
+        return self.params["weight"]
+
+    @property
+    def bias(self) -> np.ndarray | None:
+        return self.params.get("bias")
+
+    def reset_parameters(self, rng: RngLike = None) -> None:
+        rng = self.rng if rng is None else _check_rng(rng)
+        fan_in = self.weight[0].size
+        bound = math.sqrt(6.0 / fan_in)
+        # Drawn in float64 and cast, so a seed gives the same weights for either dtype.
+        self.weight[...] = rng.uniform(-bound, bound, size=self.weight.shape)
+        if self.bias is not None:
+            self.bias.fill(0)
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        self._check_input(x)
+        self._cache["x"] = x
+        return F.conv2d(
+            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
+        x = self._saved("x")
+        grad_x, grad_w, grad_b = F.conv2d_backward(
+            grad_out, x, self.weight, self.stride, self.padding, self.dilation, self.groups,
+            needs_input_grad=self.needs_input_grad,
+        )  # fmt: skip
+        self.grads["weight"][...] = grad_w
+        if self.use_bias:
+            self.grads["bias"][...] = grad_b
+        return grad_x
+
+    def _output_shape(self, shape: Shape, received: Shape, batched: bool) -> Shape:
+        if len(shape) != 3 or shape[0] != self.in_channels:
+            raise self._shape_error(f"({self.in_channels}, H, W)", received, batched)
+        (top, bottom), (left, right) = self._pads
+        kh, kw = self.kernel_size
+        # Asymmetric 'same' padding: count the extra bottom/right row in the input size.
+        h_out = conv_output_size(
+            shape[1] + bottom - top, kh, self.stride[0], top, self.dilation[0]
+        )
+        w_out = conv_output_size(
+            shape[2] + right - left, kw, self.stride[1], left, self.dilation[1]
+        )
+        if h_out < 1 or w_out < 1:
+            raise ValueError(
+                f"{self!r}: input of spatial size {shape[1]}x{shape[2]} is too small for "
+                f"the kernel (output would be {h_out}x{w_out}); got input {tuple(received)}"
+            )
+        return (self.out_channels, h_out, w_out)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size),
+            "stride": list(self.stride),
+            "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
+            "dilation": list(self.dilation),
+            "groups": self.groups,
+            "bias": self.use_bias,
+            "dtype": self.dtype.name,
+        }
+
+    def extra_repr(self) -> str:
+        text = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}"
+        )
+        if self.padding != (0, 0):
+            text += f", padding={self.padding!r}"  # (1, 1) or 'same'
+        if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if not self.use_bias:
+            text += ", bias=False"
+        if self.dtype != np.float32:
+            text += f", dtype={self.dtype.name}"
+        return text
+
+
+class Dense(Layer):
+    """Fully connected layer ``y = x @ weight.T + bias`` (PyTorch's ``Linear``).
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    bias : bool, default True
+    dtype : float32 or float64, default float32
+    rng : int, numpy.random.Generator or None
+        Source of the initial weights.
+
+    Attributes
+    ----------
+    weight : ndarray of shape (out_features, in_features)
+        Glorot-uniform initialization:
+        ``U(-sqrt(6 / (in_features + out_features)), +sqrt(...))``.
+    bias : ndarray of shape (out_features,) or None
+        Initialized to zero.
+
+    Shapes
+    ------
+    Input (N, in_features), output (N, out_features). Image batches need a
+    :class:`Flatten` in front.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        dtype=np.float32,
+        rng: RngLike = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = _check_positive_int(in_features, "in_features")
+        self.out_features = _check_positive_int(out_features, "out_features")
+        self.use_bias = _check_bool(bias, "bias")
+        self.dtype = _check_dtype(dtype)
+        self.rng = _check_rng(rng)
+        self._add_param("weight", (self.out_features, self.in_features))
+        if self.use_bias:
+            self._add_param("bias", (self.out_features,))
+        self.reset_parameters()
+
+    @property
+    def weight(self) -> np.ndarray:
+        return self.params["weight"]
+
+    @property
+    def bias(self) -> np.ndarray | None:
+        return self.params.get("bias")
+
+    def reset_parameters(self, rng: RngLike = None) -> None:
+        rng = self.rng if rng is None else _check_rng(rng)
+        limit = math.sqrt(6.0 / (self.in_features + self.out_features))
+        self.weight[...] = rng.uniform(-limit, limit, size=self.weight.shape)
+        if self.bias is not None:
+            self.bias.fill(0)
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        self._check_input(x)
+        self._cache["x"] = x
+        y = x @ self.weight.T
+        if self.use_bias:
+            y += self.bias
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
+        x = self._saved("x")
+        # Written straight into the preallocated gradients: no temporaries.
+        np.matmul(grad_out.T, x, out=self.grads["weight"])
+        if self.use_bias:
+            np.sum(grad_out, axis=0, out=self.grads["bias"])
+        if not self.needs_input_grad:
+            return None
+        return grad_out @ self.weight
+
+    def _output_shape(self, shape: Shape, received: Shape, batched: bool) -> Shape:
+        if len(shape) != 1 or shape[0] != self.in_features:
+            error = self._shape_error(f"({self.in_features},)", received, batched)
+            if len(shape) > 1:
+                error = ValueError(f"{error}; add a Flatten() layer before Dense")
+            raise error
+        return (self.out_features,)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bias": self.use_bias,
+            "dtype": self.dtype.name,
+        }
+
+    def extra_repr(self) -> str:
+        text = f"in_features={self.in_features}, out_features={self.out_features}"
+        if not self.use_bias:
+            text += ", bias=False"
+        if self.dtype != np.float32:
+            text += f", dtype={self.dtype.name}"
+        return text
+
+
+class BatchNorm2D(Layer):
+    """Batch normalization over the (N, H, W) axes of each channel (PyTorch's BatchNorm2d).
+
+    In training mode each channel is normalized with the batch mean and (biased) variance,
+    and the running statistics are updated as
+    ``running = (1 - momentum) * running + momentum * batch`` (the running variance uses the
+    unbiased batch variance). In eval mode the running statistics are used instead.
+
+    Parameters
+    ----------
+    num_features : int
+        Number of channels C.
+    eps : float, default 1e-5
+        Added to the variance for numerical stability.
+    momentum : float, default 0.1
+        Weight of the current batch in the running statistics.
+    dtype : float32 or float64, default float32
+
+    Attributes
+    ----------
+    gamma, beta : ndarray of shape (num_features,)
+        Learnable scale (initialized to 1) and shift (initialized to 0).
+    running_mean, running_var : ndarray of shape (num_features,)
+        Buffers, initialized to 0 and 1; saved with the model.
+
+    Shapes
+    ------
+    Input (N, C, H, W), output the same.
+    """
+
+    def __init__(
+        self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, *, dtype=np.float32
+    ) -> None:
+        super().__init__()
+        self.num_features = _check_positive_int(num_features, "num_features")
+        self.eps = _check_float(eps, "eps", 0.0, math.inf)
+        if self.eps <= 0:
+            raise ValueError(f"eps must be > 0, got {eps!r}")
+        self.momentum = _check_float(momentum, "momentum", 0.0, 1.0)
+        self.dtype = _check_dtype(dtype)
+        self._add_param("gamma", (self.num_features,))
+        self._add_param("beta", (self.num_features,))
+        self.buffers["running_mean"] = np.zeros(self.num_features, dtype=self.dtype)
+        self.buffers["running_var"] = np.ones(self.num_features, dtype=self.dtype)
+        self.reset_parameters()
+
+    @property
+    def gamma(self) -> np.ndarray:
+        return self.params["gamma"]
+
+    @property
+    def beta(self) -> np.ndarray:
+        return self.params["beta"]
+
+    @property
+    def running_mean(self) -> np.ndarray:
+        return self.buffers["running_mean"]
+
+    @property
+    def running_var(self) -> np.ndarray:
+        return self.buffers["running_var"]
+
+    def reset_parameters(self, rng: RngLike = None) -> None:
+        self.gamma.fill(1)
+        self.beta.fill(0)
+        self.running_mean.fill(0)
+        self.running_var.fill(1)
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        self._check_input(x)
+        c = self.num_features
+        if not training:
+            inv_std = 1.0 / np.sqrt(self.running_var + self.eps)
+            scale = (self.gamma * inv_std).reshape(1, c, 1, 1)
+            shift = (self.beta - self.running_mean * self.gamma * inv_std).reshape(1, c, 1, 1)
+            self._cache.update(training=False, x=x, inv_std=inv_std)
+            y = x * scale
+            y += shift
+            return y
+        count = x.size // c
+        if count < 2:
+            raise ValueError(
+                f"{self!r} needs more than one value per channel in training mode, got "
+                f"input of shape {x.shape}"
+            )
+        mean = x.mean(axis=(0, 2, 3))
+        xhat = x - mean.reshape(1, c, 1, 1)
+        var = np.einsum("nchw,nchw->c", xhat, xhat) / count  # biased, as used to normalize
+        inv_std = 1.0 / np.sqrt(var + self.eps)
+        xhat *= inv_std.reshape(1, c, 1, 1)
+        y = xhat * self.gamma.reshape(1, c, 1, 1)
+        y += self.beta.reshape(1, c, 1, 1)
+        m = self.momentum
+        running_mean, running_var = self.running_mean, self.running_var
+        running_mean *= 1 - m
+        running_mean += m * mean
+        running_var *= 1 - m
+        running_var += (m * count / (count - 1)) * var
+        self._cache.update(training=True, xhat=xhat, inv_std=inv_std)
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        training = self._saved("training")
+        c = self.num_features
+        inv_std = self._cache["inv_std"]
+        if training:
+            xhat = self._cache["xhat"]
+        else:  # eval-mode backward is rare: rebuild xhat instead of caching it every batch
+            x = self._cache["x"]
+            xhat = (x - self.running_mean.reshape(1, c, 1, 1)) * inv_std.reshape(1, c, 1, 1)
+        dgamma, dbeta = self.grads["gamma"], self.grads["beta"]
+        np.sum(grad_out, axis=(0, 2, 3), out=dbeta)
+        np.einsum("nchw,nchw->c", grad_out, xhat, out=dgamma)
+        scale = (self.gamma * inv_std).reshape(1, c, 1, 1)
+        if not training:  # statistics are constants: a per-channel affine map
+            return grad_out * scale
+        # dx = gamma * inv_std * (g - mean(g) - xhat * mean(g * xhat)), per channel.
+        count = grad_out.size // c
+        grad_x = xhat * (-dgamma / count).reshape(1, c, 1, 1)
+        grad_x += grad_out
+        grad_x -= (dbeta / count).reshape(1, c, 1, 1)
+        grad_x *= scale
+        return grad_x
+
+    def _output_shape(self, shape: Shape, received: Shape, batched: bool) -> Shape:
+        if len(shape) != 3 or shape[0] != self.num_features:
+            raise self._shape_error(f"({self.num_features}, H, W)", received, batched)
+        return shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "num_features": self.num_features,
+            "eps": self.eps,
+            "momentum": self.momentum,
+            "dtype": self.dtype.name,
+        }
+
+    def extra_repr(self) -> str:
+        text = f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        if self.dtype != np.float32:
+            text += f", dtype={self.dtype.name}"
+        return text
+
+
+# ---------------------------------------------------------------------------------------
+# Pooling
+
+
+class _Pool2D(Layer):
+    def _pool_output(self, shape, received, batched, dilation, ceil_mode) -> Shape:
+        if len(shape) != 3:
+            raise self._shape_error("(C, H, W)", received, batched)
+        size = [
+            pool_output_size(
+                shape[1 + i],
+                self.kernel_size[i],
+                self.stride[i],
+                self.padding[i],
+                dilation[i],
+                ceil_mode,
+            )  # fmt: skip
+            for i in range(2)
+        ]
+        if min(size) < 1:
+            raise ValueError(
+                f"{self!r}: input of spatial size {shape[1]}x{shape[2]} is too small for "
+                f"the window (output would be {size[0]}x{size[1]}); got input "
+                f"{tuple(received)}"
+            )
+        return (shape[0], size[0], size[1])
+
+    def _check_pool_args(self, kernel_size, stride, padding) -> None:
+        self.kernel_size = pair(kernel_size, "kernel_size", 1)
+        self.stride = self.kernel_size if stride is None else pair(stride, "stride", 1)
+        self.padding = pair(padding, "padding", 0)
+        if any(p > k // 2 for p, k in zip(self.padding, self.kernel_size, strict=True)):
+            raise ValueError(
+                f"padding must be at most half of kernel_size={self.kernel_size}, "
+                f"got padding={padding!r}"
+            )
+
+
+class MaxPool2D(_Pool2D):
+    """2-D max pooling; backward routes each gradient to the maximum it came from.
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int, (int, int) or None, default None
+        Defaults to ``kernel_size`` (non-overlapping windows).
+    padding : int or (int, int), default 0
+        Implicit -inf padding, at most half the kernel size.
+    dilation : int or (int, int), default 1
+    ceil_mode : bool, default False
+        Round the output size up instead of down.
+
+    Shapes
+    ------
+    Input (N, C, H, W), output (N, C, H_out, W_out) with
+    ``H_out = floor((H + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1)
+    / stride[0]) + 1`` (``ceil`` with ``ceil_mode``), and the same for ``W_out``.
+    """
+
+    def __init__(
+        self,
+        kernel_size: IntPair,
+        stride: IntPair | None = None,
+        padding: IntPair = 0,
+        dilation: IntPair = 1,
+        ceil_mode: bool = False,
+    ) -> None:
+        super().__init__()
+        self._check_pool_args(kernel_size, stride, padding)
+        self.dilation = pair(dilation, "dilation", 1)
+        self.ceil_mode = _check_bool(ceil_mode, "ceil_mode")
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        self._check_input(x)
+        y, indices = F.max_pool2d(
+            x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
+        )
+        self._cache["indices"] = indices
+        self._cache["input_shape"] = x.shape
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        indices = self._saved("indices")
+        return F.max_pool2d_backward(grad_out, indices, self._cache["input_shape"])
+
+    def _output_shape(self, shape: Shape, received: Shape, batched: bool) -> Shape:
+        return self._pool_output(shape, received, batched, self.dilation, self.ceil_mode)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "kernel_size": list(self.kernel_size),
+            "stride": list(self.stride),
+            "padding": list(self.padding),
+            "dilation": list(self.dilation),
+            "ceil_mode": self.ceil_mode,
+        }
+
+    def extra_repr(self) -> str:
+        text = f"kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            text += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        if self.ceil_mode:
+            text += ", ceil_mode=True"
+        return text
+
+
+class AvgPool2D(_Pool2D):
+    """2-D average pooling (PyTorch's AvgPool2d).
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int, (int, int) or None, default None
+        Defaults to ``kernel_size``.
+    padding : int or (int, int), default 0
+        Implicit zero padding, at most half the kernel size.
+    ceil_mode : bool, default False
+        Round the output size up instead of down.
+    count_include_pad : bool, default True
+        Count padded positions in the divisor.
+    divisor_override : int or None, default None
+        Always divide by this instead.
+
+    Shapes
+    ------
+    Input (N, C, H, W), output (N, C, H_out, W_out) as for :class:`MaxPool2D` with
+    dilation 1.
+    """
+
+    def __init__(
+        self,
+        kernel_size: IntPair,
+        stride: IntPair | None = None,
+        padding: IntPair = 0,
+        ceil_mode: bool = False,
+        count_include_pad: bool = True,
+        divisor_override: int | None = None,
+    ) -> None:
+        super().__init__()
+        self._check_pool_args(kernel_size, stride, padding)
+        self.ceil_mode = _check_bool(ceil_mode, "ceil_mode")
+        self.count_include_pad = _check_bool(count_include_pad, "count_include_pad")
+        if divisor_override is not None:
+            divisor_override = _check_positive_int(divisor_override, "divisor_override")
+        self.divisor_override = divisor_override
+
+    def _args(self) -> tuple:
+        return (
+            self.kernel_size, self.stride, self.padding, self.ceil_mode,
+            self.count_include_pad, self.divisor_override,
+        )  # fmt: skip
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        self._check_input(x)
+        self._cache["input_shape"] = x.shape
+        return F.avg_pool2d(x, *self._args())
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        return F.avg_pool2d_backward(grad_out, self._saved("input_shape"), *self._args())
+
+    def _output_shape(self, shape: Shape, received: Shape, batched: bool) -> Shape:
+        return self._pool_output(shape, received, batched, (1, 1), self.ceil_mode)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "kernel_size": list(self.kernel_size),
+            "stride": list(self.stride),
+            "padding": list(self.padding),
+            "ceil_mode": self.ceil_mode,
+            "count_include_pad": self.count_include_pad,
+            "divisor_override": self.divisor_override,
+        }
+
+    def extra_repr(self) -> str:
+        text = f"kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            text += f", padding={self.padding}"
+        if self.ceil_mode:
+            text += ", ceil_mode=True"
+        if not self.count_include_pad:
+            text += ", count_include_pad=False"
+        if self.divisor_override is not None:
+            text += f", divisor_override={self.divisor_override}"
+        return text
+
+
+# ---------------------------------------------------------------------------------------
+# Element-wise layers and reshaping
+
+
+class ReLU(Layer):
+    """``max(x, 0)`` element-wise; the gradient at 0 is taken as 0. Any input shape."""
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        self._check_input(x)
+        y = np.maximum(x, 0)
+        self._cache["y"] = y
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        return grad_out * (self._saved("y") > 0)
+
+
+class LeakyReLU(Layer):
+    """``x`` where positive, ``negative_slope * x`` elsewhere. Any input shape.
+
+    Parameters
+    ----------
+    negative_slope : float, default 0.01
+    """
+
+    def __init__(self, negative_slope: float = 0.01) -> None:
+        super().__init__()
+        self.negative_slope = _check_float(negative_slope, "negative_slope", -math.inf, math.inf)
+        if not math.isfinite(self.negative_slope):
+            raise ValueError(f"negative_slope must be finite, got {negative_slope!r}")
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        self._check_input(x)
+        positive = x > 0
+        self._cache["positive"] = positive
+        return np.where(positive, x, x * self.negative_slope)
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        positive = self._saved("positive")
+        return np.where(positive, grad_out, grad_out * self.negative_slope)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"negative_slope": self.negative_slope}
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}"
+
+
+class Tanh(Layer):
+    """Hyperbolic tangent element-wise. Any input shape."""
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        self._check_input(x)
+        y = np.tanh(x)
+        self._cache["y"] = y
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        y = self._saved("y")
+        return grad_out * (1 - y * y)
+
+
+class Sigmoid(Layer):
+    """Logistic function ``1 / (1 + exp(-x))`` element-wise. Any input shape."""
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        self._check_input(x)
+        # The tanh form never overflows, unlike exp(-x) for very negative x.
+        y = np.tanh(x * 0.5)
+        y *= 0.5
+        y += 0.5
+        self._cache["y"] = y
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        y = self._saved("y")
+        return grad_out * (y * (1 - y))
+
+
+class Flatten(Layer):
+    """Flatten every axis but the batch axis: (N, C, H, W) -> (N, C * H * W)."""
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        self._check_input(x)
+        self._cache["input_shape"] = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        return grad_out.reshape(self._saved("input_shape"))
+
+    def _output_shape(self, shape: Shape, received: Shape, batched: bool) -> Shape:
+        if len(shape) < 1:
+            raise self._shape_error("(C, ...)", received, batched)
+        return (math.prod(shape),)
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training, zero each element with probability ``p`` and scale
+    the survivors by ``1 / (1 - p)``; in eval mode, the identity. Any input shape.
+
+    Parameters
+    ----------
+    p : float in [0, 1], default 0.5
+        Probability of dropping an element.
+    rng : int, numpy.random.Generator or None
+        Source of the dropout masks (its own generator, so masks are reproducible).
+        :meth:`fastcnn.Sequential.fit` reseeds it from ``random_state`` when one is given.
+    """
+
+    def __init__(self, p: float = 0.5, *, rng: RngLike = None) -> None:
+        super().__init__()
+        self.p = _check_float(p, "p", 0.0, 1.0)
+        self.rng = _check_rng(rng)
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        self._check_input(x)
+        if not training or self.p == 0.0:
+            self._cache["mask"] = None
+            return x
+        # Drawn in float64 whatever x's dtype, so a seed gives the same mask for both
+        # dtypes; stored as 0 or 1/(1-p) in x's dtype, it serves forward and backward.
+        mask = (self.rng.random(x.shape) >= self.p).astype(x.dtype)
+        if self.p < 1.0:
+            mask *= 1.0 / (1.0 - self.p)
+        self._cache["mask"] = mask
+        return x * mask
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        mask = self._saved("mask")
+        return grad_out if mask is None else grad_out * mask
+
+    def get_config(self) -> dict[str, Any]:
+        return {"p": self.p}
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+# ---------------------------------------------------------------------------------------
+# Registry: the only classes a model file may name
+
+
+LAYER_REGISTRY: dict[str, type[Layer]] = {
+    cls.__name__: cls
+    for cls in (
+        Conv2D,
+        Dense,
+        BatchNorm2D,
+        MaxPool2D,
+        AvgPool2D,
+        ReLU,
+        LeakyReLU,
+        Tanh,
+        Sigmoid,
+        Flatten,
+        Dropout,
+    )  # fmt: skip
+}
+
+
+def register_layer(cls: type[Layer]) -> type[Layer]:
+    """Class decorator: allow a custom :class:`Layer` subclass in saved models.
+
+    Loading rebuilds layers only from this registry (never by importing a name found in
+    a file), so a custom layer must be registered before :func:`fastcnn.load` sees it.
+    Its ``get_config()`` must return its constructor arguments as JSON-able values.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Layer)):
+        raise TypeError(f"register_layer expects a Layer subclass, got {cls!r}")
+    existing = LAYER_REGISTRY.get(cls.__name__)
+    if existing is not None and existing is not cls:
+        raise ValueError(f"a different layer class named {cls.__name__!r} is already registered")
+    LAYER_REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def layer_from_config(name: str, config: dict[str, Any]) -> Layer:
+    """Build a registered layer from its class name and ``get_config()`` dict."""
+    try:
+        cls = LAYER_REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown layer class {name!r}; known layers: {sorted(LAYER_REGISTRY)}"
+        ) from None
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        raise ValueError(f"config for layer {name} must be a dict with str keys, got {config!r}")
+    return cls(**config)

@@ -1,0 +1,148 @@
+"""Loss functions: each returns the mean loss over the batch and its gradient.
+
+A loss here is a plain function ``loss(output, target) -> (value, grad_output)``: the
+scalar that training reports and the gradient that starts ``Sequential.backward``. The
+gradient has the dtype of ``output``, so a float32 model stays float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+__all__ = ["LOSSES", "get_loss", "log_softmax", "mse", "softmax", "softmax_cross_entropy"]
+
+LossFunction = Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]
+
+
+def _check_logits(logits, name: str = "logits") -> np.ndarray:
+    logits = np.asarray(logits)
+    if logits.dtype.kind != "f":
+        raise TypeError(f"{name} must be a float array, got dtype {logits.dtype}")
+    if logits.ndim != 2 or logits.shape[1] < 1:
+        raise ValueError(f"{name} must have shape (N, n_classes), got {logits.shape}")
+    return logits
+
+
+def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """``log(softmax(logits))`` computed stably (log-sum-exp with the max subtracted)."""
+    logits = np.asarray(logits)
+    shifted = logits - logits.max(axis=axis, keepdims=True)
+    shifted -= np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+    return shifted
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Class probabilities from logits, stable for any finite logits (no overflow).
+
+    Parameters
+    ----------
+    logits : ndarray, float
+    axis : int, default -1
+        The class axis.
+
+    Returns
+    -------
+    probabilities : ndarray of the shape and dtype of ``logits``, summing to 1 along ``axis``.
+    """
+    logits = np.asarray(logits)
+    # exp of (logits - max) is in (0, 1]: nothing overflows, and the max term is exactly 1.
+    e = np.exp(logits - logits.max(axis=axis, keepdims=True))
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
+
+
+def softmax_cross_entropy(logits: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean softmax cross-entropy of integer labels, and its gradient w.r.t. the logits.
+
+    ``loss = mean_i( logsumexp(logits[i]) - logits[i, y[i]] )``, computed with the row
+    maximum subtracted first, so logits of any finite magnitude (e.g. 1e4) are exact
+    where a naive ``log(softmax)`` would overflow to inf/NaN.
+
+    Parameters
+    ----------
+    logits : ndarray of shape (N, n_classes), float32 or float64
+        Raw, unnormalized scores.
+    y : ndarray of shape (N,), integer
+        Class indices in ``[0, n_classes)``.
+
+    Returns
+    -------
+    loss : float
+    grad_logits : ndarray of shape (N, n_classes), dtype of ``logits``
+        ``(softmax(logits) - one_hot(y)) / N``.
+    """
+    logits = _check_logits(logits)
+    y = np.asarray(y)
+    n, n_classes = logits.shape
+    if y.ndim != 1 or y.shape[0] != n:
+        raise ValueError(f"y must have shape ({n},) to match logits {logits.shape}, got {y.shape}")
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"y must hold integer class indices, got dtype {y.dtype}")
+    if n == 0:
+        raise ValueError("cannot compute a loss over an empty batch (N == 0)")
+    low, high = y.min(), y.max()
+    if low < 0 or high >= n_classes:
+        raise ValueError(
+            f"y must hold class indices in [0, {n_classes}) for logits {logits.shape}, "
+            f"got values in [{low}, {high}]"
+        )
+    rows = np.arange(n)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    grad = np.exp(shifted)
+    sum_exp = grad.sum(axis=1)
+    # Per-sample loss: log(sum exp(shifted)) - shifted[y]; shifted[y] <= 0, log(sum) >= 0.
+    loss = float(np.mean(np.log(sum_exp) - shifted[rows, y]))
+    grad /= sum_exp[:, None]
+    grad[rows, y] -= 1
+    grad /= n
+    return loss, grad
+
+
+def mse(pred: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean squared error over every element, and its gradient w.r.t. ``pred``.
+
+    Parameters
+    ----------
+    pred : ndarray, float32 or float64
+    target : ndarray of the same shape
+
+    Returns
+    -------
+    loss : float
+        ``mean((pred - target) ** 2)``.
+    grad_pred : ndarray of the shape and dtype of ``pred``
+        ``2 * (pred - target) / pred.size``.
+    """
+    pred = np.asarray(pred)
+    target = np.asarray(target)
+    if pred.dtype.kind != "f":
+        raise TypeError(f"pred must be a float array, got dtype {pred.dtype}")
+    if target.shape != pred.shape:
+        raise ValueError(f"target must have the shape of pred {pred.shape}, got {target.shape}")
+    if pred.size == 0:
+        raise ValueError("cannot compute a loss over an empty batch")
+    diff = pred - target.astype(pred.dtype, copy=False)
+    loss = float(np.vdot(diff, diff)) / diff.size
+    diff *= 2.0 / diff.size
+    return loss, diff
+
+
+LOSSES: dict[str, LossFunction] = {
+    "cross_entropy": softmax_cross_entropy,
+    "softmax_cross_entropy": softmax_cross_entropy,
+    "mse": mse,
+}
+
+
+def get_loss(loss: str | LossFunction) -> LossFunction:
+    """Resolve a loss name (``'cross_entropy'``, ``'mse'``) or pass a callable through."""
+    if callable(loss):
+        return loss
+    try:
+        return LOSSES[loss]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"loss must be one of {sorted(LOSSES)} or a callable, got {loss!r}"
+        ) from None

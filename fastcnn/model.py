@@ -1,0 +1,956 @@
+"""``Sequential``: a stack of layers with training, inference and save/load.
+
+The model is the boundary of the library: it converts user input (lists, uint8 images,
+float64 arrays) to the model dtype once, checks shapes against every layer before any
+work starts, and batches inference so memory stays bounded. Inside, each batch is one
+``forward`` per layer, a loss, one ``backward`` per layer and an optimizer step.
+
+Model files are ``.npz`` archives holding only plain arrays: the architecture as a JSON
+string, a format version, and every weight and BatchNorm statistic under a stable name
+(``"0.weight"``, ``"3.running_var"``). They are loaded with ``allow_pickle=False`` and the
+layers are rebuilt only from :data:`fastcnn.layers.LAYER_REGISTRY`, so opening a model
+file can never execute code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import numbers
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+import zipfile
+import zlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from fastcnn.layers import LAYER_REGISTRY, Dropout, Layer, layer_from_config
+from fastcnn.losses import get_loss, softmax, softmax_cross_entropy
+from fastcnn.optim import Adam
+
+__all__ = ["FORMAT_VERSION", "History", "Sequential", "load"]
+
+#: Version of the model file layout written by :meth:`Sequential.save`.
+FORMAT_VERSION = 1
+_FORMAT_KEY = "__fastcnn_format__"
+_ARCH_KEY = "__architecture__"
+_ARCH_KIND = "fastcnn.Sequential"
+
+Shape = tuple[int, ...]
+
+
+class History:
+    """Per-epoch record of a :meth:`Sequential.fit` call (as Keras' ``History``).
+
+    Attributes
+    ----------
+    history : dict of str to list of float
+        ``"loss"`` (mean training loss of the epoch), ``"accuracy"`` (cross-entropy
+        only), ``"val_loss"`` and ``"val_accuracy"`` (with validation data), ``"time"``
+        (seconds per epoch, validation included) and ``"lr"`` (learning rate during the
+        epoch). The keys exist from the start, even if no epoch completes.
+    epoch : list of int
+        0-based indices of the completed epochs.
+    interrupted : bool
+        True if training was stopped with Ctrl-C (KeyboardInterrupt).
+    stopped_by_callback : bool
+        True if a callback's ``on_epoch_end`` returned True.
+    """
+
+    def __init__(self, keys: Iterable[str] = ()) -> None:
+        self.history: dict[str, list[float]] = {key: [] for key in keys}
+        self.epoch: list[int] = []
+        self.interrupted = False
+        self.stopped_by_callback = False
+
+    def _append(self, epoch: int, logs: dict[str, float]) -> None:
+        self.epoch.append(epoch)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+
+    def __repr__(self) -> str:
+        last = {k: round(v[-1], 4) for k, v in self.history.items() if v}
+        return f"History(epochs={len(self.epoch)}, last={last})"
+
+
+# ---------------------------------------------------------------------------------------
+# Progress bar and Ctrl-C handling
+
+
+class _ProgressBar:
+    """One line per epoch on stderr; redrawn in place with ``\\r`` when it is a terminal."""
+
+    def __init__(self, epoch: int, epochs: int, n_batches: int, verbose: int, stream=None):
+        self.stream = sys.stderr if stream is None else stream
+        self.enabled = verbose > 0
+        isatty = getattr(self.stream, "isatty", None)
+        self.live = verbose == 1 and bool(isatty and isatty())
+        self.prefix = f"Epoch {epoch + 1}/{epochs}"
+        self.n_batches = n_batches
+        self.start = time.perf_counter()
+        self._last_draw = -math.inf
+        self._width = 0  # length of the line currently on screen, 0 if none is open
+
+    def _bar(self, done: int) -> str:
+        width = 20
+        filled = width * done // self.n_batches
+        arrow = ">" if 0 < filled < width else ""
+        return "[" + "=" * filled + arrow + "." * (width - filled - len(arrow)) + "]"
+
+    def _write(self, line: str, end: str = "") -> None:
+        # Pad with spaces so a shorter line fully covers the previous one.
+        self.stream.write("\r" + line.ljust(self._width) + end)
+        self.stream.flush()
+        self._width = 0 if end else len(line)
+
+    def update(self, done: int, seen: int, metrics: dict[str, float]) -> None:
+        if not self.live:
+            return
+        now = time.perf_counter()
+        if done < self.n_batches and now - self._last_draw < 0.1:
+            return  # redrawing every batch would cost more than tiny batches do
+        self._last_draw = now
+        elapsed = max(now - self.start, 1e-9)
+        eta = elapsed / done * (self.n_batches - done)
+        values = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        self._write(
+            f"{self.prefix} {self._bar(done)} {done}/{self.n_batches}  {values}  "
+            f"{seen / elapsed:,.0f} img/s  ETA {eta:.1f}s"
+        )
+
+    def finish(self, seen: int, train_time: float, logs: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        values = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k not in ("time", "lr"))
+        rate = seen / max(train_time, 1e-9)
+        self._write(
+            f"{self.prefix} {self._bar(self.n_batches)} {self.n_batches}/{self.n_batches}  "
+            f"{values}  {rate:,.0f} img/s  {logs['time']:.1f}s",
+            end="\n",
+        )
+
+    def close(self) -> None:
+        """End a half-drawn line (on interrupt or error) so later output starts cleanly."""
+        if self._width:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._width = 0
+
+
+class _StopRequest:
+    """Turns the first Ctrl-C into a request to stop after the current batch.
+
+    Only installed from the main thread and only over Python's default handler; a second
+    Ctrl-C raises KeyboardInterrupt at once, for a loop that does not come back.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        sys.stderr.write(
+            "\nInterrupt received: stopping after the current batch "
+            "(press Ctrl-C again to stop at once).\n"
+        )
+        sys.stderr.flush()
+
+    def __enter__(self) -> _StopRequest:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+# ---------------------------------------------------------------------------------------
+# Argument checks
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_callbacks(callbacks) -> list:
+    if callbacks is None:
+        return []
+    if not isinstance(callbacks, list | tuple):
+        callbacks = [callbacks]
+    for i, callback in enumerate(callbacks):
+        if not callable(getattr(callback, "on_epoch_end", None)):
+            raise TypeError(
+                f"callbacks[{i}] ({callback!r}) must have an on_epoch_end(epoch, logs) method"
+            )
+    return list(callbacks)
+
+
+# ---------------------------------------------------------------------------------------
+# The model
+
+
+class Sequential:
+    """A stack of layers applied in order, trained by backpropagation.
+
+    Parameters
+    ----------
+    *layers : Layer, or one list of layers
+        ``Sequential(a, b, c)`` and ``Sequential([a, b, c])`` are the same. Layers with
+        parameters must share one dtype, the model's :attr:`dtype`.
+
+    Attributes
+    ----------
+    layers : list of Layer
+    optimizer : Optimizer or None
+        The optimizer of the last :meth:`fit` (reused by the next ``fit`` if none is given).
+    history : History or None
+        What the last :meth:`fit` returned.
+
+    Notes
+    -----
+    Gradients are overwritten, never accumulated, by every :meth:`backward`, so there is no
+    ``zero_grad`` to call between steps.
+
+    Examples
+    --------
+    >>> from fastcnn.layers import Conv2D, ReLU, MaxPool2D, Flatten, Dense
+    >>> model = Sequential([Conv2D(1, 8, 3, padding=1, rng=0), ReLU(), MaxPool2D(2),
+    ...                     Flatten(), Dense(8 * 4 * 4, 10, rng=0)])
+    >>> model.output_shape((1, 8, 8))
+    (10,)
+    """
+
+    def __init__(self, *layers: Layer | Iterable[Layer]) -> None:
+        if len(layers) == 1 and isinstance(layers[0], list | tuple):
+            layers = tuple(layers[0])
+        self.layers: list[Layer] = []
+        self.optimizer = None
+        self.history: History | None = None
+        self._loss: Any = "cross_entropy"
+        for layer in layers:
+            self.add(layer)  # type: ignore[arg-type]
+
+    def add(self, layer: Layer) -> Sequential:
+        """Append a layer; returns the model."""
+        index = len(self.layers)
+        if not isinstance(layer, Layer):
+            raise TypeError(f"layer {index} must be a fastcnn Layer, got {type(layer).__name__}")
+        if any(layer is other for other in self.layers):
+            raise ValueError(
+                f"layer {index} ({layer!r}) is already in the model; a layer object keeps "
+                "its own forward state, so build a new one to use it twice"
+            )
+        dtype = self.dtype if self._param_dtype() is not None else None
+        if layer.dtype is not None and dtype is not None and layer.dtype != dtype:
+            raise ValueError(
+                f"layer {index} ({layer!r}) has dtype {layer.dtype} but the model's other "
+                f"layers have dtype {dtype}; build every layer with the same dtype"
+            )
+        self.layers.append(layer)
+        return self
+
+    # -- containers and introspection ---------------------------------------------------
+
+    def _param_dtype(self) -> np.dtype | None:
+        for layer in self.layers:
+            if layer.dtype is not None:
+                return layer.dtype
+        return None
+
+    @property
+    def dtype(self) -> np.dtype:
+        """dtype of the parameters (float32 if no layer has parameters)."""
+        dtype = self._param_dtype()
+        return np.dtype(np.float32) if dtype is None else dtype
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(self.layers)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Sequential(self.layers[index])
+        return self.layers[index]
+
+    def __repr__(self) -> str:
+        lines = [f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers)]
+        return "Sequential(\n" + "\n".join(lines) + "\n)" if lines else "Sequential()"
+
+    def parameters(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every learnable array with its gradient, as ``(param, grad)`` pairs.
+
+        The arrays themselves, not copies, in layer order and, within a layer, in the
+        order of ``layer.params``. Both stay the same objects for the life of the model
+        (updates happen in place), so an optimizer can bind to this list once.
+        """
+        return [
+            (p, layer.grads[name]) for layer in self.layers for name, p in layer.params.items()
+        ]
+
+    def named_parameters(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """As :meth:`parameters`, with names ``"<layer index>.<param name>"``."""
+        return [
+            (f"{i}.{name}", p, layer.grads[name])
+            for i, layer in enumerate(self.layers)
+            for name, p in layer.params.items()
+        ]
+
+    @property
+    def num_params(self) -> int:
+        """Number of learnable scalars."""
+        return sum(layer.num_params for layer in self.layers)
+
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        state = {}
+        for i, layer in enumerate(self.layers):
+            for name, array in (*layer.params.items(), *layer.buffers.items()):
+                state[f"{i}.{name}"] = array
+        return state
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every parameter and buffer (BatchNorm statistics) by stable name."""
+        return {name: array.copy() for name, array in self._state_arrays().items()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Copy arrays from ``state`` into the model, in place.
+
+        Every name must be present, with the exact shape and dtype; nothing is copied
+        unless all of them match.
+        """
+        expected = self._state_arrays()
+        missing = sorted(expected.keys() - state.keys())
+        extra = sorted(state.keys() - expected.keys())
+        if missing or extra:
+            raise ValueError(
+                f"arrays do not match the architecture: missing {missing}, unexpected {extra}"
+            )
+        for name, target in expected.items():
+            array = state[name]
+            if (
+                not isinstance(array, np.ndarray)
+                or array.shape != target.shape
+                or (array.dtype != target.dtype)
+            ):
+                raise ValueError(
+                    f"array {name!r} must have shape {target.shape} and dtype {target.dtype}, "
+                    f"got {getattr(array, 'shape', None)} {getattr(array, 'dtype', type(array))}"
+                )
+        for name, target in expected.items():
+            np.copyto(target, state[name])
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        """Shape of one output sample for one input sample of shape ``input_shape``."""
+        shape = tuple(int(s) for s in input_shape)
+        for i, layer in enumerate(self.layers):
+            try:
+                shape = layer.output_shape(shape)
+            except ValueError as exc:
+                raise ValueError(f"layer {i}: {exc}") from None
+        return shape
+
+    def summary(self, input_shape: Shape) -> str:
+        """A table of the layers with their output shapes and parameter counts.
+
+        Parameters
+        ----------
+        input_shape : tuple of int
+            Shape of one input sample, e.g. ``(1, 28, 28)``.
+
+        Returns
+        -------
+        str
+            Ready to ``print``.
+        """
+        shape = tuple(int(s) for s in input_shape)
+        rows = [("#", "Layer", "Output shape", "Params")]
+        for i, layer in enumerate(self.layers):
+            try:
+                shape = layer.output_shape(shape)
+            except ValueError as exc:
+                raise ValueError(f"layer {i}: {exc}") from None
+            rows.append((str(i), repr(layer), str(shape), f"{layer.num_params:,}"))
+        widths = [max(len(row[c]) for row in rows) for c in range(4)]
+
+        def fmt(row):
+            return (
+                f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  "
+                f"{row[2]:<{widths[2]}}  {row[3]:>{widths[3]}}"
+            )
+
+        rule = "-" * len(fmt(rows[0]))
+        lines = [
+            f"Sequential: input {tuple(int(s) for s in input_shape)}, dtype {self.dtype}",
+            rule,
+            fmt(rows[0]),
+            rule,
+            *(fmt(row) for row in rows[1:]),
+            rule,
+            f"Total params: {self.num_params:,}",
+        ]
+        return "\n".join(lines)
+
+    # -- forward and backward -----------------------------------------------------------
+
+    def _forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        return x
+
+    def _backward(self, grad: np.ndarray, input_grad: bool) -> np.ndarray | None:
+        layers = self.layers
+        if not layers:
+            return grad if input_grad else None
+        first = layers[0]
+        first.needs_input_grad = input_grad  # saves the first conv's input-gradient GEMM
+        try:
+            for layer in reversed(layers):
+                grad = layer.backward(grad)
+        finally:
+            first.needs_input_grad = True
+        return grad if input_grad else None
+
+    def forward(self, x, training: bool = False) -> np.ndarray:
+        """Output for a batch ``x`` (converted to the model dtype if needed).
+
+        In training mode Dropout drops and BatchNorm uses (and updates) batch statistics.
+        """
+        return self._forward(np.asarray(x, dtype=self.dtype), training)
+
+    def __call__(self, x, training: bool = False) -> np.ndarray:
+        return self.forward(x, training)
+
+    def backward(self, grad_out: np.ndarray, *, input_grad: bool = True) -> np.ndarray | None:
+        """Backpropagate dLoss/dOutput of the last :meth:`forward` through every layer.
+
+        Fills every layer's ``grads`` and returns dLoss/dInput, or None when
+        ``input_grad=False`` (which lets the first layer skip that work, as in training).
+        """
+        return self._backward(grad_out, input_grad)
+
+    # -- input checks -------------------------------------------------------------------
+
+    def _check_X(self, X, name: str = "X", convert: bool = True) -> tuple[np.ndarray, Shape]:
+        """Validate a batch of samples; return it (as the model dtype if ``convert``) and
+        the output shape of one sample."""
+        X = np.asarray(X)
+        if X.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold real numbers, got dtype {X.dtype}")
+        if X.ndim < 2:
+            raise ValueError(
+                f"{name} must be a batch of samples of shape (n_samples, ...), got shape {X.shape}"
+            )
+        if X.shape[0] == 0:
+            raise ValueError(f"{name} has 0 samples, shape {X.shape}")
+        if convert:
+            X = X.astype(self.dtype, copy=False)
+        if X.dtype.kind == "f" and not (np.isfinite(X.min()) and np.isfinite(X.max())):
+            raise ValueError(f"{name} contains NaN or infinity (in the model dtype {self.dtype})")
+        try:
+            out_shape = self.output_shape(X.shape[1:])
+        except ValueError as exc:
+            raise ValueError(f"{name} of shape {X.shape} does not fit the model: {exc}") from None
+        return X, out_shape
+
+    def _check_y(self, y, n: int, out_shape: Shape, classification: bool, name: str = "y"):
+        y = np.asarray(y)
+        if not classification:
+            if y.shape != (n, *out_shape):
+                raise ValueError(
+                    f"{name} must have shape {(n, *out_shape)} (the model's output), got {y.shape}"
+                )
+            if y.dtype.kind not in "biuf":
+                raise TypeError(f"{name} must hold real numbers, got dtype {y.dtype}")
+            return y.astype(self.dtype, copy=False)
+        if len(out_shape) != 1:
+            raise ValueError(
+                f"cross-entropy needs the model to output (n_classes,) logits per sample, "
+                f"but it outputs {out_shape}; end the model with Flatten() and Dense()"
+            )
+        if y.ndim == 2 and y.shape[1] == 1:
+            raise ValueError(f"{name} must be 1-D of shape ({n},), got {y.shape}; use y.ravel()")
+        if y.ndim != 1 or y.shape[0] != n:
+            raise ValueError(f"{name} must have shape ({n},) to match the samples, got {y.shape}")
+        if y.dtype.kind == "f":
+            if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+                raise ValueError(f"{name} must hold integer class indices, got non-integer floats")
+        elif y.dtype.kind not in "biu":
+            raise TypeError(
+                f"{name} must hold integer class indices 0..n_classes-1, got dtype {y.dtype}; "
+                "encode other labels with sklearn.preprocessing.LabelEncoder, or use "
+                "fastcnn.CNNClassifier, which accepts any labels"
+            )
+        n_classes = out_shape[0]
+        if y.min() < 0 or y.max() >= n_classes:
+            raise ValueError(
+                f"{name} must hold class indices in [0, {n_classes}) for a model with "
+                f"{n_classes} outputs, got values in [{y.min()}, {y.max()}]"
+            )
+        return y.astype(np.intp, copy=False)
+
+    # -- training -----------------------------------------------------------------------
+
+    def fit(
+        self,
+        X,
+        y,
+        epochs: int = 10,
+        batch_size: int = 32,
+        optimizer=None,
+        loss="cross_entropy",
+        validation_data: tuple | None = None,
+        validation_split: float = 0.0,
+        shuffle: bool = True,
+        random_state: int | np.random.Generator | None = None,
+        verbose: int = 1,
+        callbacks=None,
+    ) -> History:
+        """Train with minibatch gradient descent; returns the per-epoch :class:`History`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, C, H, W) or (n_samples, n_features)
+            Any real dtype (e.g. uint8 images); converted once to the model dtype.
+        y : array-like of shape (n_samples,)
+            Integer class indices for ``loss='cross_entropy'``; for ``'mse'``, targets
+            of the model's output shape.
+        epochs : int, default 10
+        batch_size : int, default 32
+            The last batch of an epoch may be smaller.
+        optimizer : Optimizer or None
+            Updated in place and kept (as ``self.optimizer``) so the next ``fit`` can
+            continue with its state. None: the previous fit's optimizer, else ``Adam(1e-3)``.
+        loss : {'cross_entropy', 'mse'} or callable, default 'cross_entropy'
+            A callable takes ``(output, y_batch)`` and returns ``(loss, grad_output)``.
+            Cross-entropy works on logits: the model ends with a Dense layer, no softmax.
+        validation_data : (X_val, y_val) or None
+            Evaluated after every epoch (``val_loss``, ``val_accuracy``).
+        validation_split : float in [0, 1), default 0.0
+            Fraction of the samples held out at random (drawn with ``random_state``)
+            for validation instead; not together with ``validation_data``.
+        shuffle : bool, default True
+            Reshuffle the training samples every epoch.
+        random_state : int, numpy.random.Generator, numpy.random.RandomState or None
+            Seeds the split, the shuffling and the Dropout masks (the weights are seeded
+            when the layers are built).
+        verbose : {0, 1, 2}, default 1
+            0 silent; 1 a progress bar on stderr, redrawn live on a terminal, one line per
+            epoch otherwise; 2 one line per epoch.
+        callbacks : list of objects with ``on_epoch_end(epoch, logs)``, optional
+            Called after every epoch with the epoch index and its metrics; returning
+            True stops training. Learning-rate schedulers (:mod:`fastcnn.optim`) qualify.
+
+        Returns
+        -------
+        History
+
+        Raises
+        ------
+        FloatingPointError
+            If the loss becomes NaN or infinite (training diverged); the message names
+            the epoch, the batch and the learning rate.
+
+        Notes
+        -----
+        Ctrl-C (KeyboardInterrupt) stops training after the current batch: a notice is
+        printed, the model keeps its latest weights and the History of the completed
+        epochs is returned (with ``interrupted=True``).
+        """
+        epochs = _check_int(epochs, "epochs", 0)
+        batch_size = _check_int(batch_size, "batch_size", 1)
+        if verbose not in (0, 1, 2):
+            raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+        if not isinstance(shuffle, bool | np.bool_):
+            raise TypeError(f"shuffle must be a bool, got {shuffle!r}")
+        loss_fn = get_loss(loss)
+        classification = loss_fn is softmax_cross_entropy
+        callbacks = _check_callbacks(callbacks)
+        if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real):
+            raise TypeError(f"validation_split must be a float, got {validation_split!r}")
+        if not 0.0 <= validation_split < 1.0:
+            raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
+        if validation_split and validation_data is not None:
+            raise ValueError("give either validation_data or validation_split, not both")
+        if optimizer is None:
+            optimizer = self.optimizer if self.optimizer is not None else Adam(1e-3)
+        elif not callable(getattr(optimizer, "step", None)):
+            raise TypeError(
+                f"optimizer must be a fastcnn.optim optimizer (with a step method), got "
+                f"{optimizer!r}"
+            )
+        if not self.layers:
+            raise ValueError("the model has no layers; add some before fit")
+
+        X, out_shape = self._check_X(X)
+        y = self._check_y(y, X.shape[0], out_shape, classification)
+        if isinstance(random_state, np.random.RandomState):  # scikit-learn's convention
+            random_state = int(random_state.randint(2**31))
+        try:
+            rng = np.random.default_rng(random_state)
+        except (TypeError, ValueError):
+            raise TypeError(
+                "random_state must be None, an int, a numpy Generator or RandomState, got "
+                f"{random_state!r}"
+            ) from None
+        X_val = y_val = None
+        if validation_split:
+            n_val = math.ceil(X.shape[0] * validation_split)
+            if n_val >= X.shape[0]:
+                raise ValueError(
+                    f"validation_split={validation_split} leaves no training samples out of "
+                    f"{X.shape[0]}"
+                )
+            order = rng.permutation(X.shape[0])
+            val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+            X, X_val, y, y_val = X[train_idx], X[val_idx], y[train_idx], y[val_idx]
+        elif validation_data is not None:
+            if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
+                raise TypeError("validation_data must be a pair (X_val, y_val)")
+            X_val, val_shape = self._check_X(validation_data[0], "X_val")
+            y_val = self._check_y(
+                validation_data[1], X_val.shape[0], val_shape, classification, "y_val"
+            )
+        if random_state is not None:  # make the dropout masks part of the seeded run
+            for layer in self.layers:
+                if isinstance(layer, Dropout):
+                    layer.rng = np.random.default_rng(rng.integers(2**63))
+
+        params = self.parameters()
+        if callable(getattr(optimizer, "bind", None)):
+            optimizer.bind(params)
+        self.optimizer = optimizer
+        self._loss = loss
+        keys = ["loss"] + (["accuracy"] if classification else [])
+        if X_val is not None:
+            keys += ["val_" + key for key in keys]
+        history = History([*keys, "time", "lr"])
+        self.history = history
+
+        n = X.shape[0]
+        n_batches = math.ceil(n / batch_size)
+        epoch = batch = 0
+        bar = None
+        with _StopRequest() as stop:
+            try:
+                for epoch in range(epochs):
+                    bar = _ProgressBar(epoch, epochs, n_batches, verbose)
+                    start = time.perf_counter()
+                    order = rng.permutation(n) if shuffle else None
+                    total_loss, correct, seen = 0.0, 0, 0
+                    for batch in range(n_batches):
+                        lo, hi = batch * batch_size, min(n, (batch + 1) * batch_size)
+                        if order is None:
+                            xb, yb = X[lo:hi], y[lo:hi]
+                        else:
+                            idx = order[lo:hi]
+                            xb, yb = X[idx], y[idx]
+                        out = self._forward(xb, True)
+                        batch_loss, grad = loss_fn(out, yb)
+                        if not math.isfinite(batch_loss):
+                            raise FloatingPointError(
+                                f"training diverged: the loss became {batch_loss} at epoch "
+                                f"{epoch + 1}/{epochs}, batch {batch + 1}/{n_batches}, with "
+                                f"learning rate {getattr(optimizer, 'lr', '?')}. Lower the "
+                                "learning rate or scale the inputs (e.g. to [0, 1])."
+                            )
+                        self._backward(grad, input_grad=False)
+                        optimizer.step(params)
+                        total_loss += batch_loss * (hi - lo)
+                        seen += hi - lo
+                        metrics = {"loss": total_loss / seen}
+                        if classification:
+                            correct += int(np.count_nonzero(out.argmax(axis=1) == yb))
+                            metrics["acc"] = correct / seen
+                        bar.update(batch + 1, seen, metrics)
+                        if stop.requested:
+                            raise KeyboardInterrupt
+                    train_time = time.perf_counter() - start
+                    logs = {"loss": total_loss / seen}
+                    if classification:
+                        logs["accuracy"] = correct / seen
+                    if X_val is not None:
+                        scores = self._evaluate(X_val, y_val, loss_fn, classification, 256)
+                        logs.update({"val_" + k: v for k, v in scores.items()})
+                    logs["time"] = time.perf_counter() - start
+                    logs["lr"] = float(getattr(optimizer, "lr", math.nan))
+                    history._append(epoch, logs)
+                    bar.finish(seen, train_time, logs)
+                    stop_now = False
+                    for callback in callbacks:
+                        if callback.on_epoch_end(epoch, dict(logs)) is True:
+                            stop_now = True
+                    if stop_now:
+                        history.stopped_by_callback = True
+                        break
+                    if stop.requested:  # Ctrl-C during validation or a callback
+                        raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                history.interrupted = True
+                if bar is not None:
+                    bar.close()
+                sys.stderr.write(
+                    f"Training interrupted at epoch {epoch + 1}/{epochs}, batch "
+                    f"{batch + 1}/{n_batches}; the model keeps its current weights and the "
+                    f"history holds the {len(history.epoch)} completed epoch(s).\n"
+                )
+                sys.stderr.flush()
+            finally:
+                if bar is not None:
+                    bar.close()
+        return history
+
+    # -- inference ----------------------------------------------------------------------
+
+    def _batches(self, X: np.ndarray, batch_size: int) -> Iterator[tuple[slice, np.ndarray]]:
+        # Converting batch by batch keeps memory bounded for large uint8 inputs.
+        for lo in range(0, X.shape[0], batch_size):
+            sl = slice(lo, lo + batch_size)
+            yield sl, np.asarray(X[sl], dtype=self.dtype)
+
+    def decision_function(self, X, batch_size: int = 256) -> np.ndarray:
+        """Raw model outputs (logits for a classifier), computed in eval mode in batches.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, *output_shape), the model dtype
+        """
+        batch_size = _check_int(batch_size, "batch_size", 1)
+        X, out_shape = self._check_X(X, convert=False)
+        out = np.empty((X.shape[0], *out_shape), dtype=self.dtype)
+        for sl, xb in self._batches(X, batch_size):
+            out[sl] = self._forward(xb, False)
+        return out
+
+    def predict_proba(self, X, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities: softmax of the logits, in eval mode, in batches.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes), the model dtype; rows sum to 1.
+        """
+        logits = self.decision_function(X, batch_size)
+        if logits.ndim != 2:
+            raise ValueError(
+                f"predict_proba needs (n_classes,) outputs per sample, got {logits.shape[1:]}"
+            )
+        return softmax(logits, axis=1)
+
+    def predict(self, X, batch_size: int = 256) -> np.ndarray:
+        """Predicted class indices (argmax of the logits), shape (n_samples,)."""
+        logits = self.decision_function(X, batch_size)
+        if logits.ndim != 2:
+            raise ValueError(
+                f"predict needs (n_classes,) outputs per sample, got {logits.shape[1:]}"
+            )
+        return logits.argmax(axis=1)
+
+    def _evaluate(self, X, y, loss_fn, classification: bool, batch_size: int) -> dict:
+        total, correct = 0.0, 0
+        for sl, xb in self._batches(X, batch_size):
+            out = self._forward(xb, False)
+            batch_loss, _ = loss_fn(out, y[sl])
+            total += batch_loss * xb.shape[0]
+            if classification:
+                correct += int(np.count_nonzero(out.argmax(axis=1) == y[sl]))
+        n = X.shape[0]
+        scores = {"loss": total / n}
+        if classification:
+            scores["accuracy"] = correct / n
+        return scores
+
+    def evaluate(self, X, y, batch_size: int = 256, loss=None) -> dict[str, float]:
+        """Mean loss (and accuracy for cross-entropy) over ``(X, y)``, in eval mode.
+
+        Parameters
+        ----------
+        X, y : as for :meth:`fit`
+        batch_size : int, default 256
+        loss : str, callable or None
+            Defaults to the loss of the last :meth:`fit` (cross-entropy before any).
+
+        Returns
+        -------
+        dict
+            ``{"loss": float, "accuracy": float}`` (no ``accuracy`` for other losses).
+        """
+        batch_size = _check_int(batch_size, "batch_size", 1)
+        loss_fn = get_loss(self._loss if loss is None else loss)
+        classification = loss_fn is softmax_cross_entropy
+        X, out_shape = self._check_X(X, convert=False)
+        y = self._check_y(y, X.shape[0], out_shape, classification)
+        return self._evaluate(X, y, loss_fn, classification, batch_size)
+
+    # -- architecture and persistence ---------------------------------------------------
+
+    def get_config(self) -> dict[str, Any]:
+        """The architecture as JSON-able data: layer class names and their configs."""
+        layers = []
+        for i, layer in enumerate(self.layers):
+            name = type(layer).__name__
+            if LAYER_REGISTRY.get(name) is not type(layer):
+                raise ValueError(
+                    f"layer {i} ({layer!r}) is not a registered layer class; register it "
+                    "with fastcnn.layers.register_layer to save it"
+                )
+            layers.append({"class": name, "config": layer.get_config()})
+        return {"kind": _ARCH_KIND, "layers": layers}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Sequential:
+        """Build a model (freshly initialized) from :meth:`get_config` output."""
+        if not isinstance(config, dict) or config.get("kind") != _ARCH_KIND:
+            raise ValueError(f"not a {_ARCH_KIND} architecture: {str(config)[:200]}")
+        specs = config.get("layers")
+        if not isinstance(specs, list):
+            raise ValueError("architecture has no 'layers' list")
+        layers = []
+        for i, spec in enumerate(specs):
+            if not isinstance(spec, dict) or set(spec) != {"class", "config"}:
+                raise ValueError(
+                    f"layer {i}: expected {{'class': ..., 'config': ...}}, got {spec!r}"
+                )
+            try:
+                layers.append(layer_from_config(spec["class"], spec["config"]))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"layer {i} ({spec['class']!r}): {exc}") from None
+        return cls(layers)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the architecture and weights to one ``.npz`` file, atomically.
+
+        The file is written under a temporary name in the same directory, flushed to
+        disk, then renamed over ``path``: a crash or error mid-save leaves any previous
+        file at ``path`` intact. ``path`` is used exactly as given (no suffix is added).
+        """
+        try:
+            architecture = json.dumps(self.get_config())
+        except TypeError as exc:
+            raise ValueError(f"the architecture is not JSON-serializable: {exc}") from None
+        arrays = {
+            _FORMAT_KEY: np.array(FORMAT_VERSION, dtype=np.int64),
+            _ARCH_KEY: np.array(architecture),  # a numpy unicode scalar, never an object
+        }
+        arrays.update(self._state_arrays())
+        _atomic_savez(os.fspath(path), arrays)
+
+
+def _atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+    # os.open with mode 0o666 lets the umask decide the permissions, as for a plain open().
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # persist the rename itself (POSIX)
+        with contextlib.suppress(OSError):
+            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+
+_READ_ERRORS = (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
+def load(path: str | os.PathLike) -> Sequential:
+    """Load a model written by :meth:`Sequential.save`.
+
+    Nothing in the file is executed: arrays are read with ``allow_pickle=False`` and layers
+    are rebuilt only from classes in :data:`fastcnn.layers.LAYER_REGISTRY`.
+
+    Raises
+    ------
+    FileNotFoundError, IsADirectoryError, PermissionError
+        If ``path`` cannot be opened.
+    ValueError
+        If the file is not a fastcnn model, is truncated or corrupt, contains a pickled
+        object, has an unsupported format version, or its arrays do not match its
+        architecture (names, shapes, dtypes). The message names the file and the problem.
+    """
+    name = os.fspath(path)
+    try:
+        archive = np.load(name, allow_pickle=False)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise  # about the path, not the content: the standard errors say it best
+    except _READ_ERRORS as exc:
+        raise ValueError(
+            f"{name!r} is not a fastcnn model file: it cannot be read as an .npz archive "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"{name!r} is not a fastcnn model file: it holds a single array")
+    with archive:
+        files = set(archive.files)
+        if _FORMAT_KEY not in files or _ARCH_KEY not in files:
+            raise ValueError(
+                f"{name!r} is not a fastcnn model file: it has no {_FORMAT_KEY!r} / "
+                f"{_ARCH_KEY!r} entries (found {sorted(files)[:10]})"
+            )
+
+        def read(key: str) -> np.ndarray:
+            try:
+                return archive[key]
+            except _READ_ERRORS as exc:
+                if "allow_pickle" in str(exc):
+                    raise ValueError(
+                        f"{name!r}: entry {key!r} holds pickled Python objects; fastcnn "
+                        "never loads those (unpickling can execute code)"
+                    ) from exc
+                raise ValueError(
+                    f"{name!r}: entry {key!r} is truncated or corrupt ({type(exc).__name__}: "
+                    f"{exc})"
+                ) from exc
+
+        version = read(_FORMAT_KEY)
+        if version.shape != () or version.dtype.kind not in "iu":
+            raise ValueError(f"{name!r}: malformed format version entry {version!r}")
+        if int(version) != FORMAT_VERSION:
+            raise ValueError(
+                f"{name!r} uses model file format {int(version)}; this fastcnn reads format "
+                f"{FORMAT_VERSION}"
+                + (" (it was written by a newer fastcnn)" if int(version) > FORMAT_VERSION else "")
+            )
+        architecture = read(_ARCH_KEY)
+        if architecture.shape != () or architecture.dtype.kind not in "US":
+            raise ValueError(f"{name!r}: the architecture entry is not a string")
+        try:
+            text = architecture.item()
+            config = json.loads(text.decode() if isinstance(text, bytes) else text)
+            model = Sequential.from_config(config)
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{name!r}: invalid architecture: {exc}") from None
+        state = {key: read(key) for key in sorted(files - {_FORMAT_KEY, _ARCH_KEY})}
+        try:
+            model.load_state_dict(state)
+        except ValueError as exc:
+            raise ValueError(f"{name!r}: {exc}") from None
+    return model

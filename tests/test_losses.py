@@ -1,0 +1,118 @@
+"""Losses: hand-computed values, stability at huge logits, gradients, errors."""
+
+import math
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from fastcnn.losses import get_loss, log_softmax, mse, softmax, softmax_cross_entropy
+
+
+def numerical_grad(f, array, eps=1e-6):
+    grad = np.zeros(array.shape)
+    flat, out = array.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        f_plus = f()
+        flat[i] = old - eps
+        f_minus = f()
+        flat[i] = old
+        out[i] = (f_plus - f_minus) / (2 * eps)
+    return grad
+
+
+def test_cross_entropy_hand_computed(dtype):
+    logits = np.array([[0.0, 0.0], [1.0, 2.0]], dtype)
+    y = np.array([0, 1])
+    loss, grad = softmax_cross_entropy(logits, y)
+    expected = (math.log(2) + math.log(1 + math.exp(-1))) / 2
+    assert isinstance(loss, float)
+    assert loss == pytest.approx(expected, rel=1e-6)
+    p = 1 / (1 + math.exp(-1))  # probability of class 1 in row 2
+    assert grad.dtype == dtype
+    assert_allclose(grad, [[-0.25, 0.25], [(1 - p) / 2, (p - 1) / 2]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1e4, 1e30])
+def test_cross_entropy_is_stable_for_huge_logits(dtype, scale):
+    logits = np.array([[scale, 0.0, -scale], [0.0, scale, scale]], dtype)
+    loss, grad = softmax_cross_entropy(logits, np.array([0, 1]))
+    # Row 1 is certain and right (loss 0); row 2 splits between two equal classes (log 2).
+    assert loss == pytest.approx(math.log(2) / 2, rel=1e-6)
+    assert np.all(np.isfinite(grad))
+    assert_allclose(grad, [[0, 0, 0], [0, -0.25, 0.25]], atol=1e-7)
+    loss_wrong, _ = softmax_cross_entropy(logits, np.array([2, 0]))
+    assert loss_wrong == pytest.approx((2 * scale + scale + math.log(2)) / 2, rel=1e-6)
+
+
+def test_cross_entropy_gradient_matches_numerical(rng):
+    logits = rng.standard_normal((5, 4)) * 3
+    y = rng.integers(0, 4, 5)
+    _, grad = softmax_cross_entropy(logits, y)
+    numeric = numerical_grad(lambda: softmax_cross_entropy(logits, y)[0], logits)
+    assert_allclose(grad, numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_cross_entropy_matches_torch(rng):
+    torch = pytest.importorskip("torch", reason="torch is optional: an independent reference")
+    logits = rng.standard_normal((8, 5)) * 10
+    y = rng.integers(0, 5, 8)
+    loss, grad = softmax_cross_entropy(logits, y)
+    t = torch.from_numpy(logits).requires_grad_(True)
+    ref = torch.nn.functional.cross_entropy(t, torch.from_numpy(y))
+    ref.backward()
+    assert loss == pytest.approx(ref.item(), rel=1e-12)
+    assert_allclose(grad, t.grad.numpy(), rtol=1e-10, atol=1e-14)
+
+
+def test_softmax_and_log_softmax(dtype):
+    logits = np.array([[1e4, 1e4 - 1, -1e4], [1.0, 2.0, 3.0]], dtype)
+    p = softmax(logits)
+    assert p.dtype == dtype
+    assert np.all(np.isfinite(p))
+    assert_allclose(p.sum(axis=1), 1, rtol=1e-6)
+    e = np.exp([0.0, -1.0])
+    assert_allclose(p[0, :2], e / e.sum(), rtol=1e-6)
+    assert_allclose(p[1], np.exp([1, 2, 3]) / np.exp([1, 2, 3]).sum(), rtol=1e-6)
+    assert_allclose(np.exp(log_softmax(logits)), p, rtol=1e-5)
+    assert_allclose(softmax(logits.T, axis=0), p.T)
+
+
+def test_mse_hand_computed_and_gradient(dtype, rng):
+    pred = np.array([[1.0, 2.0], [3.0, 4.0]], dtype)
+    target = np.array([[1.0, 0.0], [0.0, 4.0]])
+    loss, grad = mse(pred, target)
+    assert loss == pytest.approx((4 + 9) / 4)
+    assert grad.dtype == dtype
+    assert_allclose(grad, [[0, 1], [1.5, 0]])
+    p = rng.standard_normal((3, 2))
+    t = rng.standard_normal((3, 2))
+    assert_allclose(mse(p, t)[1], numerical_grad(lambda: mse(p, t)[0], p), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("logits", "y", "error", "match"),
+    [
+        (np.zeros((3, 4)), np.array([0, 1, 4]), ValueError, r"class indices in \[0, 4\)"),
+        (np.zeros((3, 4)), np.array([0, -1, 2]), ValueError, r"got values in \[-1, 2\]"),
+        (np.zeros((3, 4)), np.array([0, 1]), ValueError, r"y must have shape \(3,\)"),
+        (np.zeros((3, 4)), np.array([0.0, 1.0, 2.0]), TypeError, "integer class indices"),
+        (np.zeros(4), np.array([0]), ValueError, r"logits must have shape \(N, n_classes\)"),
+        (np.zeros((2, 3), int), np.array([0, 1]), TypeError, "logits must be a float array"),
+        (np.zeros((0, 3)), np.zeros(0, int), ValueError, "empty batch"),
+    ],
+)
+def test_cross_entropy_errors(logits, y, error, match):
+    with pytest.raises(error, match=match):
+        softmax_cross_entropy(logits, y)
+
+
+def test_mse_and_get_loss_errors():
+    with pytest.raises(ValueError, match=r"target must have the shape of pred \(2, 3\)"):
+        mse(np.zeros((2, 3)), np.zeros((3, 2)))
+    assert get_loss("cross_entropy") is softmax_cross_entropy
+    assert get_loss("mse") is mse
+    with pytest.raises(ValueError, match="loss must be one of"):
+        get_loss("hinge")

@@ -1,0 +1,204 @@
+"""Optimizers and schedules: hand-computed steps, PyTorch parity, in-place updates, errors."""
+
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+from fastcnn.optim import SGD, Adam, CosineAnnealingLR, StepLR
+
+
+def make_pairs(dtype, values=(1.0, 2.0), grads=(0.5, -1.0)):
+    return [(np.array(values, dtype), np.array(grads, dtype))]
+
+
+def test_sgd_plain_step(dtype):
+    pairs = make_pairs(dtype)
+    SGD(lr=0.1).step(pairs)
+    assert_allclose(pairs[0][0], [0.95, 2.1], rtol=1e-6)
+    assert pairs[0][0].dtype == dtype
+    assert_array_equal(pairs[0][1], [0.5, -1.0])  # the gradient is never modified
+
+
+def test_sgd_momentum_weight_decay_two_steps():
+    p, g = np.array([1.0]), np.array([0.5])
+    opt = SGD(lr=0.1, momentum=0.9, weight_decay=0.1)
+    opt.step([(p, g)])
+    # d = 0.5 + 0.1 * 1 = 0.6; buf = 0.6; p = 1 - 0.06
+    assert_allclose(p, [0.94])
+    opt.step([(p, g)])
+    # d = 0.5 + 0.094 = 0.594; buf = 0.9 * 0.6 + 0.594 = 1.134; p = 0.94 - 0.1134
+    assert_allclose(p, [0.94 - 0.1134])
+
+
+def test_sgd_nesterov_two_steps():
+    p, g = np.array([1.0]), np.array([1.0])
+    opt = SGD(lr=0.1, momentum=0.5, nesterov=True)
+    opt.step([(p, g)])  # buf = 1; update = 1 + 0.5 * 1 = 1.5
+    assert_allclose(p, [0.85])
+    opt.step([(p, g)])  # buf = 0.5 + 1 = 1.5; update = 1 + 0.75
+    assert_allclose(p, [0.85 - 0.175])
+
+
+def test_adam_two_steps_hand_computed():
+    p, g = np.array([1.0, -2.0]), np.array([0.1, 0.3])
+    opt = Adam(lr=0.01, betas=(0.8, 0.9), eps=1e-8)
+    opt.step([(p, g)])
+    # Step 1: the bias-corrected update is lr * g / (|g| + eps') = lr * sign(g).
+    assert_allclose(p, [1.0 - 0.01, -2.0 - 0.01], rtol=1e-6)
+    before = p.copy()
+    g2 = np.array([-0.2, 0.3])
+    g[...] = g2
+    opt.step([(p, g)])
+    m = 0.8 * 0.2 * np.array([0.1, 0.3]) + 0.2 * g2
+    v = 0.9 * 0.1 * np.array([0.1, 0.3]) ** 2 + 0.1 * g2**2
+    m_hat, v_hat = m / (1 - 0.8**2), v / (1 - 0.9**2)
+    assert_allclose(p, before - 0.01 * m_hat / (np.sqrt(v_hat) + 1e-8), rtol=1e-10)
+
+
+TORCH_CONFIGS = [
+    ("SGD", {"lr": 0.1}),
+    ("SGD", {"lr": 0.05, "momentum": 0.9}),
+    ("SGD", {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
+    ("Adam", {"lr": 1e-2}),
+    ("Adam", {"lr": 3e-3, "betas": (0.5, 0.9), "eps": 1e-6, "weight_decay": 0.1}),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), TORCH_CONFIGS, ids=str)
+def test_matches_torch_optim(name, kwargs, dtype, rng):
+    torch = pytest.importorskip("torch", reason="torch is optional: the reference optimizers")
+    shapes = [(3, 2, 3, 3), (3,), (4, 5)]
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    grads = [np.zeros_like(p) for p in params]
+    ours = {"SGD": SGD, "Adam": Adam}[name](**kwargs)
+    t_params = [torch.tensor(p.copy(), requires_grad=True) for p in params]
+    theirs = getattr(torch.optim, name)(t_params, **kwargs)
+    pairs = list(zip(params, grads, strict=True))
+    for _ in range(6):
+        for g, tp in zip(grads, t_params, strict=True):
+            g[...] = rng.standard_normal(g.shape)
+            tp.grad = torch.from_numpy(g.copy())
+        ours.step(pairs)
+        theirs.step()
+    t = {"rtol": 1e-5, "atol": 1e-6} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-14}
+    for p, tp in zip(params, t_params, strict=True):
+        assert p.dtype == dtype
+        assert_allclose(p, tp.detach().numpy(), **t)
+
+
+@pytest.mark.parametrize(
+    "opt",
+    [SGD(0.1), SGD(0.1, momentum=0.9, nesterov=True, weight_decay=0.1), Adam(weight_decay=0.1)],
+    ids=repr,
+)
+def test_steps_are_in_place_and_allocate_nothing(opt):
+    param = np.ones(100_000, np.float32)
+    grad = np.full_like(param, 0.5)
+    pairs = [(param, grad)]
+    opt.step(pairs)  # the first step allocates the state
+    tracemalloc.start()
+    try:
+        for _ in range(5):
+            opt.step(pairs)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert pairs[0][0] is param
+    assert peak < param.nbytes // 10, f"a step allocated {peak} bytes"
+
+
+def test_state_survives_a_new_list_of_the_same_arrays():
+    p, g = np.array([1.0]), np.array([1.0])
+    opt = SGD(lr=0.1, momentum=0.9)
+    opt.step([(p, g)])
+    opt.step([(p, g)])  # a new list object, same arrays: momentum continues
+    assert opt.n_steps == 2
+    assert_allclose(p, [1.0 - 0.1 - 0.19])
+    q = np.array([1.0])
+    opt.step([(q, g)])  # other arrays: fresh state
+    assert opt.n_steps == 1
+    assert_allclose(q, [0.9])
+
+
+def test_bind_then_step_without_arguments():
+    p, g = np.array([1.0]), np.array([2.0])
+    opt = SGD(lr=0.5).bind([(p, g)])
+    opt.step()
+    assert_allclose(p, [0.0])
+    opt.reset()
+    assert opt.n_steps == 0
+
+
+def test_step_lr_schedule():
+    opt = SGD(lr=1.0)
+    sched = StepLR(opt, step_size=2, gamma=0.5)
+    lrs = []
+    for _ in range(5):
+        sched.step()
+        lrs.append(opt.lr)
+    assert lrs == [1.0, 0.5, 0.5, 0.25, 0.25]
+    assert sched.get_last_lr() == 0.25
+
+
+def test_cosine_schedule_matches_formula_and_torch():
+    opt = Adam(lr=0.1)
+    sched = CosineAnnealingLR(opt, T_max=4, eta_min=0.01)
+    lrs = [opt.lr]
+    for _ in range(4):
+        sched.step()
+        lrs.append(opt.lr)
+    expected = [0.01 + 0.09 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(5)]
+    assert_allclose(lrs, expected)
+    assert lrs[-1] == pytest.approx(0.01)
+    torch = pytest.importorskip("torch", reason="torch is optional: the reference schedule")
+    t_opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=0.1)
+    t_sched = torch.optim.lr_scheduler.CosineAnnealingLR(t_opt, T_max=4, eta_min=0.01)
+    t_lrs = [t_opt.param_groups[0]["lr"]]
+    for _ in range(4):
+        t_opt.step()
+        t_sched.step()
+        t_lrs.append(t_opt.param_groups[0]["lr"])
+    assert_allclose(lrs, t_lrs, rtol=1e-12)
+
+
+def test_scheduler_is_a_fit_callback():
+    opt = SGD(lr=1.0)
+    sched = StepLR(opt, step_size=1, gamma=0.1)
+    assert sched.on_epoch_end(0, {"loss": 1.0}) is None  # never asks fit to stop
+    assert opt.lr == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    ("factory", "error", "match"),
+    [
+        (lambda: SGD(lr=-0.1), ValueError, r"lr must be in \[0.0, inf\), got -0.1"),
+        (lambda: SGD(lr="fast"), TypeError, "lr must be a float"),
+        (lambda: SGD(momentum=-1), ValueError, "momentum must be in"),
+        (lambda: SGD(nesterov=True), ValueError, "nesterov=True requires momentum > 0"),
+        (lambda: SGD(weight_decay=math.nan), ValueError, "weight_decay must be in"),
+        (lambda: Adam(betas=(0.9, 1.0)), ValueError, r"betas\[1\] must be in \[0.0, 1.0\)"),
+        (lambda: Adam(betas=0.9), TypeError, "betas must be a pair"),
+        (lambda: Adam(eps=-1), ValueError, "eps must be in"),
+        (lambda: StepLR(SGD(), step_size=0), ValueError, "step_size must be a positive int"),
+        (lambda: CosineAnnealingLR("sgd", T_max=3), TypeError, "must be a fastcnn Optimizer"),
+    ],
+)
+def test_constructor_errors(factory, error, match):
+    with pytest.raises(error, match=match):
+        factory()
+
+
+def test_step_errors():
+    with pytest.raises(RuntimeError, match=r"call step\(model.parameters\(\)\)"):
+        SGD().step()
+    with pytest.raises(ValueError, match="grad must be a float array of the param's shape"):
+        SGD().step([(np.zeros(3), np.zeros(2))])
+    with pytest.raises(TypeError, match=r"\(param, grad\) pairs"):
+        SGD().step([np.zeros(3)])
+    frozen = np.zeros(3)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        SGD().step([(frozen, np.zeros(3))])
