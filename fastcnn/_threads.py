@@ -59,9 +59,8 @@ def set_num_threads(n: int | None) -> None:
 
 
 # BLAS threads. OpenMP threads that each call a multi-threaded BLAS would oversubscribe the
-# cores, so while a kernel parallelises over the batch it pins BLAS to one thread; a kernel
-# that runs its batch loop serially lets BLAS use the fastcnn thread count instead. The
-# previous BLAS setting is restored when the last concurrent kernel call leaves.
+# cores, so while a kernel runs it pins the BLAS it calls to one thread; the previous
+# setting is restored when the last concurrent kernel call leaves.
 
 _blas_lock = threading.Lock()
 _blas_depth = 0

@@ -1,9 +1,21 @@
-# Row-major GEMM over scipy's BLAS, for float and double.
+# Row-major GEMM over scipy's BLAS (float and double), through function pointers that
+# _conv.pyx fetches from scipy.linalg.cython_blas on first use: importing scipy.linalg
+# costs ~0.2 s, which `import fastcnn` should not pay.
 from cython cimport floating
-from scipy.linalg.cython_blas cimport dgemm, sgemm
+
+ctypedef void (*sgemm_t)(char* transa, char* transb, int* m, int* n, int* k,
+                         float* alpha, float* a, int* lda, float* b, int* ldb,
+                         float* beta, float* c, int* ldc) noexcept nogil
+ctypedef void (*dgemm_t)(char* transa, char* transb, int* m, int* n, int* k,
+                         double* alpha, double* a, int* lda, double* b, int* ldb,
+                         double* beta, double* c, int* ldc) noexcept nogil
+
+cdef struct Blas:
+    sgemm_t sgemm
+    dgemm_t dgemm
 
 
-cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
+cdef inline void gemm(const Blas* blas, bint trans_a, bint trans_b, int m, int n, int k,
                       floating alpha, const floating* a, int lda,
                       const floating* b, int ldb,
                       floating beta, floating* c, int ldc) noexcept nogil:
@@ -13,8 +25,8 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
     cdef char flag_b = b'T' if trans_b else b'N'
     cdef char flag_a = b'T' if trans_a else b'N'
     if floating is float:
-        sgemm(&flag_b, &flag_a, &n, &m, &k, &alpha, <float*> b, &ldb,
-              <float*> a, &lda, &beta, c, &ldc)
+        blas.sgemm(&flag_b, &flag_a, &n, &m, &k, &alpha, <float*> b, &ldb,
+                   <float*> a, &lda, &beta, c, &ldc)
     else:
-        dgemm(&flag_b, &flag_a, &n, &m, &k, &alpha, <double*> b, &ldb,
-              <double*> a, &lda, &beta, c, &ldc)
+        blas.dgemm(&flag_b, &flag_a, &n, &m, &k, &alpha, <double*> b, &ldb,
+                   <double*> a, &lda, &beta, c, &ldc)

@@ -14,11 +14,13 @@ input plane already is the column matrix.
 The chunk loop runs under OpenMP ``prange``. Every thread owns its scratch (the column
 matrix, gathered output gradients, the input-gradient columns, partial weight/bias
 gradients), allocated once per call, so scratch grows with the thread count and the
-chunk size, never with the batch. The partial
-gradients are summed after the parallel loop in a fixed order, so results do not depend
-on scheduling. While threads run over the batch, BLAS is pinned to one thread (see
-``fastcnn._backend.blas_threads``); a batch of one runs serially and lets BLAS use the
-threads instead.
+chunk size, never with the batch. The partial gradients are summed after the parallel
+loop in a fixed order, so results do not depend on scheduling.
+
+All parallelism comes from OpenMP: BLAS is pinned to one thread while a kernel runs
+(``fastcnn._threads.blas_threads``). The products here are small or skinny, and letting
+a threaded BLAS split them (alone, or inside OpenMP threads) was measured to be several
+times slower on a 2-core machine, not faster.
 """
 
 from cython cimport floating
@@ -26,11 +28,28 @@ from cython.parallel cimport prange, threadid
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
-from fastcnn._kernels._blas cimport gemm
+from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
+
+from fastcnn._kernels._blas cimport Blas, dgemm_t, gemm, sgemm_t
 from fastcnn._threads import blas_threads
 
 cdef extern from "limits.h":
     int INT_MAX
+
+cdef Blas BLAS  # filled by load_blas() before the first product
+
+
+cdef void* capi_pointer(object capi, str name) except NULL:
+    capsule = capi[name]
+    return PyCapsule_GetPointer(capsule, PyCapsule_GetName(capsule))
+
+
+def load_blas():
+    """Fetch sgemm/dgemm from scipy.linalg.cython_blas (imports scipy.linalg once)."""
+    if BLAS.sgemm == NULL:
+        from scipy.linalg import cython_blas
+        BLAS.dgemm = <dgemm_t> capi_pointer(cython_blas.__pyx_capi__, "dgemm")
+        BLAS.sgemm = <sgemm_t> capi_pointer(cython_blas.__pyx_capi__, "sgemm")
 
 
 ctypedef struct Geometry:
@@ -177,7 +196,7 @@ cdef void forward_chunk_wide(const floating* x, const floating* weight,
         for s in range(ns):
             pad_plane(x + s * x_stride + grp * g.cg * g.h * g.w, g, xp)
             im2col_wide(xp, g, col + s * g.q, ld)
-        gemm(False, False, <int> g.cog, <int> ld, <int> g.k,
+        gemm(&BLAS, False, False, <int> g.cog, <int> ld, <int> g.k,
              1, weight + grp * g.cog * g.k, <int> g.k, col, <int> ld, 0, tmp, <int> ld)
         for s in range(ns):
             for co in range(g.cog):
@@ -218,11 +237,11 @@ cdef void backward_chunk_wide(const floating* grad_out, const floating* x,
             for s in range(ns):
                 pad_plane(x + s * x_stride + grp * g.cg * g.h * g.w, g, xp)
                 im2col_wide(xp, g, col + s * g.q, ld)
-            gemm(False, True, <int> g.cog, <int> g.k, <int> ld,
+            gemm(&BLAS, False, True, <int> g.cog, <int> g.k, <int> ld,
                  1, dy, <int> ld, col, <int> ld,
                  1, grad_weight + grp * g.cog * g.k, <int> g.k)
         if grad_x != NULL:
-            gemm(True, False, <int> g.k, <int> ld, <int> g.cog,
+            gemm(&BLAS, True, False, <int> g.k, <int> ld, <int> g.cog,
                  1, weight + grp * g.cog * g.k, <int> g.k, dy, <int> ld, 0, dcol, <int> ld)
             for s in range(ns):
                 memset(xp, 0, g.plane * sizeof(floating))
@@ -275,11 +294,11 @@ cdef void forward_chunk(const floating* x, const floating* weight, const floatin
                     im2col(x + s * x_stride + grp * g.cg * g.h * g.w, g, col + s * g.p, ld)
             columns = col
         if ns == 1:
-            gemm(False, False, <int> g.cog, <int> g.p, <int> g.k,
+            gemm(&BLAS, False, False, <int> g.cog, <int> g.p, <int> g.k,
                  1, weight + grp * g.cog * g.k, <int> g.k, columns, <int> g.p,
                  0, out + grp * g.cog * g.p, <int> g.p)
         else:
-            gemm(False, False, <int> g.cog, <int> ld, <int> g.k,
+            gemm(&BLAS, False, False, <int> g.cog, <int> ld, <int> g.k,
                  1, weight + grp * g.cog * g.k, <int> g.k, columns, <int> ld,
                  0, tmp, <int> ld)
             for s in range(ns):
@@ -341,17 +360,17 @@ cdef void backward_chunk(const floating* grad_out, const floating* x,
                                col + s * g.p, ld)
                 columns = col
             # dW_grp (cog, k) += dY_grp (cog, ns*p) @ columns^T (ns*p, k)
-            gemm(False, True, <int> g.cog, <int> g.k, <int> ld,
+            gemm(&BLAS, False, True, <int> g.cog, <int> g.k, <int> ld,
                  1, go, <int> ld, columns, <int> ld,
                  1, grad_weight + grp * g.cog * g.k, <int> g.k)
         if grad_x != NULL:
             if g.direct and ns == 1:
-                gemm(True, False, <int> g.k, <int> g.p, <int> g.cog,
+                gemm(&BLAS, True, False, <int> g.k, <int> g.p, <int> g.cog,
                      1, weight + grp * g.cog * g.k, <int> g.k, go, <int> g.p,
                      0, grad_x + grp * g.cg * g.h * g.w, <int> g.p)
             else:
                 # dcolumns (k, ns*p) = W_grp^T (k, cog) @ dY_grp (cog, ns*p)
-                gemm(True, False, <int> g.k, <int> ld, <int> g.cog,
+                gemm(&BLAS, True, False, <int> g.k, <int> ld, <int> g.cog,
                      1, weight + grp * g.cog * g.k, <int> g.k, go, <int> ld,
                      0, dcol, <int> ld)
                 for s in range(ns):
@@ -387,8 +406,11 @@ cdef Geometry make_geometry(Py_ssize_t c_in, Py_ssize_t h, Py_ssize_t w,
     g.q = h_out * g.wp if g.wide else g.p
     # Wide rows of the last taps run (kw-1)*dw elements past the padded block.
     g.plane = g.cg * g.hp * g.wp + (kw - 1) * dw
-    if g.k > INT_MAX or g.p > INT_MAX or g.cog > INT_MAX or g.cg * h * w > INT_MAX:
-        raise ValueError("convolution too large for 32-bit BLAS indices")
+    if g.k > INT_MAX or g.q > INT_MAX or g.cog > INT_MAX or g.cg * h * w > INT_MAX:
+        raise ValueError(
+            f"convolution too large for BLAS's 32-bit sizes: {g.k} x {g.q} column matrix "
+            f"for {c_in} input channels of {h}x{w}"
+        )
     return g
 
 
@@ -428,6 +450,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                    Py_ssize_t pad_w, Py_ssize_t dil_h, Py_ssize_t dil_w,
                    Py_ssize_t groups, int n_threads):
     """See BACKEND_API.md. Writes every element of ``out``."""
+    load_blas()
     cdef Py_ssize_t n_batch = x.shape[0], c, n0, ns
     cdef Geometry g = make_geometry(
         x.shape[1], x.shape[2], x.shape[3], weight.shape[0], weight.shape[2],
@@ -450,7 +473,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
         raise MemoryError(f"conv2d: cannot allocate {threads} x {per_thread} scratch")
     cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
     try:
-        with blas_threads(1 if threads > 1 else n_threads):
+        with blas_threads(1):
             with nogil:
                 for c in prange(n_chunks, num_threads=threads, schedule="static"):
                     n0 = c * nb
@@ -476,6 +499,7 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
                     Py_ssize_t pad_w, Py_ssize_t dil_h, Py_ssize_t dil_w,
                     Py_ssize_t groups, int n_threads):
     """See BACKEND_API.md. Overwrites each gradient buffer that is not None."""
+    load_blas()
     cdef Py_ssize_t n_batch = x.shape[0], c, n0, ns, t, i
     cdef Geometry g = make_geometry(
         x.shape[1], x.shape[2], x.shape[3], weight.shape[0], weight.shape[2],
@@ -515,7 +539,7 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
     cdef floating* gw_ptr
     cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
     try:
-        with blas_threads(1 if threads > 1 else n_threads):
+        with blas_threads(1):
             with nogil:
                 for c in prange(n_chunks, num_threads=threads, schedule="static"):
                     n0 = c * nb
