@@ -44,13 +44,15 @@ def _passive_openmp_waits() -> Iterator[None]:
 def _import_compiled() -> tuple[types.SimpleNamespace | None, str | None]:
     try:
         with _passive_openmp_waits():
-            from fastcnn._kernels import _conv, _openmp, _pool
+            from fastcnn._kernels import _conv, _linear, _openmp, _pool
     except Exception as exc:  # any failure (missing .so, ABI mismatch) means: fall back
         return None, f"{type(exc).__name__}: {exc}"
     namespace = types.SimpleNamespace(
         name="cython",
         conv2d_forward=_conv.conv2d_forward,
         conv2d_backward=_conv.conv2d_backward,
+        linear_forward=_linear.linear_forward,
+        linear_backward=_linear.linear_backward,
         max_pool2d_forward=_pool.max_pool2d_forward,
         max_pool2d_backward=_pool.max_pool2d_backward,
         avg_pool2d_forward=_pool.avg_pool2d_forward,

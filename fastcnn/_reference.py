@@ -538,3 +538,34 @@ def avg_pool2d_backward(
         for j in range(kernel_w):
             buf[_offset_slices(i, j, out_h, out_w, stride_h, stride_w, 1, 1)] += share
     grad_x[...] = buf[:, :, pad_h : pad_h + H, pad_w : pad_w + W]
+
+
+# ---------------------------------------------------------------------------------------
+# Fully connected
+
+
+def linear_forward(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, out: np.ndarray, n_threads: int
+) -> None:
+    """``out = x @ weight.T + bias``; x (N, in), weight (out, in), out (N, out)."""
+    np.matmul(x, weight.T, out=out)
+    if bias is not None:
+        out += bias
+
+
+def linear_backward(
+    grad_out: np.ndarray,
+    x: np.ndarray,
+    weight: np.ndarray,
+    grad_x: np.ndarray | None,
+    grad_weight: np.ndarray | None,
+    grad_bias: np.ndarray | None,
+    n_threads: int,
+) -> None:
+    """Gradients of :func:`linear_forward`; a None buffer is skipped."""
+    if grad_x is not None:
+        np.matmul(grad_out, weight, out=grad_x)
+    if grad_weight is not None:
+        np.matmul(grad_out.T, x, out=grad_weight)
+    if grad_bias is not None:
+        np.sum(grad_out, axis=0, out=grad_bias)

@@ -30,6 +30,8 @@ from fastcnn._validation import (
 )
 
 __all__ = [
+    "linear",
+    "linear_backward",
     "avg_pool2d",
     "avg_pool2d_backward",
     "conv2d",
@@ -219,6 +221,97 @@ def conv2d_backward(
     if grad_x is not None and conv.extra != (0, 0):
         h, w = np.shape(x)[2:]
         grad_x = np.ascontiguousarray(grad_x[:, :, :h, :w])
+    return grad_x, grad_weight, grad_bias
+
+
+# ---------------------------------------------------------------------------------------
+# Fully connected
+
+
+def _check_linear(x, weight) -> tuple[np.ndarray, np.ndarray]:
+    x = as_float_array(x, "x", 2)
+    weight = as_float_array(weight, "weight", 2)
+    same_dtype(x, weight, "x", "weight")
+    if weight.shape[1] != x.shape[1] or weight.shape[0] < 1:
+        raise ValueError(
+            f"weight {weight.shape} must be (out_features, in_features) with in_features "
+            f"= {x.shape[1]} to match x {x.shape}"
+        )
+    return contiguous(x), contiguous(weight)
+
+
+def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """Fully connected layer, ``x @ weight.T + bias`` (PyTorch's ``linear``).
+
+    The compiled backend runs it as single-threaded BLAS products, split over OpenMP
+    threads only when large: the small products of a CNN's classifier head are faster
+    that way than through a threaded BLAS.
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, in_features), float32 or float64
+    weight : ndarray of shape (out_features, in_features), same dtype
+    bias : ndarray of shape (out_features,) or None
+
+    Returns
+    -------
+    y : ndarray of shape (N, out_features)
+    """
+    x, weight = _check_linear(x, weight)
+    if bias is not None:
+        bias = as_float_array(bias, "bias", 1)
+        same_dtype(x, bias, "x", "bias")
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(
+                f"bias must have shape ({weight.shape[0]},) to match weight {weight.shape}, "
+                f"got {bias.shape}"
+            )
+        bias = contiguous(bias)
+    out = np.empty((x.shape[0], weight.shape[0]), dtype=x.dtype)
+    if out.size:
+        _backend.current().linear_forward(x, weight, bias, out, _threads.get_num_threads())
+    return out
+
+
+def linear_backward(
+    grad_out: np.ndarray, x: np.ndarray, weight: np.ndarray, needs_input_grad: bool = True
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Gradients of :func:`linear` with respect to its input, weight and bias.
+
+    Parameters
+    ----------
+    grad_out : ndarray of shape (N, out_features)
+    x, weight
+        As given to :func:`linear`.
+    needs_input_grad : bool, default True
+        When False, ``grad_x`` is not computed (returned as None).
+
+    Returns
+    -------
+    grad_x : ndarray of shape (N, in_features), or None
+    grad_weight : ndarray of shape (out_features, in_features)
+    grad_bias : ndarray of shape (out_features,)
+    """
+    x, weight = _check_linear(x, weight)
+    grad_out = as_float_array(grad_out, "grad_out", 2)
+    same_dtype(x, grad_out, "x", "grad_out")
+    expected = (x.shape[0], weight.shape[0])
+    if grad_out.shape != expected:
+        raise ValueError(f"grad_out must have shape {expected}, got {grad_out.shape}")
+    dtype = x.dtype
+    grad_x = np.empty(x.shape, dtype=dtype) if needs_input_grad else None
+    grad_weight = np.empty(weight.shape, dtype=dtype)
+    grad_bias = np.empty(weight.shape[0], dtype=dtype)
+    if grad_out.size == 0:
+        grad_weight.fill(0)
+        grad_bias.fill(0)
+        if grad_x is not None:
+            grad_x.fill(0)
+    else:
+        _backend.current().linear_backward(
+            contiguous(grad_out), x, weight, grad_x, grad_weight, grad_bias,
+            _threads.get_num_threads(),
+        )  # fmt: skip
     return grad_x, grad_weight, grad_bias
 
 

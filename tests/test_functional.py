@@ -975,3 +975,81 @@ def test_huge_divisor_override_is_divided_or_rejected(backend):
             assert "divisor_override" in str(exc)
         else:
             np.testing.assert_allclose(got, [[[[4 * 2.0**80 / divisor]]]], rtol=1e-12)
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
+@pytest.mark.parametrize("shape", [(2, 3, 6, 8), (1, 2, 7, 5), (1, 1, 2, 2), (3, 1, 9, 4)])
+def test_pool_2x2_stride2_fast_path_matches_reference(dtype, shape, ceil_mode):
+    # The compiled kernels special-case 2x2/stride-2 unpadded pooling; odd sizes (and
+    # ceil_mode's partial windows) must fall back, and ties/NaN keep the general rule.
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 3, shape).astype(dtype)  # many ties
+    x[rng.random(shape) < 0.15] = np.nan
+    grad = None
+    results = {}
+    for name in fastcnn.available_backends():
+        with fastcnn.use_backend(name):
+            y, idx = F.max_pool2d(x, 2, ceil_mode=ceil_mode)
+            a = F.avg_pool2d(x, 2, ceil_mode=ceil_mode)
+            if grad is None:
+                grad = rng.standard_normal(a.shape).astype(dtype)
+            ga = F.avg_pool2d_backward(grad, x.shape, 2, ceil_mode=ceil_mode)
+            gm = F.max_pool2d_backward(grad, idx, x.shape)
+            results[name] = (y, idx, a, ga, gm)
+    if "cython" not in results:
+        pytest.skip("compiled extension not available: nothing to compare with")
+    for got, want in zip(results["cython"], results["numpy"], strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("n, n_in, n_out", [(1, 1, 1), (5, 7, 3), (64, 400, 120), (300, 64, 90)])
+def test_linear_matches_reference_and_numpy_matmul(backend, dtype, n, n_in, n_out):
+    rng = np.random.default_rng(n * 1000 + n_in)
+    x = rng.standard_normal((n, n_in)).astype(dtype)
+    w = rng.standard_normal((n_out, n_in)).astype(dtype)
+    b = rng.standard_normal(n_out).astype(dtype)
+    g = rng.standard_normal((n, n_out)).astype(dtype)
+    y = F.linear(x, w, b)
+    gx, gw, gb = F.linear_backward(g, x, w)
+    assert y.dtype == dtype and gx.dtype == dtype and gw.dtype == dtype
+    x64, w64, g64 = (a.astype(np.float64) for a in (x, w, g))
+    np.testing.assert_allclose(y, x64 @ w64.T + b, **tol(dtype))
+    np.testing.assert_allclose(gx, g64 @ w64, **tol(dtype))
+    np.testing.assert_allclose(gw, g64.T @ x64, **tol(dtype))
+    np.testing.assert_allclose(gb, g64.sum(axis=0), **tol(dtype))
+    assert F.linear_backward(g, x, w, needs_input_grad=False)[0] is None
+
+
+def test_linear_gradient_matches_central_differences(backend):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 4))
+    w = rng.standard_normal((2, 4))
+    b = rng.standard_normal(2)
+    r = rng.standard_normal((3, 2))
+    gx, gw, gb = F.linear_backward(r, x, w)
+    for array, grad in ((x, gx), (w, gw), (b, gb)):
+        numeric = np.zeros_like(array)
+        for i in np.ndindex(array.shape):
+            old = array[i]
+            array[i] = old + 1e-6
+            up = np.sum(F.linear(x, w, b) * r)
+            array[i] = old - 1e-6
+            down = np.sum(F.linear(x, w, b) * r)
+            array[i] = old
+            numeric[i] = (up - down) / 2e-6
+        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        ((np.ones((2, 3)), np.ones((4, 5))), ValueError, "in_features"),
+        ((np.ones((2, 3, 1)), np.ones((4, 3))), ValueError, "x must be 2-D"),
+        ((np.ones((2, 3)), np.ones((4, 3), np.float32)), TypeError, "dtype"),
+        ((np.ones((2, 3), int), np.ones((4, 3))), TypeError, "float32 or float64"),
+        ((np.ones((2, 3)), np.ones((4, 3)), np.ones(5)), ValueError, "bias must have shape"),
+    ],
+)
+def test_linear_bad_input(args, error, match):
+    with pytest.raises(error, match=match):
+        F.linear(*args)

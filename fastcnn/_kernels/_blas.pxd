@@ -1,6 +1,7 @@
-# Row-major GEMM over scipy's BLAS (float and double), through function pointers that
-# _conv.pyx fetches from scipy.linalg.cython_blas on first use: importing scipy.linalg
-# costs ~0.2 s, which `import fastcnn` should not pay.
+# Row-major GEMM over scipy's BLAS (float and double), through function pointers fetched
+# from scipy.linalg.cython_blas on first use: importing scipy.linalg costs ~0.2 s, which
+# `import fastcnn` should not pay.
+from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
 from cython cimport floating
 
 ctypedef void (*sgemm_t)(char* transa, char* transb, int* m, int* n, int* k,
@@ -13,6 +14,20 @@ ctypedef void (*dgemm_t)(char* transa, char* transb, int* m, int* n, int* k,
 cdef struct Blas:
     sgemm_t sgemm
     dgemm_t dgemm
+
+
+cdef inline void* _capi_pointer(object capi, str name) except NULL:
+    capsule = capi[name]
+    return PyCapsule_GetPointer(capsule, PyCapsule_GetName(capsule))
+
+
+cdef inline int load_blas(Blas* blas) except -1:
+    # Each kernel module keeps its own Blas and fills it before its first product.
+    if blas.sgemm == NULL:
+        from scipy.linalg import cython_blas
+        blas.dgemm = <dgemm_t> _capi_pointer(cython_blas.__pyx_capi__, "dgemm")
+        blas.sgemm = <sgemm_t> _capi_pointer(cython_blas.__pyx_capi__, "sgemm")
+    return 0
 
 
 cdef inline void gemm(const Blas* blas, bint trans_a, bint trans_b, int m, int n, int k,

@@ -28,28 +28,13 @@ from cython.parallel cimport prange, threadid
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
-from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
-
-from fastcnn._kernels._blas cimport Blas, dgemm_t, gemm, sgemm_t
+from fastcnn._kernels._blas cimport Blas, gemm, load_blas
 from fastcnn._threads import blas_threads
 
 cdef extern from "limits.h":
     int INT_MAX
 
 cdef Blas BLAS  # filled by load_blas() before the first product
-
-
-cdef void* capi_pointer(object capi, str name) except NULL:
-    capsule = capi[name]
-    return PyCapsule_GetPointer(capsule, PyCapsule_GetName(capsule))
-
-
-def load_blas():
-    """Fetch sgemm/dgemm from scipy.linalg.cython_blas (imports scipy.linalg once)."""
-    if BLAS.sgemm == NULL:
-        from scipy.linalg import cython_blas
-        BLAS.dgemm = <dgemm_t> capi_pointer(cython_blas.__pyx_capi__, "dgemm")
-        BLAS.sgemm = <sgemm_t> capi_pointer(cython_blas.__pyx_capi__, "sgemm")
 
 
 ctypedef struct Geometry:
@@ -450,7 +435,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                    Py_ssize_t pad_w, Py_ssize_t dil_h, Py_ssize_t dil_w,
                    Py_ssize_t groups, int n_threads):
     """See BACKEND_API.md. Writes every element of ``out``."""
-    load_blas()
+    load_blas(&BLAS)
     cdef Py_ssize_t n_batch = x.shape[0], c, n0, ns
     cdef Geometry g = make_geometry(
         x.shape[1], x.shape[2], x.shape[3], weight.shape[0], weight.shape[2],
@@ -499,7 +484,7 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
                     Py_ssize_t pad_w, Py_ssize_t dil_h, Py_ssize_t dil_w,
                     Py_ssize_t groups, int n_threads):
     """See BACKEND_API.md. Overwrites each gradient buffer that is not None."""
-    load_blas()
+    load_blas(&BLAS)
     cdef Py_ssize_t n_batch = x.shape[0], c, n0, ns, t, i
     cdef Geometry g = make_geometry(
         x.shape[1], x.shape[2], x.shape[3], weight.shape[0], weight.shape[2],

@@ -31,6 +31,37 @@ cdef inline Py_ssize_t max_ssize(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return a if a > b else b
 
 
+cdef inline bint better(floating v, floating m) noexcept nogil:
+    # Strict '>' keeps the first of tied maxima; the first NaN wins and then sticks,
+    # because nothing compares greater than NaN.
+    return v > m or (v != v and m == m)
+
+
+cdef void max_plane_2x2(const floating* x, floating* out, long long* idx,
+                        Py_ssize_t w, Py_ssize_t h_out, Py_ssize_t w_out) noexcept nogil:
+    # The common 2x2, stride 2, unpadded case, every window inside the plane.
+    cdef Py_ssize_t oh, ow, base, best
+    cdef const floating* r0
+    cdef floating m
+    for oh in range(h_out):
+        r0 = x + 2 * oh * w
+        for ow in range(w_out):
+            base = 2 * ow
+            m = r0[base]
+            best = base
+            if better(r0[base + 1], m):
+                m = r0[base + 1]
+                best = base + 1
+            if better(r0[w + base], m):
+                m = r0[w + base]
+                best = w + base
+            if better(r0[w + base + 1], m):
+                m = r0[w + base + 1]
+                best = w + base + 1
+            out[oh * w_out + ow] = m
+            idx[oh * w_out + ow] = 2 * oh * w + best
+
+
 cdef void max_plane(const floating* x, floating* out, long long* idx,
                     Py_ssize_t h, Py_ssize_t w, Py_ssize_t h_out, Py_ssize_t w_out,
                     Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
@@ -38,6 +69,10 @@ cdef void max_plane(const floating* x, floating* out, long long* idx,
                     Py_ssize_t dw) noexcept nogil:
     cdef Py_ssize_t oh, ow, i, j, ih, iw, best
     cdef floating v, m
+    if (kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
+            and dh == 1 and dw == 1 and 2 * h_out <= h and 2 * w_out <= w):
+        max_plane_2x2(x, out, idx, w, h_out, w_out)
+        return
     for oh in range(h_out):
         for ow in range(w_out):
             m = -INFINITY
@@ -51,9 +86,7 @@ cdef void max_plane(const floating* x, floating* out, long long* idx,
                     if iw < 0 or iw >= w:
                         continue
                     v = x[ih * w + iw]
-                    # Strict '>' keeps the first of tied maxima; the first NaN wins and
-                    # then sticks, because nothing compares greater than NaN.
-                    if best < 0 or v > m or (v != v and m == m):
+                    if best < 0 or better(v, m):
                         m = v
                         best = ih * w + iw
             out[oh * w_out + ow] = m
@@ -77,6 +110,18 @@ cdef void avg_plane(const floating* x, floating* out, Py_ssize_t h, Py_ssize_t w
                     bint count_include_pad, Py_ssize_t divisor_override) noexcept nogil:
     cdef Py_ssize_t oh, ow, ih, iw, h0, h1, w0, w1, span_h, span_w, divisor
     cdef floating acc
+    cdef const floating* r0
+    if (kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
+            and 2 * h_out <= h and 2 * w_out <= w):
+        # The common 2x2, stride 2, unpadded case: every window is whole, divisor 4.
+        divisor = divisor_override if divisor_override else 4
+        for oh in range(h_out):
+            r0 = x + 2 * oh * w
+            for ow in range(w_out):
+                out[oh * w_out + ow] = (
+                    (r0[2 * ow] + r0[2 * ow + 1]) + (r0[w + 2 * ow] + r0[w + 2 * ow + 1])
+                ) / divisor
+        return
     for oh in range(h_out):
         avg_window(oh, sh, ph, kh, h, &h0, &h1, &span_h)
         for ow in range(w_out):
@@ -102,7 +147,21 @@ cdef void avg_plane_backward(const floating* grad_out, floating* grad_x,
                              Py_ssize_t divisor_override) noexcept nogil:
     cdef Py_ssize_t oh, ow, ih, iw, h0, h1, w0, w1, span_h, span_w, divisor
     cdef floating share
+    cdef floating* r0
     memset(grad_x, 0, h * w * sizeof(floating))
+    if (kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
+            and 2 * h_out <= h and 2 * w_out <= w):
+        # 2x2 windows that tile the plane: each input gets one share, no accumulation.
+        divisor = divisor_override if divisor_override else 4
+        for oh in range(h_out):
+            r0 = grad_x + 2 * oh * w
+            for ow in range(w_out):
+                share = grad_out[oh * w_out + ow] / divisor
+                r0[2 * ow] = share
+                r0[2 * ow + 1] = share
+                r0[w + 2 * ow] = share
+                r0[w + 2 * ow + 1] = share
+        return
     for oh in range(h_out):
         avg_window(oh, sh, ph, kh, h, &h0, &h1, &span_h)
         for ow in range(w_out):
