@@ -16,7 +16,7 @@ import numpy as np
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-KERNELS = ["_conv", "_pool", "_openmp"]
+KERNELS = ["_conv", "_linear", "_pool", "_openmp"]
 
 
 def _flag(name: str) -> bool:
@@ -47,8 +47,14 @@ def _openmp_flags(compiler) -> tuple[list[str], list[str]]:
                 f.write(source)
             try:
                 objects = compiler.compile([path], output_dir=tmp, extra_postargs=cflags)
+                # distutils adds LDFLAGS to the link of extensions but not of executables;
+                # pass them here too, so the probe finds e.g. Homebrew's libomp on macOS.
                 compiler.link_executable(
-                    objects, "check_openmp", output_dir=tmp, extra_postargs=lflags
+                    objects,
+                    "check_openmp",
+                    output_dir=tmp,
+                    extra_preargs=os.environ.get("LDFLAGS", "").split(),
+                    extra_postargs=lflags,
                 )
             except Exception:
                 continue
