@@ -238,18 +238,30 @@ cdef void backward_chunk_wide(const floating* grad_out, const floating* x,
                                g.w * sizeof(floating))
 
 
+cdef floating row_sum(const floating* src, Py_ssize_t n) noexcept nogil:
+    # Eight independent partial sums: a single running sum is one long dependency chain
+    # that the compiler may not reorder (or vectorize) without -ffast-math.
+    cdef floating part[8]
+    cdef Py_ssize_t t, lane, n8 = n - n % 8
+    cdef floating total = 0
+    for lane in range(8):
+        part[lane] = 0
+    for t in range(0, n8, 8):
+        for lane in range(8):
+            part[lane] += src[t + lane]
+    for t in range(n8, n):
+        total += src[t]
+    for lane in range(8):
+        total += part[lane]
+    return total
+
+
 cdef void add_bias_grad(const floating* grad_out, floating* grad_bias, Py_ssize_t ns,
                         const Geometry* g) noexcept nogil:
-    cdef Py_ssize_t s, co, t
-    cdef const floating* src
-    cdef floating acc
+    cdef Py_ssize_t s, co
     for s in range(ns):
         for co in range(g.c_out):
-            src = grad_out + (s * g.c_out + co) * g.p
-            acc = 0
-            for t in range(g.p):
-                acc = acc + src[t]
-            grad_bias[co] += acc
+            grad_bias[co] += row_sum(grad_out + (s * g.c_out + co) * g.p, g.p)
 
 
 cdef void forward_chunk(const floating* x, const floating* weight, const floating* bias,
