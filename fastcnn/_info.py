@@ -29,6 +29,9 @@ def config() -> dict:
         info["compiled_extension"] = "available"
         info["openmp"] = bool(compiled.openmp.openmp_enabled())
         info["build"] = compiled.openmp.build_info()
+        from fastcnn._kernels import _conv
+
+        info["direct_conv_simd"] = _conv.direct_simd()
     try:
         from threadpoolctl import threadpool_info
 

@@ -1053,3 +1053,40 @@ def test_linear_gradient_matches_central_differences(backend):
 def test_linear_bad_input(args, error, match):
     with pytest.raises(error, match=match):
         F.linear(*args)
+
+
+def test_blas_path_for_float32_matches_when_direct_kernels_are_off():
+    # float32 stride-1 convolutions normally run on the SIMD direct kernels; with
+    # FASTCNN_DIRECT=0 they take im2col + BLAS. Both must agree with the reference.
+    if "cython" not in fastcnn.available_backends():
+        pytest.skip("compiled extension not available")
+    code = """
+import numpy as np, fastcnn, fastcnn.functional as F
+from fastcnn._kernels import _conv
+assert _conv.direct_simd() == "none", _conv.direct_simd()
+rng = np.random.default_rng(0)
+for shape, wshape, pad, groups in [((4, 6, 14, 14), (16, 6, 5, 5), 0, 1),
+                                   ((3, 4, 9, 7), (6, 2, 3, 3), 1, 2),
+                                   ((2, 3, 8, 8), (5, 3, 3, 2), 'same', 1)]:
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal(wshape).astype(np.float32)
+    y = F.conv2d(x, w, padding=pad, groups=groups)
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    got = (y,) + F.conv2d_backward(g, x, w, padding=pad, groups=groups)
+    with fastcnn.use_backend("numpy"):
+        y0 = F.conv2d(x, w, padding=pad, groups=groups)
+        want = (y0,) + F.conv2d_backward(g, x, w, padding=pad, groups=groups)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+print("ok")
+"""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, FASTCNN_DIRECT="0")
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

@@ -36,6 +36,20 @@ cdef extern from "limits.h":
 
 cdef Blas BLAS  # filled by load_blas() before the first product
 
+cdef extern from "direct_conv.h":
+    int fastcnn_direct_level() noexcept nogil
+    Py_ssize_t fastcnn_direct_co_block(int level) noexcept nogil
+    Py_ssize_t fastcnn_direct_t_block(int level) noexcept nogil
+    void fastcnn_direct_conv(int level, const float* xp, const Py_ssize_t* off, Py_ssize_t k,
+                             const float* wpk, Py_ssize_t cog_pad, float* out,
+                             Py_ssize_t ldo, Py_ssize_t q_pad) noexcept nogil
+    Py_ssize_t fastcnn_wgrad_co_block(int level) noexcept nogil
+    Py_ssize_t fastcnn_wgrad_tap_block(int level) noexcept nogil
+    void fastcnn_wgrad(int level, const float* xp, Py_ssize_t xp_stride, const Py_ssize_t* off,
+                       Py_ssize_t k_pad, const float* dy, Py_ssize_t dy_stride,
+                       Py_ssize_t cog_pad, Py_ssize_t q_pad, Py_ssize_t ns,
+                       float* dw) noexcept nogil
+
 
 ctypedef struct Geometry:
     Py_ssize_t c_in, h, w            # input plane block of one sample
@@ -264,6 +278,32 @@ cdef void add_bias_grad(const floating* grad_out, floating* grad_bias, Py_ssize_
             grad_bias[co] += row_sum(grad_out + (s * g.c_out + co) * g.p, g.p)
 
 
+cdef void forward_sample_direct(const float* x, const float* wpk, const Py_ssize_t* off,
+                                const float* bias, float* out, float* xp, float* tmp,
+                                int level, Py_ssize_t cog_pad, Py_ssize_t q_pad,
+                                const Geometry* g) noexcept nogil:
+    # One sample through the register-blocked direct kernel (direct_conv.h), group by
+    # group: pad the group's input planes, convolve into tmp (cog_pad, q_pad) in the wide
+    # layout, copy the valid columns out with the bias.
+    cdef Py_ssize_t grp, co, oh, ow
+    cdef const float* src
+    cdef float* dst
+    cdef float b
+    for grp in range(g.groups):
+        pad_plane(x + grp * g.cg * g.h * g.w, g, xp)
+        fastcnn_direct_conv(level, xp, off, g.k, wpk + grp * cog_pad * g.k, cog_pad,
+                            tmp, q_pad, q_pad)
+        for co in range(g.cog):
+            b = bias[grp * g.cog + co] if bias != NULL else 0
+            src = tmp + co * q_pad
+            dst = out + (grp * g.cog + co) * g.p
+            for oh in range(g.h_out):
+                for ow in range(g.w_out):
+                    dst[ow] = src[ow] + b
+                src += g.wp
+                dst += g.w_out
+
+
 cdef void forward_chunk(const floating* x, const floating* weight, const floating* bias,
                         floating* out, Py_ssize_t ns, floating* col, floating* tmp,
                         const Geometry* g) noexcept nogil:
@@ -441,6 +481,168 @@ cdef int batch_threads(Py_ssize_t n, int n_threads, const Geometry* g) noexcept:
     return <int> (n if n < n_threads else n_threads)
 
 
+cdef bint direct_pays(const Geometry* g) noexcept nogil:
+    # The direct kernel fills blocks of output channels: with very few of them (the input
+    # gradient of a 1-channel first layer) most of each block would be padding.
+    cdef int level = fastcnn_direct_level()
+    return g.wide and level > 0 and 2 * g.cog >= fastcnn_direct_co_block(level)
+
+
+cdef int forward_direct(const float* x, const float* weight, const float* bias, float* out,
+                       Py_ssize_t n_batch, int threads, const Geometry* g) except -1:
+    # Pack the weights per group as [co_block][tap][co_in_block] (zero rows past cog),
+    # list each tap's offset in the padded plane, then run samples in parallel.
+    cdef int level = fastcnn_direct_level()
+    cdef Py_ssize_t cb = fastcnn_direct_co_block(level), tb = fastcnn_direct_t_block(level)
+    cdef Py_ssize_t cog_pad = (g.cog + cb - 1) // cb * cb
+    cdef Py_ssize_t q_pad = (g.q + tb - 1) // tb * tb
+    cdef Py_ssize_t n_xp = g.plane + tb  # reads run up to tb past the last valid column
+    cdef Py_ssize_t per_thread = n_xp + cog_pad * q_pad
+    cdef Py_ssize_t grp, co, r, c, i, j, n
+    cdef float* wpk = <float*> calloc(g.groups * cog_pad * g.k, sizeof(float))
+    cdef Py_ssize_t* off = <Py_ssize_t*> malloc(g.k * sizeof(Py_ssize_t))
+    cdef float* scratch = <float*> calloc(threads * per_thread, sizeof(float))
+    cdef float* base
+    try:
+        if wpk == NULL or off == NULL or scratch == NULL:
+            raise MemoryError(f"conv2d: cannot allocate {threads} x {per_thread} scratch")
+        for grp in range(g.groups):
+            for co in range(g.cog):
+                for r in range(g.k):
+                    wpk[grp * cog_pad * g.k + (co // cb) * cb * g.k + r * cb + co % cb] = (
+                        weight[(grp * g.cog + co) * g.k + r])
+        for c in range(g.cg):
+            for i in range(g.kh):
+                for j in range(g.kw):
+                    off[(c * g.kh + i) * g.kw + j] = (c * g.hp + i * g.dh) * g.wp + j * g.dw
+        with nogil:
+            for n in prange(n_batch, num_threads=threads, schedule="static"):
+                base = scratch + threadid() * per_thread
+                forward_sample_direct(x + n * g.c_in * g.h * g.w, wpk, off, bias,
+                                      out + n * g.c_out * g.p, base, base + n_xp,
+                                      level, cog_pad, q_pad, g)
+    finally:
+        free(wpk)
+        free(off)
+        free(scratch)
+    return 0
+
+
+cdef int input_grad_direct(const float* grad_out, const float* weight, float* grad_x,
+                           Py_ssize_t n_batch, int n_threads, const Geometry* g) except -1:
+    # At stride 1 the input gradient is itself a convolution: grad_out, padded by
+    # dilation*(k-1) - padding, correlated with the weights flipped in space and with
+    # input/output channels swapped (per group). So it runs on the direct kernel too.
+    cdef Geometry t = make_geometry(
+        g.c_out, g.h_out, g.w_out, g.c_in, g.kh, g.kw, g.h, g.w, 1, 1,
+        g.dh * (g.kh - 1) - g.ph, g.dw * (g.kw - 1) - g.pw, g.dh, g.dw, g.groups)
+    cdef Py_ssize_t grp, c, co, i, j, taps = g.kh * g.kw
+    cdef float* flipped = <float*> malloc(g.c_in * g.cog * taps * sizeof(float))
+    if flipped == NULL:
+        raise MemoryError("conv2d_backward: cannot allocate the flipped weights")
+    try:
+        for grp in range(g.groups):
+            for c in range(g.cg):
+                for co in range(g.cog):
+                    for i in range(g.kh):
+                        for j in range(g.kw):
+                            flipped[(((grp * g.cg + c) * g.cog + co) * g.kh + i) * g.kw + j] = (
+                                weight[(((grp * g.cog + co) * g.cg + c) * g.kh
+                                        + g.kh - 1 - i) * g.kw + g.kw - 1 - j])
+        forward_direct(grad_out, flipped, NULL, grad_x, n_batch,
+                       batch_threads(n_batch, n_threads, &t), &t)
+    finally:
+        free(flipped)
+    return 0
+
+
+cdef void gather_wide(const float* grad_out, float* dy, Py_ssize_t ld,
+                      const Geometry* g) noexcept nogil:
+    # One sample's output gradient (cog rows of one group) into the wide layout, zero in
+    # the junk columns so they contribute nothing.
+    cdef Py_ssize_t co, oh, ow
+    cdef const float* src
+    cdef float* dst
+    for co in range(g.cog):
+        src = grad_out + co * g.p
+        dst = dy + co * ld
+        for oh in range(g.h_out):
+            for ow in range(g.w_out):
+                dst[ow] = src[ow]
+            for ow in range(g.w_out, g.wp):
+                dst[ow] = 0
+            src += g.w_out
+            dst += g.wp
+
+
+cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_weight,
+                            Py_ssize_t n_batch, int n_threads, const Geometry* g) except -1:
+    # The weight gradient on the direct kernel: per thread, chunks of samples padded and
+    # gathered into the wide layout, dot products accumulated in registers across the
+    # chunk (direct_conv.h), per-thread partials summed in thread order at the end.
+    cdef int level = fastcnn_direct_level()
+    cdef Py_ssize_t cb = fastcnn_wgrad_co_block(level), rb = fastcnn_wgrad_tap_block(level)
+    cdef Py_ssize_t tb = fastcnn_direct_t_block(level)
+    cdef Py_ssize_t cog_pad = (g.cog + cb - 1) // cb * cb, k_pad = (g.k + rb - 1) // rb * rb
+    cdef Py_ssize_t q_pad = (g.q + tb - 1) // tb * tb
+    cdef Py_ssize_t xp_stride = g.plane + tb, dy_stride = cog_pad * q_pad
+    cdef int threads = batch_threads(n_batch, n_threads, g)
+    cdef Py_ssize_t per_thread_samples = (n_batch + threads - 1) // threads
+    cdef Py_ssize_t ns = (1 << 16) // (xp_stride + dy_stride)
+    if ns > per_thread_samples:
+        ns = per_thread_samples
+    if ns < 1:
+        ns = 1
+    cdef Py_ssize_t n_chunks = (n_batch + ns - 1) // ns
+    cdef Py_ssize_t n_dw = g.groups * cog_pad * k_pad
+    cdef Py_ssize_t per_thread = ns * (xp_stride + dy_stride) + n_dw
+    cdef Py_ssize_t c, n0, m, grp, smp, co, r, t, i, j
+    cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
+    cdef Py_ssize_t* off = <Py_ssize_t*> malloc(k_pad * sizeof(Py_ssize_t))
+    cdef float* scratch = <float*> calloc(threads * per_thread, sizeof(float))
+    cdef float* base
+    cdef float* dw
+    try:
+        if off == NULL or scratch == NULL:
+            raise MemoryError(f"conv2d_backward: cannot allocate {threads} x {per_thread} scratch")
+        for c in range(g.cg):
+            for i in range(g.kh):
+                for j in range(g.kw):
+                    off[(c * g.kh + i) * g.kw + j] = (c * g.hp + i * g.dh) * g.wp + j * g.dw
+        for r in range(g.k, k_pad):
+            off[r] = off[g.k - 1]  # padding taps read valid memory; their sums are dropped
+        with nogil:
+            for c in prange(n_chunks, num_threads=threads, schedule="static"):
+                base = scratch + threadid() * per_thread
+                n0 = c * ns
+                m = n_batch - n0 if n_batch - n0 < ns else ns
+                for grp in range(g.groups):
+                    for smp in range(m):
+                        pad_plane(x + (n0 + smp) * x_stride + grp * g.cg * g.h * g.w, g,
+                                  base + smp * xp_stride)
+                        gather_wide(grad_out + (n0 + smp) * out_stride + grp * g.cog * g.p,
+                                    base + ns * xp_stride + smp * dy_stride, q_pad, g)
+                    fastcnn_wgrad(level, base, xp_stride, off, k_pad,
+                                  base + ns * xp_stride, dy_stride, cog_pad, q_pad, m,
+                                  base + ns * (xp_stride + dy_stride) + grp * cog_pad * k_pad)
+            for grp in range(g.groups):
+                for co in range(g.cog):
+                    for r in range(g.k):
+                        dw = scratch + ns * (xp_stride + dy_stride) + (grp * cog_pad + co) * k_pad + r
+                        grad_weight[(grp * g.cog + co) * g.k + r] = dw[0]
+                        for t in range(1, threads):
+                            grad_weight[(grp * g.cog + co) * g.k + r] += dw[t * per_thread]
+    finally:
+        free(off)
+        free(scratch)
+    return 0
+
+
+def direct_simd() -> str:
+    """Instruction set of the direct float32 kernels in use: 'avx512', 'avx2' or 'none'."""
+    return {2: "avx512", 1: "avx2"}.get(fastcnn_direct_level(), "none")
+
+
 def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
                    bias, floating[:, :, :, ::1] out,
                    Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t pad_h,
@@ -459,6 +661,11 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
         bias_view = bias
         bias_ptr = &bias_view[0]
     cdef int threads = batch_threads(n_batch, n_threads, &g)
+    if floating is float:
+        if direct_pays(&g):
+            forward_direct(&x[0, 0, 0, 0], &weight[0, 0, 0, 0], bias_ptr, &out[0, 0, 0, 0],
+                           n_batch, threads, &g)
+            return
     cdef Py_ssize_t nb = chunk_size(n_batch, threads, &g)
     cdef Py_ssize_t n_chunks = (n_batch + nb - 1) // nb
     cdef Py_ssize_t n_col = g.k * g.q * nb
@@ -516,6 +723,19 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
         gw_view = grad_weight
     if want_b:
         gb_view = grad_bias
+    if floating is float:
+        if (want_x and g.wide and 2 * g.cg >= fastcnn_direct_co_block(fastcnn_direct_level())
+                and fastcnn_direct_level() > 0
+                and pad_h <= dil_h * (g.kh - 1) and pad_w <= dil_w * (g.kw - 1)):
+            input_grad_direct(&grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0], gx_ptr,
+                              n_batch, n_threads, &g)
+            want_x = False  # done; what follows computes the remaining gradients
+        # With few taps (3x3 on one channel) padding the tap blocks wastes more than the
+        # direct kernel saves; BLAS does those better.
+        if want_w and direct_pays(&g) and g.k >= 4 * fastcnn_wgrad_tap_block(fastcnn_direct_level()):
+            weight_grad_direct(&x[0, 0, 0, 0], &grad_out[0, 0, 0, 0], &gw_view[0, 0, 0, 0],
+                               n_batch, n_threads, &g)
+            want_w = False
 
     cdef int threads = batch_threads(n_batch, n_threads, &g)
     cdef Py_ssize_t nb = chunk_size(n_batch, threads, &g)

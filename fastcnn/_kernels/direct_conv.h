@@ -1,0 +1,166 @@
+/* Register-blocked direct convolution, float32, for the stride-1 "wide" layout of _conv.pyx.
+ *
+ * out[co * ldo + t] = sum_r w[co, r] * xp[off[r] + t]   for co < cog_pad, t < q_pad
+ *
+ * xp is one sample's zero-padded input plane block and off[r] the offset of kernel tap r
+ * in it, so this is a matrix product whose right-hand rows are read in place: no im2col
+ * copy and no BLAS packing, which dominate when the channel counts are small (LeNet).
+ * A block of CB output channels x TB positions is accumulated in vector registers over
+ * all taps. Weights come packed as wpk[co_block][r][CB] (zero rows pad cog to cog_pad);
+ * q_pad is a multiple of TB and the caller provides readable slack past each row.
+ *
+ * Code is generated for AVX-512 and AVX2+FMA with GCC/Clang vector extensions and
+ * chosen at run time; elsewhere fastcnn_direct_level() is 0 and _conv uses im2col + BLAS.
+ */
+#ifndef FASTCNN_DIRECT_CONV_H
+#define FASTCNN_DIRECT_CONV_H
+
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(FASTCNN_NO_SIMD)
+
+typedef float fastcnn_v16 __attribute__((vector_size(64)));
+typedef float fastcnn_v8 __attribute__((vector_size(32)));
+
+#define FASTCNN_DIRECT_KERNEL(NAME, TARGET, VEC, LANES, NV, CB)                            \
+    __attribute__((target(TARGET))) static void NAME(                                      \
+        const float *xp, const ptrdiff_t *off, ptrdiff_t k, const float *wpk,              \
+        ptrdiff_t cog_pad, float *out, ptrdiff_t ldo, ptrdiff_t q_pad)                      \
+    {                                                                                       \
+        for (ptrdiff_t co0 = 0; co0 < cog_pad; co0 += CB) {                                 \
+            const float *wb = wpk + co0 * k;                                                \
+            for (ptrdiff_t t0 = 0; t0 < q_pad; t0 += LANES * NV) {                          \
+                VEC acc[CB][NV];                                                            \
+                for (int c = 0; c < CB; c++)                                                \
+                    for (int v = 0; v < NV; v++) acc[c][v] = (VEC){0};                      \
+                for (ptrdiff_t r = 0; r < k; r++) {                                         \
+                    const float *src = xp + off[r] + t0;                                    \
+                    const float *wr = wb + r * CB;                                          \
+                    VEC xv[NV];                                                             \
+                    for (int v = 0; v < NV; v++) memcpy(&xv[v], src + v * LANES, sizeof(VEC)); \
+                    for (int c = 0; c < CB; c++) {                                          \
+                        VEC b = (VEC){0} + wr[c];                                           \
+                        for (int v = 0; v < NV; v++) acc[c][v] += b * xv[v];                \
+                    }                                                                       \
+                }                                                                           \
+                for (int c = 0; c < CB; c++)                                                \
+                    for (int v = 0; v < NV; v++)                                            \
+                        memcpy(out + (co0 + c) * ldo + t0 + v * LANES, &acc[c][v], sizeof(VEC)); \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+FASTCNN_DIRECT_KERNEL(fastcnn_direct_avx512, "avx512f", fastcnn_v16, 16, 2, 8)
+FASTCNN_DIRECT_KERNEL(fastcnn_direct_avx2, "avx2,fma", fastcnn_v8, 8, 2, 6)
+
+
+/* Weight gradient in the same layout, summed over ns samples:
+ *   dw[co * k_pad + r] += sum_s sum_t dy[s * dy_stride + co * q_pad + t] * xp[s * xp_stride + off[r] + t]
+ * for co < cog_pad (a multiple of CB) and r < k_pad (a multiple of RB; padded taps repeat a
+ * valid offset and are discarded by the caller). dy is zero in the junk columns, so they
+ * add nothing. A CB x RB block of dot products stays in registers across all samples.
+ */
+#define FASTCNN_DIRECT_WGRAD_KERNEL(NAME, TARGET, VEC, LANES, CB, RB)                       \
+    __attribute__((target(TARGET))) static void NAME(                                      \
+        const float *xp, ptrdiff_t xp_stride, const ptrdiff_t *off, ptrdiff_t k_pad,       \
+        const float *dy, ptrdiff_t dy_stride, ptrdiff_t cog_pad, ptrdiff_t q_pad,           \
+        ptrdiff_t ns, float *dw)                                                            \
+    {                                                                                       \
+        for (ptrdiff_t co0 = 0; co0 < cog_pad; co0 += CB) {                                 \
+            for (ptrdiff_t r0 = 0; r0 < k_pad; r0 += RB) {                                  \
+                VEC acc[CB][RB];                                                            \
+                for (int c = 0; c < CB; c++)                                                \
+                    for (int q = 0; q < RB; q++) acc[c][q] = (VEC){0};                      \
+                for (ptrdiff_t s = 0; s < ns; s++) {                                        \
+                    const float *d = dy + s * dy_stride + co0 * q_pad;                      \
+                    const float *x = xp + s * xp_stride;                                    \
+                    for (ptrdiff_t t = 0; t < q_pad; t += LANES) {                          \
+                        VEC dv[CB];                                                         \
+                        for (int c = 0; c < CB; c++) memcpy(&dv[c], d + c * q_pad + t, sizeof(VEC)); \
+                        for (int q = 0; q < RB; q++) {                                      \
+                            VEC xv;                                                         \
+                            memcpy(&xv, x + off[r0 + q] + t, sizeof(VEC));                  \
+                            for (int c = 0; c < CB; c++) acc[c][q] += dv[c] * xv;          \
+                        }                                                                   \
+                    }                                                                       \
+                }                                                                           \
+                for (int c = 0; c < CB; c++)                                                \
+                    for (int q = 0; q < RB; q++) {                                          \
+                        float sum = 0;                                                      \
+                        for (int l = 0; l < LANES; l++) sum += acc[c][q][l];                \
+                        dw[(co0 + c) * k_pad + r0 + q] += sum;                              \
+                    }                                                                       \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+FASTCNN_DIRECT_WGRAD_KERNEL(fastcnn_wgrad_avx512, "avx512f", fastcnn_v16, 16, 4, 6)
+FASTCNN_DIRECT_WGRAD_KERNEL(fastcnn_wgrad_avx2, "avx2,fma", fastcnn_v8, 8, 2, 4)
+
+/* 2: AVX-512, 1: AVX2+FMA, 0: none (use im2col + BLAS). Set FASTCNN_DIRECT=0 in the
+ * environment to force 0 (benchmarks compare both paths that way). */
+static int fastcnn_direct_level(void)
+{
+    static int level = -1;
+    if (level < 0) {
+        const char *env = getenv("FASTCNN_DIRECT");
+        int found = 0;
+        if (env == NULL || env[0] != '0') {
+            __builtin_cpu_init();
+            if (__builtin_cpu_supports("avx512f")) found = 2;
+            else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) found = 1;
+        }
+        level = found;  /* every thread computes the same value: the race is benign */
+    }
+    return level;
+}
+
+static ptrdiff_t fastcnn_direct_co_block(int level) { return level == 2 ? 8 : 6; }
+static ptrdiff_t fastcnn_direct_t_block(int level) { return level == 2 ? 32 : 16; }
+/* Weight-gradient blocks: output channels x taps; positions advance one vector at a time
+ * and q_pad (a multiple of the forward t block) is a multiple of the vector length. */
+static ptrdiff_t fastcnn_wgrad_co_block(int level) { return level == 2 ? 4 : 2; }
+static ptrdiff_t fastcnn_wgrad_tap_block(int level) { return level == 2 ? 6 : 4; }
+
+static void fastcnn_wgrad(int level, const float *xp, ptrdiff_t xp_stride, const ptrdiff_t *off,
+                          ptrdiff_t k_pad, const float *dy, ptrdiff_t dy_stride,
+                          ptrdiff_t cog_pad, ptrdiff_t q_pad, ptrdiff_t ns, float *dw)
+{
+    if (level == 2) fastcnn_wgrad_avx512(xp, xp_stride, off, k_pad, dy, dy_stride, cog_pad, q_pad, ns, dw);
+    else fastcnn_wgrad_avx2(xp, xp_stride, off, k_pad, dy, dy_stride, cog_pad, q_pad, ns, dw);
+}
+
+static void fastcnn_direct_conv(int level, const float *xp, const ptrdiff_t *off, ptrdiff_t k,
+                                const float *wpk, ptrdiff_t cog_pad, float *out, ptrdiff_t ldo,
+                                ptrdiff_t q_pad)
+{
+    if (level == 2) fastcnn_direct_avx512(xp, off, k, wpk, cog_pad, out, ldo, q_pad);
+    else fastcnn_direct_avx2(xp, off, k, wpk, cog_pad, out, ldo, q_pad);
+}
+
+#else
+
+static int fastcnn_direct_level(void) { return 0; }
+static ptrdiff_t fastcnn_wgrad_co_block(int level) { (void)level; return 1; }
+static ptrdiff_t fastcnn_wgrad_tap_block(int level) { (void)level; return 1; }
+static void fastcnn_wgrad(int level, const float *xp, ptrdiff_t xp_stride, const ptrdiff_t *off,
+                          ptrdiff_t k_pad, const float *dy, ptrdiff_t dy_stride,
+                          ptrdiff_t cog_pad, ptrdiff_t q_pad, ptrdiff_t ns, float *dw)
+{
+    (void)level; (void)xp; (void)xp_stride; (void)off; (void)k_pad; (void)dy;
+    (void)dy_stride; (void)cog_pad; (void)q_pad; (void)ns; (void)dw;
+}
+static ptrdiff_t fastcnn_direct_co_block(int level) { (void)level; return 1; }
+static ptrdiff_t fastcnn_direct_t_block(int level) { (void)level; return 1; }
+static void fastcnn_direct_conv(int level, const float *xp, const ptrdiff_t *off, ptrdiff_t k,
+                                const float *wpk, ptrdiff_t cog_pad, float *out, ptrdiff_t ldo,
+                                ptrdiff_t q_pad)
+{
+    (void)level; (void)xp; (void)off; (void)k; (void)wpk; (void)cog_pad; (void)out;
+    (void)ldo; (void)q_pad;
+}
+
+#endif
+#endif
