@@ -1,0 +1,664 @@
+"""``CNNClassifier``: a fastcnn model behind scikit-learn's estimator API.
+
+It follows scikit-learn's conventions (see ``sklearn.neural_network.MLPClassifier``, whose
+parameter names it reuses): ``__init__`` only stores its arguments, everything is
+validated in ``fit``, learned attributes end in ``_``, ``fit`` returns ``self``. So it
+works in ``Pipeline``, ``cross_val_score`` and ``GridSearchCV`` (also with ``n_jobs``: a
+fitted estimator pickles, weights included), and passes ``check_estimator``.
+
+Input can be images, (n, H, W) or (n, C, H, W), or flat rows (n, n_features). Flat rows
+are reshaped to ``image_shape`` when it is given; otherwise to a square (1, s, s) image
+when ``n_features == s * s`` (8x8 digits, 28x28 MNIST), and else to a (1, 1, n_features)
+strip, which the default architecture handles like a 1-D signal. Labels can be of any
+type (strings, non-contiguous integers); they are encoded to 0..n_classes-1 internally.
+
+This module imports scikit-learn; ``fastcnn`` itself imports it only on first use of
+``fastcnn.CNNClassifier``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import numbers
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, check_is_fitted, check_X_y, column_or_1d
+
+import fastcnn
+from fastcnn import models
+from fastcnn.layers import BatchNorm2D, Dropout, Layer
+from fastcnn.model import Sequential
+from fastcnn.optim import SGD, Adam, CosineAnnealingLR
+
+try:  # scikit-learn >= 1.6
+    from sklearn.utils.validation import validate_data as _sk_validate_data
+except ImportError:  # pragma: no cover - older scikit-learn
+
+    def _sk_validate_data(estimator, *args, **kwargs):
+        return estimator._validate_data(*args, **kwargs)
+
+
+__all__ = ["CNNClassifier"]
+
+_ARCHITECTURES = {"digits_cnn": models.digits_cnn, "lenet5": models.lenet5}
+_FLOAT_DTYPES = {"float32": np.float32, "float64": np.float64}
+_NO_Y = object()  # "no y given" (predict), as opposed to y=None passed to fit
+
+
+def _seed(random_state) -> int:
+    """One int seed from scikit-learn's ``random_state`` (None, int or RandomState)."""
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+
+
+def _image_shape_of(n_features: int, image_shape) -> tuple[int, int, int]:
+    """Shape (C, H, W) one flat row of ``n_features`` values is reshaped to."""
+    if image_shape is not None:
+        shape = (1, *image_shape) if len(image_shape) == 2 else tuple(image_shape)
+        if int(np.prod(shape)) != n_features:
+            raise ValueError(
+                f"image_shape={tuple(image_shape)} holds {int(np.prod(shape))} values, but X "
+                f"has {n_features} features per sample"
+            )
+        return shape
+    side = int(round(np.sqrt(n_features)))
+    if side * side == n_features:
+        return (1, side, side)
+    return (1, 1, n_features)
+
+
+class _TrainingMonitor:
+    """``fit`` callback: counts epochs without improvement, keeps the best weights.
+
+    The rule is ``MLPClassifier``'s: with a validation set, an epoch improves when the
+    validation accuracy beats the best so far by more than ``tol``; without, when the
+    training loss drops below the best so far by more than ``tol``.
+    """
+
+    def __init__(self, estimator: CNNClassifier, model: Sequential, use_validation: bool):
+        self.estimator = estimator
+        self.model = model
+        self.use_validation = use_validation
+        self.best_state = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> bool:
+        est = self.estimator
+        tol = est.tol
+        if self.use_validation:
+            score = logs["val_accuracy"]
+            est.validation_scores_.append(score)
+            if score < est.best_validation_score_ + tol:
+                est._no_improvement_count += 1
+            else:
+                est._no_improvement_count = 0
+            if score > est.best_validation_score_:
+                est.best_validation_score_ = score
+                self.best_state = self.model.state_dict()
+        else:
+            loss = logs["loss"]
+            best = np.inf if est.best_loss_ is None else est.best_loss_
+            if loss > best - tol:
+                est._no_improvement_count += 1
+            else:
+                est._no_improvement_count = 0
+            est.best_loss_ = min(best, loss)
+        est.loss_curve_.append(logs["loss"])
+        est.n_iter_ += 1
+        return est._no_improvement_count >= est.n_iter_no_change
+
+
+class CNNClassifier(ClassifierMixin, BaseEstimator):
+    """Convolutional neural network classifier, trained with fastcnn's compiled kernels.
+
+    Parameters
+    ----------
+    architecture : {'digits_cnn', 'lenet5'}, callable, Sequential or list of Layer, \
+default='digits_cnn'
+        The network. ``'digits_cnn'`` (:func:`fastcnn.models.digits_cnn`) adapts to any
+        input size, including 1-row strips of tabular features; ``'lenet5'``
+        (:func:`fastcnn.models.lenet5`) needs images of at least 16x16. A callable is
+        called as ``architecture(input_shape, n_classes)`` with ``input_shape = (C, H, W)``
+        and returns a ``Sequential`` or a list of layers. A ``Sequential`` or a list of
+        layers is used as given. Whatever the source, ``fit`` works on a copy and
+        re-initializes every parameter from ``random_state``; the model must output
+        ``n_classes`` logits.
+    image_shape : (H, W) or (C, H, W), default=None
+        Shape of one image when ``X`` is given flat, as (n_samples, C * H * W). None:
+        square images (1, s, s) when ``n_features == s * s``, else (1, 1, n_features).
+        Ignored for image-shaped ``X``.
+    max_iter : int, default=15
+        Number of epochs (passes over the training data) in ``fit``; fewer when the
+        stopping rule below ends training early.
+    batch_size : int, default=64
+        Samples per gradient step (capped at the number of training samples).
+    optimizer : {'adam', 'sgd'}, default='adam'
+    learning_rate_init : float, default=3e-3
+    learning_rate : {'cosine', 'constant'}, default='cosine'
+        Schedule in ``fit``: cosine decay from ``learning_rate_init`` to 0 over
+        ``max_iter`` epochs, or constant. ``partial_fit`` always uses the constant rate.
+    momentum : float, default=0.9
+        Momentum of ``optimizer='sgd'`` (Nesterov).
+    alpha : float, default=0.0
+        L2 penalty (weight decay) on the parameters.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training data (stratified), stop when the
+        validation accuracy has not improved by ``tol`` for ``n_iter_no_change`` epochs,
+        and keep the weights of the best epoch.
+    validation_fraction : float, default=0.1
+        Used only with ``early_stopping``; in (0, 1).
+    n_iter_no_change : int, default=10
+        Epochs without improvement before stopping. Without ``early_stopping`` the
+        training loss is watched instead.
+    tol : float, default=1e-4
+        Minimum improvement of the watched score.
+    shuffle : bool, default=True
+        Reshuffle the training samples every epoch.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initial weights, the shuffling, the dropout masks and the validation
+        split. With an int, results are reproducible, and the same on both backends up
+        to floating-point rounding.
+    verbose : int, default=0
+        0 silent, 1 a progress bar per epoch, 2 one line per epoch (on stderr).
+    warm_start : bool, default=False
+        Continue from the previous ``fit`` (same classes and input shape) instead of
+        starting over. The optimizer starts afresh; ``loss_curve_`` and ``n_iter_`` keep
+        counting.
+    dtype : {'float32', 'float64'}, default='float32'
+        Precision of the weights and of the computation.
+    backend : {'cython', 'numpy'} or None, default=None
+        Backend for fit and predict; None uses the active one (:func:`fastcnn.get_backend`).
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        Class labels, sorted.
+    model_ : fastcnn.Sequential
+        The trained network (input (N, C, H, W), output n_classes logits).
+    image_shape_ : tuple of int
+        (C, H, W) of the network input.
+    n_features_in_ : int
+        Values per sample, C * H * W.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Column names, when fit on a DataFrame with string column names.
+    loss_curve_ : list of float
+        Mean training loss of every epoch.
+    best_loss_ : float
+        Lowest training loss seen (without ``early_stopping``; else None).
+    validation_scores_ : list of float or None
+        Validation accuracy of every epoch (with ``early_stopping``).
+    best_validation_score_ : float or None
+        Best of ``validation_scores_``.
+    n_iter_ : int
+        Number of epochs run.
+    t_ : int
+        Number of training samples seen (counting repeats across epochs).
+
+    Examples
+    --------
+    >>> from fastcnn import CNNClassifier
+    >>> from fastcnn.datasets import load_digits
+    >>> X, y = load_digits()
+    >>> clf = CNNClassifier(max_iter=2, random_state=0).fit(X[:500], y[:500])
+    >>> clf.predict(X[:3]).shape
+    (3,)
+    """
+
+    def __init__(
+        self,
+        architecture: str | Callable | Sequential | Sequence[Layer] = "digits_cnn",
+        *,
+        image_shape: tuple[int, ...] | None = None,
+        max_iter: int = 15,
+        batch_size: int = 64,
+        optimizer: str = "adam",
+        learning_rate_init: float = 3e-3,
+        learning_rate: str = "cosine",
+        momentum: float = 0.9,
+        alpha: float = 0.0,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        n_iter_no_change: int = 10,
+        tol: float = 1e-4,
+        shuffle: bool = True,
+        random_state=None,
+        verbose: int = 0,
+        warm_start: bool = False,
+        dtype: str = "float32",
+        backend: str | None = None,
+    ) -> None:
+        self.architecture = architecture
+        self.image_shape = image_shape
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.optimizer = optimizer
+        self.learning_rate_init = learning_rate_init
+        self.learning_rate = learning_rate
+        self.momentum = momentum
+        self.alpha = alpha
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.dtype = dtype
+        self.backend = backend
+
+    # -- scikit-learn plumbing ----------------------------------------------------------
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True  # (n, H, W) images; (n, C, H, W) as well
+        return tags
+
+    def _more_tags(self):  # scikit-learn < 1.6
+        return {"X_types": ["2darray", "3darray"]}
+
+    # -- parameter checks ---------------------------------------------------------------
+
+    def _check_params(self) -> None:
+        def integer(name, low):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+        def real(name, low, high, *, low_open=False, high_open=False):
+            value = getattr(self, name)
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            if ok:
+                ok = (value > low if low_open else value >= low) and (
+                    value < high if high_open else value <= high
+                )
+            if not ok:
+                interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+                raise ValueError(f"{name} must be a float in {interval}, got {value!r}")
+
+        def choice(name, options):
+            if getattr(self, name) not in options:
+                raise ValueError(
+                    f"{name} must be one of {list(options)}, got {getattr(self, name)!r}"
+                )
+
+        integer("max_iter", 1)
+        integer("batch_size", 1)
+        integer("n_iter_no_change", 1)
+        real("learning_rate_init", 0.0, np.inf, low_open=True, high_open=True)
+        real("momentum", 0.0, 1.0, high_open=True)
+        real("alpha", 0.0, np.inf, high_open=True)
+        real("tol", 0.0, np.inf, high_open=True)
+        real("validation_fraction", 0.0, 1.0, low_open=True, high_open=True)
+        choice("optimizer", ("adam", "sgd"))
+        choice("learning_rate", ("cosine", "constant"))
+        choice("dtype", ("float32", "float64", np.float32, np.float64))
+        for name in ("early_stopping", "shuffle", "warm_start"):
+            if not isinstance(getattr(self, name), bool | np.bool_):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.verbose not in (0, 1, 2):  # True == 1 and False == 0 are accepted too
+            raise ValueError(f"verbose must be 0, 1 or 2, got {self.verbose!r}")
+        if self.backend is not None and self.backend not in fastcnn.available_backends():
+            raise ValueError(
+                f"backend must be None or one of {fastcnn.available_backends()}, "
+                f"got {self.backend!r}"
+            )
+        shape = self.image_shape
+        if shape is not None and (
+            not isinstance(shape, tuple | list)
+            or len(shape) not in (2, 3)
+            or not all(
+                isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1
+                for s in shape
+            )
+        ):
+            raise ValueError(
+                f"image_shape must be None, (H, W) or (C, H, W) of positive ints, got {shape!r}"
+            )
+        arch = self.architecture
+        if isinstance(arch, str):
+            choice("architecture", tuple(_ARCHITECTURES))
+        elif not (
+            callable(arch)
+            or isinstance(arch, Sequential)
+            or (
+                isinstance(arch, list | tuple)
+                and arch
+                and all(isinstance(layer, Layer) for layer in arch)
+            )
+        ):
+            raise ValueError(
+                f"architecture must be one of {list(_ARCHITECTURES)}, a callable, a "
+                f"fastcnn Sequential or a non-empty list of fastcnn layers, got {arch!r}"
+            )
+
+    @property
+    def _np_dtype(self) -> np.dtype:
+        return np.dtype(_FLOAT_DTYPES.get(self.dtype, self.dtype))
+
+    # -- input validation ---------------------------------------------------------------
+
+    def _validate_X(self, X, y=_NO_Y, *, reset: bool):
+        """Validate ``X`` (and ``y``); return X as (n, C, H, W) in the model dtype."""
+        dtype = self._np_dtype
+        with_y = y is not _NO_Y
+        if isinstance(X, np.ndarray):
+            ndim = X.ndim
+        elif hasattr(X, "iloc") or hasattr(X, "tocsr") or hasattr(X, "format"):
+            ndim = 2  # DataFrame or sparse: scikit-learn's checks deal with them
+        else:
+            try:
+                ndim = np.asarray(X).ndim
+            except (TypeError, ValueError):  # e.g. ragged lists: let check_array report it
+                ndim = 2
+        if ndim <= 2:
+            # Tabular or flat images: scikit-learn's own checks, n_features_in_ and
+            # feature_names_in_ included (they also reject 1-D X, sparse, NaN, ...).
+            if with_y:
+                X, y = _sk_validate_data(self, X, y, reset=reset, dtype=dtype, order="C")
+            else:
+                X = _sk_validate_data(self, X, reset=reset, dtype=dtype, order="C")
+            n_features = X.shape[1]
+            if reset:
+                shape = _image_shape_of(n_features, self.image_shape)
+            else:
+                shape = self.image_shape_  # n_features was checked against n_features_in_
+            images = X.reshape(X.shape[0], *shape)
+        elif ndim in (3, 4):
+            kwargs = {"allow_nd": True, "dtype": dtype, "order": "C"}
+            if not with_y:
+                X = check_array(X, **kwargs)
+            elif y is None:
+                raise ValueError(
+                    f"This {type(self).__name__} estimator requires y to be passed, but the "
+                    "target y is None."
+                )
+            else:
+                X, y = check_X_y(X, y, **kwargs)
+            images = X[:, None] if X.ndim == 3 else X
+            shape = images.shape[1:]
+            if reset:
+                self.n_features_in_ = int(np.prod(shape))
+                if hasattr(self, "feature_names_in_"):
+                    del self.feature_names_in_
+            elif tuple(shape) != tuple(self.image_shape_):
+                raise ValueError(
+                    f"X has images of shape {tuple(shape)} (as (C, H, W)), but "
+                    f"{type(self).__name__} was fitted on images of shape "
+                    f"{tuple(self.image_shape_)}"
+                )
+        else:
+            raise ValueError(
+                "X must be 2-D (n_samples, n_features), 3-D (n_samples, H, W) or 4-D "
+                f"(n_samples, C, H, W), got an array with {ndim} dimensions"
+            )
+        if reset:
+            self.image_shape_ = tuple(int(s) for s in shape)
+        images = np.ascontiguousarray(images)
+        return (images, y) if with_y else images
+
+    # -- the network --------------------------------------------------------------------
+
+    def _build_model(self, n_classes: int, rng: np.random.Generator) -> Sequential:
+        arch, shape, dtype = self.architecture, self.image_shape_, self._np_dtype
+        if isinstance(arch, str):
+            channels, height, width = shape
+            return _ARCHITECTURES[arch](
+                n_classes,
+                channels,
+                input_size=(height, width),
+                dtype=dtype,
+                random_state=rng,
+            )
+        if isinstance(arch, Sequential) or isinstance(arch, list | tuple):
+            built = copy.deepcopy(list(arch))  # never train the user's objects
+        else:
+            built = arch(shape, n_classes)
+            if isinstance(built, Sequential):
+                built = list(built.layers)
+            if not isinstance(built, list | tuple) or not all(
+                isinstance(layer, Layer) for layer in built
+            ):
+                raise ValueError(
+                    "architecture(input_shape, n_classes) must return a fastcnn Sequential "
+                    f"or a list of fastcnn layers, got {type(built).__name__}"
+                )
+        for layer in built:
+            if layer.dtype is not None and layer.dtype != dtype:
+                raise ValueError(
+                    f"architecture layer {layer!r} has dtype {layer.dtype}, but dtype="
+                    f"{self.dtype!r}; build the layers with dtype={dtype.name!r} or set "
+                    f"dtype={layer.dtype.name!r}"
+                )
+            layer.reset_parameters(rng)  # seeded, whatever the layers were built with
+            if isinstance(layer, Dropout):
+                layer.rng = np.random.default_rng(rng.integers(2**63))
+        model = Sequential(list(built))
+        try:
+            out = model.output_shape(shape)
+        except ValueError as exc:
+            raise ValueError(
+                f"architecture does not accept input of shape {shape}: {exc}"
+            ) from None
+        if out != (n_classes,):
+            raise ValueError(
+                f"architecture must output {n_classes} logits (one per class) for input "
+                f"of shape {shape}, but outputs shape {out}"
+            )
+        return model
+
+    def _make_optimizer(self):
+        if self.optimizer == "adam":
+            return Adam(self.learning_rate_init, weight_decay=self.alpha)
+        return SGD(
+            self.learning_rate_init,
+            momentum=self.momentum,
+            nesterov=self.momentum > 0,
+            weight_decay=self.alpha,
+        )
+
+    def _backend_context(self):
+        if self.backend is None:
+            return contextlib.nullcontext()
+        return fastcnn.use_backend(self.backend)
+
+    # -- training -----------------------------------------------------------------------
+
+    def _encode(self, y) -> np.ndarray:
+        y = column_or_1d(y, warn=True)
+        check_classification_targets(y)
+        classes = self.classes_
+        encoded = np.searchsorted(classes, y)
+        encoded = np.clip(encoded, 0, len(classes) - 1)
+        unknown = classes[encoded] != y
+        if np.any(unknown):
+            raise ValueError(
+                f"y contains labels not seen in the first fit/partial_fit call: "
+                f"{np.unique(y[unknown])[:10].tolist()}; the known classes are "
+                f"{classes[:20].tolist()}"
+            )
+        return encoded.astype(np.intp)
+
+    def _initialize(self, y, classes, rng) -> None:
+        """Set classes_ and build a fresh network (first fit, or fit without warm_start)."""
+        labels = column_or_1d(y, warn=True) if classes is None else np.asarray(classes)
+        check_classification_targets(labels)
+        self.classes_ = np.unique(labels)
+        if len(self.classes_) < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs samples of at least 2 classes to learn; got 1 "
+                f"class: {self.classes_.tolist()}"
+            )
+        self.model_ = self._build_model(len(self.classes_), rng)
+        self.loss_curve_ = []
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.best_loss_ = np.inf
+        self.validation_scores_ = None
+        self.best_validation_score_ = None
+        self._optimizer = None
+
+    def _effective_batch_size(self, n: int) -> int:
+        batch_size = min(self.batch_size, n)
+        # BatchNorm cannot normalize a single value per channel, which a final batch of
+        # one sample would give it where the feature maps are 1x1 (tiny images): avoid that.
+        shape, one_by_one = self.image_shape_, False
+        for layer in self.model_.layers:
+            if isinstance(layer, BatchNorm2D) and shape[1] * shape[2] == 1:
+                one_by_one = True
+            shape = layer.output_shape(shape)
+        if one_by_one and n > 1:
+            while n % batch_size == 1:
+                batch_size += 1
+        return batch_size
+
+    def fit(self, X, y):
+        """Train the network on ``(X, y)`` for up to ``max_iter`` epochs.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), (n_samples, H, W) or \
+(n_samples, C, H, W)
+            Flat rows are reshaped to images as described for ``image_shape``.
+        y : array-like of shape (n_samples,)
+            Class labels of any type.
+
+        Returns
+        -------
+        self : CNNClassifier
+        """
+        return self._fit(X, y, classes=None, incremental=False)
+
+    def partial_fit(self, X, y, classes=None):
+        """One epoch over ``(X, y)``, continuing from the current state.
+
+        Parameters
+        ----------
+        X : array-like
+            As for :meth:`fit`.
+        y : array-like of shape (n_samples,)
+        classes : array-like of shape (n_classes,), default=None
+            All the classes that will ever appear in ``y``; required on the first call
+            (when the estimator is not fitted yet), ignored afterwards.
+
+        Returns
+        -------
+        self : CNNClassifier
+        """
+        if not hasattr(self, "classes_") and classes is None:
+            raise ValueError(
+                "classes must be passed on the first call to partial_fit (all the labels "
+                "y will ever contain)"
+            )
+        return self._fit(X, y, classes=classes, incremental=True)
+
+    def _fit(self, X, y, *, classes, incremental: bool):
+        self._check_params()
+        continuing = hasattr(self, "model_") and (incremental or self.warm_start)
+        if continuing:
+            X, y = self._validate_X(X, y, reset=False)
+        else:
+            X, y = self._validate_X(X, y, reset=True)
+        seed = _seed(self.random_state)
+        rng = np.random.default_rng(seed)
+        if not continuing:
+            self._initialize(y, classes, rng)
+        elif not incremental:  # warm start: labels must match the network's outputs
+            labels = np.unique(column_or_1d(y, warn=True))
+            if not np.all(np.isin(labels, self.classes_)):
+                raise ValueError(
+                    f"warm_start can only be used where y has the same classes as in the "
+                    f"previous call to fit; previous classes {self.classes_.tolist()}, "
+                    f"y has {labels.tolist()}"
+                )
+        y_encoded = self._encode(y)
+
+        epochs = 1 if incremental else self.max_iter
+        X_val = y_val = None
+        if self.early_stopping and not incremental:
+            X, X_val, y_encoded, y_val = self._validation_split(X, y_encoded, seed)
+            if self.validation_scores_ is None:  # first fit with early stopping
+                self.validation_scores_ = []
+                self.best_validation_score_ = -np.inf
+                self.best_loss_ = None
+
+        if incremental and self._optimizer is not None:
+            optimizer = self._optimizer
+        else:
+            optimizer = self._make_optimizer()
+        callbacks = []
+        if not incremental and self.learning_rate == "cosine":
+            callbacks.append(CosineAnnealingLR(optimizer, T_max=epochs))
+        monitor = _TrainingMonitor(self, self.model_, use_validation=X_val is not None)
+        self._no_improvement_count = 0
+        callbacks.append(monitor)
+
+        n_before = self.n_iter_
+        with self._backend_context():
+            self.model_.fit(
+                X,
+                y_encoded,
+                epochs=epochs,
+                batch_size=self._effective_batch_size(X.shape[0]),
+                optimizer=optimizer,
+                validation_data=None if X_val is None else (X_val, y_val),
+                shuffle=bool(self.shuffle),
+                random_state=int(rng.integers(2**31)),
+                verbose=int(self.verbose),
+                callbacks=callbacks,
+            )
+        self.t_ += X.shape[0] * (self.n_iter_ - n_before)
+        if monitor.best_state is not None:
+            self.model_.load_state_dict(monitor.best_state)
+        self._optimizer = optimizer
+        return self
+
+    def _validation_split(self, X, y, seed: int):
+        from sklearn.model_selection import train_test_split
+
+        try:
+            parts = train_test_split(
+                X, y, test_size=self.validation_fraction, random_state=seed, stratify=y
+            )
+        except ValueError:  # a class too small to stratify: split at random
+            parts = train_test_split(X, y, test_size=self.validation_fraction, random_state=seed)
+        X_train, X_val, y_train, y_val = parts
+        if X_train.shape[0] < 1 or X_val.shape[0] < 1:
+            raise ValueError(
+                f"early_stopping with validation_fraction={self.validation_fraction} needs "
+                f"more than {X.shape[0]} sample(s)"
+            )
+        return X_train, X_val, y_train, y_val
+
+    # -- inference ----------------------------------------------------------------------
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities, columns in the order of ``classes_``.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes), the model dtype
+        """
+        check_is_fitted(self)
+        X = self._validate_X(X, reset=False)
+        with self._backend_context():
+            return self.model_.predict_proba(X)
+
+    def predict_log_proba(self, X) -> np.ndarray:
+        """Logarithm of :meth:`predict_proba` (computed stably from the logits)."""
+        check_is_fitted(self)
+        X = self._validate_X(X, reset=False)
+        with self._backend_context():
+            logits = self.model_.decision_function(X)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+    def predict(self, X) -> np.ndarray:
+        """Most probable class of each sample, as labels from ``classes_``."""
+        check_is_fitted(self)
+        X = self._validate_X(X, reset=False)
+        with self._backend_context():
+            return self.classes_[self.model_.predict(X)]
