@@ -110,7 +110,7 @@ extensions = [
     Extension(
         f"fastcnn._kernels.{name}",
         [f"fastcnn/_kernels/{name}.pyx"],
-        include_dirs=[np.get_include()],
+        include_dirs=[np.get_include(), "fastcnn/_kernels"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
     )
     for name in KERNELS
