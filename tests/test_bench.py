@@ -1,0 +1,223 @@
+"""The benchmark suite (fastcnn._bench): a smoke run on a tiny budget, and its pieces."""
+
+import contextlib
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+
+import fastcnn
+import fastcnn.functional as F
+from fastcnn import _bench
+
+# Cheap cases that still cover every code path: conv, both pools, the LeNet-5 step and
+# inference (with the PyTorch and textbook-loops twins), the extrapolated epoch, the memory
+# worker in a fresh interpreter, and the import timing.
+SMOKE_CASES = (
+    "conv_digits,maxpool_64x6x28,avgpool_64x6x28,lenet5_train,lenet5_infer,lenet5_epoch,"
+    "lenet5_memory,import"
+)
+IMPLS_OF_TABLE = {"fastcnn", "numpy", "loops", "torch"}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One quick run shared by the tests below: (exit status, stdout, output directory)."""
+    out = tmp_path_factory.mktemp("bench")
+    # One thread keeps the smoke run fast and stable on a busy 2-core machine.
+    argv = ["--quick", "-q", "--threads", "1", "--out", str(out), "--cases", SMOKE_CASES]
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        status = _bench.main(argv)
+    return status, stdout.getvalue(), out
+
+
+def test_quick_run_succeeds_and_prints_the_tables(smoke):
+    status, text, out = smoke
+    assert status == 0, text
+    for heading in ("Ops (median ms", "LeNet-5 (images/s", "Targets (issue 4)", "machine:"):
+        assert heading in text
+    assert "conv digits" in text and "maxpool_64x6x28" in text
+    assert "ERROR:" not in text
+    assert f"wrote {out / 'latest.json'}" in text
+
+
+def test_quick_run_writes_well_formed_json(smoke):
+    _, _, out = smoke
+    results = json.loads((out / "latest.json").read_text())
+    assert results["schema"] == 1
+    assert results["settings"]["threads"] == 1 and results["settings"]["quick"] is True
+    assert results["errors"] == []
+    assert results["machine"]["cpu"]["logical_cpus"] >= 1
+    assert results["matmul"]["reference_gflops"] > 0
+
+    entries = {(e["case"], e.get("pass")): e for e in results["results"]}
+    conv = entries[("conv_digits", "fwd+bwd")]
+    assert set(conv["impls"]) == IMPLS_OF_TABLE
+    fast = conv["impls"]["fastcnn"]
+    assert fast["status"] == "ok" and fast["median_ms"] > 0
+    assert fast["samples_ms"] and fast["max_rel_error"] <= _bench.OP_TOLERANCE
+    assert conv["flops"] == 3 * 2.0 * 256 * 16 * 8 * 8 * 1 * 3 * 3
+    assert fast["gflops"] == pytest.approx(conv["flops"] / (fast["median_ms"] * 1e6))
+    loops = conv["impls"]["loops"]
+    assert loops["status"] == "ok" and loops["scaled"] is True
+    assert loops["measured_batch"] == 1 and loops["scale_factor"] == 256
+    assert conv["speedup"]["numpy"] > 0
+
+    train = entries[("lenet5_train", "train b64")]
+    assert train["impls"]["fastcnn"]["images_per_s"] > 0
+    assert train["impls"]["numpy"]["status"] == "ok"
+    epoch = next(e for e in results["results"] if e["case"] == "lenet5_epoch")
+    assert epoch["impls"]["fastcnn"]["extrapolated"] is True  # --quick never runs it
+
+    memory = next(e for e in results["results"] if e["case"] == "lenet5_memory")
+    assert memory["impls"]["fastcnn"]["status"] == "ok", memory
+    assert memory["impls"]["fastcnn"]["rss_delta_mb"] >= 0
+    assert memory["impls"]["fastcnn"]["tracemalloc_peak_mb"] > 0
+
+    imported = next(e for e in results["results"] if e["case"] == "import")
+    assert len(imported["import_samples_s"]) == 3
+    assert math.isfinite(imported["seconds"])
+
+    names = [t["target"] for t in results["targets"]]
+    assert len(names) == len(set(names)) == 19
+    assert {t["status"] for t in results["targets"]} <= {"PASS", "FAIL", "SKIP"}
+
+
+def test_quick_run_writes_markdown_and_chart(smoke):
+    _, _, out = smoke
+    markdown = (out / "latest.md").read_text()
+    assert markdown.startswith("### fastcnn benchmark")
+    assert "| case | pass | fastcnn ms |" in markdown
+    assert "| target | measured | required |" in markdown
+    pytest.importorskip("matplotlib")
+    png = out / "latest.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_arguments_exit_with_status_2(tmp_path, capsys):
+    assert _bench.main(["--cases", "no_such_case", "--out", str(tmp_path)]) == 2
+    assert "matches no case" in capsys.readouterr().err
+    assert _bench.main(["--impls", "fastcnn,jax", "--out", str(tmp_path)]) == 2
+    assert "unknown ['jax']" in capsys.readouterr().err
+
+
+def test_case_selection():
+    assert _bench._select("lenet_c", quick=False) == {"conv_lenet_c1", "conv_lenet_c2"}
+    assert _bench._select("avgpool_*", quick=False) == {
+        "avgpool_64x6x28", "avgpool_32x64x32", "avgpool_16x64x56",
+    }  # fmt: skip
+    assert _bench._select(None, quick=True) == set(_bench.QUICK_CASES)
+    assert _bench._select(None, quick=False) == set(_bench.CASE_IDS)
+
+
+def test_textbook_loops_match_the_library(rng):
+    x = rng.standard_normal((2, 3, 7, 6), dtype=np.float32)
+    w = rng.standard_normal((4, 3, 3, 2), dtype=np.float32)
+    b = rng.standard_normal(4, dtype=np.float32)
+    y = F.conv2d(x, w, b, stride=(2, 1), padding=(1, 0))
+    gy = rng.standard_normal(y.shape, dtype=np.float32)
+    loops_y = _bench._loops_conv2d(x, w, b, stride=(2, 1), pad=(1, 0))
+    np.testing.assert_allclose(loops_y, y, rtol=1e-4, atol=1e-5)
+    expected = F.conv2d_backward(gy, x, w, stride=(2, 1), padding=(1, 0))
+    got = _bench._loops_conv2d_backward(gy, x, w, stride=(2, 1), pad=(1, 0))
+    for a, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-4)
+
+    x = rng.standard_normal((2, 3, 6, 8), dtype=np.float32)
+    y, idx = F.max_pool2d(x, 2)
+    loops_y, loops_idx = _bench._loops_max_pool2d(x)
+    np.testing.assert_array_equal(loops_y, y)
+    np.testing.assert_array_equal(loops_idx, idx)
+    gy = rng.standard_normal(y.shape, dtype=np.float32)
+    np.testing.assert_array_equal(
+        _bench._loops_max_pool2d_backward(gy, idx, x.shape),
+        F.max_pool2d_backward(gy, idx, x.shape),
+    )
+    np.testing.assert_allclose(_bench._loops_avg_pool2d(x), F.avg_pool2d(x, 2), rtol=1e-6)
+    np.testing.assert_allclose(
+        _bench._loops_avg_pool2d_backward(gy, x.shape), F.avg_pool2d_backward(gy, x.shape, 2)
+    )
+
+
+def test_a_wrong_kernel_is_not_timed(monkeypatch):
+    """An implementation that disagrees with the oracle gets WRONG and no timing."""
+    if "cython" not in fastcnn.available_backends():
+        pytest.skip("needs the compiled backend")
+    settings = _bench._Settings(
+        threads=1, quick=True, budget=0.0, warmup=0.0, min_repeats=1, warmup_calls=0,
+        loops_budget=0.0, import_runs=1, memory_steps=1, matmul_size=64, verbose=False,
+    )  # fmt: skip
+    unavailable = {"torch": "test", "loops": "test", "numpy": "test"}
+    ctx = _bench._Context(settings, {"maxpool_64x6x28"}, None, unavailable)
+    case = _bench._PoolCase("avg", 4, 2, 8, np.random.default_rng(0))
+    case.oracle("fwd", case.batch)  # computed (and cached) with the real op
+    real = F.avg_pool2d
+    monkeypatch.setattr(F, "avg_pool2d", lambda x, k: real(x, k) * 1.01)
+    entry = _bench._run_op_case(case, "fwd", ctx)
+    assert entry["impls"]["fastcnn"]["status"] == "wrong"
+    assert "median_ms" not in entry["impls"]["fastcnn"]
+    assert ctx.errors and "disagrees" in ctx.errors[0]
+
+
+def _result(case, pass_, **median_ms):
+    impls = {impl: {"status": "ok", "median_ms": ms} for impl, ms in median_ms.items()}
+    entry = {"case": case, "pass": pass_, "group": "conv", "impls": impls}
+    _bench._add_speedups(entry)
+    return entry
+
+
+def test_targets_are_evaluated_from_the_ratios():
+    results = {
+        "settings": {"threads": 2},
+        "matmul": {"reference_gflops": 100.0, "reference": "numpy"},
+        "results": [
+            _result("lenet5_train", "train b64", fastcnn=10.0, torch=25.0, numpy=40.0),
+            _result("conv_mid", "fwd+bwd", fastcnn=10.0, torch=9.0),
+            {**_result("conv_large", "fwd+bwd", fastcnn=1.0, torch=2.0), "pct_of_matmul": 75.0},
+            {"case": "import", "group": "import", "seconds": 0.31},
+            {
+                "case": "lenet5_memory",
+                "group": "memory",
+                "impls": {"fastcnn": {"rss_delta_mb": 5.0}, "torch": {"rss_delta_mb": 20.0}},
+            },  # fmt: skip
+        ],
+    }
+    targets = {t["target"]: t for t in _bench.evaluate_targets(results)}
+    train = targets["LeNet-5 training step b64 vs PyTorch"]
+    assert train["status"] == "PASS" and train["measured"] == pytest.approx(2.5)
+    assert targets["LeNet-5 training step: compiled vs numpy"]["status"] == "FAIL"  # 4x < 5x
+    assert targets["conv mid fwd+bwd vs PyTorch"]["status"] == "FAIL"  # 0.9x < 1x
+    assert targets["conv large fwd+bwd vs PyTorch"]["status"] == "PASS"
+    assert targets["conv large fwd+bwd, % of matmul GFLOP/s"]["status"] == "PASS"
+    assert targets["import fastcnn, fresh interpreter (median)"]["status"] == "FAIL"
+    memory = targets["LeNet-5 training-step peak memory: PyTorch / fastcnn (RSS)"]
+    assert memory["status"] == "PASS" and memory["measured"] == pytest.approx(4.0)
+    assert targets["conv digits fwd+bwd vs PyTorch"]["status"] == "SKIP"
+    assert targets["LeNet-5 training step: 2 threads vs 1 thread"]["status"] == "SKIP"
+    # The report renders whatever was measured.
+    text = _bench.format_text({
+        **results, "targets": list(targets.values()), "created": "now", "command": "x",
+        "wall_time_s": 1.0, "errors": [],
+        "machine": {
+            "cpu": {"model": "cpu", "logical_cpus": 2}, "platform": "p", "env": {},
+            "versions": {"python": "3", "numpy": "2", "scipy": "1", "fastcnn": "0", "torch": None},
+        },
+    })  # fmt: skip
+    assert "targets: 4 PASS, 3 FAIL, 12 SKIP" in text
+
+
+def test_heaviest_imports_are_those_fastcnn_makes():
+    importtime = "\n".join([
+        "import time: self [us] | cumulative | imported package",
+        "import time:       100 |        100 |   _io",
+        "import time:      1000 |       1100 | io",
+        "import time:       500 |        500 |       scipy._lib",
+        "import time:     20000 |      20500 |     scipy.linalg",
+        "import time:       300 |      20800 |   fastcnn._kernels",
+        "import time:     50000 |      50000 |   numpy",
+        "import time:       200 |      71000 | fastcnn",
+    ])  # fmt: skip
+    assert _bench._heaviest_imports(importtime) == {"numpy": 0.05, "scipy.linalg": 0.0205}
