@@ -37,29 +37,40 @@ cdef inline bint better(floating v, floating m) noexcept nogil:
     return v > m or (v != v and m == m)
 
 
+cdef inline floating larger(floating a, floating b) noexcept nogil:
+    return a if a > b else b  # the pattern compilers turn into a branch-free max
+
+
 cdef void max_plane_2x2(const floating* x, floating* out, long long* idx,
                         Py_ssize_t w, Py_ssize_t h_out, Py_ssize_t w_out) noexcept nogil:
-    # The common 2x2, stride 2, unpadded case, every window inside the plane.
-    cdef Py_ssize_t oh, ow, base, best
+    # The common 2x2, stride 2, unpadded case, every window inside the plane. Which of
+    # four random values wins is a coin toss that a branch predictor loses half the time,
+    # so the maximum is found branch-free and then located by equality, first match in
+    # row-major order (the same tie rule). Windows holding a NaN, rare, take the general
+    # rule; the value is read back from the chosen position, which keeps the sign of zero.
+    cdef Py_ssize_t oh, ow, best, is_a, is_b, is_c
     cdef const floating* r0
-    cdef floating m
+    cdef const floating* r1
+    cdef floating a, b, c, d, m
     for oh in range(h_out):
         r0 = x + 2 * oh * w
+        r1 = r0 + w
         for ow in range(w_out):
-            base = 2 * ow
-            m = r0[base]
-            best = base
-            if better(r0[base + 1], m):
-                m = r0[base + 1]
-                best = base + 1
-            if better(r0[w + base], m):
-                m = r0[w + base]
-                best = w + base
-            if better(r0[w + base + 1], m):
-                m = r0[w + base + 1]
-                best = w + base + 1
-            out[oh * w_out + ow] = m
-            idx[oh * w_out + ow] = 2 * oh * w + best
+            a = r0[2 * ow]
+            b = r0[2 * ow + 1]
+            c = r1[2 * ow]
+            d = r1[2 * ow + 1]
+            if (a != a) | (b != b) | (c != c) | (d != d):
+                best = 0 if a != a else (1 if b != b else (w if c != c else w + 1))
+            else:
+                m = larger(larger(a, b), larger(c, d))
+                # first of a, b, c, d equal to m, in arithmetic rather than branches
+                is_a = a == m
+                is_b = b == m
+                is_c = c == m
+                best = (1 - is_a) * (is_b + (1 - is_b) * (w + 1 - is_c))
+            out[oh * w_out + ow] = r0[2 * ow + best]
+            idx[oh * w_out + ow] = 2 * oh * w + 2 * ow + best
 
 
 cdef void max_plane(const floating* x, floating* out, long long* idx,
