@@ -1090,3 +1090,24 @@ print("ok")
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("c_out", [4, 6, 8, 12, 16, 20, 30])
+@pytest.mark.parametrize("c_in", [1, 3, 6, 16])
+def test_float32_direct_kernel_channel_blocks(backend, c_in, c_out):
+    # float32 stride-1 convolutions run on register-blocked kernels whose output-channel
+    # blocks (6 or 8) pad the channel count; the input gradient swaps the roles of c_in
+    # and c_out. Every blocking and padding combination must match float64.
+    rng = np.random.default_rng(c_in * 100 + c_out)
+    x = rng.standard_normal((3, c_in, 9, 11)).astype(np.float32)
+    w = rng.standard_normal((c_out, c_in, 3, 5)).astype(np.float32)
+    b = rng.standard_normal(c_out).astype(np.float32)
+    y = F.conv2d(x, w, b, padding=(1, 2))
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    got = (y, *F.conv2d_backward(g, x, w, padding=(1, 2)))
+    with fastcnn.use_backend("numpy"):
+        x64, w64, g64 = (a.astype(np.float64) for a in (x, w, g))
+        want = (F.conv2d(x64, w64, b.astype(np.float64), padding=(1, 2)),
+                *F.conv2d_backward(g64, x64, w64, padding=(1, 2)))  # fmt: skip
+    for a, e in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, e, rtol=2e-4, atol=2e-4 * np.abs(e).max())

@@ -38,10 +38,10 @@ cdef Blas BLAS  # filled by load_blas() before the first product
 
 cdef extern from "direct_conv.h":
     int fastcnn_direct_level() noexcept nogil
-    Py_ssize_t fastcnn_direct_co_block(int level) noexcept nogil
+    Py_ssize_t fastcnn_direct_co_block(int level, Py_ssize_t cog) noexcept nogil
     Py_ssize_t fastcnn_direct_t_block(int level) noexcept nogil
-    void fastcnn_direct_conv(int level, const float* xp, const Py_ssize_t* off, Py_ssize_t k,
-                             const float* wpk, Py_ssize_t cog_pad, float* out,
+    void fastcnn_direct_conv(int level, Py_ssize_t cb, const float* xp, const Py_ssize_t* off,
+                             Py_ssize_t k, const float* wpk, Py_ssize_t cog_pad, float* out,
                              Py_ssize_t ldo, Py_ssize_t q_pad) noexcept nogil
     Py_ssize_t fastcnn_wgrad_co_block(int level) noexcept nogil
     Py_ssize_t fastcnn_wgrad_tap_block(int level) noexcept nogil
@@ -280,8 +280,8 @@ cdef void add_bias_grad(const floating* grad_out, floating* grad_bias, Py_ssize_
 
 cdef void forward_sample_direct(const float* x, const float* wpk, const Py_ssize_t* off,
                                 const float* bias, float* out, float* xp, float* tmp,
-                                int level, Py_ssize_t cog_pad, Py_ssize_t q_pad,
-                                const Geometry* g) noexcept nogil:
+                                int level, Py_ssize_t cb, Py_ssize_t cog_pad,
+                                Py_ssize_t q_pad, const Geometry* g) noexcept nogil:
     # One sample through the register-blocked direct kernel (direct_conv.h), group by
     # group: pad the group's input planes, convolve into tmp (cog_pad, q_pad) in the wide
     # layout, copy the valid columns out with the bias.
@@ -291,7 +291,7 @@ cdef void forward_sample_direct(const float* x, const float* wpk, const Py_ssize
     cdef float b
     for grp in range(g.groups):
         pad_plane(x + grp * g.cg * g.h * g.w, g, xp)
-        fastcnn_direct_conv(level, xp, off, g.k, wpk + grp * cog_pad * g.k, cog_pad,
+        fastcnn_direct_conv(level, cb, xp, off, g.k, wpk + grp * cog_pad * g.k, cog_pad,
                             tmp, q_pad, q_pad)
         for co in range(g.cog):
             b = bias[grp * g.cog + co] if bias != NULL else 0
@@ -485,7 +485,7 @@ cdef bint direct_pays(const Geometry* g) noexcept nogil:
     # The direct kernel fills blocks of output channels: with very few of them (the input
     # gradient of a 1-channel first layer) most of each block would be padding.
     cdef int level = fastcnn_direct_level()
-    return g.wide and level > 0 and 2 * g.cog >= fastcnn_direct_co_block(level)
+    return g.wide and level > 0 and 2 * g.cog >= fastcnn_direct_co_block(level, g.cog)
 
 
 cdef int forward_direct(const float* x, const float* weight, const float* bias, float* out,
@@ -493,7 +493,7 @@ cdef int forward_direct(const float* x, const float* weight, const float* bias, 
     # Pack the weights per group as [co_block][tap][co_in_block] (zero rows past cog),
     # list each tap's offset in the padded plane, then run samples in parallel.
     cdef int level = fastcnn_direct_level()
-    cdef Py_ssize_t cb = fastcnn_direct_co_block(level), tb = fastcnn_direct_t_block(level)
+    cdef Py_ssize_t cb = fastcnn_direct_co_block(level, g.cog), tb = fastcnn_direct_t_block(level)
     cdef Py_ssize_t cog_pad = (g.cog + cb - 1) // cb * cb
     cdef Py_ssize_t q_pad = (g.q + tb - 1) // tb * tb
     cdef Py_ssize_t n_xp = g.plane + tb  # reads run up to tb past the last valid column
@@ -520,7 +520,7 @@ cdef int forward_direct(const float* x, const float* weight, const float* bias, 
                 base = scratch + threadid() * per_thread
                 forward_sample_direct(x + n * g.c_in * g.h * g.w, wpk, off, bias,
                                       out + n * g.c_out * g.p, base, base + n_xp,
-                                      level, cog_pad, q_pad, g)
+                                      level, cb, cog_pad, q_pad, g)
     finally:
         free(wpk)
         free(off)
@@ -724,7 +724,8 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
     if want_b:
         gb_view = grad_bias
     if floating is float:
-        if (want_x and g.wide and 2 * g.cg >= fastcnn_direct_co_block(fastcnn_direct_level())
+        if (want_x and g.wide
+                and 2 * g.cg >= fastcnn_direct_co_block(fastcnn_direct_level(), g.cg)
                 and fastcnn_direct_level() > 0
                 and pad_h <= dil_h * (g.kh - 1) and pad_w <= dil_w * (g.kw - 1)):
             input_grad_direct(&grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0], gx_ptr,

@@ -53,6 +53,7 @@ typedef float fastcnn_v8 __attribute__((vector_size(32)));
     }
 
 FASTCNN_DIRECT_KERNEL(fastcnn_direct_avx512, "avx512f", fastcnn_v16, 16, 2, 8)
+FASTCNN_DIRECT_KERNEL(fastcnn_direct_avx512_cb6, "avx512f", fastcnn_v16, 16, 2, 6)
 FASTCNN_DIRECT_KERNEL(fastcnn_direct_avx2, "avx2,fma", fastcnn_v8, 8, 2, 6)
 
 
@@ -117,7 +118,13 @@ static int fastcnn_direct_level(void)
     return level;
 }
 
-static ptrdiff_t fastcnn_direct_co_block(int level) { return level == 2 ? 8 : 6; }
+/* Output channels per register block. AVX-512 has blocks of 8 and of 6 and takes the
+ * one that pads cog least (LeNet's 6 channels would waste a quarter of a block of 8). */
+static ptrdiff_t fastcnn_direct_co_block(int level, ptrdiff_t cog)
+{
+    if (level != 2) return 6;
+    return (cog + 5) / 6 * 6 < (cog + 7) / 8 * 8 ? 6 : 8;
+}
 static ptrdiff_t fastcnn_direct_t_block(int level) { return level == 2 ? 32 : 16; }
 /* Weight-gradient blocks: output channels x taps; positions advance one vector at a time
  * and q_pad (a multiple of the forward t block) is a multiple of the vector length. */
@@ -132,11 +139,15 @@ static void fastcnn_wgrad(int level, const float *xp, ptrdiff_t xp_stride, const
     else fastcnn_wgrad_avx2(xp, xp_stride, off, k_pad, dy, dy_stride, cog_pad, q_pad, ns, dw);
 }
 
-static void fastcnn_direct_conv(int level, const float *xp, const ptrdiff_t *off, ptrdiff_t k,
-                                const float *wpk, ptrdiff_t cog_pad, float *out, ptrdiff_t ldo,
-                                ptrdiff_t q_pad)
+/* cb: the block fastcnn_direct_co_block chose, which wpk was packed for. */
+static void fastcnn_direct_conv(int level, ptrdiff_t cb, const float *xp, const ptrdiff_t *off,
+                                ptrdiff_t k, const float *wpk, ptrdiff_t cog_pad, float *out,
+                                ptrdiff_t ldo, ptrdiff_t q_pad)
 {
-    if (level == 2) fastcnn_direct_avx512(xp, off, k, wpk, cog_pad, out, ldo, q_pad);
+    if (level == 2 && cb == 8)
+        fastcnn_direct_avx512(xp, off, k, wpk, cog_pad, out, ldo, q_pad);
+    else if (level == 2)
+        fastcnn_direct_avx512_cb6(xp, off, k, wpk, cog_pad, out, ldo, q_pad);
     else fastcnn_direct_avx2(xp, off, k, wpk, cog_pad, out, ldo, q_pad);
 }
 
@@ -152,13 +163,13 @@ static void fastcnn_wgrad(int level, const float *xp, ptrdiff_t xp_stride, const
     (void)level; (void)xp; (void)xp_stride; (void)off; (void)k_pad; (void)dy;
     (void)dy_stride; (void)cog_pad; (void)q_pad; (void)ns; (void)dw;
 }
-static ptrdiff_t fastcnn_direct_co_block(int level) { (void)level; return 1; }
+static ptrdiff_t fastcnn_direct_co_block(int level, ptrdiff_t cog) { (void)level; (void)cog; return 1; }
 static ptrdiff_t fastcnn_direct_t_block(int level) { (void)level; return 1; }
-static void fastcnn_direct_conv(int level, const float *xp, const ptrdiff_t *off, ptrdiff_t k,
-                                const float *wpk, ptrdiff_t cog_pad, float *out, ptrdiff_t ldo,
-                                ptrdiff_t q_pad)
+static void fastcnn_direct_conv(int level, ptrdiff_t cb, const float *xp, const ptrdiff_t *off,
+                                ptrdiff_t k, const float *wpk, ptrdiff_t cog_pad, float *out,
+                                ptrdiff_t ldo, ptrdiff_t q_pad)
 {
-    (void)level; (void)xp; (void)off; (void)k; (void)wpk; (void)cog_pad; (void)out;
+    (void)level; (void)cb; (void)xp; (void)off; (void)k; (void)wpk; (void)cog_pad; (void)out;
     (void)ldo; (void)q_pad;
 }
 
