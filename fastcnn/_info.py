@@ -33,6 +33,7 @@ def config() -> dict:
 
         info["direct_conv_simd"] = _conv.direct_simd()
     try:
+        import scipy.linalg.cython_blas  # noqa: F401  (the BLAS the kernels call; lazy otherwise)
         from threadpoolctl import threadpool_info
 
         info["blas"] = [

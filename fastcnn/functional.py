@@ -378,8 +378,12 @@ def _check_pool(shape, kernel_size, stride, padding, dilation, ceil_mode, name) 
 def _windows_touch_input(
     size: int, kernel: int, stride: int, pad: int, dilation: int, n_out: int
 ) -> bool:
-    """True if every window has at least one tap inside the input (always so without dilation)."""
-    if dilation == 1:
+    """True if every window has at least one tap inside the input.
+
+    Always so without dilation, since padding is at most half the kernel, unless the
+    input is empty (H or W == 0), when every window is padding only.
+    """
+    if dilation == 1 and size > 0:
         return True
     taps = np.arange(n_out)[:, None] * stride - pad + np.arange(kernel)[None, :] * dilation
     return bool(((taps >= 0) & (taps < size)).any(axis=1).all())

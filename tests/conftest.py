@@ -40,3 +40,14 @@ def rng():
 def tol(dtype) -> dict:
     """Tolerance keyword arguments for ``np.testing.assert_allclose``."""
     return TOLERANCES[np.dtype(dtype)]
+
+
+@pytest.fixture(autouse=True)
+def _run_in_scratch_dir(tmp_path, monkeypatch):
+    """Run every test in its own empty directory.
+
+    Files a test writes by relative path land there, and a subprocess it starts
+    (``python -c ...``) imports the installed fastcnn rather than the source tree of a
+    non-editable checkout, whose kernels are not compiled in place.
+    """
+    monkeypatch.chdir(tmp_path)

@@ -660,10 +660,12 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     if bias is not None:
         bias_view = bias
         bias_ptr = &bias_view[0]
+    # An empty image (H or W == 0) can still have a padded output; it is never read.
+    cdef const floating* x_ptr = &x[0, 0, 0, 0] if g.h * g.w > 0 else NULL
     cdef int threads = batch_threads(n_batch, n_threads, &g)
     if floating is float:
         if direct_pays(&g):
-            forward_direct(&x[0, 0, 0, 0], &weight[0, 0, 0, 0], bias_ptr, &out[0, 0, 0, 0],
+            forward_direct(x_ptr, &weight[0, 0, 0, 0], bias_ptr, &out[0, 0, 0, 0],
                            n_batch, threads, &g)
             return
     cdef Py_ssize_t nb = chunk_size(n_batch, threads, &g)
@@ -685,12 +687,12 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                     base = scratch + threadid() * per_thread
                     if g.wide:
                         forward_chunk_wide(
-                            &x[0, 0, 0, 0] + n0 * x_stride, &weight[0, 0, 0, 0], bias_ptr,
+                            x_ptr + n0 * x_stride, &weight[0, 0, 0, 0], bias_ptr,
                             &out[0, 0, 0, 0] + n0 * out_stride, ns,
                             base, base + n_col, base + n_col + n_tmp, &g)
                     else:
                         forward_chunk(
-                            &x[0, 0, 0, 0] + n0 * x_stride, &weight[0, 0, 0, 0], bias_ptr,
+                            x_ptr + n0 * x_stride, &weight[0, 0, 0, 0], bias_ptr,
                             &out[0, 0, 0, 0] + n0 * out_stride, ns, base, base + n_col, &g)
     finally:
         free(scratch)
@@ -716,9 +718,11 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
     cdef bint want_x = grad_x is not None
     cdef bint want_w = grad_weight is not None
     cdef bint want_b = grad_bias is not None
+    # An empty image (H or W == 0) can still have a padded output; it is never read.
+    cdef const floating* x_ptr = &x[0, 0, 0, 0] if g.h * g.w > 0 else NULL
     if want_x:
         gx_view = grad_x
-        gx_ptr = &gx_view[0, 0, 0, 0]
+        gx_ptr = &gx_view[0, 0, 0, 0] if g.h * g.w > 0 else NULL
     if want_w:
         gw_view = grad_weight
     if want_b:
@@ -734,7 +738,7 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
         # With few taps (3x3 on one channel) padding the tap blocks wastes more than the
         # direct kernel saves; BLAS does those better.
         if want_w and direct_pays(&g) and g.k >= 4 * fastcnn_wgrad_tap_block(fastcnn_direct_level()):
-            weight_grad_direct(&x[0, 0, 0, 0], &grad_out[0, 0, 0, 0], &gw_view[0, 0, 0, 0],
+            weight_grad_direct(x_ptr, &grad_out[0, 0, 0, 0], &gw_view[0, 0, 0, 0],
                                n_batch, n_threads, &g)
             want_w = False
 
@@ -766,7 +770,7 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
                     if g.wide:
                         backward_chunk_wide(
                             &grad_out[0, 0, 0, 0] + n0 * out_stride,
-                            &x[0, 0, 0, 0] + n0 * x_stride, &weight[0, 0, 0, 0],
+                            x_ptr + n0 * x_stride, &weight[0, 0, 0, 0],
                             (gx_ptr + n0 * x_stride) if want_x else NULL,
                             (base + off_gw) if want_w else NULL, ns, base, base + n_col,
                             base + n_col + n_dy, base + n_col + n_dy + n_dcol, &g)
@@ -776,7 +780,7 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
                     else:
                         backward_chunk(
                             &grad_out[0, 0, 0, 0] + n0 * out_stride,
-                            &x[0, 0, 0, 0] + n0 * x_stride, &weight[0, 0, 0, 0],
+                            x_ptr + n0 * x_stride, &weight[0, 0, 0, 0],
                             (gx_ptr + n0 * x_stride) if want_x else NULL,
                             (base + off_gw) if want_w else NULL,
                             (base + off_gb) if want_b else NULL,
