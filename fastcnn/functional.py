@@ -95,13 +95,24 @@ def _check_conv(x, weight, stride, padding, dilation, groups) -> _Conv:
             f"{w + left + right}) (x {x.shape}, padding {padding!r})"
         )
     extra = (bottom - top, right - left)
-    x = contiguous(x)
-    if extra != (0, 0):
-        x = np.pad(x, ((0, 0), (0, 0), (0, extra[0]), (0, extra[1])))
     h_out = conv_output_size(h + extra[0], kh, stride[0], top, dilation[0])
     w_out = conv_output_size(w + extra[1], kw, stride[1], left, dilation[1])
     out_shape = (n, c_out, h_out, w_out)
     check_size(out_shape, "conv2d output")
+    # BLAS takes 32-bit sizes: the lowered matrices must fit, whichever backend runs.
+    for what, size in (
+        ("kernel taps per group (C_in/groups * kH * kW)", c_per_group * kh * kw),
+        ("output plane (H_out * W_out)", h_out * w_out),
+        ("input block per group (C_in/groups * H * W)", c_per_group * h * w),
+    ):
+        if size > MAX_BLAS_DIM:
+            raise ValueError(
+                f"conv2d too large: {what} = {size} exceeds {MAX_BLAS_DIM} "
+                f"(x {x.shape}, weight {weight.shape}, output {out_shape})"
+            )
+    x = contiguous(x)
+    if extra != (0, 0):
+        x = np.pad(x, ((0, 0), (0, 0), (0, extra[0]), (0, extra[1])))
     return _Conv(x, contiguous(weight), stride, (top, left), dilation, groups, out_shape, extra)
 
 

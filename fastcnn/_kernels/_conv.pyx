@@ -34,6 +34,9 @@ from fastcnn._threads import blas_threads
 cdef extern from "limits.h":
     int INT_MAX
 
+cdef extern from "Python.h":
+    const Py_ssize_t PY_SSIZE_T_MAX
+
 cdef Blas BLAS  # filled by load_blas() before the first product
 
 cdef extern from "direct_conv.h":
@@ -438,8 +441,12 @@ cdef Geometry make_geometry(Py_ssize_t c_in, Py_ssize_t h, Py_ssize_t w,
     g.k = g.cg * kh * kw
     g.p = h_out * w_out
     g.direct = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
-    g.wide = sh == 1 and sw == 1 and not g.direct
     g.hp, g.wp = h + 2 * ph, w + 2 * pw
+    # The wide layout computes (and buffers) the whole padded plane: worth it only when
+    # that is not much larger than the output, which huge padding or dilation break.
+    g.wide = (sh == 1 and sw == 1 and not g.direct
+              and g.hp <= 2 * h_out + 16 and g.wp <= 2 * w_out + 16
+              and h_out * g.wp <= INT_MAX)
     g.q = h_out * g.wp if g.wide else g.p
     # Wide rows of the last taps run (kw-1)*dw elements past the padded block.
     g.plane = g.cg * g.hp * g.wp + (kw - 1) * dw
@@ -475,6 +482,14 @@ cdef enum:
     MIN_PARALLEL_MACS = 1 << 21
 
 
+cdef Py_ssize_t scratch_elements(Py_ssize_t threads, Py_ssize_t per_thread,
+                                 Py_ssize_t itemsize) except -1:
+    # threads * per_thread * itemsize must not wrap around before it reaches malloc.
+    if per_thread > (PY_SSIZE_T_MAX // itemsize) // threads:
+        raise MemoryError(f"conv2d: {threads} x {per_thread} scratch elements is too much")
+    return max(1, threads * per_thread)
+
+
 cdef int batch_threads(Py_ssize_t n, int n_threads, const Geometry* g) noexcept:
     if n * g.c_out * g.p * g.k < MIN_PARALLEL_MACS:
         return 1
@@ -501,7 +516,8 @@ cdef int forward_direct(const float* x, const float* weight, const float* bias, 
     cdef Py_ssize_t grp, co, r, c, i, j, n
     cdef float* wpk = <float*> calloc(g.groups * cog_pad * g.k, sizeof(float))
     cdef Py_ssize_t* off = <Py_ssize_t*> malloc(g.k * sizeof(Py_ssize_t))
-    cdef float* scratch = <float*> calloc(threads * per_thread, sizeof(float))
+    cdef float* scratch = <float*> calloc(
+        scratch_elements(threads, per_thread, sizeof(float)), sizeof(float))
     cdef float* base
     try:
         if wpk == NULL or off == NULL or scratch == NULL:
@@ -599,7 +615,8 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
     cdef Py_ssize_t c, n0, m, grp, smp, co, r, t, i, j
     cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
     cdef Py_ssize_t* off = <Py_ssize_t*> malloc(k_pad * sizeof(Py_ssize_t))
-    cdef float* scratch = <float*> calloc(threads * per_thread, sizeof(float))
+    cdef float* scratch = <float*> calloc(
+        scratch_elements(threads, per_thread, sizeof(float)), sizeof(float))
     cdef float* base
     cdef float* dw
     try:
@@ -673,7 +690,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef Py_ssize_t n_col = g.k * g.q * nb
     cdef Py_ssize_t n_tmp = g.cog * g.q * nb if (nb > 1 or g.wide) else 0
     cdef Py_ssize_t per_thread = n_col + n_tmp + (g.plane if g.wide else 0)
-    cdef floating* scratch = <floating*> malloc(max(1, threads * per_thread) * sizeof(floating))
+    cdef floating* scratch = <floating*> malloc(
+        scratch_elements(threads, per_thread, sizeof(floating)) * sizeof(floating))
     cdef floating* base
     if scratch == NULL:
         raise MemoryError(f"conv2d: cannot allocate {threads} x {per_thread} scratch")
@@ -754,7 +772,8 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
     cdef Py_ssize_t n_gb = g.c_out if want_b else 0
     cdef Py_ssize_t off_gw = n_col + n_dy + n_dcol + n_xp, off_gb = off_gw + n_gw
     cdef Py_ssize_t per_thread = off_gb + n_gb
-    cdef floating* scratch = <floating*> calloc(max(1, threads * per_thread), sizeof(floating))
+    cdef floating* scratch = <floating*> calloc(
+        scratch_elements(threads, per_thread, sizeof(floating)), sizeof(floating))
     if scratch == NULL:
         raise MemoryError(f"conv2d_backward: cannot allocate {threads} x {per_thread} scratch")
     cdef floating* base
