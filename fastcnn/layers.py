@@ -20,8 +20,11 @@ Conventions shared by every layer:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -96,6 +99,39 @@ def _check_bool(value, name: str) -> bool:
     if not isinstance(value, bool | np.bool_):
         raise TypeError(f"{name} must be a bool, got {value!r}")
     return bool(value)
+
+
+# ---------------------------------------------------------------------------------------
+# Allocation budget: what a model file may make us allocate
+
+# Elements that parameters and buffers may still take, or None for no limit. Set by
+# fastcnn.load while it rebuilds the layers a file names, so that a crafted file declaring
+# enormous layers is refused before their arrays are allocated.
+_budget: ContextVar[list[int] | None] = ContextVar("fastcnn_allocation_budget", default=None)
+
+
+@contextlib.contextmanager
+def _allocation_budget(n_elements: int) -> Iterator[None]:
+    """Within the block, layers built may allocate at most ``n_elements`` parameter and
+    buffer elements in all; a layer that would exceed it raises ValueError instead."""
+    token = _budget.set([int(n_elements)])
+    try:
+        yield
+    finally:
+        _budget.reset(token)
+
+
+def _reserve(shape: Shape, what: str) -> None:
+    budget = _budget.get()
+    if budget is None:
+        return
+    count = math.prod(shape)
+    if count > budget[0]:
+        raise ValueError(
+            f"{what} of shape {shape} ({count:,} elements) is far more than the model "
+            f"file holds ({budget[0]:,} elements left)"
+        )
+    budget[0] -= count
 
 
 # ---------------------------------------------------------------------------------------
@@ -190,6 +226,7 @@ class Layer:
         return state
 
     def _add_param(self, name: str, shape: Shape) -> np.ndarray:
+        _reserve(shape, f"parameter {name!r}")
         self.params[name] = np.zeros(shape, dtype=self.dtype)
         self.grads[name] = np.zeros(shape, dtype=self.dtype)
         return self.params[name]
@@ -466,20 +503,17 @@ class Dense(Layer):
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self._check_input(x)
         self._cache["x"] = x
-        y = x @ self.weight.T
-        if self.use_bias:
-            y += self.bias
-        return y
+        return F.linear(x, self.weight, self.bias if self.use_bias else None)
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
         x = self._saved("x")
-        # Written straight into the preallocated gradients: no temporaries.
-        np.matmul(grad_out.T, x, out=self.grads["weight"])
+        grad_x, grad_weight, grad_bias = F.linear_backward(
+            grad_out, x, self.weight, needs_input_grad=self.needs_input_grad
+        )
+        self.grads["weight"][...] = grad_weight
         if self.use_bias:
-            np.sum(grad_out, axis=0, out=self.grads["bias"])
-        if not self.needs_input_grad:
-            return None
-        return grad_out @ self.weight
+            self.grads["bias"][...] = grad_bias
+        return grad_x
 
     def _output_shape(self, shape: Shape, received: Shape, batched: bool) -> Shape:
         if len(shape) != 1 or shape[0] != self.in_features:
@@ -548,6 +582,7 @@ class BatchNorm2D(Layer):
         self.dtype = _check_dtype(dtype)
         self._add_param("gamma", (self.num_features,))
         self._add_param("beta", (self.num_features,))
+        _reserve((2 * self.num_features,), "running statistics")
         self.buffers["running_mean"] = np.zeros(self.num_features, dtype=self.dtype)
         self.buffers["running_var"] = np.ones(self.num_features, dtype=self.dtype)
         self.reset_parameters()
@@ -852,7 +887,9 @@ class ReLU(Layer):
         return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        return grad_out * (self._saved("y") > 0)
+        # A select, not a product with the 0/1 mask, as PyTorch: a NaN gradient stops at
+        # an inactive unit, and the gradient passes where the output itself is NaN.
+        return np.where(self._saved("y") <= 0, 0, grad_out)
 
 
 class LeakyReLU(Layer):

@@ -31,9 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from fastcnn.layers import LAYER_REGISTRY, Dropout, Layer, layer_from_config
+from fastcnn.layers import (
+    LAYER_REGISTRY,
+    Dropout,
+    Layer,
+    _allocation_budget,
+    layer_from_config,
+)
 from fastcnn.losses import get_loss, softmax, softmax_cross_entropy
-from fastcnn.optim import Adam
+from fastcnn.optim import Adam, LRScheduler, Optimizer
 
 __all__ = ["FORMAT_VERSION", "History", "Sequential", "load"]
 
@@ -42,6 +48,7 @@ FORMAT_VERSION = 1
 _FORMAT_KEY = "__fastcnn_format__"
 _ARCH_KEY = "__architecture__"
 _ARCH_KIND = "fastcnn.Sequential"
+_CKPT_KEY = "__checkpoint__"  # training state in a fit checkpoint; load() skips it
 
 Shape = tuple[int, ...]
 
@@ -335,8 +342,8 @@ class Sequential:
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Copy arrays from ``state`` into the model, in place.
 
-        Every name must be present, with the exact shape and dtype; nothing is copied
-        unless all of them match.
+        Every name must be present, with the exact shape and dtype (in either byte
+        order); nothing is copied unless all of them match.
         """
         expected = self._state_arrays()
         missing = sorted(expected.keys() - state.keys())
@@ -350,7 +357,7 @@ class Sequential:
             if (
                 not isinstance(array, np.ndarray)
                 or array.shape != target.shape
-                or (array.dtype != target.dtype)
+                or array.dtype.newbyteorder("=") != target.dtype  # '>f4' from a big-endian file
             ):
                 raise ValueError(
                     f"array {name!r} must have shape {target.shape} and dtype {target.dtype}, "
@@ -464,7 +471,7 @@ class Sequential:
             raise ValueError(f"{name} has 0 samples, shape {X.shape}")
         if convert:
             X = X.astype(self.dtype, copy=False)
-        if X.dtype.kind == "f" and not (np.isfinite(X.min()) and np.isfinite(X.max())):
+        if X.dtype.kind == "f" and X.size and not (np.isfinite(X.min()) and np.isfinite(X.max())):
             raise ValueError(f"{name} contains NaN or infinity (in the model dtype {self.dtype})")
         try:
             out_shape = self.output_shape(X.shape[1:])
@@ -481,7 +488,12 @@ class Sequential:
                 )
             if y.dtype.kind not in "biuf":
                 raise TypeError(f"{name} must hold real numbers, got dtype {y.dtype}")
-            return y.astype(self.dtype, copy=False)
+            y = y.astype(self.dtype, copy=False)
+            if y.size and not (np.isfinite(y.min()) and np.isfinite(y.max())):
+                raise ValueError(
+                    f"{name} contains NaN or infinity (in the model dtype {self.dtype})"
+                )
+            return y
         if len(out_shape) != 1:
             raise ValueError(
                 f"cross-entropy needs the model to output (n_classes,) logits per sample, "
@@ -524,6 +536,7 @@ class Sequential:
         random_state: int | np.random.Generator | None = None,
         verbose: int = 1,
         callbacks=None,
+        checkpoint: str | os.PathLike | None = None,
     ) -> History:
         """Train with minibatch gradient descent; returns the per-epoch :class:`History`.
 
@@ -559,6 +572,15 @@ class Sequential:
         callbacks : list of objects with ``on_epoch_end(epoch, logs)``, optional
             Called after every epoch with the epoch index and its metrics; returning
             True stops training. Learning-rate schedulers (:mod:`fastcnn.optim`) qualify.
+        checkpoint : path or None
+            After every epoch, save the model, the optimizer state, the random generators,
+            the learning-rate schedulers' epoch and the history to this file, atomically
+            (as :meth:`save`; :func:`load` reads it as a model). If the file exists when
+            ``fit`` starts, training resumes after its last epoch, so a ``fit`` that was
+            interrupted (Ctrl-C, a crash, a killed process) and is called again with the
+            same arguments ends with exactly the model of an uninterrupted run (with
+            ``validation_split``, pass ``random_state`` so the split is the same). The
+            file is kept when training ends; ``epochs`` counts the epochs already done.
 
         Returns
         -------
@@ -567,8 +589,8 @@ class Sequential:
         Raises
         ------
         FloatingPointError
-            If the loss becomes NaN or infinite (training diverged); the message names
-            the epoch, the batch and the learning rate.
+            If the loss, or a parameter at the end of an epoch, becomes NaN or infinite
+            (training diverged); the message names the epoch and the learning rate.
 
         Notes
         -----
@@ -600,6 +622,13 @@ class Sequential:
             )
         if not self.layers:
             raise ValueError("the model has no layers; add some before fit")
+        if checkpoint is not None:
+            checkpoint = os.fspath(checkpoint)
+            if not isinstance(optimizer, Optimizer):
+                raise TypeError(
+                    f"checkpoint needs a fastcnn.optim optimizer, whose state it can save; "
+                    f"got {optimizer!r}"
+                )
 
         X, out_shape = self._check_X(X)
         y = self._check_y(y, X.shape[0], out_shape, classification)
@@ -648,11 +677,17 @@ class Sequential:
 
         n = X.shape[0]
         n_batches = math.ceil(n / batch_size)
+        first = 0
+        if checkpoint is not None:
+            run = {"optimizer": optimizer, "rng": rng, "history": history, "n_samples": n,
+                   "batch_size": batch_size, "callbacks": callbacks}  # fmt: skip
+            if os.path.exists(checkpoint):
+                first = self._resume(checkpoint, run)
         epoch = batch = 0
         bar = None
         with _StopRequest() as stop:
             try:
-                for epoch in range(epochs):
+                for epoch in range(first, epochs):
                     bar = _ProgressBar(epoch, epochs, n_batches, verbose)
                     start = time.perf_counter()
                     order = rng.permutation(n) if shuffle else None
@@ -684,6 +719,14 @@ class Sequential:
                         bar.update(batch + 1, seen, metrics)
                         if stop.requested:
                             raise KeyboardInterrupt
+                    # The loss check cannot see the last step's update: check the weights.
+                    if not all(np.isfinite(p).all() for p, _ in params):
+                        raise FloatingPointError(
+                            f"training diverged: parameters became NaN or infinite in epoch "
+                            f"{epoch + 1}/{epochs}, with learning rate "
+                            f"{getattr(optimizer, 'lr', '?')}. Lower the learning rate or "
+                            "scale the inputs (e.g. to [0, 1])."
+                        )
                     train_time = time.perf_counter() - start
                     logs = {"loss": total_loss / seen}
                     if classification:
@@ -699,6 +742,8 @@ class Sequential:
                     for callback in callbacks:
                         if callback.on_epoch_end(epoch, dict(logs)) is True:
                             stop_now = True
+                    if checkpoint is not None:
+                        self._save_checkpoint(checkpoint, epoch + 1, run)
                     if stop_now:
                         history.stopped_by_callback = True
                         break
@@ -842,6 +887,9 @@ class Sequential:
         disk, then renamed over ``path``: a crash or error mid-save leaves any previous
         file at ``path`` intact. ``path`` is used exactly as given (no suffix is added).
         """
+        _atomic_savez(os.fspath(path), self._file_arrays())
+
+    def _file_arrays(self) -> dict[str, np.ndarray]:
         try:
             architecture = json.dumps(self.get_config())
         except TypeError as exc:
@@ -851,7 +899,117 @@ class Sequential:
             _ARCH_KEY: np.array(architecture),  # a numpy unicode scalar, never an object
         }
         arrays.update(self._state_arrays())
-        _atomic_savez(os.fspath(path), arrays)
+        return arrays
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def _save_checkpoint(self, path: str, done: int, run: dict[str, Any]) -> None:
+        """Model file plus what resuming needs: optimizer state, generators, history."""
+        optimizer, rng, history = run["optimizer"], run["rng"], run["history"]
+        dropouts = [layer for layer in self.layers if isinstance(layer, Dropout)]
+        schedulers = [cb for cb in run["callbacks"] if isinstance(cb, LRScheduler)]
+        arrays = self._file_arrays()
+        slots = []
+        for i, state in enumerate(optimizer._state):
+            kinds = {}
+            for key, value in state.items():
+                if isinstance(value, np.ndarray):
+                    arrays[f"{_CKPT_KEY}.optimizer.{i}.{key}"] = value
+                    kinds[key] = "array"
+                elif value is None:
+                    kinds[key] = None
+            slots.append(kinds)
+        meta = {
+            "epochs_done": done,
+            "n_samples": run["n_samples"],
+            "batch_size": run["batch_size"],
+            "optimizer": {
+                "class": type(optimizer).__name__,
+                "lr": optimizer.lr,
+                "n_steps": optimizer.n_steps,
+                "state": slots,
+            },
+            "rng": rng.bit_generator.state,
+            "dropout_rngs": [layer.rng.bit_generator.state for layer in dropouts],
+            "schedulers": [scheduler.last_epoch for scheduler in schedulers],
+            "history": {"history": history.history, "epoch": history.epoch},
+        }
+        arrays[_CKPT_KEY] = np.array(json.dumps(meta, default=_jsonable))
+        _atomic_savez(path, arrays)
+
+    def _resume(self, path: str, run: dict[str, Any]) -> int:
+        """Restore the state saved by :meth:`_save_checkpoint`; returns the epochs done."""
+        config, state, extra = _read_model_file(path)
+        where = f"checkpoint {path!r}"
+        if config != json.loads(json.dumps(self.get_config())):
+            raise ValueError(
+                f"{where} was written for a different architecture; delete it or pass "
+                "another checkpoint path to start afresh"
+            )
+        if _CKPT_KEY not in extra:
+            raise ValueError(f"{where} is a model file without training state (not a checkpoint)")
+        try:
+            meta = json.loads(str(extra[_CKPT_KEY]))
+            optimizer, rng = run["optimizer"], run["rng"]
+            for key in ("n_samples", "batch_size"):
+                if meta[key] != run[key]:
+                    raise ValueError(
+                        f"{where} was written for {key}={meta[key]}, got {key}={run[key]}; "
+                        "resume with the same data and batch size"
+                    )
+            saved = meta["optimizer"]
+            if saved["class"] != type(optimizer).__name__:
+                raise ValueError(
+                    f"{where} was written with a {saved['class']} optimizer, got {optimizer!r}"
+                )
+            slots = saved["state"]
+            if len(slots) != len(optimizer._state):
+                raise ValueError(f"{where} holds optimizer state for {len(slots)} parameters")
+            restored = []
+            for i, ((param, _), kinds) in enumerate(zip(self.parameters(), slots, strict=True)):
+                slot = {}
+                for key, kind in kinds.items():
+                    if kind is None:
+                        slot[key] = None
+                        continue
+                    array = extra[f"{_CKPT_KEY}.optimizer.{i}.{key}"]
+                    if array.shape != param.shape or array.dtype.newbyteorder("=") != param.dtype:
+                        raise ValueError(
+                            f"{where}: optimizer state {i}.{key} must have shape "
+                            f"{param.shape} and dtype {param.dtype}, got {array.shape} "
+                            f"{array.dtype}"
+                        )
+                    slot[key] = array.astype(param.dtype)  # a fresh, writable copy
+                restored.append(slot)
+            dropouts = [layer for layer in self.layers if isinstance(layer, Dropout)]
+            schedulers = [cb for cb in run["callbacks"] if isinstance(cb, LRScheduler)]
+            if len(meta["dropout_rngs"]) != len(dropouts):
+                raise ValueError(f"{where} holds {len(meta['dropout_rngs'])} dropout generators")
+            rng.bit_generator.state = meta["rng"]
+            for layer, rng_state in zip(dropouts, meta["dropout_rngs"], strict=True):
+                layer.rng.bit_generator.state = rng_state
+            for scheduler, last_epoch in zip(schedulers, meta["schedulers"], strict=False):
+                scheduler.last_epoch = last_epoch
+            done = int(meta["epochs_done"])
+            history = run["history"]
+            history.history.update(meta["history"]["history"])
+            history.epoch[:] = meta["history"]["epoch"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{where} cannot be resumed from: {exc}") from None
+        try:
+            self.load_state_dict(state)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        optimizer._state = restored
+        optimizer.n_steps = int(saved["n_steps"])
+        optimizer.lr = float(saved["lr"])
+        return done
+
+
+def _jsonable(value):
+    if isinstance(value, np.ndarray | np.generic):  # e.g. an MT19937 generator's key
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
@@ -878,25 +1036,44 @@ def _atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
                 os.close(dir_fd)
 
 
-_READ_ERRORS = (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+# What reading a damaged archive can raise: zipfile also raises NotImplementedError (a
+# flipped compression or flag field) and RuntimeError ("encrypted"), both RuntimeErrors.
+_READ_ERRORS = (
+    ValueError, OSError, EOFError, KeyError, RuntimeError, OverflowError, zipfile.BadZipFile,
+    zlib.error,
+)  # fmt: skip
 
 
-def load(path: str | os.PathLike) -> Sequential:
-    """Load a model written by :meth:`Sequential.save`.
+def _check_declared_size(archive: zipfile.ZipFile, key: str) -> None:
+    """Refuse an .npy entry whose header declares more (or less) data than it holds,
+    before numpy allocates the declared array."""
+    member = key + ".npy" if key + ".npy" in archive.namelist() else key
+    with archive.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+        header = f.tell()
+    if dtype.hasobject:
+        return  # numpy refuses it (allow_pickle=False), and the caller says why
+    held = archive.getinfo(member).file_size - header
+    declared = math.prod(shape) * dtype.itemsize
+    if declared != held:
+        raise ValueError(
+            f"its header declares an array of shape {shape} and dtype {dtype} "
+            f"({declared:,} bytes) but it holds {held:,} bytes"
+        )
 
-    Nothing in the file is executed: arrays are read with ``allow_pickle=False`` and layers
-    are rebuilt only from classes in :data:`fastcnn.layers.LAYER_REGISTRY`.
 
-    Raises
-    ------
-    FileNotFoundError, IsADirectoryError, PermissionError
-        If ``path`` cannot be opened.
-    ValueError
-        If the file is not a fastcnn model, is truncated or corrupt, contains a pickled
-        object, has an unsupported format version, or its arrays do not match its
-        architecture (names, shapes, dtypes). The message names the file and the problem.
+def _read_model_file(name: str) -> tuple[Any, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(architecture config, model arrays, checkpoint entries) of a model file.
+
+    Checks the container, the format version and that nothing is pickled; the arrays are
+    not yet checked against the architecture.
     """
-    name = os.fspath(path)
     try:
         archive = np.load(name, allow_pickle=False)
     except (FileNotFoundError, IsADirectoryError, PermissionError):
@@ -918,6 +1095,7 @@ def load(path: str | os.PathLike) -> Sequential:
 
         def read(key: str) -> np.ndarray:
             try:
+                _check_declared_size(archive.zip, key)
                 return archive[key]
             except _READ_ERRORS as exc:
                 if "allow_pickle" in str(exc):
@@ -945,12 +1123,48 @@ def load(path: str | os.PathLike) -> Sequential:
         try:
             text = architecture.item()
             config = json.loads(text.decode() if isinstance(text, bytes) else text)
-            model = Sequential.from_config(config)
-        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise ValueError(f"{name!r}: invalid architecture: {exc}") from None
-        state = {key: read(key) for key in sorted(files - {_FORMAT_KEY, _ARCH_KEY})}
-        try:
-            model.load_state_dict(state)
-        except ValueError as exc:
-            raise ValueError(f"{name!r}: {exc}") from None
+        # Read (and so check) every array before building the layers the file names.
+        entries = {key: read(key) for key in sorted(files - {_FORMAT_KEY, _ARCH_KEY})}
+    state = {k: v for k, v in entries.items() if not k.startswith(_CKPT_KEY)}
+    extra = {k: v for k, v in entries.items() if k.startswith(_CKPT_KEY)}
+    return config, state, extra
+
+
+_LOAD_SLACK = 1 << 22  # elements
+
+
+def load(path: str | os.PathLike) -> Sequential:
+    """Load a model written by :meth:`Sequential.save` (or a ``fit`` checkpoint).
+
+    Nothing in the file is executed: arrays are read with ``allow_pickle=False`` and layers
+    are rebuilt only from classes in :data:`fastcnn.layers.LAYER_REGISTRY`. The layers may
+    allocate little more than the arrays the file stores (and array headers must match
+    the data that follows them), so a small crafted file cannot make us allocate
+    enormous layers.
+
+    Raises
+    ------
+    FileNotFoundError, IsADirectoryError, PermissionError
+        If ``path`` cannot be opened.
+    ValueError
+        If the file is not a fastcnn model, is truncated or corrupt, contains a pickled
+        object, has an unsupported format version, or its arrays do not match its
+        architecture (names, shapes, dtypes). The message names the file and the problem.
+    """
+    name = os.fspath(path)
+    config, state, _ = _read_model_file(name)
+    # The layers may allocate what the file stores, plus some slack so that a merely
+    # mismatched file gets load_state_dict's precise message instead.
+    budget = sum(array.size for array in state.values()) + _LOAD_SLACK
+    try:
+        with _allocation_budget(budget):
+            model = Sequential.from_config(config)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise ValueError(f"{name!r}: invalid architecture: {exc}") from None
+    try:
+        model.load_state_dict(state)
+    except ValueError as exc:
+        raise ValueError(f"{name!r}: {exc}") from None
     return model

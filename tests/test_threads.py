@@ -1,0 +1,312 @@
+"""Python threads: concurrent calls, thread-count changes mid-call, parallel training, GIL.
+
+``test_backend.py`` checks that results do not depend on the OpenMP thread count; here
+several *Python* threads call the ops at once on shared inputs, change the thread count
+while others compute, and train models side by side. Every concurrent result must be
+exactly the serial one (the kernels are deterministic for a given thread count), and the
+kernels must release the GIL so other Python threads keep running meanwhile.
+"""
+
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from conftest import tol
+
+import fastcnn
+import fastcnn.functional as F
+from fastcnn.layers import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
+from fastcnn.model import Sequential
+from fastcnn.optim import SGD, Adam
+
+needs_compiled = pytest.mark.skipif(
+    "cython" not in fastcnn.available_backends(),
+    reason="compiled extension not importable: the GIL and OpenMP questions are its own",
+)
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    previous = fastcnn.get_num_threads()
+    yield
+    fastcnn.set_num_threads(None)
+    if fastcnn.get_num_threads() != previous:
+        fastcnn.set_num_threads(previous)
+
+
+def _shared_inputs(dtype):
+    # Large enough that the kernels use their OpenMP teams (pooling from 2**15 input
+    # elements, convolution from 2**21 multiply-adds).
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 8, 40, 36)).astype(dtype)
+    x.flags.writeable = False  # shared by every thread: nobody may write to it
+    w = rng.standard_normal((16, 4, 3, 3)).astype(dtype)
+    w.flags.writeable = False
+    return x, w
+
+
+# One job per parameter set; each returns a dict of arrays.
+def _jobs(x, w):
+    g = np.ones((6, 16, 40, 36), x.dtype)
+    avg_args = ((3, 2), 1, (1, 1), True, False, None)
+    g_avg = np.ones(F.avg_pool2d(x, *avg_args).shape, x.dtype)
+    return {
+        "conv-same-groups": lambda: {"y": F.conv2d(x, w, padding="same", groups=2)},
+        "conv-stride-dil": lambda: {
+            "y": F.conv2d(x, w[:, :, :2], stride=(2, 1), padding=1, dilation=(2, 3), groups=2)
+        },
+        "conv-backward": lambda: dict(
+            zip(("gx", "gw", "gb"), F.conv2d_backward(g, x, w, padding=1, groups=2), strict=True)
+        ),
+        "max-pool": lambda: dict(
+            zip(("y", "idx"), F.max_pool2d(x, 3, 2, 1, dilation=2, ceil_mode=True), strict=True)
+        ),
+        "max-pool-backward": lambda: {"gx": F.max_pool2d_backward(*_pool_grad(x), x.shape)},
+        "avg-pool": lambda: {
+            "y": F.avg_pool2d(x, *avg_args),
+            "gx": F.avg_pool2d_backward(g_avg, x.shape, *avg_args),
+        },
+    }
+
+
+def _pool_grad(x):
+    y, idx = F.max_pool2d(x, 2, 1)
+    return y * 2, idx
+
+
+def _assert_same(got, expected, what):
+    assert got.keys() == expected.keys(), what
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=f"{what}: {key}")
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "cython"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_concurrent_calls_equal_serial_calls(backend_name, dtype):
+    if backend_name not in fastcnn.available_backends():
+        pytest.skip("compiled extension not importable")
+    fastcnn.set_num_threads(2)
+    x, w = _shared_inputs(dtype)
+    jobs = _jobs(x, w)
+    with fastcnn.use_backend(backend_name):
+        serial = {name: job() for name, job in jobs.items()}
+        repeats = 8 if backend_name == "cython" else 2  # the reference is slow
+        order = [name for name in jobs for _ in range(repeats)]
+        np.random.default_rng(1).shuffle(order)
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            results = list(pool.map(lambda name: (name, jobs[name]()), order))
+    assert len(results) == 6 * repeats
+    for name, result in results:
+        _assert_same(result, serial[name], name)
+
+
+@needs_compiled
+def test_set_num_threads_from_another_thread_during_calls():
+    """One thread hammers set_num_threads while others compute: every result is right.
+
+    A call reads the thread count once, so each result equals the serial result at some
+    thread count: per-sample outputs exactly, summed weight gradients up to rounding.
+    """
+    x, w = _shared_inputs(np.float64)
+    jobs = _jobs(x, w)
+    expected = {}
+    for n in (1, 2, 3, 4):
+        fastcnn.set_num_threads(n)
+        expected[n] = {name: job() for name, job in jobs.items()}
+    stop = threading.Event()
+    changes = []
+
+    def toggle():
+        rng = np.random.default_rng(2)
+        while not stop.is_set():
+            fastcnn.set_num_threads(int(rng.integers(1, 5)))
+            changes.append(1)
+            time.sleep(0.0002)
+
+    def work(name):
+        calls = 0
+        while calls < 5 or len(changes) < 300:  # keep going while the count changes
+            result = jobs[name]()
+            calls += 1
+            for key, value in result.items():
+                if key in ("gw", "gb"):  # sums of per-thread partials: rounding only
+                    np.testing.assert_allclose(value, expected[1][name][key], **tol(np.float64))
+                else:
+                    np.testing.assert_array_equal(value, expected[1][name][key], err_msg=name)
+        return calls
+
+    toggler = threading.Thread(target=toggle)
+    toggler.start()
+    try:
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            done = list(pool.map(work, list(jobs) * 2))
+    finally:
+        stop.set()
+        toggler.join()
+    assert len(done) == 12 and min(done) >= 5 and len(changes) >= 300
+    fastcnn.set_num_threads(2)  # and the setting still works afterwards
+    assert fastcnn.get_num_threads() == 2
+    _assert_same(jobs["conv-backward"](), expected[2]["conv-backward"], "after")
+
+
+@needs_compiled
+def test_blas_thread_count_is_restored_after_concurrent_kernels():
+    threadpoolctl = pytest.importorskip("threadpoolctl", reason="threadpoolctl not installed")
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+                if lib["user_api"] == "blas"]  # fmt: skip
+
+    before = blas_threads()
+    if not before:
+        pytest.skip("no BLAS library visible to threadpoolctl")
+    x, w = _shared_inputs(np.float32)
+    jobs = _jobs(x, w)
+    fastcnn.set_num_threads(2)
+    with fastcnn.use_backend("cython"), ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda name: jobs[name](), [name for name in jobs for _ in range(6)]))
+    assert blas_threads() == before
+
+
+def _model(seed):
+    return Sequential(
+        Conv2D(1, 4, 3, padding=1, rng=seed),
+        BatchNorm2D(4),
+        ReLU(),
+        MaxPool2D(2),
+        Dropout(0.2),
+        Flatten(),
+        Dense(4 * 4 * 4, 3, rng=seed + 1),
+    )
+
+
+def _train(seed, optimizer):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((256, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 256)
+    model = _model(seed)
+    start = time.perf_counter()
+    history = model.fit(X, y, epochs=4, batch_size=16, optimizer=optimizer, random_state=seed,
+                        verbose=0)  # fmt: skip
+    span = (start, time.perf_counter())
+    return model.state_dict(), history.history["loss"], model.predict_proba(X), span
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "cython"])
+def test_two_models_training_in_two_threads_do_not_interfere(backend_name):
+    if backend_name not in fastcnn.available_backends():
+        pytest.skip("compiled extension not importable")
+    fastcnn.set_num_threads(2)
+    with fastcnn.use_backend(backend_name):
+        serial = [_train(0, Adam(1e-2)), _train(10, SGD(0.05, momentum=0.9))]
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            a = pool.submit(_train, 0, Adam(1e-2))
+            b = pool.submit(_train, 10, SGD(0.05, momentum=0.9))
+            parallel = [a.result(), b.result()]
+    (_, _, _, (a0, a1)), (_, _, _, (b0, b1)) = parallel
+    assert min(a1, b1) > max(a0, b0)  # the two trainings did run at the same time
+    for (state, loss, proba, _), (state_p, loss_p, proba_p, _) in zip(serial, parallel,
+                                                                      strict=True):  # fmt: skip
+        assert loss_p == loss
+        np.testing.assert_array_equal(proba_p, proba)
+        for key in state:
+            np.testing.assert_array_equal(state_p[key], state[key], err_msg=key)
+
+
+# ---------------------------------------------------------------------------------------
+# The kernels release the GIL
+
+
+def _kernel_call(op):
+    """One compiled-kernel call (outputs preallocated) of tens of milliseconds on one
+    thread, so that a GIL held through the call would stall Python for that long."""
+    from fastcnn import _backend
+
+    k = _backend._compiled
+    rng = np.random.default_rng(3)
+    if op == "max_pool2d_backward":
+        # A scatter is cheap per element: random targets in a large plane (cache misses).
+        n = 2896
+        grad = np.ones((1, 1, n, n), np.float32)
+        idx = rng.permutation(n * n).reshape(1, 1, n, n)
+        grad_x = np.empty_like(grad)
+        return lambda: k.max_pool2d_backward(grad, idx, grad_x, 1)
+    x = rng.standard_normal((8, 16, 128, 128)).astype(np.float32)
+    if op.startswith("conv2d"):
+        w = rng.standard_normal((32, 16, 5, 5)).astype(np.float32)
+        y = np.empty((8, 32, 128, 128), np.float32)
+        gx, gw, gb = np.empty_like(x), np.empty_like(w), np.empty(32, np.float32)
+        args = (1, 1, 2, 2, 1, 1, 1, 1)  # stride, padding, dilation, groups, one thread
+        if op == "conv2d":
+            return lambda: k.conv2d_forward(x, w, None, y, *args)
+        return lambda: k.conv2d_backward(y, x, w, gx, gw, gb, *args)
+    if op == "max_pool2d":
+        pooled, idx = F.max_pool2d(x, 7, 1, 3)
+        return lambda: k.max_pool2d_forward(x, pooled, idx, 7, 7, 1, 1, 3, 3, 1, 1, 1)
+    avg = F.avg_pool2d(x, 15, 1, 7)
+    if op == "avg_pool2d":
+        return lambda: k.avg_pool2d_forward(x, avg, 15, 15, 1, 1, 7, 7, True, 0, 1)
+    grad_x = np.empty_like(x)
+    return lambda: k.avg_pool2d_backward(avg, grad_x, 15, 15, 1, 1, 7, 7, True, 0, 1)
+
+
+def _stalled_fraction(call, seconds=0.25):
+    """Run ``call`` repeatedly in a thread while this thread runs a pure-Python loop;
+    return (time per call, fraction of the time the loop spent in pauses longer than half
+    a call). About 1 when the call holds the GIL, near 0 when it releases it."""
+    call()  # warm up (and a first duration)
+    start = time.perf_counter()
+    call()
+    per_call = time.perf_counter() - start
+    stop = threading.Event()
+
+    def run():
+        while not stop.is_set():
+            call()
+
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.001)
+    worker = threading.Thread(target=run)
+    ticks = []
+    try:
+        worker.start()
+        begin = time.perf_counter()
+        while time.perf_counter() - begin < seconds:
+            ticks.append(time.perf_counter())  # pure Python: runs only with the GIL
+        stop.set()
+        worker.join()
+    finally:
+        sys.setswitchinterval(old_interval)
+    gaps = np.diff(ticks)
+    return per_call, gaps[gaps > per_call / 2].sum() / (ticks[-1] - ticks[0])
+
+
+@needs_compiled
+@pytest.mark.parametrize(
+    "op",
+    [
+        "conv2d",
+        "conv2d_backward",
+        "max_pool2d",
+        "max_pool2d_backward",
+        "avg_pool2d",
+        "avg_pool2d_backward",
+    ],  # fmt: skip
+)
+def test_kernels_release_the_gil(op):
+    """While a kernel runs in one thread, a pure-Python loop in another keeps going."""
+    fastcnn.set_num_threads(1)
+    per_call, stalled = _stalled_fraction(_kernel_call(op))
+    assert per_call > 0.01, f"{op}: a call takes {per_call:.4f} s, too short to tell"
+    assert stalled < 0.5, f"{op}: Python stalled {stalled:.0%} of the time"
+
+
+def test_the_gil_measurement_detects_a_held_gil():
+    """Control for the test above: a C call that keeps the GIL (builtin sum over a range)
+    for about as long as a kernel call does stall the Python loop."""
+    per_call, stalled = _stalled_fraction(lambda: sum(range(2_000_000)))
+    assert per_call > 0.01
+    assert stalled > 0.5, f"a held GIL stalled Python only {stalled:.0%} of the time"
