@@ -478,9 +478,9 @@ def max_pool2d_backward(
         )
     if grad_out.shape[:2] != shape[:2]:
         raise ValueError(f"grad_out {grad_out.shape} and input_shape {shape} disagree on (N, C)")
-    grad_x = np.zeros(shape, dtype=grad_out.dtype)
     if grad_out.size == 0:
-        return grad_x
+        return np.zeros(shape, dtype=grad_out.dtype)
+    grad_x = np.empty(shape, dtype=grad_out.dtype)  # the kernel zeroes each plane it fills
     plane = shape[2] * shape[3]
     low, high = indices.min(), indices.max()
     if low < 0 or high >= plane:
