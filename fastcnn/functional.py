@@ -116,6 +116,13 @@ def _check_conv(x, weight, stride, padding, dilation, groups) -> _Conv:
     return _Conv(x, contiguous(weight), stride, (top, left), dilation, groups, out_shape, extra)
 
 
+def _zero(*gradients: np.ndarray | None) -> None:
+    """An empty batch contributes nothing: its gradients are zero, not uninitialized."""
+    for gradient in gradients:
+        if gradient is not None:
+            gradient.fill(0)
+
+
 def _kernel_args(conv: _Conv) -> tuple[int, ...]:
     return (*conv.stride, *conv.pad, *conv.dilation, conv.groups)
 
@@ -220,10 +227,7 @@ def conv2d_backward(
     grad_weight = np.empty(conv.weight.shape, dtype=dtype)
     grad_bias = np.empty(conv.out_shape[1], dtype=dtype)
     if grad_out.size == 0:
-        grad_weight.fill(0)
-        grad_bias.fill(0)
-        if grad_x is not None:
-            grad_x.fill(0)
+        _zero(grad_x, grad_weight, grad_bias)
     else:
         _backend.current().conv2d_backward(
             contiguous(grad_out), conv.x, conv.weight, grad_x, grad_weight, grad_bias,
@@ -314,10 +318,7 @@ def linear_backward(
     grad_weight = np.empty(weight.shape, dtype=dtype)
     grad_bias = np.empty(weight.shape[0], dtype=dtype)
     if grad_out.size == 0:
-        grad_weight.fill(0)
-        grad_bias.fill(0)
-        if grad_x is not None:
-            grad_x.fill(0)
+        _zero(grad_x, grad_weight, grad_bias)
     else:
         _backend.current().linear_backward(
             contiguous(grad_out), x, weight, grad_x, grad_weight, grad_bias,

@@ -212,29 +212,36 @@ cdef void forward_chunk_wide(const floating* x, const floating* weight,
                     dst += g.w_out
 
 
+cdef void gather_wide(const floating* grad_out, floating* dy, Py_ssize_t ld,
+                      const Geometry* g) noexcept nogil:
+    # One sample's output gradient (cog rows of one group) into the wide layout, zero in
+    # the junk columns so they contribute nothing.
+    cdef Py_ssize_t co, oh, ow
+    cdef const floating* src
+    cdef floating* dst
+    for co in range(g.cog):
+        src = grad_out + co * g.p
+        dst = dy + co * ld
+        for oh in range(g.h_out):
+            for ow in range(g.w_out):
+                dst[ow] = src[ow]
+            for ow in range(g.w_out, g.wp):
+                dst[ow] = 0
+            src += g.w_out
+            dst += g.wp
+
+
 cdef void backward_chunk_wide(const floating* grad_out, const floating* x,
                               const floating* weight, floating* grad_x,
                               floating* grad_weight, Py_ssize_t ns,
                               floating* col, floating* dy, floating* dcol, floating* xp,
                               const Geometry* g) noexcept nogil:
     # Wide-layout backward (see im2col_wide); the bias gradient is summed by the caller.
-    cdef Py_ssize_t grp, s, co, c, oh, ow, ih, ld = ns * g.q
+    cdef Py_ssize_t grp, s, c, ih, ld = ns * g.q
     cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
-    cdef const floating* src
-    cdef floating* dst
     for grp in range(g.groups):
-        # dY in the wide layout, zero in the junk columns so they contribute nothing.
         for s in range(ns):
-            for co in range(g.cog):
-                src = grad_out + s * out_stride + (grp * g.cog + co) * g.p
-                dst = dy + co * ld + s * g.q
-                for oh in range(g.h_out):
-                    for ow in range(g.w_out):
-                        dst[ow] = src[ow]
-                    for ow in range(g.w_out, g.wp):
-                        dst[ow] = 0
-                    src += g.w_out
-                    dst += g.wp
+            gather_wide(grad_out + s * out_stride + grp * g.cog * g.p, dy + s * g.q, ld, g)
         if grad_weight != NULL:
             for s in range(ns):
                 pad_plane(x + s * x_stride + grp * g.cg * g.h * g.w, g, xp)
@@ -570,25 +577,6 @@ cdef int input_grad_direct(const float* grad_out, const float* weight, float* gr
     finally:
         free(flipped)
     return 0
-
-
-cdef void gather_wide(const float* grad_out, float* dy, Py_ssize_t ld,
-                      const Geometry* g) noexcept nogil:
-    # One sample's output gradient (cog rows of one group) into the wide layout, zero in
-    # the junk columns so they contribute nothing.
-    cdef Py_ssize_t co, oh, ow
-    cdef const float* src
-    cdef float* dst
-    for co in range(g.cog):
-        src = grad_out + co * g.p
-        dst = dy + co * ld
-        for oh in range(g.h_out):
-            for ow in range(g.w_out):
-                dst[ow] = src[ow]
-            for ow in range(g.w_out, g.wp):
-                dst[ow] = 0
-            src += g.w_out
-            dst += g.wp
 
 
 cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_weight,
