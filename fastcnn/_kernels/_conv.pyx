@@ -11,6 +11,14 @@ mean many tiny, overhead-bound GEMMs) but never more than a bounded amount of sc
 A 1x1 convolution with stride 1 and no padding needs no im2col for a single sample: the
 input plane already is the column matrix.
 
+At stride 1 the "wide" layout computes outputs over the padded width, so each kernel tap's
+row of the column matrix is one contiguous slice of the zero-padded input plane (junk
+columns are dropped on copy-out). For float32 on CPUs with AVX2 or AVX-512 the same
+layout feeds register-blocked direct kernels (direct_conv.h) that read the taps in place,
+with no im2col copy and no BLAS packing: the forward pass, the input gradient (a stride-1
+convolution with flipped, transposed weights) and the weight gradient, each where the
+channel counts make it pay. Everything else takes im2col + BLAS.
+
 The chunk loop runs under OpenMP ``prange``. Every thread owns its scratch (the column
 matrix, gathered output gradients, the input-gradient columns, partial weight/bias
 gradients), allocated once per call, so scratch grows with the thread count and the
