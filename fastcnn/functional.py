@@ -1,4 +1,4 @@
-"""Stateless convolution and pooling ops: the one API every layer calls.
+"""Stateless convolution, pooling and fully connected ops: the one API every layer calls.
 
 Each op validates its arguments once, resolves defaults (``stride=None``, ``'same'``
 padding, ``ceil_mode``), allocates its outputs and hands plain ints and C-contiguous
