@@ -37,6 +37,22 @@ def rng():
     return np.random.default_rng(12345)
 
 
+def numerical_grad(f, array: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Central differences of the scalar ``f()`` w.r.t. every element of ``array`` (float64),
+    perturbing ``array`` in place and restoring it."""
+    grad = np.zeros(array.shape)
+    flat, out = array.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        f_plus = f()
+        flat[i] = old - eps
+        f_minus = f()
+        flat[i] = old
+        out[i] = (f_plus - f_minus) / (2 * eps)
+    return grad
+
+
 def tol(dtype) -> dict:
     """Tolerance keyword arguments for ``np.testing.assert_allclose``."""
     return TOLERANCES[np.dtype(dtype)]

@@ -6,6 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
+from conftest import numerical_grad
 from numpy.testing import assert_allclose, assert_array_equal
 
 from fastcnn.layers import (
@@ -28,21 +29,6 @@ from fastcnn.layers import (
 
 # ---------------------------------------------------------------------------------------
 # Gradient checking helpers
-
-
-def numerical_grad(f, array: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """Central differences of the scalar ``f()`` w.r.t. every element of ``array`` (float64)."""
-    grad = np.zeros(array.shape)
-    flat, out = array.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        f_plus = f()
-        flat[i] = old - eps
-        f_minus = f()
-        flat[i] = old
-        out[i] = (f_plus - f_minus) / (2 * eps)
-    return grad
 
 
 def grad_tol(dtype) -> tuple[float, float]:

@@ -4,23 +4,10 @@ import math
 
 import numpy as np
 import pytest
+from conftest import numerical_grad
 from numpy.testing import assert_allclose
 
 from fastcnn.losses import get_loss, log_softmax, mse, softmax, softmax_cross_entropy
-
-
-def numerical_grad(f, array, eps=1e-6):
-    grad = np.zeros(array.shape)
-    flat, out = array.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        f_plus = f()
-        flat[i] = old - eps
-        f_minus = f()
-        flat[i] = old
-        out[i] = (f_plus - f_minus) / (2 * eps)
-    return grad
 
 
 def test_cross_entropy_hand_computed(dtype):

@@ -9,6 +9,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import numerical_grad
 from numpy.testing import assert_allclose, assert_array_equal
 
 import fastcnn.model as model_module
@@ -27,20 +28,6 @@ from fastcnn.layers import (
 from fastcnn.losses import softmax, softmax_cross_entropy
 from fastcnn.model import FORMAT_VERSION, History, Sequential, _ProgressBar, load
 from fastcnn.optim import SGD, Adam, StepLR
-
-
-def numerical_grad(f, array, eps=1e-6):
-    grad = np.zeros(array.shape)
-    flat, out = array.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        f_plus = f()
-        flat[i] = old - eps
-        f_minus = f()
-        flat[i] = old
-        out[i] = (f_plus - f_minus) / (2 * eps)
-    return grad
 
 
 def small_model(dtype=np.float32, p=0.3):
