@@ -279,7 +279,28 @@ class Layer:
 # Layers with parameters
 
 
-class Conv2D(Layer):
+class _WeightBias(Layer):
+    """A layer with a ``weight`` and an optional ``bias`` (out_features,) parameter."""
+
+    def _init_weight_bias(self, weight_shape: Shape, bias, dtype, rng: RngLike) -> None:
+        self.dtype = _check_dtype(dtype)
+        self.use_bias = _check_bool(bias, "bias")
+        self.rng = _check_rng(rng)
+        self._add_param("weight", weight_shape)
+        if self.use_bias:
+            self._add_param("bias", (weight_shape[0],))
+        self.reset_parameters()
+
+    @property
+    def weight(self) -> np.ndarray:
+        return self.params["weight"]
+
+    @property
+    def bias(self) -> np.ndarray | None:
+        return self.params.get("bias")
+
+
+class Conv2D(_WeightBias):
     """2-D convolution (cross-correlation) layer over NCHW batches.
 
     Parameters
@@ -346,22 +367,9 @@ class Conv2D(Layer):
                 f"groups={self.groups} must divide in_channels={self.in_channels} and "
                 f"out_channels={self.out_channels}"
             )
-        self.dtype = _check_dtype(dtype)
-        self.use_bias = _check_bool(bias, "bias")
-        self.rng = _check_rng(rng)
         kh, kw = self.kernel_size
-        self._add_param("weight", (self.out_channels, self.in_channels // self.groups, kh, kw))
-        if self.use_bias:
-            self._add_param("bias", (self.out_channels,))
-        self.reset_parameters()
-
-    @property
-    def weight(self) -> np.ndarray:
-        return self.params["weight"]
-
-    @property
-    def bias(self) -> np.ndarray | None:
-        return self.params.get("bias")
+        weight_shape = (self.out_channels, self.in_channels // self.groups, kh, kw)
+        self._init_weight_bias(weight_shape, bias, dtype, rng)
 
     def reset_parameters(self, rng: RngLike = None) -> None:
         rng = self.rng if rng is None else _check_rng(rng)
@@ -440,7 +448,7 @@ class Conv2D(Layer):
         return text
 
 
-class Dense(Layer):
+class Dense(_WeightBias):
     """Fully connected layer ``y = x @ weight.T + bias`` (PyTorch's ``Linear``).
 
     Parameters
@@ -477,21 +485,7 @@ class Dense(Layer):
         super().__init__()
         self.in_features = _check_positive_int(in_features, "in_features")
         self.out_features = _check_positive_int(out_features, "out_features")
-        self.use_bias = _check_bool(bias, "bias")
-        self.dtype = _check_dtype(dtype)
-        self.rng = _check_rng(rng)
-        self._add_param("weight", (self.out_features, self.in_features))
-        if self.use_bias:
-            self._add_param("bias", (self.out_features,))
-        self.reset_parameters()
-
-    @property
-    def weight(self) -> np.ndarray:
-        return self.params["weight"]
-
-    @property
-    def bias(self) -> np.ndarray | None:
-        return self.params.get("bias")
+        self._init_weight_bias((self.out_features, self.in_features), bias, dtype, rng)
 
     def reset_parameters(self, rng: RngLike = None) -> None:
         rng = self.rng if rng is None else _check_rng(rng)
