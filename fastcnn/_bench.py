@@ -69,7 +69,6 @@ IMPL_LABELS = {
     "loops": "textbook loops (scaled)",
     "torch": "PyTorch CPU",
 }
-_COLORS = {"fastcnn": "#1f77b4", "numpy": "#ff7f0e", "loops": "#7f7f7f", "torch": "#d62728"}
 
 OP_TOLERANCE = 1e-4  # max |out - oracle| / max |oracle|, float32 against a float64 oracle
 MODEL_TOLERANCE = 1e-3  # float32 against float32 through a whole network
@@ -1711,59 +1710,20 @@ def format_markdown(results: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any], path: str | os.PathLike) -> Path | None:
-    """Grouped bar chart (log scale) of median ms per case and implementation.
+    """Write the chart of :func:`fastcnn.plotting.plot_benchmark` to ``path``.
 
-    Returns the path written, or None when matplotlib is not installed.
+    Returns the path written, or None when matplotlib is not installed or no conv, pool
+    or model case was timed.
     """
+    from fastcnn import plotting
+
+    if not plotting._chart_entries(results):
+        return None
     try:
-        from matplotlib.figure import Figure
+        plotting.plot_benchmark(results, path=path, dpi=120)
     except ImportError:
         return None
-    entries = [
-        e for e in results["results"]
-        if e["group"] in ("conv", "pool", "model")
-        and any(r.get("status") == "ok" for r in e["impls"].values())
-    ]  # fmt: skip
-    if not entries:
-        return None
-    impls = [i for i in IMPLS if any(e["impls"].get(i, {}).get("status") == "ok" for e in entries)]
-    fig = Figure(figsize=(max(8.0, 0.6 * len(entries) + 2), 6.0), layout="constrained")
-    ax = fig.add_subplot()
-    width = 0.8 / len(impls)
-    x = np.arange(len(entries))
-    for j, impl in enumerate(impls):
-        heights = [e["impls"].get(impl, {}).get("median_ms", np.nan) for e in entries]
-        ax.bar(
-            x + (j - (len(impls) - 1) / 2) * width, heights, width, label=IMPL_LABELS[impl],
-            color=_COLORS[impl], hatch="//" if impl == "loops" else None,
-        )  # fmt: skip
-    for i, e in enumerate(entries):
-        ratio = e.get("speedup", {}).get("torch")
-        top = max(r.get("median_ms", 0) for r in e["impls"].values())
-        if ratio is not None:
-            ax.annotate(f"{ratio:.1f}x", (i, top), textcoords="offset points", xytext=(0, 3),
-                        ha="center", fontsize=7)  # fmt: skip
-    labels = [
-        f"{e['label']}\n{e['pass']}" if e["group"] != "pool" else f"{e['case']}\n{e['pass']}"
-        for e in entries
-    ]
-    ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylabel("median time per call, ms (log scale)")
-    cpu = results["machine"]["cpu"].get("model")
-    ax.set_title(
-        f"fastcnn benchmark: {cpu}, {results['settings']['threads']} threads; "
-        "numbers above bars: PyTorch time / fastcnn time",
-        fontsize=9,
-    )
-    try:
-        fig.legend(loc="outside lower center", ncol=len(impls), fontsize=8)
-    except ValueError:  # matplotlib < 3.7 has no "outside" legends
-        ax.legend(fontsize=8)
-    ax.grid(axis="y", which="both", alpha=0.3)
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    return path
+    return Path(path)
 
 
 def _json_safe(value):

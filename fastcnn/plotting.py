@@ -1,0 +1,886 @@
+"""Pictures of a network and of its speed: filters, feature maps, learning curves,
+confusion matrices and benchmark charts.
+
+matplotlib is an optional dependency (``pip install 'fastcnn[plot]'``): it is imported
+when a function is called, never by ``import fastcnn.plotting``, and a missing matplotlib
+raises :class:`ImportError` naming that extra.
+
+Every function draws on a :class:`matplotlib.figure.Figure` of its own, never through
+``pyplot``, so it works headless and leaves matplotlib's global state (backend, current
+figure) alone. Each returns that Figure; with ``path=`` it also saves it there (the format
+follows the file extension, PNG by default) at ``dpi`` dots per inch. In a notebook, a
+returned Figure displays as usual; ``fig.savefig(...)`` writes it in any other format.
+
+Wherever a model is expected, a :class:`fastcnn.Sequential` or a fitted
+:class:`fastcnn.CNNClassifier` (its ``model_``) is accepted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import numbers
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from fastcnn.estimator import CNNClassifier
+    from fastcnn.layers import Conv2D
+    from fastcnn.model import History, Sequential
+
+__all__ = [
+    "plot_benchmark",
+    "plot_confusion",
+    "plot_feature_maps",
+    "plot_filters",
+    "plot_history",
+]
+
+_INSTALL_HINT = "fastcnn.plotting needs matplotlib: pip install 'fastcnn[plot]'"
+_HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+# Colours of the benchmark implementations; any other takes one of the spare colours.
+_IMPL_COLORS = {"fastcnn": "#1f77b4", "numpy": "#ff7f0e", "loops": "#7f7f7f", "torch": "#d62728"}
+_SPARE_COLORS = ("#9467bd", "#2ca02c", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
+_CHART_GROUPS = ("conv", "pool", "model")
+
+
+# ---------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def _require_matplotlib() -> type[Figure]:
+    """Return matplotlib's Figure class, or raise ImportError naming the ``plot`` extra."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ImportError(_INSTALL_HINT) from exc
+    return Figure
+
+
+def _finish(fig: Figure, path: str | os.PathLike | None, dpi: float) -> Figure:
+    if path is not None:
+        fig.savefig(os.fspath(path), dpi=dpi)
+    return fig
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _unfitted_estimator(obj) -> bool:
+    # An object can only be a CNNClassifier if fastcnn.estimator (and scikit-learn) has
+    # been imported, so asking costs no import.
+    estimator = sys.modules.get("fastcnn.estimator")
+    return estimator is not None and isinstance(obj, estimator.CNNClassifier)
+
+
+def _as_model(obj, name: str) -> Sequential:
+    """The Sequential behind ``obj``: itself, or a fitted CNNClassifier's ``model_``."""
+    from fastcnn.model import Sequential
+
+    if isinstance(obj, Sequential):
+        return obj
+    model = getattr(obj, "model_", None)
+    if isinstance(model, Sequential):
+        return model
+    if _unfitted_estimator(obj):
+        raise ValueError(f"{name} is a CNNClassifier that is not fitted yet; call fit first")
+    raise TypeError(
+        f"{name} must be a fastcnn.Sequential or a fitted CNNClassifier, got {type(obj).__name__}"
+    )
+
+
+def _layer_index(model: Sequential, layer, name: str = "layer") -> int:
+    n = len(model.layers)
+    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+        raise TypeError(f"{name} must be an int index into the model's layers, got {layer!r}")
+    if not -n <= layer < n:
+        raise ValueError(
+            f"{name}={layer} is out of range for a model of {n} layers (valid: {-n}..{n - 1})"
+        )
+    return int(layer) % n
+
+
+def _conv_indices(model: Sequential) -> list[int]:
+    from fastcnn.layers import Conv2D
+
+    return [i for i, layer in enumerate(model.layers) if isinstance(layer, Conv2D)]
+
+
+def _first_conv(model: Sequential) -> int:
+    indices = _conv_indices(model)
+    if not indices:
+        kinds = ", ".join(type(layer).__name__ for layer in model.layers) or "no layers"
+        raise ValueError(f"the model has no Conv2D layer (it has {kinds})")
+    return indices[0]
+
+
+def _grid(n: int, max_cols: int = 8) -> tuple[int, int]:
+    cols = min(n, max_cols)
+    return math.ceil(n / cols), cols
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return str(tuple(int(s) for s in shape))
+
+
+# ---------------------------------------------------------------------------------------
+# Filters
+
+
+def _select_conv(layer_or_model, layer) -> tuple[Conv2D, str]:
+    """The Conv2D to draw and how to name it in the title."""
+    from fastcnn.layers import Conv2D
+
+    if isinstance(layer_or_model, Conv2D):
+        if layer is not None:
+            raise ValueError(
+                f"layer={layer!r} selects a layer of a model, but a Conv2D layer was given"
+            )
+        return layer_or_model, repr(layer_or_model)
+    try:
+        model = _as_model(layer_or_model, "layer_or_model")
+    except TypeError:
+        raise TypeError(
+            "layer_or_model must be a fastcnn.layers.Conv2D, a fastcnn.Sequential or a "
+            f"fitted CNNClassifier, got {type(layer_or_model).__name__}"
+        ) from None
+    if layer is None:
+        index = _first_conv(model)
+    else:
+        index = _layer_index(model, layer)
+        if not isinstance(model.layers[index], Conv2D):
+            raise TypeError(
+                f"layer {index} of the model is {model.layers[index]!r}, not a Conv2D; the "
+                f"model's Conv2D layers are at {_conv_indices(model)}"
+            )
+    return model.layers[index], f"layer {index}: {model.layers[index]!r}"
+
+
+def _filter_mosaic(Figure, kernels: np.ndarray, cmap: str, limit: float):
+    """Every (output, input) kernel in one image, one output channel per row of kernels.
+
+    One image rather than one axes per kernel: a layer has thousands of kernels, and
+    matplotlib takes seconds per thousand axes.
+    """
+    c_out, c_in, kh, kw = kernels.shape
+    # A NaN row and column after each kernel: transparent gaps in the mosaic.
+    padded = np.pad(kernels, ((0, 0), (0, 0), (0, 1), (0, 1)), constant_values=np.nan)
+    mosaic = padded.transpose(0, 2, 1, 3).reshape(c_out * (kh + 1), c_in * (kw + 1))
+    mosaic = mosaic[:-1, :-1]
+    inch = min(0.12, 9.0 / max(mosaic.shape))  # per mosaic pixel; at most 9 inches across
+    fig = Figure(
+        figsize=(max(4.0, inch * mosaic.shape[1] + 2.0), max(3.0, inch * mosaic.shape[0] + 1.2)),
+        layout="constrained",
+    )
+    ax = fig.add_subplot()
+    ax.set_facecolor("0.7")  # grey gaps, told apart from the white of zero weights
+    image = ax.imshow(mosaic, cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
+    for axis, count, size, label in (
+        (ax.xaxis, c_in, kw, "input"),
+        (ax.yaxis, c_out, kh, "output"),
+    ):
+        step = math.ceil(count / 16)  # at most 16 tick labels per axis
+        channels = range(0, count, step)
+        axis.set_ticks(
+            [c * (size + 1) + (size - 1) / 2 for c in channels], [str(c) for c in channels]
+        )
+        axis.set_label_text(f"{label} channel")
+    ax.tick_params(length=0, labelsize=7)
+    return fig, image, [ax]
+
+
+def plot_filters(
+    layer_or_model: Conv2D | Sequential | CNNClassifier,
+    *,
+    layer: int | None = None,
+    in_channel: str | int = "mean",
+    cmap: str = "RdBu_r",
+    path: str | os.PathLike | None = None,
+    dpi: float = 100,
+) -> Figure:
+    """Draw the learned kernels of a convolution layer as a grid of small images.
+
+    Parameters
+    ----------
+    layer_or_model : Conv2D, Sequential or fitted CNNClassifier
+        The layer, or a model holding it.
+    layer : int, optional
+        With a model: index of the Conv2D in ``model.layers`` (negative counts from the
+        end). Default: the first Conv2D. Not allowed with a layer.
+    in_channel : {'mean', 'all'} or int, default 'mean'
+        Which slice of the weight ``(C_out, C_in / groups, kH, kW)`` to show: one panel
+        per output channel averaged over the input channels (``'mean'``), or taken at
+        one input channel (an int in ``[0, C_in / groups)``; with ``groups > 1`` it
+        indexes the channels within each group); or ``'all'``: every kernel, in one
+        mosaic image of ``C_out`` rows by ``C_in / groups`` columns of kernels.
+    cmap : str, default 'RdBu_r'
+        A diverging colormap suits weights: every panel shares the colour limits
+        ``[-m, m]``, ``m`` the largest absolute value shown, so 0 is the middle colour
+        and panels compare directly.
+    path : str or path-like, optional
+        Also save the figure there.
+    dpi : float, default 100
+        Resolution of the saved file.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        With ``'mean'`` or an int: one image axes per output channel, in row-major order
+        (8 per row), titled with the channel index. With ``'all'``: one axes whose image
+        holds kernel ``(i, j)`` at rows ``i * (kH + 1)`` to ``i * (kH + 1) + kH - 1`` and
+        columns ``j * (kW + 1)`` to ``j * (kW + 1) + kW - 1``, with NaN gaps between
+        kernels, x-label ``"input channel"``, y-label ``"output channel"``. Then a
+        colorbar axes. The figure title names the layer (its index in the model), the
+        weight shape and the slice shown.
+
+    Raises
+    ------
+    ImportError
+        If matplotlib is not installed.
+    TypeError
+        If ``layer_or_model`` is neither a Conv2D nor a model, if ``layer`` does not
+        select a Conv2D, or if ``in_channel`` is neither a str nor an int.
+    ValueError
+        If the model has no Conv2D layer, ``layer`` is out of range or given with a
+        layer, ``in_channel`` is out of range or an unknown string, or the estimator is
+        not fitted.
+    """
+    Figure = _require_matplotlib()
+    conv, name = _select_conv(layer_or_model, layer)
+    weight = np.asarray(conv.weight, dtype=np.float64)
+    c_out, c_in = weight.shape[:2]
+    every_kernel = False
+    if isinstance(in_channel, str):
+        if in_channel == "mean":
+            kernels = weight.mean(axis=1, keepdims=True)
+            what = f"mean over {c_in} input channel{'s' * (c_in != 1)}"
+        elif in_channel == "all":
+            kernels, every_kernel = weight, True
+            what = "every input channel"
+        else:
+            raise ValueError(f"in_channel must be 'mean', 'all' or an int, got {in_channel!r}")
+    elif isinstance(in_channel, numbers.Integral) and not isinstance(in_channel, bool):
+        if not 0 <= in_channel < c_in:
+            raise ValueError(
+                f"in_channel={in_channel} is out of range: the weight of shape "
+                f"{_shape_text(weight.shape)} has {c_in} input channel(s) per group"
+            )
+        kernels = weight[:, [int(in_channel)]]
+        what = f"input channel {int(in_channel)}"
+    else:
+        raise TypeError(f"in_channel must be 'mean', 'all' or an int, got {in_channel!r}")
+
+    limit = float(np.abs(kernels).max()) or 1.0  # all-zero weights still get a scale
+    if every_kernel:
+        fig, image, shown = _filter_mosaic(Figure, kernels, cmap, limit)
+    else:
+        rows, cols = _grid(c_out)
+        fig = Figure(figsize=(max(5.0, cols * 0.8 + 1.3), rows * 0.8 + 1.0), layout="constrained")
+        shown = []
+        for out, ax in enumerate(fig.subplots(rows, cols, squeeze=False).flat):
+            if out >= c_out:
+                fig.delaxes(ax)  # the unused end of the last row
+                continue
+            image = ax.imshow(
+                kernels[out, 0], cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest"
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(str(out), fontsize=7, pad=2)
+            shown.append(ax)
+    fig.colorbar(image, ax=shown, shrink=0.8, label="weight")
+    fig.suptitle(f"{name}\nweight {_shape_text(weight.shape)}, {what}", fontsize=9)
+    return _finish(fig, path, dpi)
+
+
+# ---------------------------------------------------------------------------------------
+# Feature maps
+
+
+def _one_image(image) -> np.ndarray:
+    """``image`` as one (C, H, W) sample."""
+    array = np.asarray(image)
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"image must hold real numbers, got dtype {array.dtype}")
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    elif array.ndim == 2:
+        array = array[None]
+    elif array.ndim != 3:
+        raise ValueError(
+            "image must be one image of shape (C, H, W), (1, C, H, W) or (H, W), got "
+            f"shape {array.shape}"
+        )
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError("image contains NaN or infinity")
+    return array
+
+
+def _end_of_first_block(model: Sequential) -> int:
+    """Index of the last layer of the first convolution block: the first Conv2D and the
+    normalization, dropout and activation layers right after it."""
+    from fastcnn.layers import BatchNorm2D, Dropout, LeakyReLU, ReLU, Sigmoid, Tanh
+
+    index = _first_conv(model)
+    for following in model.layers[index + 1 :]:
+        if not isinstance(following, BatchNorm2D | Dropout | ReLU | LeakyReLU | Tanh | Sigmoid):
+            break
+        index += 1
+    return index
+
+
+def _display_image(image: np.ndarray) -> tuple[np.ndarray, str | None, str]:
+    """What to show for a (C, H, W) input: the array, its colormap and a caption."""
+    if image.shape[0] == 3:
+        rgb = np.moveaxis(image.astype(np.float64), 0, -1)
+        low, high = rgb.min(), rgb.max()
+        # imshow wants RGB floats in [0, 1]; stretch whatever range the input uses.
+        rgb = (rgb - low) / (high - low) if high > low else np.zeros_like(rgb)
+        return rgb, None, "input (RGB)"
+    if image.shape[0] == 1:
+        return image[0], "gray", "input"
+    return image.mean(axis=0), "gray", f"input (mean of {image.shape[0]} channels)"
+
+
+def plot_feature_maps(
+    model: Sequential | CNNClassifier,
+    image,
+    *,
+    layer: int | None = None,
+    max_channels: int = 32,
+    cmap: str = "viridis",
+    path: str | os.PathLike | None = None,
+    dpi: float = 100,
+) -> Figure:
+    """Show one image next to each channel of the model's activations after ``layer``.
+
+    Runs ``model.layers[0 : layer + 1]`` in inference mode on the image.
+
+    Parameters
+    ----------
+    model : Sequential or fitted CNNClassifier
+    image : array-like of shape (C, H, W), (1, C, H, W) or (H, W)
+        One input sample (``(H, W)`` means one channel), of the shape the model takes.
+        Converted to the model dtype.
+    layer : int, optional
+        Index in ``model.layers`` (negative counts from the end) of the layer whose output
+        is shown; it must output feature maps ``(C, H, W)``. Default: the end of the
+        first convolution block, i.e. the first Conv2D followed by the BatchNorm2D,
+        Dropout and activation layers directly after it (``digits_cnn``: its first
+        ReLU; ``lenet5``: its first Tanh); the activation is what the next layer sees.
+    max_channels : int, default 32
+        Draw at most this many channels (the first ones).
+    cmap : str, default 'viridis'
+        Colormap of the activations. All channels share one colour scale (the minimum
+        and maximum over the channels shown), so weak and dead channels look weak.
+    path : str or path-like, optional
+        Also save the figure there.
+    dpi : float, default 100
+        Resolution of the saved file.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        ``fig.axes[0]`` shows the input, titled ``"input"`` (grey for one channel);
+        ``"input (RGB)"`` (three channels, stretched to [0, 1]) or ``"input (mean of C
+        channels)"`` otherwise; ``fig.axes[1 : 1 + n]`` the channels,
+        titled with their index; then a colorbar axes. The figure title starts with
+        ``"after layer {index}: {layer class name}"``, e.g. ``"after layer 2: ReLU"``.
+
+    Raises
+    ------
+    ImportError
+        If matplotlib is not installed.
+    TypeError
+        If ``model`` is not a model, ``image`` is not numeric or ``layer`` or
+        ``max_channels`` is not an int.
+    ValueError
+        If ``image`` has the wrong shape for the model or contains NaN or infinity,
+        ``layer`` is out of range or does not output feature maps, the model has no
+        Conv2D layer (with the default ``layer``), ``max_channels < 1``, or the estimator
+        is not fitted.
+    """
+    Figure = _require_matplotlib()
+    model = _as_model(model, "model")
+    max_channels = _check_int(max_channels, "max_channels", 1)
+    x = _one_image(image)
+    if not model.layers:
+        raise ValueError("the model has no layers")
+    index = _end_of_first_block(model) if layer is None else _layer_index(model, layer)
+    stack = model[: index + 1]
+    try:
+        out_shape = stack.output_shape(x.shape)
+    except ValueError as exc:
+        raise ValueError(f"image of shape {x.shape} does not fit the model: {exc}") from None
+    chosen = model.layers[index]
+    if len(out_shape) != 3:
+        raise ValueError(
+            f"layer {index} ({chosen!r}) outputs samples of shape {_shape_text(out_shape)}, "
+            "not feature maps (C, H, W); choose a layer before it"
+        )
+    maps = stack.forward(x[None])[0]
+    n = min(maps.shape[0], max_channels)
+
+    rows, cols = _grid(n)
+    input_width = min(rows, 3)  # the input gets up to 3 map widths of room
+    fig = Figure(
+        figsize=(max(5.0, (cols + input_width) * 0.9 + 1.4), rows * 0.9 + 1.2),
+        layout="constrained",
+    )
+    grid = fig.add_gridspec(rows, cols + 1, width_ratios=[input_width] + [1] * cols)
+    ax_in = fig.add_subplot(grid[:, 0])
+    shown, in_cmap, caption = _display_image(x)
+    ax_in.imshow(shown, cmap=in_cmap, interpolation="nearest")
+    ax_in.set_title(caption, fontsize=8)
+    ax_in.set_xticks([])
+    ax_in.set_yticks([])
+    low, high = float(maps[:n].min()), float(maps[:n].max())
+    axes = []
+    for c in range(n):
+        ax = fig.add_subplot(grid[c // cols, 1 + c % cols])
+        image_artist = ax.imshow(maps[c], cmap=cmap, vmin=low, vmax=high, interpolation="nearest")
+        ax.set_title(str(c), fontsize=7, pad=2)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        axes.append(ax)
+    fig.colorbar(image_artist, ax=axes, shrink=0.8, label="activation")
+    path_text = " -> ".join(type(item).__name__ for item in stack.layers)
+    count = f"{n} of {maps.shape[0]}" if n < maps.shape[0] else f"all {n}"
+    fig.suptitle(
+        f"after layer {index}: {type(chosen).__name__}\n"
+        f"{path_text}; output {_shape_text(maps.shape)}, {count} channels shown",
+        fontsize=9,
+    )
+    return _finish(fig, path, dpi)
+
+
+# ---------------------------------------------------------------------------------------
+# Learning curves
+
+
+def _history_records(history) -> tuple[Mapping[str, Any], Sequence[int] | None]:
+    """The per-epoch lists of ``history`` and, for a History, its 0-based epoch indices."""
+    if isinstance(getattr(history, "history", None), Mapping) and hasattr(history, "epoch"):
+        return history.history, history.epoch
+    if isinstance(history, Mapping):
+        return history, None
+    curve = getattr(history, "loss_curve_", None)
+    if curve is not None:
+        records = {"loss": curve}
+        scores = getattr(history, "validation_scores_", None)
+        if scores:
+            records["val_accuracy"] = scores
+        return records, None
+    if _unfitted_estimator(history):
+        raise ValueError("history is a CNNClassifier that is not fitted yet; call fit first")
+    raise TypeError(
+        "history must be a fastcnn History, a dict of per-epoch lists or a fitted "
+        f"CNNClassifier, got {type(history).__name__}"
+    )
+
+
+def plot_history(
+    history: History | Mapping[str, Sequence[float]] | CNNClassifier,
+    *,
+    validation_label: str = "validation",
+    path: str | os.PathLike | None = None,
+    dpi: float = 100,
+) -> Figure:
+    """Loss and accuracy per epoch, training and validation.
+
+    Parameters
+    ----------
+    history : History, dict or fitted CNNClassifier
+        What :meth:`fastcnn.Sequential.fit` returned; or a dict with any of the keys
+        ``"loss"``, ``"accuracy"``, ``"val_loss"``, ``"val_accuracy"`` (others, such as
+        ``"time"`` and ``"lr"``, are ignored), each a list of per-epoch values; or a
+        fitted CNNClassifier (its ``loss_curve_``, and ``validation_scores_`` as the
+        validation accuracy when it trained with ``early_stopping``).
+    validation_label : str, default 'validation'
+        Legend label of the ``val_*`` curves (e.g. ``"test"`` when the held-out data
+        was the test set).
+    path : str or path-like, optional
+        Also save the figure there.
+    dpi : float, default 100
+        Resolution of the saved file.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axes titled ``"loss"`` when there are loss values and one titled
+        ``"accuracy"`` when there are accuracy values, in that order; x is the 1-based
+        epoch (``"epoch"`` x-label). Training lines are labelled ``"train"``, validation
+        lines ``validation_label``.
+
+    Raises
+    ------
+    ImportError
+        If matplotlib is not installed.
+    TypeError
+        If ``history`` is none of the above or a curve holds non-numbers.
+    ValueError
+        If no curve has any epoch, the curves have different lengths (or, for a History,
+        a length other than the number of epochs), a curve is not 1-D, or the estimator
+        is not fitted.
+    """
+    Figure = _require_matplotlib()
+    records, epochs = _history_records(history)
+    curves: dict[str, np.ndarray] = {}
+    for key in _HISTORY_KEYS:
+        values = records.get(key)
+        if values is None:
+            continue
+        try:
+            array = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"history[{key!r}] must be a list of numbers") from None
+        if array.ndim != 1:
+            raise ValueError(f"history[{key!r}] must be 1-D, got shape {array.shape}")
+        if array.size:
+            curves[key] = array
+    if not curves:
+        raise ValueError(
+            f"history has no epochs: no values for any of {', '.join(map(repr, _HISTORY_KEYS))}"
+        )
+    lengths = {key: len(values) for key, values in curves.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"history curves have different lengths: {lengths}")
+    n = next(iter(lengths.values()))
+    if epochs is not None:
+        if len(epochs) != n:
+            raise ValueError(f"history has {len(epochs)} epoch(s) but curves of length {n}")
+        x = np.asarray(epochs, dtype=np.int64) + 1
+    else:
+        x = np.arange(1, n + 1)
+
+    panels = [
+        name
+        for name in ("loss", "accuracy")
+        if name in curves or "val_" + name in curves
+    ]  # fmt: skip
+    fig = Figure(figsize=(4.5 * len(panels) + 0.5, 3.6), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    from matplotlib.ticker import MaxNLocator
+
+    marker = "o" if n <= 30 else None
+    for ax, name in zip(axes, panels, strict=True):
+        for key, label, style in (
+            (name, "train", "-"),
+            ("val_" + name, validation_label, "--"),
+        ):
+            if key in curves:
+                ax.plot(x, curves[key], style, marker=marker, markersize=3, label=label)
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"learning curves, {n} epoch{'s' * (n != 1)}", fontsize=10)
+    return _finish(fig, path, dpi)
+
+
+# ---------------------------------------------------------------------------------------
+# Confusion matrix
+
+
+def plot_confusion(
+    model,
+    X,
+    y,
+    *,
+    normalize: str | None = None,
+    labels=None,
+    cmap: str = "Blues",
+    path: str | os.PathLike | None = None,
+    dpi: float = 100,
+) -> Figure:
+    """Confusion matrix of ``model.predict(X)`` against ``y``.
+
+    Parameters
+    ----------
+    model : object with a ``predict(X)`` method
+        A fastcnn.Sequential, a fitted CNNClassifier, any scikit-learn classifier.
+    X : array-like
+        Samples, as ``model.predict`` takes them.
+    y : array-like of shape (n_samples,)
+        True labels, in the same terms as the predictions (class indices for a
+        Sequential).
+    normalize : {None, 'true', 'pred', 'all'}, default None
+        As :func:`sklearn.metrics.confusion_matrix`: show counts, or fractions of each
+        true class (rows), of each predicted class (columns) or of all samples.
+    labels : array-like, optional
+        Classes to show, in this order (default: every label in ``y`` or the predictions,
+        sorted).
+    cmap : str, default 'Blues'
+    path : str or path-like, optional
+        Also save the figure there.
+    dpi : float, default 100
+        Resolution of the saved file.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        ``fig.axes[0]`` holds the matrix as an image (rows: true label, y-label
+        ``"true label"``; columns: predicted label, x-label ``"predicted label"``), each
+        cell annotated with its count (or fraction, 2 decimals) when there are at most 30
+        classes, titled with the accuracy over all samples, e.g.
+        ``"accuracy 0.9917 (357/360)"``; then a colorbar axes.
+
+    Raises
+    ------
+    ImportError
+        If matplotlib is not installed.
+    TypeError
+        If ``model`` has no ``predict`` method.
+    ValueError
+        If ``normalize`` is not one of the above, ``y`` is not 1-D, the predictions do
+        not have the shape of ``y``, or ``labels`` is empty or repeats a label
+        (scikit-learn also refuses labels that occur in neither ``y`` nor the
+        predictions).
+    """
+    Figure = _require_matplotlib()
+    from sklearn.metrics import confusion_matrix
+
+    if not callable(getattr(model, "predict", None)):
+        raise TypeError(f"model must have a predict method, got {type(model).__name__}")
+    if normalize not in (None, "true", "pred", "all"):
+        raise ValueError(f"normalize must be None, 'true', 'pred' or 'all', got {normalize!r}")
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D (n_samples,), got shape {y.shape}")
+    y_pred = np.asarray(model.predict(X))
+    if y_pred.shape != y.shape:
+        raise ValueError(
+            f"model.predict(X) returned shape {y_pred.shape}, but y has shape {y.shape}"
+        )
+    if labels is None:
+        labels = np.unique(np.concatenate([y, y_pred]))
+    else:
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or labels.size == 0:
+            raise ValueError(f"labels must be a non-empty 1-D list, got shape {labels.shape}")
+        if len(np.unique(labels)) != labels.size:
+            raise ValueError(f"labels must not repeat a label, got {labels.tolist()}")
+    matrix = confusion_matrix(y, y_pred, labels=labels, normalize=normalize)
+    correct = int(np.count_nonzero(y_pred == y))
+
+    n = len(labels)
+    side = min(9.0, 2.5 + 0.45 * n)
+    fig = Figure(figsize=(side + 1.0, side), layout="constrained")
+    ax = fig.add_subplot()
+    vmax = 1.0 if normalize else max(int(matrix.max()), 1)
+    image = ax.imshow(matrix, cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
+    names = [str(label) for label in labels]
+    ax.set_xticks(range(n), names, rotation=45 if max(map(len, names)) > 3 else 0)
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("predicted label")
+    ax.set_ylabel("true label")
+    if n <= 30:
+        fontsize = 8 if n <= 12 else 6
+        for (i, j), value in np.ndenumerate(matrix):
+            text = f"{value:.2f}" if normalize else f"{int(value)}"
+            # Light text on the dark half of the colormap keeps every number readable.
+            color = "white" if value > vmax / 2 else "black"
+            ax.text(j, i, text, ha="center", va="center", color=color, fontsize=fontsize)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="fraction" if normalize else "count")
+    title = f"accuracy {correct / y.size:.4f} ({correct}/{y.size})"
+    if normalize:
+        title += {"true": ", rows sum to 1", "pred": ", columns sum to 1"}.get(
+            normalize, ", fractions of all samples"
+        )
+    ax.set_title(title, fontsize=10)
+    return _finish(fig, path, dpi)
+
+
+# ---------------------------------------------------------------------------------------
+# Benchmark chart
+
+
+def _load_results(results) -> Mapping[str, Any]:
+    if isinstance(results, str | os.PathLike):
+        with open(results, encoding="utf-8") as file:
+            try:
+                results = json.load(file)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{os.fspath(results)!r} is not JSON: {exc}") from None
+    if not isinstance(results, Mapping):
+        raise TypeError(
+            "results must be the benchmark results dict or the path of its JSON file, "
+            f"got {type(results).__name__}"
+        )
+    if not isinstance(results.get("results"), list):
+        raise ValueError(
+            "results does not look like fastcnn benchmark results: it has no 'results' "
+            "list (see benchmarks/README.md, 'JSON layout')"
+        )
+    return results
+
+
+def _chart_entries(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The timed per-call cases (conv, pool, model) with at least one measured time."""
+    return [
+        entry
+        for entry in results["results"]
+        if entry.get("group") in _CHART_GROUPS
+        and any(
+            r.get("status") == "ok" and r.get("median_ms") is not None
+            for r in entry.get("impls", {}).values()
+        )
+    ]
+
+
+def _median(entry: Mapping[str, Any], impl: str) -> float:
+    timing = entry["impls"].get(impl, {})
+    if timing.get("status") != "ok" or timing.get("median_ms") is None:
+        return math.nan
+    return float(timing["median_ms"])
+
+
+def plot_benchmark(
+    results: Mapping[str, Any] | str | os.PathLike,
+    *,
+    impls: Sequence[str] | None = None,
+    speedup: str | Sequence[str] | None = "torch",
+    path: str | os.PathLike | None = None,
+    dpi: float = 100,
+) -> Figure:
+    """Grouped bars of the median time per call of every case and implementation.
+
+    Parameters
+    ----------
+    results : dict, str or path-like
+        What ``python benchmarks/run.py`` (``fastcnn bench``) measured: its results
+        dict, or the path of the ``latest.json`` it writes (layout in
+        ``benchmarks/README.md``). The conv, pool and model cases are drawn; the epoch,
+        memory and import cases are not per-call times and are left out.
+    impls : sequence of str, optional
+        Implementations to draw (``"fastcnn"``, ``"numpy"``, ``"loops"``, ``"torch"``),
+        in the results' order. Default: every one with at least one measured time.
+    speedup : str, sequence of str or None, default 'torch'
+        Above each group, that implementation's time over fastcnn's (the results'
+        ``speedup`` field; above 1 means fastcnn is faster), e.g. ``"3.3x"``; with
+        several, one line each, coloured like that implementation's bars. None: no
+        labels.
+    path : str or path-like, optional
+        Also save the figure there.
+    dpi : float, default 100
+        Resolution of the saved file.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        ``fig.axes[0]``: one bar container per implementation (label: its name from the
+        results, e.g. ``"PyTorch CPU"``; height: ``median_ms``, NaN where it was not
+        timed), in ``impls`` order, on a log y axis; one x tick per case and pass; the
+        speedup labels as ``ax.texts``. The title names the CPU and thread count.
+
+    Raises
+    ------
+    ImportError
+        If matplotlib is not installed.
+    OSError
+        If ``results`` is a path that cannot be read.
+    TypeError
+        If ``results`` is neither a dict nor a path.
+    ValueError
+        If the file is not JSON, ``results`` has no ``'results'`` list or no timed conv,
+        pool or model case, or ``impls`` or ``speedup`` names an implementation the
+        results do not hold (or ``speedup`` names fastcnn itself).
+    """
+    Figure = _require_matplotlib()
+    results = _load_results(results)
+    entries = _chart_entries(results)
+    if not entries:
+        raise ValueError("results holds no timed conv, pool or model case to chart")
+    labels = dict(results.get("settings", {}).get("implementations") or {})
+    for entry in entries:
+        for impl in entry["impls"]:
+            labels.setdefault(impl, impl)
+    timed = [impl for impl in labels if any(not math.isnan(_median(e, impl)) for e in entries)]
+    if impls is None:
+        impls = timed
+    else:
+        impls = [impls] if isinstance(impls, str) else list(impls)
+        unknown = [impl for impl in impls if impl not in timed]
+        if unknown or not impls:
+            raise ValueError(f"impls: unknown or never timed {unknown}; the results time {timed}")
+    if speedup is None:
+        references = []
+    else:
+        references = [speedup] if isinstance(speedup, str) else list(speedup)
+        unknown = [ref for ref in references if ref not in labels or ref == "fastcnn"]
+        if unknown:
+            raise ValueError(
+                f"speedup: cannot compare fastcnn with {unknown}; choose from "
+                f"{[impl for impl in labels if impl != 'fastcnn']}"
+            )
+
+    fig = Figure(figsize=(max(8.0, 0.6 * len(entries) + 2), 6.0), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.8 / len(impls)
+    x = np.arange(len(entries))
+    spare = itertools.cycle(_SPARE_COLORS)
+    colors = {impl: _IMPL_COLORS.get(impl) or next(spare) for impl in labels}
+    for j, impl in enumerate(impls):
+        ax.bar(
+            x + (j - (len(impls) - 1) / 2) * width,
+            [_median(entry, impl) for entry in entries],
+            width,
+            label=labels[impl],
+            color=colors[impl],
+            hatch="//" if impl == "loops" else None,
+        )
+    for i, entry in enumerate(entries):
+        heights = [_median(entry, impl) for impl in impls]
+        if all(math.isnan(h) for h in heights):
+            continue
+        ratios = [entry.get("speedup", {}).get(ref) for ref in references]
+        # One line per reference, stacked upwards and coloured like its bars (black when
+        # there is only one, as the title says which it is).
+        lines = [(ref, r) for ref, r in zip(references, ratios, strict=True) if r is not None]
+        for k, (ref, ratio) in enumerate(lines):
+            ax.annotate(
+                f"{ratio:.1f}x",
+                (i, np.nanmax(heights)),
+                textcoords="offset points",
+                xytext=(0, 3 + 9 * k),
+                ha="center",
+                fontsize=7,
+                color="black" if len(references) == 1 else colors[ref],
+            )
+    ticks = [
+        f"{e['case'] if e['group'] == 'pool' else e.get('label', e['case'])}\n{e.get('pass', '')}"
+        for e in entries
+    ]
+    ax.set_xticks(x, ticks, rotation=60, ha="right", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("median time per call, ms (log scale)")
+    cpu = results.get("machine", {}).get("cpu", {}).get("model", "unknown CPU")
+    title = f"fastcnn benchmark: {cpu}, {results.get('settings', {}).get('threads', '?')} threads"
+    if len(references) == 1:
+        title += f"; numbers above bars: {labels[references[0]]} time / fastcnn time"
+    elif references:
+        title += "; numbers above bars: time of the implementation of that colour / fastcnn time"
+    ax.set_title(title, fontsize=9)
+    if references:
+        # Room above the tallest bars for the labels: a share of the log range per line.
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, high * (high / low) ** (0.04 * len(references)))
+    try:
+        fig.legend(loc="outside lower center", ncol=len(impls), fontsize=8)
+    except ValueError:  # matplotlib < 3.7 has no "outside" legends
+        ax.legend(fontsize=8)
+    ax.grid(axis="y", which="both", alpha=0.3)
+    return _finish(fig, path, dpi)
