@@ -4,7 +4,9 @@ Subcommands:
 
 * ``train``: the main job. Trains a CNN (``digits_cnn`` on scikit-learn's 8x8 digits by
   default: 80/20 stratified split, ``random_state`` 42) with a progress bar, then prints the
-  test accuracy, a per-class report and the total wall time.
+  test accuracy, a per-class report and the total wall time; ``--plot DIR`` also draws
+  the learning curves, filters, feature maps and confusion matrix
+  (:mod:`fastcnn.plotting`).
 * ``info``: configuration, backends and a quick timing (:mod:`fastcnn._info`).
 * ``bench``: the benchmark suite (:mod:`fastcnn._bench`).
 
@@ -137,6 +139,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--save", metavar="PATH", default=None, help="save the trained model")
     train.add_argument(
+        "--plot",
+        metavar="DIR",
+        default=None,
+        help="after training, write into DIR (created if missing) history.png (learning "
+        "curves), filters.png (the first conv layer's kernels), feature_maps.png (the first "
+        "test image after the first conv block) and confusion.png (test set); needs "
+        "matplotlib (pip install 'fastcnn[plot]'). For the test curves in history.png the "
+        "test split is also evaluated after every epoch (as Keras' validation_data): it "
+        "does not change the training or the trained model, only adds that evaluation to "
+        "the training time",
+    )
+    train.add_argument(
         "--test-size", type=_fraction, default=0.2, help="test fraction of the digits split"
     )
     train.add_argument(
@@ -235,6 +249,8 @@ def _train(args, start: float) -> int:
         directory = os.path.dirname(os.path.abspath(args.save))
         if not os.path.isdir(directory):
             raise _CLIError(f"cannot save to {args.save!r}: no directory {directory!r}")
+    if args.plot is not None:
+        _prepare_plot_dir(args.plot)
     epochs, adam_lr, sgd_lr = _RECIPES[args.model, args.dataset]
     epochs = args.epochs if args.epochs is not None else epochs
     batch_size = args.batch_size
@@ -277,6 +293,7 @@ def _train(args, start: float) -> int:
         random_state=args.seed,
         verbose=0 if args.quiet else 1,
         callbacks=[CosineAnnealingLR(optimizer, T_max=epochs)],
+        validation_data=(X_test, y_test) if args.plot is not None else None,
     )
     fit_time = time.perf_counter() - fit_start
     if history.interrupted:
@@ -303,7 +320,55 @@ def _train(args, start: float) -> int:
         f"time: training {fit_time:.2f} s ({n_seen / max(fit_time, 1e-9):,.0f} images/s), "
         f"total {total:.2f} s"
     )
+    if args.plot is not None:
+        plot_start = time.perf_counter()
+        written = _write_plots(args.plot, model, history, X_test, y_test)
+        print(f"plots ({time.perf_counter() - plot_start:.2f} s): {', '.join(written)}")
     return 0
+
+
+def _prepare_plot_dir(directory: str) -> None:
+    """Check matplotlib and create ``directory`` before training, so a long run does not
+    end in an error."""
+    import os
+
+    from fastcnn import plotting
+
+    try:
+        plotting._require_matplotlib()
+    except ImportError as exc:
+        raise _CLIError(f"--plot: {exc}") from None
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise _CLIError(f"--plot: {directory!r} exists and is not a directory")
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise _CLIError(f"--plot: cannot create the directory {directory!r}: {exc}") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise _CLIError(f"--plot: cannot write into the directory {directory!r}")
+
+
+def _write_plots(directory: str, model, history, X_test, y_test) -> list[str]:
+    """Draw the four pictures of ``--plot`` into ``directory``; return the paths written."""
+    import os
+
+    from fastcnn import plotting
+
+    paths = {
+        name: os.path.join(directory, f"{name}.png")
+        for name in ("history", "filters", "feature_maps", "confusion")
+    }
+    try:
+        if history.epoch:  # an interrupted run may have no complete epoch to draw
+            plotting.plot_history(history, validation_label="test", path=paths["history"])
+        else:
+            del paths["history"]
+        plotting.plot_filters(model, path=paths["filters"])
+        plotting.plot_feature_maps(model, X_test[0], path=paths["feature_maps"])
+        plotting.plot_confusion(model, X_test, y_test, path=paths["confusion"])
+    except OSError as exc:
+        raise _CLIError(f"could not write the plots into {directory!r}: {exc}") from None
+    return list(paths.values())
 
 
 # ---------------------------------------------------------------------------------------

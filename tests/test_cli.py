@@ -158,3 +158,76 @@ def test_python_m_fastcnn_bad_option():
     assert result.returncode == 2
     assert "--epochs: must be >= 1, got -1" in result.stderr
     assert result.stdout == ""
+
+
+# ---------------------------------------------------------------------------------------
+# --plot DIR
+
+
+def test_train_plot_writes_four_pngs_without_changing_the_result(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib", reason="--plot needs matplotlib")
+    from fastcnn import plotting
+
+    histories = []
+    draw_history = plotting.plot_history
+
+    def spy(history, **kwargs):
+        histories.append((history, kwargs))
+        return draw_history(history, **kwargs)
+
+    monkeypatch.setattr(plotting, "plot_history", spy)
+    assert cli.main(TINY) == 0
+    plain = capsys.readouterr().out
+    directory = tmp_path / "plots" / "run 1"  # missing parents are created
+    assert cli.main([*TINY, "--plot", str(directory)]) == 0
+    out = capsys.readouterr().out
+
+    names = ["history", "filters", "feature_maps", "confusion"]
+    paths = [directory / f"{name}.png" for name in names]
+    assert sorted(directory.iterdir()) == sorted(paths)
+    for path in paths:
+        assert path.stat().st_size > 1000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "plots (" in out and ", ".join(map(str, paths)) in out
+
+    def accuracy_line(text):
+        return next(line for line in text.splitlines() if line.startswith("test accuracy"))
+
+    assert accuracy_line(out) == accuracy_line(plain)  # evaluating the test set changes nothing
+    # The learning curves carry the test split's scores, labelled as such.
+    ((history, kwargs),) = histories
+    assert kwargs["validation_label"] == "test"
+    correct, total = accuracy_line(out).split("(")[1].split(")")[0].split("/")
+    assert history.history["val_accuracy"] == [pytest.approx(int(correct) / int(total))]
+
+
+def test_train_plot_to_a_file_fails_before_training(tmp_path, capsys):
+    target = tmp_path / "taken.png"
+    target.write_bytes(b"")
+    assert cli.main([*TINY, "--plot", str(target)]) == 1
+    captured = capsys.readouterr()
+    assert f"fastcnn train: error: --plot: {str(target)!r} exists and is not a directory" in (
+        captured.err
+    )
+    assert captured.out == ""  # not even the data summary: nothing was trained
+    assert cli.main([*TINY, "--plot", str(target / "below")]) == 1
+    assert "--plot: cannot create the directory" in capsys.readouterr().err
+
+
+def test_train_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    directory = tmp_path / "plots"
+    assert cli.main([*TINY, "--plot", str(directory)]) == 1
+    captured = capsys.readouterr()
+    assert "fastcnn train: error: --plot: fastcnn.plotting needs matplotlib: pip install " in (
+        captured.err
+    )
+    assert "'fastcnn[plot]'" in captured.err
+    assert captured.out == "" and not directory.exists()
+
+
+def test_train_help_documents_plot(capsys):
+    assert cli.main(["train", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--plot DIR" in out and "history.png" in out and "confusion.png" in out
+    assert "test split is also evaluated after every epoch" in out
