@@ -75,6 +75,7 @@ __all__ = [
     "losses",
     "models",
     "optim",
+    "plotting",
     "set_backend",
     "set_num_threads",
     "show_config",

@@ -185,6 +185,7 @@ def test_sdist_ships_sources_and_no_generated_files():
         "fastcnn/py.typed",
         "fastcnn/_kernels/_blas.pxd",
         "tests/conftest.py",
+        "examples/quickstart_digits.py",  # tests/test_examples.py runs them
     }
     assert not required - names, f"missing from the sdist: {sorted(required - names)}"
     sources = _stems(re.compile(r"fastcnn/_kernels/(_\w+)\.pyx"), names)
