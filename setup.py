@@ -16,7 +16,7 @@ import numpy as np
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-KERNELS = ["_conv", "_linear", "_pool", "_openmp"]
+KERNELS = ["_activation", "_conv", "_linear", "_pool", "_openmp"]
 
 
 def _flag(name: str) -> bool:

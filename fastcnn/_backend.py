@@ -47,7 +47,7 @@ def _short_openmp_spin() -> Iterator[None]:
 def _import_compiled() -> tuple[types.SimpleNamespace | None, str | None]:
     try:
         with _short_openmp_spin():
-            from fastcnn._kernels import _conv, _linear, _openmp, _pool
+            from fastcnn._kernels import _activation, _conv, _linear, _openmp, _pool
     except Exception as exc:  # any failure (missing .so, ABI mismatch) means: fall back
         return None, f"{type(exc).__name__}: {exc}"
     namespace = types.SimpleNamespace(
@@ -60,6 +60,12 @@ def _import_compiled() -> tuple[types.SimpleNamespace | None, str | None]:
         max_pool2d_backward=_pool.max_pool2d_backward,
         avg_pool2d_forward=_pool.avg_pool2d_forward,
         avg_pool2d_backward=_pool.avg_pool2d_backward,
+        relu_forward=_activation.relu_forward,
+        relu_backward=_activation.relu_backward,
+        tanh_forward=_activation.tanh_forward,
+        tanh_backward=_activation.tanh_backward,
+        sigmoid_forward=_activation.sigmoid_forward,
+        sigmoid_backward=_activation.sigmoid_backward,
         openmp=_openmp,
     )
     return namespace, None

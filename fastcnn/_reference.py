@@ -36,6 +36,14 @@ __all__ = [
     "max_pool2d_backward",
     "avg_pool2d_forward",
     "avg_pool2d_backward",
+    "linear_forward",
+    "linear_backward",
+    "relu_forward",
+    "relu_backward",
+    "tanh_forward",
+    "tanh_backward",
+    "sigmoid_forward",
+    "sigmoid_backward",
 ]
 
 FloatArray = NDArray[np.floating]
@@ -569,3 +577,42 @@ def linear_backward(
         np.matmul(grad_out.T, x, out=grad_weight)
     if grad_bias is not None:
         np.sum(grad_out, axis=0, out=grad_bias)
+
+
+# ---------------------------------------------------------------------------------------
+# Element-wise activations (flat, C-contiguous buffers)
+
+
+def relu_forward(x: np.ndarray, out: np.ndarray, n_threads: int) -> None:
+    """``out = max(x, 0)``; NaN propagates."""
+    np.maximum(x, 0, out=out)
+
+
+def relu_backward(grad_out: np.ndarray, y: np.ndarray, grad_x: np.ndarray, n_threads: int) -> None:
+    """``grad_x = 0 where y <= 0, else grad_out`` (a select, so NaN stops at inactive units)."""
+    np.copyto(grad_x, np.where(y <= 0, 0, grad_out))
+
+
+def tanh_forward(x: np.ndarray, out: np.ndarray, n_threads: int) -> None:
+    """``out = tanh(x)``."""
+    np.tanh(x, out=out)
+
+
+def tanh_backward(grad_out: np.ndarray, y: np.ndarray, grad_x: np.ndarray, n_threads: int) -> None:
+    """``grad_x = grad_out * (1 - y**2)`` with ``y = tanh(x)``."""
+    np.multiply(grad_out, 1 - y * y, out=grad_x)
+
+
+def sigmoid_forward(x: np.ndarray, out: np.ndarray, n_threads: int) -> None:
+    """``out = 0.5 * tanh(x / 2) + 0.5``: the logistic function, with no overflow."""
+    np.multiply(x, 0.5, out=out)
+    np.tanh(out, out=out)
+    out *= 0.5
+    out += 0.5
+
+
+def sigmoid_backward(
+    grad_out: np.ndarray, y: np.ndarray, grad_x: np.ndarray, n_threads: int
+) -> None:
+    """``grad_x = grad_out * y * (1 - y)`` with ``y = sigmoid(x)``."""
+    np.multiply(grad_out, y * (1 - y), out=grad_x)

@@ -876,14 +876,12 @@ class ReLU(Layer):
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self._check_input(x)
-        y = np.maximum(x, 0)
+        y = F.relu(x)
         self._cache["y"] = y
         return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        # A select, not a product with the 0/1 mask, as PyTorch: a NaN gradient stops at
-        # an inactive unit, and the gradient passes where the output itself is NaN.
-        return np.where(self._saved("y") <= 0, 0, grad_out)
+        return F.relu_backward(grad_out, self._saved("y"))
 
 
 class LeakyReLU(Layer):
@@ -922,13 +920,12 @@ class Tanh(Layer):
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self._check_input(x)
-        y = np.tanh(x)
+        y = F.tanh(x)
         self._cache["y"] = y
         return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        y = self._saved("y")
-        return grad_out * (1 - y * y)
+        return F.tanh_backward(grad_out, self._saved("y"))
 
 
 class Sigmoid(Layer):
@@ -936,16 +933,12 @@ class Sigmoid(Layer):
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self._check_input(x)
-        # The tanh form never overflows, unlike exp(-x) for very negative x.
-        y = np.tanh(x * 0.5)
-        y *= 0.5
-        y += 0.5
+        y = F.sigmoid(x)
         self._cache["y"] = y
         return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        y = self._saved("y")
-        return grad_out * (y * (1 - y))
+        return F.sigmoid_backward(grad_out, self._saved("y"))
 
 
 class Flatten(Layer):

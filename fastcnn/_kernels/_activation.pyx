@@ -1,0 +1,161 @@
+"""Compiled element-wise activations, forward and backward: ReLU, tanh, sigmoid.
+
+Design
+------
+Every function works on flat, C-contiguous buffers: the caller passes ``x.reshape(-1)``.
+The array is cut into one contiguous block per thread; below ``MIN_PARALLEL`` elements
+one thread does it all, since waking a team costs more than the work. The loops are
+simple enough for the C compiler to vectorize. numpy's float32 tanh is slow (it was the
+most expensive part of a LeNet-5 training step), so float32 tanh runs on the
+branch-free, runtime-dispatched AVX-512/AVX2 version in ``activation.h``. float64 tanh
+and sigmoid use numpy's own (SIMD) tanh, on one thread: libm's ``tanh`` is over ten times
+slower, too slow even split over threads.
+
+The formulas are the numpy backend's, so both backends agree on special values: NaN
+propagates through every forward; ReLU's gradient is a select (0 where the output is
+<= 0, the incoming gradient elsewhere, as PyTorch); sigmoid is computed as
+``0.5 * tanh(x / 2) + 0.5``, which never overflows.
+"""
+
+import numpy as np
+
+from cython cimport floating
+from cython.parallel cimport prange
+
+cdef extern from "activation.h":
+    void fastcnn_tanhf_array(const float* x, float* y, Py_ssize_t n) noexcept nogil
+
+cdef enum:
+    MIN_PARALLEL = 1 << 15
+
+
+cdef inline int team_size(Py_ssize_t n, int n_threads) noexcept nogil:
+    if n < MIN_PARALLEL:
+        return 1
+    return n_threads
+
+
+
+
+cdef enum Op:
+    RELU
+    TANH
+    SIGMOID
+
+cdef enum:
+    SIGMOID_BLOCK = 256  # stack scratch for x / 2, so tanh never runs in place
+
+
+cdef void forward_block(Op op, const floating* x, floating* y, Py_ssize_t n) noexcept nogil:
+    # float64 tanh and sigmoid never get here (see the module docstring).
+    cdef Py_ssize_t i, j, m
+    cdef float half[SIGMOID_BLOCK]
+    if op == RELU:
+        for i in range(n):
+            # NaN > 0 is false; the second test keeps NaN, as np.maximum does.
+            y[i] = x[i] if (x[i] > 0 or x[i] != x[i]) else 0
+    elif floating is float:
+        if op == TANH:
+            fastcnn_tanhf_array(x, y, n)
+        else:
+            # In place, the vectorized tanh would take its scalar path (GCC's alias check).
+            j = 0
+            while j < n:
+                m = n - j if n - j < SIGMOID_BLOCK else SIGMOID_BLOCK
+                for i in range(m):
+                    half[i] = x[j + i] * 0.5
+                fastcnn_tanhf_array(half, y + j, m)
+                for i in range(m):
+                    y[j + i] = y[j + i] * 0.5 + 0.5
+                j += m
+
+
+cdef void backward_block(Op op, const floating* g, const floating* y, floating* gx,
+                         Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    if op == RELU:
+        for i in range(n):
+            gx[i] = 0 if y[i] <= 0 else g[i]
+    elif op == TANH:
+        for i in range(n):
+            gx[i] = g[i] * (1 - y[i] * y[i])
+    else:
+        for i in range(n):
+            gx[i] = g[i] * (y[i] * (1 - y[i]))
+
+
+cdef void run_forward(Op op, const floating* x, floating* y, Py_ssize_t n,
+                      int n_threads) noexcept nogil:
+    # One contiguous block per thread.
+    cdef int threads = team_size(n, n_threads)
+    cdef Py_ssize_t block = (n + threads - 1) // threads, t, lo, hi
+    for t in prange(threads, num_threads=threads, schedule="static"):
+        lo = t * block
+        hi = n if n < lo + block else lo + block
+        if lo < hi:
+            forward_block(op, x + lo, y + lo, hi - lo)
+
+
+cdef void run_backward(Op op, const floating* g, const floating* y, floating* gx,
+                       Py_ssize_t n, int n_threads) noexcept nogil:
+    cdef int threads = team_size(n, n_threads)
+    cdef Py_ssize_t block = (n + threads - 1) // threads, t, lo, hi
+    for t in prange(threads, num_threads=threads, schedule="static"):
+        lo = t * block
+        hi = n if n < lo + block else lo + block
+        if lo < hi:
+            backward_block(op, g + lo, y + lo, gx + lo, hi - lo)
+
+
+def relu_forward(const floating[::1] x, floating[::1] out, int n_threads):
+    """See BACKEND_API.md. Writes every element of ``out``."""
+    if x.shape[0]:
+        with nogil:
+            run_forward(RELU, &x[0], &out[0], x.shape[0], n_threads)
+
+
+def relu_backward(const floating[::1] grad_out, const floating[::1] y,
+                  floating[::1] grad_x, int n_threads):
+    """See BACKEND_API.md. Writes every element of ``grad_x``."""
+    if y.shape[0]:
+        with nogil:
+            run_backward(RELU, &grad_out[0], &y[0], &grad_x[0], y.shape[0], n_threads)
+
+
+def tanh_forward(const floating[::1] x, floating[::1] out, int n_threads):
+    """See BACKEND_API.md. Writes every element of ``out``."""
+    if floating is double:
+        np.tanh(x, out=np.asarray(out))
+    elif x.shape[0]:
+        with nogil:
+            run_forward(TANH, &x[0], &out[0], x.shape[0], n_threads)
+
+
+def tanh_backward(const floating[::1] grad_out, const floating[::1] y,
+                  floating[::1] grad_x, int n_threads):
+    """See BACKEND_API.md. Writes every element of ``grad_x``."""
+    if y.shape[0]:
+        with nogil:
+            run_backward(TANH, &grad_out[0], &y[0], &grad_x[0], y.shape[0], n_threads)
+
+
+def sigmoid_forward(const floating[::1] x, floating[::1] out, int n_threads):
+    """See BACKEND_API.md. Writes every element of ``out``."""
+    cdef object y
+    if floating is double:
+        y = np.asarray(out)
+        np.multiply(x, 0.5, out=y)
+        np.tanh(y, out=y)
+        y *= 0.5
+        y += 0.5
+    elif x.shape[0]:
+        with nogil:
+            run_forward(SIGMOID, &x[0], &out[0], x.shape[0], n_threads)
+
+
+def sigmoid_backward(const floating[::1] grad_out, const floating[::1] y,
+                     floating[::1] grad_x, int n_threads):
+    """See BACKEND_API.md. Writes every element of ``grad_x``."""
+    if y.shape[0]:
+        with nogil:
+            run_backward(SIGMOID, &grad_out[0], &y[0], &grad_x[0], y.shape[0], n_threads)
