@@ -40,6 +40,7 @@ _LAZY = {
     "datasets": ("fastcnn.datasets", None),
     "estimator": ("fastcnn.estimator", None),
     "plotting": ("fastcnn.plotting", None),
+    "empty_cache": ("fastcnn._buffers", "empty_cache"),
 }
 
 
@@ -67,6 +68,7 @@ __all__ = [
     "available_backends",
     "backend_import_error",
     "datasets",
+    "empty_cache",
     "functional",
     "get_backend",
     "get_num_threads",

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fastcnn import _backend, _threads
+from fastcnn import _backend, _buffers, _threads
 from fastcnn._validation import (
     MAX_BLAS_DIM,
     as_float_array,
@@ -184,7 +184,7 @@ def conv2d(
                 f"{conv.weight.shape}, got {bias.shape}"
             )
         bias = contiguous(bias)
-    out = np.empty(conv.out_shape, dtype=conv.x.dtype)
+    out = _buffers.empty(conv.out_shape, dtype=conv.x.dtype)
     if out.size == 0:
         return out
     _backend.current().conv2d_forward(
@@ -230,9 +230,9 @@ def conv2d_backward(
             f"{np.shape(x)} and weight {conv.weight.shape}, got {grad_out.shape}"
         )
     dtype = conv.x.dtype
-    grad_x = np.empty(conv.x.shape, dtype=dtype) if needs_input_grad else None
-    grad_weight = np.empty(conv.weight.shape, dtype=dtype)
-    grad_bias = np.empty(conv.out_shape[1], dtype=dtype)
+    grad_x = _buffers.empty(conv.x.shape, dtype=dtype) if needs_input_grad else None
+    grad_weight = _buffers.empty(conv.weight.shape, dtype=dtype)
+    grad_bias = _buffers.empty(conv.out_shape[1], dtype=dtype)
     if grad_out.size == 0:
         _zero(grad_x, grad_weight, grad_bias)
     else:
@@ -289,7 +289,7 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) ->
                 f"got {bias.shape}"
             )
         bias = contiguous(bias)
-    out = np.empty((x.shape[0], weight.shape[0]), dtype=x.dtype)
+    out = _buffers.empty((x.shape[0], weight.shape[0]), dtype=x.dtype)
     if out.size:
         _backend.current().linear_forward(x, weight, bias, out, _threads.get_num_threads())
     return out
@@ -321,9 +321,9 @@ def linear_backward(
     if grad_out.shape != expected:
         raise ValueError(f"grad_out must have shape {expected}, got {grad_out.shape}")
     dtype = x.dtype
-    grad_x = np.empty(x.shape, dtype=dtype) if needs_input_grad else None
-    grad_weight = np.empty(weight.shape, dtype=dtype)
-    grad_bias = np.empty(weight.shape[0], dtype=dtype)
+    grad_x = _buffers.empty(x.shape, dtype=dtype) if needs_input_grad else None
+    grad_weight = _buffers.empty(weight.shape, dtype=dtype)
+    grad_bias = _buffers.empty(weight.shape[0], dtype=dtype)
     if grad_out.size == 0:
         _zero(grad_x, grad_weight, grad_bias)
     else:
@@ -447,8 +447,8 @@ def max_pool2d(
     """
     x = as_float_array(x, "x", 4)
     pool = _check_pool(x.shape, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d")
-    out = np.empty(pool.out_shape, dtype=x.dtype)
-    indices = np.empty(pool.out_shape, dtype=np.int64)
+    out = _buffers.empty(pool.out_shape, dtype=x.dtype)
+    indices = _buffers.empty(pool.out_shape, dtype=np.int64)
     if out.size:
         _backend.current().max_pool2d_forward(
             contiguous(x), out, indices, *pool.kernel, *pool.stride, *pool.pad,
@@ -488,7 +488,7 @@ def max_pool2d_backward(
         raise ValueError(f"grad_out {grad_out.shape} and input_shape {shape} disagree on (N, C)")
     if grad_out.size == 0:
         return np.zeros(shape, dtype=grad_out.dtype)
-    grad_x = np.empty(shape, dtype=grad_out.dtype)  # the kernel zeroes each plane it fills
+    grad_x = _buffers.empty(shape, dtype=grad_out.dtype)  # the kernel zeroes each plane it fills
     plane = shape[2] * shape[3]
     low, high = indices.min(), indices.max()
     if low < 0 or high >= plane:
@@ -561,7 +561,7 @@ def avg_pool2d(
     pool, args = _check_avg(
         x.shape, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
     )
-    out = np.empty(pool.out_shape, dtype=x.dtype)
+    out = _buffers.empty(pool.out_shape, dtype=x.dtype)
     if out.size:
         _backend.current().avg_pool2d_forward(
             contiguous(x), out, *args, _threads.get_num_threads()
@@ -603,7 +603,7 @@ def avg_pool2d_backward(
             f"grad_out must have the avg_pool2d output shape {pool.out_shape} for "
             f"input_shape {shape}, got {grad_out.shape}"
         )
-    grad_x = np.empty(shape, dtype=grad_out.dtype)
+    grad_x = _buffers.empty(shape, dtype=grad_out.dtype)
     if grad_out.size == 0:
         grad_x.fill(0)
         return grad_x
@@ -619,7 +619,7 @@ def avg_pool2d_backward(
 
 def _activation(kernel: str, x) -> np.ndarray:
     x = as_float_array(x, "x")
-    out = np.empty(x.shape, dtype=x.dtype)
+    out = _buffers.empty(x.shape, dtype=x.dtype)
     getattr(_backend.current(), kernel)(
         contiguous(x).reshape(-1), out.reshape(-1), _threads.get_num_threads()
     )
@@ -632,7 +632,7 @@ def _activation_backward(kernel: str, grad_out, y) -> np.ndarray:
     same_dtype(y, grad_out, "y", "grad_out")
     if grad_out.shape != y.shape:
         raise ValueError(f"grad_out must have the shape of y {y.shape}, got {grad_out.shape}")
-    grad_x = np.empty(y.shape, dtype=y.dtype)
+    grad_x = _buffers.empty(y.shape, dtype=y.dtype)
     getattr(_backend.current(), kernel)(
         contiguous(grad_out).reshape(-1), contiguous(y).reshape(-1), grad_x.reshape(-1),
         _threads.get_num_threads(),
