@@ -1086,9 +1086,17 @@ def _memory_worker(kind: str, threads: int, steps: int) -> dict[str, Any]:
         else:
             fastcnn.set_backend("cython" if kind == "fastcnn" else "numpy")
             step = _fastcnn_train_step(model, x, y)
+        # The first step also pays each library's one-time set-up (fastcnn loads scipy's
+        # BLAS and starts its thread team there, PyTorch its allocator pools): recorded
+        # apart, as the cold step, so the steady-state figure is the step's own memory.
+        gc.collect()
+        cold_baseline = _proc_status_kb("VmRSS")
+        resettable = _reset_peak_rss()
+        step()
+        cold_peak = _proc_status_kb("VmHWM")
         gc.collect()
         baseline = _proc_status_kb("VmRSS")
-        resettable = _reset_peak_rss()
+        resettable = _reset_peak_rss() and resettable
         for _ in range(steps):
             step()
         peak = _proc_status_kb("VmHWM")
@@ -1098,6 +1106,7 @@ def _memory_worker(kind: str, threads: int, steps: int) -> dict[str, Any]:
                 baseline_rss_mb=baseline / 1024,
                 peak_rss_mb=peak / 1024,
                 rss_delta_mb=(peak - baseline) / 1024,
+                cold_step_rss_delta_mb=(cold_peak - cold_baseline) / 1024,
                 peak_reset=resettable,
             )
         if kind != "torch":
@@ -1169,10 +1178,11 @@ def _run_memory(ctx: _Context) -> dict[str, Any]:
         "case": "lenet5_memory", "group": "memory", "label": "lenet5",
         "pass": f"train b{LENET_TRAIN_BATCH} peak memory",
         "method": (
-            "peak RSS (VmHWM, reset after set-up) during the first "
-            f"{ctx.settings.memory_steps} training steps minus RSS before the first step, "
-            "in a fresh interpreter per implementation; tracemalloc peak over up to 3 "
-            "further steps for the numpy-side implementations"
+            "in a fresh interpreter per implementation, after one warm-up step (the cold "
+            "step, one-time library set-up included, is reported apart): peak RSS (VmHWM, "
+            f"reset after the warm-up) during {ctx.settings.memory_steps} training steps "
+            "minus RSS before them; tracemalloc peak over up to 3 further steps for the "
+            "numpy-side implementations"
         ),
         "impls": {},
     }  # fmt: skip
@@ -1349,6 +1359,8 @@ def _machine_info(torch, threads: int) -> dict[str, Any]:
         "platform": platform.platform(),
         "threads": threads,
         "versions": versions,
+        # A stale install shadows a checkout: say which fastcnn was measured.
+        "fastcnn_path": os.path.dirname(fastcnn.__file__),
         "env": {key: os.environ[key] for key in _ENV_KEYS if key in os.environ},
         "fastcnn_config": _info.config(),
     }
@@ -1554,10 +1566,13 @@ def _tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
             rows.append([
                 IMPL_LABELS[impl],
                 f"{r['rss_delta_mb']:.1f}" if "rss_delta_mb" in r else r.get("status", "-"),
+                f"{r['cold_step_rss_delta_mb']:.1f}" if "cold_step_rss_delta_mb" in r else "-",
                 f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else "-",
                 f"{r['tracemalloc_peak_mb']:.1f}" if "tracemalloc_peak_mb" in r else "-",
             ])  # fmt: skip
-        header = ["implementation", "RSS delta MB", "peak RSS MB", "tracemalloc MB"]
+        header = [
+            "implementation", "RSS delta MB", "first step MB", "peak RSS MB", "tracemalloc MB",
+        ]  # fmt: skip
         tables.append(("LeNet-5 training-step memory (fresh interpreter each)", header, rows))
     targets = results.get("targets", [])
     if targets:
@@ -1608,7 +1623,8 @@ def _header_lines(results: dict[str, Any]) -> list[str]:
         f"{m['platform']}",
         f"threads: {results['settings']['threads']} (fastcnn, BLAS via threadpoolctl, torch)",
         f"versions: python {v['python']}, numpy {v['numpy']}, scipy {v['scipy']}, "
-        f"fastcnn {v['fastcnn']}, torch {v['torch'] or 'not used'}",
+        f"fastcnn {v['fastcnn']} ({m.get('fastcnn_path', '?')}), "
+        f"torch {v['torch'] or 'not used'}",
         f"BLAS: {blas or 'unknown'}; env: {env}",
     ]
     if mm.get("reference_gflops"):
