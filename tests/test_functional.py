@@ -232,6 +232,50 @@ def test_conv2d_backward_compiled_matches_reference(x_shape, w_shape, kwargs, dt
         assert_close(g, r, dtype)
 
 
+# Shapes that send the float32 weight gradient down each of the compiled backend's
+# kernels on a CPU with AVX2/AVX-512 (a CPU without them always takes BLAS).
+WEIGHT_GRAD_PATH_CASES = [
+    ("lanes", (5, 6, 14, 14), (16, 6, 5, 5), {}),  # LeNet C3: junk columns of wide rows
+    ("lanes", (3, 6, 9, 11), (32, 3, 3, 4), {"padding": (1, 2), "groups": 2}),
+    ("lanes", (2, 6, 12, 12), (12, 6, 3, 3), {"dilation": (2, 3), "padding": 1}),
+    ("wide", (3, 16, 12, 12), (8, 16, 3, 3), {"padding": 1}),  # 8 channels: half a vector
+    ("blas", (3, 1, 12, 12), (16, 1, 3, 3), {"padding": 1}),  # 9 taps: too few to block
+]
+
+
+@needs_compiled
+@pytest.mark.parametrize(("path", "x_shape", "w_shape", "kwargs"), WEIGHT_GRAD_PATH_CASES)
+def test_conv2d_weight_grad_paths(path, x_shape, w_shape, kwargs, rng):
+    from fastcnn._kernels import _conv
+
+    if _conv.direct_simd() == "none":
+        pytest.skip("no AVX2/AVX-512 direct kernels on this CPU: every path is BLAS")
+    pad = kwargs.get("padding", 0)
+    pad_h, pad_w = (pad, pad) if isinstance(pad, int) else pad
+    dil = kwargs.get("dilation", 1)
+    dil_h, dil_w = (dil, dil) if isinstance(dil, int) else dil
+    c_out, _, kh, kw = w_shape
+    assert path == _conv._weight_grad_path(
+        x_shape[1], *x_shape[2:], c_out, kh, kw, pad_h, pad_w, dil_h, dil_w,
+        kwargs.get("groups", 1),
+    )  # fmt: skip
+    x, w, _ = _conv_inputs(rng, x_shape, w_shape, np.float32)
+    grad_out = rng.standard_normal(conv_expected_shape(x_shape, w_shape, **kwargs))
+    grad_out = grad_out.astype(np.float32)
+    with fastcnn.use_backend("numpy"):
+        ref = F.conv2d_backward(grad_out, x, w, **kwargs)
+    before = fastcnn.get_num_threads()
+    try:
+        for threads in (1, 2, 3):  # per-thread partial sums, each thread count
+            fastcnn.set_num_threads(threads)
+            with fastcnn.use_backend("cython"):
+                got = F.conv2d_backward(grad_out, x, w, **kwargs)
+            for g, r in zip(got, ref, strict=True):
+                assert_close(g, r, np.float32)
+    finally:
+        fastcnn.set_num_threads(before)
+
+
 # ---------------------------------------------------------------------------------------
 # Convolution: gradients against central differences (float64, both backends)
 

@@ -32,3 +32,16 @@ def conv2d_backward(
     n_threads: int,
 ) -> None: ...
 def direct_simd() -> str: ...
+def _weight_grad_path(
+    c_in: int,
+    h: int,
+    w: int,
+    c_out: int,
+    kh: int,
+    kw: int,
+    pad_h: int,
+    pad_w: int,
+    dil_h: int,
+    dil_w: int,
+    groups: int,
+) -> str: ...

@@ -54,6 +54,11 @@ cdef extern from "direct_conv.h":
     void fastcnn_direct_conv(int level, Py_ssize_t cb, const float* xp, const Py_ssize_t* off,
                              Py_ssize_t k, const float* wpk, Py_ssize_t cog_pad, float* out,
                              Py_ssize_t ldo, Py_ssize_t q_pad) noexcept nogil
+    Py_ssize_t fastcnn_wgrad_t_lanes(int level) noexcept nogil
+    Py_ssize_t fastcnn_wgrad_t_taps(int level) noexcept nogil
+    void fastcnn_wgrad_t(int level, const float* x, const Py_ssize_t* off, Py_ssize_t k_pad,
+                         const float* dyt, const Py_ssize_t* pos, Py_ssize_t n_pos,
+                         Py_ssize_t cog_pad, float* dwt) noexcept nogil
     Py_ssize_t fastcnn_wgrad_co_block(int level) noexcept nogil
     Py_ssize_t fastcnn_wgrad_tap_block(int level) noexcept nogil
     void fastcnn_wgrad(int level, const float* xp, Py_ssize_t xp_stride, const Py_ssize_t* off,
@@ -651,6 +656,96 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
     return 0
 
 
+cdef bint lanes_wgrad_pays(const Geometry* g) noexcept nogil:
+    # Multiply-adds by register block: the lanes kernel pads the output channels to the
+    # vector width but visits only real outputs; the wide-layout kernel pads channels to 4
+    # and taps to 6 but also visits the junk columns (kw - 1 of every wp on LeNet's C3:
+    # 37%). The lanes kernel must save a fifth to be chosen.
+    cdef int level = fastcnn_direct_level()
+    cdef Py_ssize_t lanes = fastcnn_wgrad_t_lanes(level), rb = fastcnn_wgrad_t_taps(level)
+    cdef Py_ssize_t cb = fastcnn_wgrad_co_block(level), wrb = fastcnn_wgrad_tap_block(level)
+    cdef Py_ssize_t tb = fastcnn_direct_t_block(level)
+    cdef Py_ssize_t lanes_cost = (((g.cog + lanes - 1) // lanes * lanes)
+                                  * ((g.k + rb - 1) // rb * rb) * g.p)
+    cdef Py_ssize_t wide_cost = (((g.cog + cb - 1) // cb * cb) * ((g.k + wrb - 1) // wrb * wrb)
+                                 * ((g.q + tb - 1) // tb * tb))
+    return 5 * lanes_cost < 4 * wide_cost
+
+
+cdef int weight_grad_lanes(const float* x, const float* grad_out, float* grad_weight,
+                           Py_ssize_t n_batch, int n_threads, const Geometry* g) except -1:
+    # The weight gradient with output channels across the vector lanes (direct_conv.h):
+    # per sample and group, the padded input plane and the output gradient transposed to
+    # (position, channel); per-thread partials (taps x channels) summed in thread order.
+    cdef int level = fastcnn_direct_level()
+    cdef Py_ssize_t lanes = fastcnn_wgrad_t_lanes(level), rb = fastcnn_wgrad_t_taps(level)
+    cdef Py_ssize_t cog_pad = (g.cog + lanes - 1) // lanes * lanes
+    cdef Py_ssize_t k_pad = (g.k + rb - 1) // rb * rb
+    cdef Py_ssize_t n_dyt = g.p * cog_pad, n_dw = g.groups * k_pad * cog_pad
+    cdef Py_ssize_t per_thread = g.plane + n_dyt + n_dw
+    cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
+    cdef int threads = batch_threads(n_batch, n_threads, g)
+    cdef Py_ssize_t c, i, j, r, t, n, grp, co, oh, ow
+    cdef Py_ssize_t* off = <Py_ssize_t*> malloc(k_pad * sizeof(Py_ssize_t))
+    cdef Py_ssize_t* pos = <Py_ssize_t*> malloc(max(g.p, 1) * sizeof(Py_ssize_t))
+    # calloc: the channels past cog of the transposed gradient are never written (zero),
+    # and the partials start at zero
+    cdef float* scratch = <float*> calloc(
+        scratch_elements(threads, per_thread, sizeof(float)), sizeof(float))
+    cdef float* base
+    cdef float* dyt
+    cdef const float* src
+    cdef float* dw
+    try:
+        if off == NULL or pos == NULL or scratch == NULL:
+            raise MemoryError(f"conv2d_backward: cannot allocate {threads} x {per_thread} scratch")
+        for c in range(g.cg):
+            for i in range(g.kh):
+                for j in range(g.kw):
+                    off[(c * g.kh + i) * g.kw + j] = (c * g.hp + i * g.dh) * g.wp + j * g.dw
+        for r in range(g.k, k_pad):
+            off[r] = off[g.k - 1]  # padding taps read valid memory; their sums are dropped
+        for oh in range(g.h_out):
+            for ow in range(g.w_out):
+                pos[oh * g.w_out + ow] = oh * g.sh * g.wp + ow * g.sw
+        with nogil:
+            for n in prange(n_batch, num_threads=threads, schedule="static"):
+                base = scratch + threadid() * per_thread
+                dyt = base + g.plane
+                for grp in range(g.groups):
+                    pad_plane(x + n * x_stride + grp * g.cg * g.h * g.w, g, base)
+                    for co in range(g.cog):
+                        src = grad_out + n * out_stride + (grp * g.cog + co) * g.p
+                        for t in range(g.p):
+                            dyt[t * cog_pad + co] = src[t]
+                    fastcnn_wgrad_t(level, base, off, k_pad, dyt, pos, g.p, cog_pad,
+                                    dyt + n_dyt + grp * k_pad * cog_pad)
+            for grp in range(g.groups):
+                for co in range(g.cog):
+                    for r in range(g.k):
+                        dw = scratch + g.plane + n_dyt + (grp * k_pad + r) * cog_pad + co
+                        grad_weight[(grp * g.cog + co) * g.k + r] = dw[0]
+                        for t in range(1, threads):
+                            grad_weight[(grp * g.cog + co) * g.k + r] += dw[t * per_thread]
+    finally:
+        free(off)
+        free(pos)
+        free(scratch)
+    return 0
+
+
+def _weight_grad_path(c_in, h, w, c_out, kh, kw, pad_h, pad_w, dil_h, dil_w,
+                      groups) -> str:
+    """The kernel a stride-1 float32 weight gradient of this shape takes (for tests):
+    'lanes', 'wide' (the wide-layout direct kernel) or 'blas'."""
+    cdef Geometry g = make_geometry(
+        c_in, h, w, c_out, kh, kw, h + 2 * pad_h - dil_h * (kh - 1),
+        w + 2 * pad_w - dil_w * (kw - 1), 1, 1, pad_h, pad_w, dil_h, dil_w, groups)
+    if not (direct_pays(&g) and g.k >= 4 * fastcnn_wgrad_tap_block(fastcnn_direct_level())):
+        return "blas"
+    return "lanes" if lanes_wgrad_pays(&g) else "wide"
+
+
 def direct_simd() -> str:
     """Instruction set of the direct float32 kernels in use: 'avx512', 'avx2' or 'none'."""
     return {2: "avx512", 1: "avx2"}.get(fastcnn_direct_level(), "none")
@@ -752,8 +847,12 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
         # With few taps (3x3 on one channel) padding the tap blocks wastes more than the
         # direct kernel saves; BLAS does those better.
         if want_w and direct_pays(&g) and g.k >= 4 * fastcnn_wgrad_tap_block(fastcnn_direct_level()):
-            weight_grad_direct(x_ptr, &grad_out[0, 0, 0, 0], &gw_view[0, 0, 0, 0],
-                               n_batch, n_threads, &g)
+            if lanes_wgrad_pays(&g):
+                weight_grad_lanes(x_ptr, &grad_out[0, 0, 0, 0], &gw_view[0, 0, 0, 0],
+                                  n_batch, n_threads, &g)
+            else:
+                weight_grad_direct(x_ptr, &grad_out[0, 0, 0, 0], &gw_view[0, 0, 0, 0],
+                                   n_batch, n_threads, &g)
             want_w = False
 
     cdef int threads = batch_threads(n_batch, n_threads, &g)

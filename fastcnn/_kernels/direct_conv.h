@@ -100,6 +100,55 @@ FASTCNN_DIRECT_KERNEL(fastcnn_direct_avx2, "avx2,fma", fastcnn_v8, 8, 2, 6)
 FASTCNN_DIRECT_WGRAD_KERNEL(fastcnn_wgrad_avx512, "avx512f", fastcnn_v16, 16, 4, 6)
 FASTCNN_DIRECT_WGRAD_KERNEL(fastcnn_wgrad_avx2, "avx2,fma", fastcnn_v8, 8, 2, 4)
 
+/* Weight gradient with the output channels across the vector lanes, for one sample:
+ *   dwt[r * cog_pad + co] += sum_t dyt[t * cog_pad + co] * x[off[r] + pos[t]]
+ * for r < k_pad (a multiple of RB), co < cog_pad (a multiple of LANES), t < n_pos.
+ * dyt is the sample's output gradient transposed to (position, channel) and x its padded
+ * input plane block; every x value is broadcast from memory, so the positions need not
+ * be contiguous: only real outputs are visited (no junk columns of the wide layout), at
+ * any stride. RB accumulators of LANES channels stay in registers over all positions;
+ * the taps' offsets are held in locals so they need not be reloaded per position.
+ */
+#define FASTCNN_WGRAD_T_KERNEL(NAME, TARGET, VEC, LANES, RB)                                \
+    __attribute__((target(TARGET))) static void NAME(                                      \
+        const float *x, const ptrdiff_t *off, ptrdiff_t k_pad, const float *dyt,           \
+        const ptrdiff_t *pos, ptrdiff_t n_pos, ptrdiff_t cog_pad, float *dwt)              \
+    {                                                                                       \
+        for (ptrdiff_t co0 = 0; co0 < cog_pad; co0 += LANES) {                              \
+            for (ptrdiff_t r0 = 0; r0 < k_pad; r0 += RB) {                                  \
+                VEC acc[RB];                                                                \
+                ptrdiff_t o[RB];                                                            \
+                for (int q = 0; q < RB; q++) {                                              \
+                    memcpy(&acc[q], dwt + (r0 + q) * cog_pad + co0, sizeof(VEC));           \
+                    o[q] = off[r0 + q];                                                     \
+                }                                                                           \
+                for (ptrdiff_t t = 0; t < n_pos; t++) {                                     \
+                    VEC d;                                                                  \
+                    memcpy(&d, dyt + t * cog_pad + co0, sizeof(VEC));                       \
+                    const float *xt = x + pos[t];                                           \
+                    for (int q = 0; q < RB; q++) acc[q] += d * ((VEC){0} + xt[o[q]]);       \
+                }                                                                           \
+                for (int q = 0; q < RB; q++)                                                \
+                    memcpy(dwt + (r0 + q) * cog_pad + co0, &acc[q], sizeof(VEC));           \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+FASTCNN_WGRAD_T_KERNEL(fastcnn_wgrad_t_avx512, "avx512f", fastcnn_v16, 16, 8)
+FASTCNN_WGRAD_T_KERNEL(fastcnn_wgrad_t_avx2, "avx2,fma", fastcnn_v8, 8, 8)
+
+/* Lanes (output channels per vector) and taps per block of the kernel above. */
+static ptrdiff_t fastcnn_wgrad_t_lanes(int level) { return level == 2 ? 16 : 8; }
+static ptrdiff_t fastcnn_wgrad_t_taps(int level) { (void)level; return 8; }
+
+static void fastcnn_wgrad_t(int level, const float *x, const ptrdiff_t *off, ptrdiff_t k_pad,
+                            const float *dyt, const ptrdiff_t *pos, ptrdiff_t n_pos,
+                            ptrdiff_t cog_pad, float *dwt)
+{
+    if (level == 2) fastcnn_wgrad_t_avx512(x, off, k_pad, dyt, pos, n_pos, cog_pad, dwt);
+    else fastcnn_wgrad_t_avx2(x, off, k_pad, dyt, pos, n_pos, cog_pad, dwt);
+}
+
 /* 2: AVX-512, 1: AVX2+FMA, 0: none (use im2col + BLAS). Set FASTCNN_DIRECT=0 in the
  * environment to force 0 (benchmarks compare both paths that way). */
 static int fastcnn_direct_level(void)
@@ -164,6 +213,15 @@ static void fastcnn_wgrad(int level, const float *xp, ptrdiff_t xp_stride, const
     (void)dy_stride; (void)cog_pad; (void)q_pad; (void)ns; (void)dw;
 }
 static ptrdiff_t fastcnn_direct_co_block(int level, ptrdiff_t cog) { (void)level; (void)cog; return 1; }
+static ptrdiff_t fastcnn_wgrad_t_lanes(int level) { (void)level; return 1; }
+static ptrdiff_t fastcnn_wgrad_t_taps(int level) { (void)level; return 1; }
+static void fastcnn_wgrad_t(int level, const float *x, const ptrdiff_t *off, ptrdiff_t k_pad,
+                            const float *dyt, const ptrdiff_t *pos, ptrdiff_t n_pos,
+                            ptrdiff_t cog_pad, float *dwt)
+{
+    (void)level; (void)x; (void)off; (void)k_pad; (void)dyt; (void)pos; (void)n_pos;
+    (void)cog_pad; (void)dwt;
+}
 static ptrdiff_t fastcnn_direct_t_block(int level) { (void)level; return 1; }
 static void fastcnn_direct_conv(int level, ptrdiff_t cb, const float *xp, const ptrdiff_t *off,
                                 ptrdiff_t k, const float *wpk, ptrdiff_t cog_pad, float *out,
