@@ -523,6 +523,19 @@ cdef bint direct_pays(const Geometry* g) noexcept nogil:
     return g.wide and level > 0 and 2 * g.cog >= fastcnn_direct_co_block(level, g.cog)
 
 
+cdef void tap_offsets(const Geometry* g, Py_ssize_t* off, Py_ssize_t k_pad) noexcept nogil:
+    # Offset of each kernel tap (c, i, j) in the padded plane block of one group; taps
+    # past k (padding a block) repeat the last, so they read valid memory (their results
+    # are dropped).
+    cdef Py_ssize_t c, i, j, r
+    for c in range(g.cg):
+        for i in range(g.kh):
+            for j in range(g.kw):
+                off[(c * g.kh + i) * g.kw + j] = (c * g.hp + i * g.dh) * g.wp + j * g.dw
+    for r in range(g.k, k_pad):
+        off[r] = off[g.k - 1]
+
+
 cdef int forward_direct(const float* x, const float* weight, const float* bias, float* out,
                        Py_ssize_t n_batch, int threads, const Geometry* g) except -1:
     # Pack the weights per group as [co_block][tap][co_in_block] (zero rows past cog),
@@ -533,7 +546,7 @@ cdef int forward_direct(const float* x, const float* weight, const float* bias, 
     cdef Py_ssize_t q_pad = (g.q + tb - 1) // tb * tb
     cdef Py_ssize_t n_xp = g.plane + tb  # reads run up to tb past the last valid column
     cdef Py_ssize_t per_thread = n_xp + cog_pad * q_pad
-    cdef Py_ssize_t grp, co, r, c, i, j, n
+    cdef Py_ssize_t grp, co, r, n
     cdef float* wpk = <float*> calloc(g.groups * cog_pad * g.k, sizeof(float))
     cdef Py_ssize_t* off = <Py_ssize_t*> malloc(g.k * sizeof(Py_ssize_t))
     cdef float* scratch = <float*> calloc(
@@ -547,10 +560,7 @@ cdef int forward_direct(const float* x, const float* weight, const float* bias, 
                 for r in range(g.k):
                     wpk[grp * cog_pad * g.k + (co // cb) * cb * g.k + r * cb + co % cb] = (
                         weight[(grp * g.cog + co) * g.k + r])
-        for c in range(g.cg):
-            for i in range(g.kh):
-                for j in range(g.kw):
-                    off[(c * g.kh + i) * g.kw + j] = (c * g.hp + i * g.dh) * g.wp + j * g.dw
+        tap_offsets(g, off, g.k)
         with nogil:
             for n in prange(n_batch, num_threads=threads, schedule="static"):
                 base = scratch + threadid() * per_thread
@@ -613,7 +623,7 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
     cdef Py_ssize_t n_chunks = (n_batch + ns - 1) // ns
     cdef Py_ssize_t n_dw = g.groups * cog_pad * k_pad
     cdef Py_ssize_t per_thread = ns * (xp_stride + dy_stride) + n_dw
-    cdef Py_ssize_t c, n0, m, grp, smp, co, r, t, i, j
+    cdef Py_ssize_t c, n0, m, grp, smp, co, r, t
     cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
     cdef Py_ssize_t* off = <Py_ssize_t*> malloc(k_pad * sizeof(Py_ssize_t))
     cdef float* scratch = <float*> calloc(
@@ -623,12 +633,7 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
     try:
         if off == NULL or scratch == NULL:
             raise MemoryError(f"conv2d_backward: cannot allocate {threads} x {per_thread} scratch")
-        for c in range(g.cg):
-            for i in range(g.kh):
-                for j in range(g.kw):
-                    off[(c * g.kh + i) * g.kw + j] = (c * g.hp + i * g.dh) * g.wp + j * g.dw
-        for r in range(g.k, k_pad):
-            off[r] = off[g.k - 1]  # padding taps read valid memory; their sums are dropped
+        tap_offsets(g, off, k_pad)
         with nogil:
             for c in prange(n_chunks, num_threads=threads, schedule="static"):
                 base = scratch + threadid() * per_thread
@@ -685,7 +690,7 @@ cdef int weight_grad_lanes(const float* x, const float* grad_out, float* grad_we
     cdef Py_ssize_t per_thread = g.plane + n_dyt + n_dw
     cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
     cdef int threads = batch_threads(n_batch, n_threads, g)
-    cdef Py_ssize_t c, i, j, r, t, n, grp, co, oh, ow
+    cdef Py_ssize_t r, t, n, grp, co, oh, ow
     cdef Py_ssize_t* off = <Py_ssize_t*> malloc(k_pad * sizeof(Py_ssize_t))
     cdef Py_ssize_t* pos = <Py_ssize_t*> malloc(max(g.p, 1) * sizeof(Py_ssize_t))
     # calloc: the channels past cog of the transposed gradient are never written (zero),
@@ -699,12 +704,7 @@ cdef int weight_grad_lanes(const float* x, const float* grad_out, float* grad_we
     try:
         if off == NULL or pos == NULL or scratch == NULL:
             raise MemoryError(f"conv2d_backward: cannot allocate {threads} x {per_thread} scratch")
-        for c in range(g.cg):
-            for i in range(g.kh):
-                for j in range(g.kw):
-                    off[(c * g.kh + i) * g.kw + j] = (c * g.hp + i * g.dh) * g.wp + j * g.dw
-        for r in range(g.k, k_pad):
-            off[r] = off[g.k - 1]  # padding taps read valid memory; their sums are dropped
+        tap_offsets(g, off, k_pad)
         for oh in range(g.h_out):
             for ow in range(g.w_out):
                 pos[oh * g.w_out + ow] = oh * g.sh * g.wp + ow * g.sw
