@@ -523,6 +523,26 @@ cdef bint direct_pays(const Geometry* g) noexcept nogil:
     return g.wide and level > 0 and 2 * g.cog >= fastcnn_direct_co_block(level, g.cog)
 
 
+cdef void sum_weight_partials(const float* partial, Py_ssize_t co_stride,
+                              Py_ssize_t r_stride, Py_ssize_t grp_stride,
+                              Py_ssize_t per_thread, int threads, float* grad_weight,
+                              const Geometry* g) noexcept nogil:
+    # grad_weight (c_out, k) = the per-thread partial weight gradients summed in thread
+    # order (deterministic for a thread count); thread t's partial sits per_thread past
+    # thread t-1's, laid out with the given strides per group, channel and tap.
+    cdef Py_ssize_t grp, co, r, t
+    cdef const float* dw
+    cdef float* dst
+    for grp in range(g.groups):
+        for co in range(g.cog):
+            for r in range(g.k):
+                dw = partial + grp * grp_stride + co * co_stride + r * r_stride
+                dst = grad_weight + (grp * g.cog + co) * g.k + r
+                dst[0] = dw[0]
+                for t in range(1, threads):
+                    dst[0] += dw[t * per_thread]
+
+
 cdef void tap_offsets(const Geometry* g, Py_ssize_t* off, Py_ssize_t k_pad) noexcept nogil:
     # Offset of each kernel tap (c, i, j) in the padded plane block of one group; taps
     # past k (padding a block) repeat the last, so they read valid memory (their results
@@ -629,7 +649,6 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
     cdef float* scratch = <float*> calloc(
         scratch_elements(threads, per_thread, sizeof(float)), sizeof(float))
     cdef float* base
-    cdef float* dw
     try:
         if off == NULL or scratch == NULL:
             raise MemoryError(f"conv2d_backward: cannot allocate {threads} x {per_thread} scratch")
@@ -648,13 +667,8 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
                     fastcnn_wgrad(level, base, xp_stride, off, k_pad,
                                   base + ns * xp_stride, dy_stride, cog_pad, q_pad, m,
                                   base + ns * (xp_stride + dy_stride) + grp * cog_pad * k_pad)
-            for grp in range(g.groups):
-                for co in range(g.cog):
-                    for r in range(g.k):
-                        dw = scratch + ns * (xp_stride + dy_stride) + (grp * cog_pad + co) * k_pad + r
-                        grad_weight[(grp * g.cog + co) * g.k + r] = dw[0]
-                        for t in range(1, threads):
-                            grad_weight[(grp * g.cog + co) * g.k + r] += dw[t * per_thread]
+            sum_weight_partials(scratch + ns * (xp_stride + dy_stride), k_pad, 1,
+                                cog_pad * k_pad, per_thread, threads, grad_weight, g)
     finally:
         free(off)
         free(scratch)
@@ -700,7 +714,6 @@ cdef int weight_grad_lanes(const float* x, const float* grad_out, float* grad_we
     cdef float* base
     cdef float* dyt
     cdef const float* src
-    cdef float* dw
     try:
         if off == NULL or pos == NULL or scratch == NULL:
             raise MemoryError(f"conv2d_backward: cannot allocate {threads} x {per_thread} scratch")
@@ -720,13 +733,8 @@ cdef int weight_grad_lanes(const float* x, const float* grad_out, float* grad_we
                             dyt[t * cog_pad + co] = src[t]
                     fastcnn_wgrad_t(level, base, off, k_pad, dyt, pos, g.p, cog_pad,
                                     dyt + n_dyt + grp * k_pad * cog_pad)
-            for grp in range(g.groups):
-                for co in range(g.cog):
-                    for r in range(g.k):
-                        dw = scratch + g.plane + n_dyt + (grp * k_pad + r) * cog_pad + co
-                        grad_weight[(grp * g.cog + co) * g.k + r] = dw[0]
-                        for t in range(1, threads):
-                            grad_weight[(grp * g.cog + co) * g.k + r] += dw[t * per_thread]
+            sum_weight_partials(scratch + g.plane + n_dyt, 1, cog_pad, k_pad * cog_pad,
+                                per_thread, threads, grad_weight, g)
     finally:
         free(off)
         free(pos)
