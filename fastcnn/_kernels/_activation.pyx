@@ -84,34 +84,27 @@ cdef void backward_block(Op op, const floating* g, const floating* y, floating* 
             gx[i] = g[i] * (y[i] * (1 - y[i]))
 
 
-cdef void run_forward(Op op, const floating* x, floating* y, Py_ssize_t n,
-                      int n_threads) noexcept nogil:
-    # One contiguous block per thread.
+cdef void run(Op op, const floating* a, const floating* y, floating* out, Py_ssize_t n,
+             int n_threads) noexcept nogil:
+    # One contiguous block per thread. Forward when y is NULL (a is x), else backward (a
+    # is grad_out, y the forward's output).
     cdef int threads = team_size(n, n_threads)
     cdef Py_ssize_t block = (n + threads - 1) // threads, t, lo, hi
     for t in prange(threads, num_threads=threads, schedule="static"):
         lo = t * block
         hi = n if n < lo + block else lo + block
         if lo < hi:
-            forward_block(op, x + lo, y + lo, hi - lo)
-
-
-cdef void run_backward(Op op, const floating* g, const floating* y, floating* gx,
-                       Py_ssize_t n, int n_threads) noexcept nogil:
-    cdef int threads = team_size(n, n_threads)
-    cdef Py_ssize_t block = (n + threads - 1) // threads, t, lo, hi
-    for t in prange(threads, num_threads=threads, schedule="static"):
-        lo = t * block
-        hi = n if n < lo + block else lo + block
-        if lo < hi:
-            backward_block(op, g + lo, y + lo, gx + lo, hi - lo)
+            if y == NULL:
+                forward_block(op, a + lo, out + lo, hi - lo)
+            else:
+                backward_block(op, a + lo, y + lo, out + lo, hi - lo)
 
 
 def relu_forward(const floating[::1] x, floating[::1] out, int n_threads):
     """See BACKEND_API.md. Writes every element of ``out``."""
     if x.shape[0]:
         with nogil:
-            run_forward(RELU, &x[0], &out[0], x.shape[0], n_threads)
+            run(RELU, &x[0], NULL, &out[0], x.shape[0], n_threads)
 
 
 def relu_backward(const floating[::1] grad_out, const floating[::1] y,
@@ -119,7 +112,7 @@ def relu_backward(const floating[::1] grad_out, const floating[::1] y,
     """See BACKEND_API.md. Writes every element of ``grad_x``."""
     if y.shape[0]:
         with nogil:
-            run_backward(RELU, &grad_out[0], &y[0], &grad_x[0], y.shape[0], n_threads)
+            run(RELU, &grad_out[0], &y[0], &grad_x[0], y.shape[0], n_threads)
 
 
 def tanh_forward(const floating[::1] x, floating[::1] out, int n_threads):
@@ -128,7 +121,7 @@ def tanh_forward(const floating[::1] x, floating[::1] out, int n_threads):
         np.tanh(x, out=np.asarray(out))
     elif x.shape[0]:
         with nogil:
-            run_forward(TANH, &x[0], &out[0], x.shape[0], n_threads)
+            run(TANH, &x[0], NULL, &out[0], x.shape[0], n_threads)
 
 
 def tanh_backward(const floating[::1] grad_out, const floating[::1] y,
@@ -136,7 +129,7 @@ def tanh_backward(const floating[::1] grad_out, const floating[::1] y,
     """See BACKEND_API.md. Writes every element of ``grad_x``."""
     if y.shape[0]:
         with nogil:
-            run_backward(TANH, &grad_out[0], &y[0], &grad_x[0], y.shape[0], n_threads)
+            run(TANH, &grad_out[0], &y[0], &grad_x[0], y.shape[0], n_threads)
 
 
 def sigmoid_forward(const floating[::1] x, floating[::1] out, int n_threads):
@@ -150,7 +143,7 @@ def sigmoid_forward(const floating[::1] x, floating[::1] out, int n_threads):
         y += 0.5
     elif x.shape[0]:
         with nogil:
-            run_forward(SIGMOID, &x[0], &out[0], x.shape[0], n_threads)
+            run(SIGMOID, &x[0], NULL, &out[0], x.shape[0], n_threads)
 
 
 def sigmoid_backward(const floating[::1] grad_out, const floating[::1] y,
@@ -158,4 +151,4 @@ def sigmoid_backward(const floating[::1] grad_out, const floating[::1] y,
     """See BACKEND_API.md. Writes every element of ``grad_x``."""
     if y.shape[0]:
         with nogil:
-            run_backward(SIGMOID, &grad_out[0], &y[0], &grad_x[0], y.shape[0], n_threads)
+            run(SIGMOID, &grad_out[0], &y[0], &grad_x[0], y.shape[0], n_threads)
