@@ -36,6 +36,26 @@ _kept: dict[tuple, list[np.ndarray]] = {}
 _kept_bytes = 0
 
 
+def _count_in_loop() -> int:
+    # What getrefcount reports, in the loop of empty(), for an array only the list holds.
+    # Measured rather than assumed: whether a loop variable or getrefcount's argument
+    # holds a reference of its own differs between Python versions.
+    arrays = [np.empty(0)]
+    for array in arrays:
+        return sys.getrefcount(array)
+    raise AssertionError  # unreachable
+
+
+def _count_indexed() -> int:
+    # The same for the indexed access of _drop_unused.
+    arrays = [np.empty(0)]
+    return sys.getrefcount(arrays[0])
+
+
+_FREE_IN_LOOP = _count_in_loop()
+_FREE_INDEXED = _count_indexed()
+
+
 def empty(shape: int | tuple[int, ...], dtype) -> np.ndarray:
     """A C-contiguous array like ``np.empty(shape, dtype)``; contents are undefined."""
     global _kept_bytes
@@ -48,8 +68,7 @@ def empty(shape: int | tuple[int, ...], dtype) -> np.ndarray:
     with _lock:
         arrays = _kept.setdefault(key, [])
         for array in arrays:
-            # References: the list, the loop variable and getrefcount's own argument.
-            if sys.getrefcount(array) == 3:
+            if sys.getrefcount(array) == _FREE_IN_LOOP:
                 return array
         array = np.empty(shape, dtype)
         if len(arrays) < MAX_PER_KEY and nbytes <= MAX_TOTAL_BYTES:
@@ -69,8 +88,7 @@ def _drop_unused(nbytes: int) -> None:
         arrays = _kept[key]
         i = 0
         while i < len(arrays) and nbytes > 0:
-            # References: the list and getrefcount's own argument.
-            if sys.getrefcount(arrays[i]) == 2:
+            if sys.getrefcount(arrays[i]) == _FREE_INDEXED:
                 size = arrays.pop(i).nbytes
                 _kept_bytes -= size
                 nbytes -= size
