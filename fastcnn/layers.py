@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -871,17 +871,26 @@ class AvgPool2D(_Pool2D):
 # Element-wise layers and reshaping
 
 
-class ReLU(Layer):
-    """``max(x, 0)`` element-wise; the gradient at 0 is taken as 0. Any input shape."""
+class _Activation(Layer):
+    """An element-wise op whose gradient needs only its output: a pair of functional ops."""
+
+    _op: Callable[[np.ndarray], np.ndarray]
+    _op_backward: Callable[[np.ndarray, np.ndarray], np.ndarray]
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self._check_input(x)
-        y = F.relu(x)
+        y = type(self)._op(x)
         self._cache["y"] = y
         return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        return F.relu_backward(grad_out, self._saved("y"))
+        return type(self)._op_backward(grad_out, self._saved("y"))
+
+
+class ReLU(_Activation):
+    """``max(x, 0)`` element-wise; the gradient at 0 is taken as 0. Any input shape."""
+
+    _op, _op_backward = F.relu, F.relu_backward
 
 
 class LeakyReLU(Layer):
@@ -915,30 +924,16 @@ class LeakyReLU(Layer):
         return f"negative_slope={self.negative_slope}"
 
 
-class Tanh(Layer):
+class Tanh(_Activation):
     """Hyperbolic tangent element-wise. Any input shape."""
 
-    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        self._check_input(x)
-        y = F.tanh(x)
-        self._cache["y"] = y
-        return y
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        return F.tanh_backward(grad_out, self._saved("y"))
+    _op, _op_backward = F.tanh, F.tanh_backward
 
 
-class Sigmoid(Layer):
+class Sigmoid(_Activation):
     """Logistic function ``1 / (1 + exp(-x))`` element-wise. Any input shape."""
 
-    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        self._check_input(x)
-        y = F.sigmoid(x)
-        self._cache["y"] = y
-        return y
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        return F.sigmoid_backward(grad_out, self._saved("y"))
+    _op, _op_backward = F.sigmoid, F.sigmoid_backward
 
 
 class Flatten(Layer):
