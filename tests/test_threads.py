@@ -257,10 +257,15 @@ def _stalled_fraction(call, seconds=0.25):
     """Run ``call`` repeatedly in a thread while this thread runs a pure-Python loop;
     return (time per call, fraction of the time the loop spent in pauses longer than half
     a call). About 1 when the call holds the GIL, near 0 when it releases it."""
-    call()  # warm up (and a first duration)
-    start = time.perf_counter()
-    call()
-    per_call = time.perf_counter() - start
+    call()  # warm up
+    # The fastest of a few calls: one call slowed by a busy machine would set the
+    # threshold above the real pauses, and a held GIL would go unnoticed.
+    durations = []
+    for _ in range(3):
+        start = time.perf_counter()
+        call()
+        durations.append(time.perf_counter() - start)
+    per_call = min(durations)
     stop = threading.Event()
 
     def run():
