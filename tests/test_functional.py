@@ -266,12 +266,16 @@ def test_conv2d_weight_grad_paths(path, x_shape, w_shape, kwargs, rng):
         ref = F.conv2d_backward(grad_out, x, w, **kwargs)
     before = fastcnn.get_num_threads()
     try:
-        for threads in (1, 2, 3):  # per-thread partial sums, each thread count
+        # per-thread partial sums at each thread count; with and without the input
+        # gradient, which the weight and bias gradients must not depend on
+        for threads, needs_x in itertools.product((1, 2, 3), (True, False)):
             fastcnn.set_num_threads(threads)
             with fastcnn.use_backend("cython"):
-                got = F.conv2d_backward(grad_out, x, w, **kwargs)
+                got = F.conv2d_backward(grad_out, x, w, needs_input_grad=needs_x, **kwargs)
+            assert (got[0] is None) == (not needs_x)
             for g, r in zip(got, ref, strict=True):
-                assert_close(g, r, np.float32)
+                if g is not None:
+                    assert_close(g, r, np.float32)
     finally:
         fastcnn.set_num_threads(before)
 

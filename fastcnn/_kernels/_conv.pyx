@@ -543,6 +543,16 @@ cdef void sum_weight_partials(const float* partial, Py_ssize_t co_stride,
                     dst[0] += dw[t * per_thread]
 
 
+cdef void sum_bias_partials(const float* partial, Py_ssize_t per_thread, int threads,
+                            float* grad_bias, Py_ssize_t c_out) noexcept nogil:
+    # grad_bias = the per-thread partial bias gradients summed in thread order.
+    cdef Py_ssize_t co, t
+    for co in range(c_out):
+        grad_bias[co] = partial[co]
+        for t in range(1, threads):
+            grad_bias[co] += partial[t * per_thread + co]
+
+
 cdef void tap_offsets(const Geometry* g, Py_ssize_t* off, Py_ssize_t k_pad) noexcept nogil:
     # Offset of each kernel tap (c, i, j) in the padded plane block of one group; taps
     # past k (padding a block) repeat the last, so they read valid memory (their results
@@ -623,10 +633,12 @@ cdef int input_grad_direct(const float* grad_out, const float* weight, float* gr
 
 
 cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_weight,
-                            Py_ssize_t n_batch, int n_threads, const Geometry* g) except -1:
+                            float* grad_bias, Py_ssize_t n_batch, int n_threads,
+                            const Geometry* g) except -1:
     # The weight gradient on the direct kernel: per thread, chunks of samples padded and
     # gathered into the wide layout, dot products accumulated in registers across the
-    # chunk (direct_conv.h), per-thread partials summed in thread order at the end.
+    # chunk (direct_conv.h), per-thread partials summed in thread order at the end. The
+    # bias gradient (when grad_bias is not NULL) is summed from the rows being gathered.
     cdef int level = fastcnn_direct_level()
     cdef Py_ssize_t cb = fastcnn_wgrad_co_block(level), rb = fastcnn_wgrad_tap_block(level)
     cdef Py_ssize_t tb = fastcnn_direct_t_block(level)
@@ -642,7 +654,8 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
         ns = 1
     cdef Py_ssize_t n_chunks = (n_batch + ns - 1) // ns
     cdef Py_ssize_t n_dw = g.groups * cog_pad * k_pad
-    cdef Py_ssize_t per_thread = ns * (xp_stride + dy_stride) + n_dw
+    cdef Py_ssize_t off_gb = ns * (xp_stride + dy_stride) + n_dw
+    cdef Py_ssize_t per_thread = off_gb + g.c_out
     cdef Py_ssize_t c, n0, m, grp, smp, co, r, t
     cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
     cdef Py_ssize_t* off = <Py_ssize_t*> malloc(k_pad * sizeof(Py_ssize_t))
@@ -667,8 +680,12 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
                     fastcnn_wgrad(level, base, xp_stride, off, k_pad,
                                   base + ns * xp_stride, dy_stride, cog_pad, q_pad, m,
                                   base + ns * (xp_stride + dy_stride) + grp * cog_pad * k_pad)
+                if grad_bias != NULL:
+                    add_bias_grad(grad_out + n0 * out_stride, base + off_gb, m, g)
             sum_weight_partials(scratch + ns * (xp_stride + dy_stride), k_pad, 1,
                                 cog_pad * k_pad, per_thread, threads, grad_weight, g)
+            if grad_bias != NULL:
+                sum_bias_partials(scratch + off_gb, per_thread, threads, grad_bias, g.c_out)
     finally:
         free(off)
         free(scratch)
@@ -692,16 +709,18 @@ cdef bint lanes_wgrad_pays(const Geometry* g) noexcept nogil:
 
 
 cdef int weight_grad_lanes(const float* x, const float* grad_out, float* grad_weight,
-                           Py_ssize_t n_batch, int n_threads, const Geometry* g) except -1:
+                           float* grad_bias, Py_ssize_t n_batch, int n_threads,
+                           const Geometry* g) except -1:
     # The weight gradient with output channels across the vector lanes (direct_conv.h):
     # per sample and group, the padded input plane and the output gradient transposed to
     # (position, channel); per-thread partials (taps x channels) summed in thread order.
+    # The bias gradient (when grad_bias is not NULL) is summed from the rows transposed.
     cdef int level = fastcnn_direct_level()
     cdef Py_ssize_t lanes = fastcnn_wgrad_t_lanes(level), rb = fastcnn_wgrad_t_taps(level)
     cdef Py_ssize_t cog_pad = (g.cog + lanes - 1) // lanes * lanes
     cdef Py_ssize_t k_pad = (g.k + rb - 1) // rb * rb
     cdef Py_ssize_t n_dyt = g.p * cog_pad, n_dw = g.groups * k_pad * cog_pad
-    cdef Py_ssize_t per_thread = g.plane + n_dyt + n_dw
+    cdef Py_ssize_t off_gb = g.plane + n_dyt + n_dw, per_thread = off_gb + g.c_out
     cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
     cdef int threads = batch_threads(n_batch, n_threads, g)
     cdef Py_ssize_t r, t, n, grp, co, oh, ow
@@ -731,10 +750,14 @@ cdef int weight_grad_lanes(const float* x, const float* grad_out, float* grad_we
                         src = grad_out + n * out_stride + (grp * g.cog + co) * g.p
                         for t in range(g.p):
                             dyt[t * cog_pad + co] = src[t]
+                        if grad_bias != NULL:
+                            base[off_gb + grp * g.cog + co] += row_sum(src, g.p)
                     fastcnn_wgrad_t(level, base, off, k_pad, dyt, pos, g.p, cog_pad,
                                     dyt + n_dyt + grp * k_pad * cog_pad)
             sum_weight_partials(scratch + g.plane + n_dyt, 1, cog_pad, k_pad * cog_pad,
                                 per_thread, threads, grad_weight, g)
+            if grad_bias != NULL:
+                sum_bias_partials(scratch + off_gb, per_thread, threads, grad_bias, g.c_out)
     finally:
         free(off)
         free(pos)
@@ -832,6 +855,7 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
     cdef floating[:, :, :, ::1] gw_view
     cdef floating[::1] gb_view
     cdef floating* gx_ptr = NULL
+    cdef floating* gb_ptr = NULL
     cdef bint want_x = grad_x is not None
     cdef bint want_w = grad_weight is not None
     cdef bint want_b = grad_bias is not None
@@ -855,13 +879,16 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
         # With few taps (3x3 on one channel) padding the tap blocks wastes more than the
         # direct kernel saves; BLAS does those better.
         if want_w and direct_pays(&g) and g.k >= 4 * fastcnn_wgrad_tap_block(fastcnn_direct_level()):
+            gb_ptr = &gb_view[0] if want_b else NULL
             if lanes_wgrad_pays(&g):
                 weight_grad_lanes(x_ptr, &grad_out[0, 0, 0, 0], &gw_view[0, 0, 0, 0],
-                                  n_batch, n_threads, &g)
+                                  gb_ptr, n_batch, n_threads, &g)
             else:
                 weight_grad_direct(x_ptr, &grad_out[0, 0, 0, 0], &gw_view[0, 0, 0, 0],
-                                   n_batch, n_threads, &g)
-            want_w = False
+                                   gb_ptr, n_batch, n_threads, &g)
+            want_w = want_b = False
+        if not (want_x or want_w or want_b):
+            return
 
     cdef int threads = batch_threads(n_batch, n_threads, &g)
     cdef Py_ssize_t nb = chunk_size(n_batch, threads, &g)
