@@ -301,24 +301,68 @@ cdef void add_bias_grad(const floating* grad_out, floating* grad_bias, Py_ssize_
             grad_bias[co] += row_sum(grad_out + (s * g.c_out + co) * g.p, g.p)
 
 
-cdef void forward_sample_direct(const float* x, const float* wpk, const Py_ssize_t* off,
-                                const float* bias, float* out, float* xp, float* tmp,
-                                int level, Py_ssize_t cb, Py_ssize_t cog_pad,
-                                Py_ssize_t q_pad, const Geometry* g) noexcept nogil:
+ctypedef struct DirectPlan:
+    # What every sample of one direct convolution shares: the weights packed per group
+    # as [co_block][tap][co_in_block] (zero rows past cog) and each tap's offset in the
+    # padded plane; and the sizes of the per-thread scratch forward_sample_direct uses.
+    int level
+    Py_ssize_t cb, cog_pad, q_pad
+    Py_ssize_t n_xp              # padded plane plus the slack the kernel reads past it
+    Py_ssize_t per_thread        # n_xp + the (cog_pad, q_pad) wide output block
+    float* wpk
+    Py_ssize_t* off
+
+
+cdef int plan_direct(DirectPlan* plan, const float* weight, const Geometry* g) except -1:
+    # Fills plan; on success the caller releases it with free_plan.
+    cdef Py_ssize_t tb, grp, co, r
+    plan.level = fastcnn_direct_level()
+    plan.cb = fastcnn_direct_co_block(plan.level, g.cog)
+    tb = fastcnn_direct_t_block(plan.level)
+    plan.cog_pad = (g.cog + plan.cb - 1) // plan.cb * plan.cb
+    plan.q_pad = (g.q + tb - 1) // tb * tb
+    plan.n_xp = g.plane + tb  # reads run up to tb past the last valid column
+    plan.per_thread = plan.n_xp + plan.cog_pad * plan.q_pad
+    plan.wpk = <float*> calloc(g.groups * plan.cog_pad * g.k, sizeof(float))
+    plan.off = <Py_ssize_t*> malloc(g.k * sizeof(Py_ssize_t))
+    if plan.wpk == NULL or plan.off == NULL:
+        free_plan(plan)
+        raise MemoryError("conv2d: cannot allocate the packed weights")
+    for grp in range(g.groups):
+        for co in range(g.cog):
+            for r in range(g.k):
+                plan.wpk[grp * plan.cog_pad * g.k + (co // plan.cb) * plan.cb * g.k
+                         + r * plan.cb + co % plan.cb] = weight[(grp * g.cog + co) * g.k + r]
+    tap_offsets(g, plan.off, g.k)
+    return 0
+
+
+cdef void free_plan(DirectPlan* plan) noexcept nogil:
+    free(plan.wpk)
+    free(plan.off)
+    plan.wpk = NULL
+    plan.off = NULL
+
+
+cdef void forward_sample_direct(const float* x, const DirectPlan* plan, const float* bias,
+                                float* out, float* scratch, const Geometry* g) noexcept nogil:
     # One sample through the register-blocked direct kernel (direct_conv.h), group by
-    # group: pad the group's input planes, convolve into tmp (cog_pad, q_pad) in the wide
-    # layout, copy the valid columns out with the bias.
+    # group: pad the group's input planes, convolve into the wide layout, copy the valid
+    # columns out with the bias. scratch: plan.per_thread elements.
     cdef Py_ssize_t grp, co, oh, ow
+    cdef float* xp = scratch
+    cdef float* tmp = scratch + plan.n_xp
     cdef const float* src
     cdef float* dst
     cdef float b
     for grp in range(g.groups):
         pad_plane(x + grp * g.cg * g.h * g.w, g, xp)
-        fastcnn_direct_conv(level, cb, xp, off, g.k, wpk + grp * cog_pad * g.k, cog_pad,
-                            tmp, q_pad, q_pad)
+        fastcnn_direct_conv(plan.level, plan.cb, xp, plan.off, g.k,
+                            plan.wpk + grp * plan.cog_pad * g.k, plan.cog_pad,
+                            tmp, plan.q_pad, plan.q_pad)
         for co in range(g.cog):
             b = bias[grp * g.cog + co] if bias != NULL else 0
-            src = tmp + co * q_pad
+            src = tmp + co * plan.q_pad
             dst = out + (grp * g.cog + co) * g.p
             for oh in range(g.h_out):
                 for ow in range(g.w_out):
@@ -568,63 +612,60 @@ cdef void tap_offsets(const Geometry* g, Py_ssize_t* off, Py_ssize_t k_pad) noex
 
 cdef int forward_direct(const float* x, const float* weight, const float* bias, float* out,
                        Py_ssize_t n_batch, int threads, const Geometry* g) except -1:
-    # Pack the weights per group as [co_block][tap][co_in_block] (zero rows past cog),
-    # list each tap's offset in the padded plane, then run samples in parallel.
-    cdef int level = fastcnn_direct_level()
-    cdef Py_ssize_t cb = fastcnn_direct_co_block(level, g.cog), tb = fastcnn_direct_t_block(level)
-    cdef Py_ssize_t cog_pad = (g.cog + cb - 1) // cb * cb
-    cdef Py_ssize_t q_pad = (g.q + tb - 1) // tb * tb
-    cdef Py_ssize_t n_xp = g.plane + tb  # reads run up to tb past the last valid column
-    cdef Py_ssize_t per_thread = n_xp + cog_pad * q_pad
-    cdef Py_ssize_t grp, co, r, n
-    cdef float* wpk = <float*> calloc(g.groups * cog_pad * g.k, sizeof(float))
-    cdef Py_ssize_t* off = <Py_ssize_t*> malloc(g.k * sizeof(Py_ssize_t))
-    cdef float* scratch = <float*> calloc(
-        scratch_elements(threads, per_thread, sizeof(float)), sizeof(float))
+    # Samples in parallel through forward_sample_direct, each thread on its own scratch.
+    cdef DirectPlan plan
+    cdef Py_ssize_t n
+    cdef float* scratch = NULL
     cdef float* base
+    plan_direct(&plan, weight, g)
     try:
-        if wpk == NULL or off == NULL or scratch == NULL:
-            raise MemoryError(f"conv2d: cannot allocate {threads} x {per_thread} scratch")
-        for grp in range(g.groups):
-            for co in range(g.cog):
-                for r in range(g.k):
-                    wpk[grp * cog_pad * g.k + (co // cb) * cb * g.k + r * cb + co % cb] = (
-                        weight[(grp * g.cog + co) * g.k + r])
-        tap_offsets(g, off, g.k)
+        scratch = <float*> calloc(
+            scratch_elements(threads, plan.per_thread, sizeof(float)), sizeof(float))
+        if scratch == NULL:
+            raise MemoryError(f"conv2d: cannot allocate {threads} x {plan.per_thread} scratch")
         with nogil:
             for n in prange(n_batch, num_threads=threads, schedule="static"):
-                base = scratch + threadid() * per_thread
-                forward_sample_direct(x + n * g.c_in * g.h * g.w, wpk, off, bias,
-                                      out + n * g.c_out * g.p, base, base + n_xp,
-                                      level, cb, cog_pad, q_pad, g)
+                base = scratch + threadid() * plan.per_thread
+                forward_sample_direct(x + n * g.c_in * g.h * g.w, &plan, bias,
+                                      out + n * g.c_out * g.p, base, g)
     finally:
-        free(wpk)
-        free(off)
+        free_plan(&plan)
         free(scratch)
     return 0
 
 
-cdef int input_grad_direct(const float* grad_out, const float* weight, float* grad_x,
-                           Py_ssize_t n_batch, int n_threads, const Geometry* g) except -1:
-    # At stride 1 the input gradient is itself a convolution: grad_out, padded by
-    # dilation*(k-1) - padding, correlated with the weights flipped in space and with
-    # input/output channels swapped (per group). So it runs on the direct kernel too.
-    cdef Geometry t = make_geometry(
+# At stride 1 the input gradient is itself a convolution: grad_out, padded by
+# dilation*(k-1) - padding, correlated with the weights flipped in space and with
+# input/output channels swapped (per group). So it runs on the direct kernel too.
+
+cdef Geometry input_grad_geometry(const Geometry* g) except *:
+    return make_geometry(
         g.c_out, g.h_out, g.w_out, g.c_in, g.kh, g.kw, g.h, g.w, 1, 1,
         g.dh * (g.kh - 1) - g.ph, g.dw * (g.kw - 1) - g.pw, g.dh, g.dw, g.groups)
-    cdef Py_ssize_t grp, c, co, i, j, taps = g.kh * g.kw
-    cdef float* flipped = <float*> malloc(g.c_in * g.cog * taps * sizeof(float))
+
+
+cdef float* flipped_weights(const float* weight, const Geometry* g) except NULL:
+    # The (c_in, cog, kh, kw) weights of the input-gradient convolution; free() them.
+    cdef Py_ssize_t grp, c, co, i, j
+    cdef float* flipped = <float*> malloc(g.c_in * g.cog * g.kh * g.kw * sizeof(float))
     if flipped == NULL:
         raise MemoryError("conv2d_backward: cannot allocate the flipped weights")
+    for grp in range(g.groups):
+        for c in range(g.cg):
+            for co in range(g.cog):
+                for i in range(g.kh):
+                    for j in range(g.kw):
+                        flipped[(((grp * g.cg + c) * g.cog + co) * g.kh + i) * g.kw + j] = (
+                            weight[(((grp * g.cog + co) * g.cg + c) * g.kh
+                                    + g.kh - 1 - i) * g.kw + g.kw - 1 - j])
+    return flipped
+
+
+cdef int input_grad_direct(const float* grad_out, const float* weight, float* grad_x,
+                           Py_ssize_t n_batch, int n_threads, const Geometry* g) except -1:
+    cdef Geometry t = input_grad_geometry(g)
+    cdef float* flipped = flipped_weights(weight, g)
     try:
-        for grp in range(g.groups):
-            for c in range(g.cg):
-                for co in range(g.cog):
-                    for i in range(g.kh):
-                        for j in range(g.kw):
-                            flipped[(((grp * g.cg + c) * g.cog + co) * g.kh + i) * g.kw + j] = (
-                                weight[(((grp * g.cog + co) * g.cg + c) * g.kh
-                                        + g.kh - 1 - i) * g.kw + g.kw - 1 - j])
         forward_direct(grad_out, flipped, NULL, grad_x, n_batch,
                        batch_threads(n_batch, n_threads, &t), &t)
     finally:
@@ -708,32 +749,49 @@ cdef bint lanes_wgrad_pays(const Geometry* g) noexcept nogil:
     return 5 * lanes_cost < 4 * wide_cost
 
 
-cdef int weight_grad_lanes(const float* x, const float* grad_out, float* grad_weight,
-                           float* grad_bias, Py_ssize_t n_batch, int n_threads,
-                           const Geometry* g) except -1:
+cdef int weight_grad_lanes(const float* x, const float* grad_out, const float* weight,
+                           float* grad_x, float* grad_weight, float* grad_bias,
+                           Py_ssize_t n_batch, int n_threads, const Geometry* g) except -1:
     # The weight gradient with output channels across the vector lanes (direct_conv.h):
     # per sample and group, the padded input plane and the output gradient transposed to
     # (position, channel); per-thread partials (taps x channels) summed in thread order.
     # The bias gradient (when grad_bias is not NULL) is summed from the rows transposed.
+    # When grad_x is not NULL the sample's input gradient (input_grad_direct's
+    # convolution) is computed first in the same parallel loop: one team wake-up for
+    # the whole backward pass, and the sample's output gradient is still in cache.
     cdef int level = fastcnn_direct_level()
     cdef Py_ssize_t lanes = fastcnn_wgrad_t_lanes(level), rb = fastcnn_wgrad_t_taps(level)
     cdef Py_ssize_t cog_pad = (g.cog + lanes - 1) // lanes * lanes
     cdef Py_ssize_t k_pad = (g.k + rb - 1) // rb * rb
     cdef Py_ssize_t n_dyt = g.p * cog_pad, n_dw = g.groups * k_pad * cog_pad
-    cdef Py_ssize_t off_gb = g.plane + n_dyt + n_dw, per_thread = off_gb + g.c_out
+    cdef Py_ssize_t off_gb = g.plane + n_dyt + n_dw, off_gx = off_gb + g.c_out
+    cdef Py_ssize_t per_thread = off_gx
     cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
     cdef int threads = batch_threads(n_batch, n_threads, g)
     cdef Py_ssize_t r, t, n, grp, co, oh, ow
-    cdef Py_ssize_t* off = <Py_ssize_t*> malloc(k_pad * sizeof(Py_ssize_t))
-    cdef Py_ssize_t* pos = <Py_ssize_t*> malloc(max(g.p, 1) * sizeof(Py_ssize_t))
-    # calloc: the channels past cog of the transposed gradient are never written (zero),
-    # and the partials start at zero
-    cdef float* scratch = <float*> calloc(
-        scratch_elements(threads, per_thread, sizeof(float)), sizeof(float))
+    cdef Geometry tg
+    cdef DirectPlan plan
+    plan.wpk = NULL
+    plan.off = NULL
+    cdef float* flipped = NULL
+    cdef Py_ssize_t* off = NULL
+    cdef Py_ssize_t* pos = NULL
+    cdef float* scratch = NULL
     cdef float* base
     cdef float* dyt
     cdef const float* src
     try:
+        if grad_x != NULL:
+            tg = input_grad_geometry(g)
+            flipped = flipped_weights(weight, g)
+            plan_direct(&plan, flipped, &tg)
+            per_thread += plan.per_thread
+        off = <Py_ssize_t*> malloc(k_pad * sizeof(Py_ssize_t))
+        pos = <Py_ssize_t*> malloc(max(g.p, 1) * sizeof(Py_ssize_t))
+        # calloc: the channels past cog of the transposed gradient are never written
+        # (zero), and the partials start at zero
+        scratch = <float*> calloc(
+            scratch_elements(threads, per_thread, sizeof(float)), sizeof(float))
         if off == NULL or pos == NULL or scratch == NULL:
             raise MemoryError(f"conv2d_backward: cannot allocate {threads} x {per_thread} scratch")
         tap_offsets(g, off, k_pad)
@@ -743,6 +801,9 @@ cdef int weight_grad_lanes(const float* x, const float* grad_out, float* grad_we
         with nogil:
             for n in prange(n_batch, num_threads=threads, schedule="static"):
                 base = scratch + threadid() * per_thread
+                if grad_x != NULL:
+                    forward_sample_direct(grad_out + n * out_stride, &plan, NULL,
+                                          grad_x + n * x_stride, base + off_gx, &tg)
                 dyt = base + g.plane
                 for grp in range(g.groups):
                     pad_plane(x + n * x_stride + grp * g.cg * g.h * g.w, g, base)
@@ -759,6 +820,8 @@ cdef int weight_grad_lanes(const float* x, const float* grad_out, float* grad_we
             if grad_bias != NULL:
                 sum_bias_partials(scratch + off_gb, per_thread, threads, grad_bias, g.c_out)
     finally:
+        free_plan(&plan)
+        free(flipped)
         free(off)
         free(pos)
         free(scratch)
@@ -856,6 +919,7 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
     cdef floating[::1] gb_view
     cdef floating* gx_ptr = NULL
     cdef floating* gb_ptr = NULL
+    cdef bint direct_x, direct_w
     cdef bint want_x = grad_x is not None
     cdef bint want_w = grad_weight is not None
     cdef bint want_b = grad_bias is not None
@@ -869,23 +933,28 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
     if want_b:
         gb_view = grad_bias
     if floating is float:
-        if (want_x and g.wide
-                and 2 * g.cg >= fastcnn_direct_co_block(fastcnn_direct_level(), g.cg)
-                and fastcnn_direct_level() > 0
-                and pad_h <= dil_h * (g.kh - 1) and pad_w <= dil_w * (g.kw - 1)):
-            input_grad_direct(&grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0], gx_ptr,
-                              n_batch, n_threads, &g)
-            want_x = False  # done; what follows computes the remaining gradients
+        direct_x = (want_x and g.wide and fastcnn_direct_level() > 0
+                    and 2 * g.cg >= fastcnn_direct_co_block(fastcnn_direct_level(), g.cg)
+                    and pad_h <= dil_h * (g.kh - 1) and pad_w <= dil_w * (g.kw - 1))
         # With few taps (3x3 on one channel) padding the tap blocks wastes more than the
         # direct kernel saves; BLAS does those better.
-        if want_w and direct_pays(&g) and g.k >= 4 * fastcnn_wgrad_tap_block(fastcnn_direct_level()):
-            gb_ptr = &gb_view[0] if want_b else NULL
-            if lanes_wgrad_pays(&g):
-                weight_grad_lanes(x_ptr, &grad_out[0, 0, 0, 0], &gw_view[0, 0, 0, 0],
-                                  gb_ptr, n_batch, n_threads, &g)
-            else:
+        direct_w = (want_w and direct_pays(&g)
+                    and g.k >= 4 * fastcnn_wgrad_tap_block(fastcnn_direct_level()))
+        gb_ptr = &gb_view[0] if want_b else NULL
+        if direct_w and lanes_wgrad_pays(&g):
+            weight_grad_lanes(x_ptr, &grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0],
+                              gx_ptr if direct_x else NULL, &gw_view[0, 0, 0, 0], gb_ptr,
+                              n_batch, n_threads, &g)
+        else:
+            if direct_x:
+                input_grad_direct(&grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0], gx_ptr,
+                                  n_batch, n_threads, &g)
+            if direct_w:
                 weight_grad_direct(x_ptr, &grad_out[0, 0, 0, 0], &gw_view[0, 0, 0, 0],
                                    gb_ptr, n_batch, n_threads, &g)
+        # done; what follows computes the remaining gradients
+        want_x = want_x and not direct_x
+        if direct_w:
             want_w = want_b = False
         if not (want_x or want_w or want_b):
             return
