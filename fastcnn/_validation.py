@@ -52,6 +52,14 @@ def contiguous(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+def short_repr(value, limit: int = 80) -> str:
+    """``repr`` for error messages: an array by its shape and dtype, anything long cut."""
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape} and dtype {value.dtype}"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def is_int(value) -> bool:
     if type(value) is int:  # the common case, without the ABC machinery (3x faster)
         return True
@@ -65,7 +73,7 @@ def pair(value, name: str, minimum: int) -> tuple[int, int]:
     elif isinstance(value, tuple | list) and len(value) == 2 and all(map(is_int, value)):
         values = (int(value[0]), int(value[1]))
     else:
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+        raise TypeError(f"{name} must be an int or a pair of ints, got {short_repr(value)}")
     if min(values) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     if max(values) > MAX_BLAS_DIM:

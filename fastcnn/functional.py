@@ -28,6 +28,7 @@ from fastcnn._validation import (
     pair,
     pool_output_size,
     same_dtype,
+    short_repr,
 )
 
 __all__ = [
@@ -74,7 +75,7 @@ def _check_conv(x, weight, stride, padding, dilation, groups) -> _Conv:
     n, c_in, h, w = x.shape
     c_out, c_per_group, kh, kw = weight.shape
     if isinstance(groups, bool) or not isinstance(groups, int | np.integer) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
+        raise ValueError(f"groups must be a positive int, got {short_repr(groups)}")
     groups = int(groups)
     if c_in < 1 or c_out < 1 or kh < 1 or kw < 1:
         raise ValueError(
@@ -351,13 +352,14 @@ def _check_input_shape(input_shape) -> tuple[int, int, int, int]:
         is_int(s) for s in input_shape
     ):
         raise TypeError(
-            f"input_shape must be a tuple (N, C, H, W), got {input_shape!r}; "
-            "every entry must be an int"
+            f"input_shape must be a tuple (N, C, H, W), got {short_repr(input_shape)}; "
+            "every entry must be an int (pass x.shape, not x)"
         )
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 4 or min(shape) < 0:
         raise ValueError(
-            f"input_shape must be 4 non-negative sizes (N, C, H, W), got {input_shape!r}"
+            "input_shape must be 4 non-negative sizes (N, C, H, W), "
+            f"got {short_repr(input_shape)}"
         )
     return shape  # type: ignore[return-value]
 
@@ -372,7 +374,7 @@ def _check_pool(shape, kernel_size, stride, padding, dilation, ceil_mode, name) 
             f"padding {padding!r} must be at most half the kernel size {kernel} in {name}"
         )
     if not isinstance(ceil_mode, bool | np.bool_):
-        raise TypeError(f"ceil_mode must be a bool, got {ceil_mode!r}")
+        raise TypeError(f"ceil_mode must be a bool, got {short_repr(ceil_mode)}")
     n, c, h, w = shape
     h_out = pool_output_size(h, kernel[0], stride[0], pad[0], dilation[0], bool(ceil_mode))
     w_out = pool_output_size(w, kernel[1], stride[1], pad[1], dilation[1], bool(ceil_mode))
@@ -511,7 +513,7 @@ def _check_avg(
         divisor = 0
     elif isinstance(divisor_override, bool) or not isinstance(divisor_override, int | np.integer):
         raise TypeError(
-            f"divisor_override must be a positive int or None, got {divisor_override!r}"
+            f"divisor_override must be a positive int or None, got {short_repr(divisor_override)}"
         )
     elif not 1 <= divisor_override <= MAX_BLAS_DIM:
         raise ValueError(

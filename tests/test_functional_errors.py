@@ -375,6 +375,20 @@ def test_bad_input_shape(input_shape, error, pattern, backend):
         F.max_pool2d_backward(grad_out, np.zeros((1, 2, 3, 2), np.int64), input_shape)
 
 
+def test_an_array_passed_for_a_size_is_named_by_shape_not_printed(backend):
+    """Passing the input itself where its shape (or a size) belongs is an easy slip; the
+    message names the array by shape and dtype instead of printing all its values."""
+    x = np.zeros((64, 6, 28, 28), np.float32)
+    grad_out = np.zeros((64, 6, 14, 14), np.float32)
+    pattern = r"got an array of shape \(64, 6, 28, 28\) and dtype float32.*x\.shape, not x"
+    with pytest.raises(TypeError, match=pattern) as info:
+        F.avg_pool2d_backward(grad_out, x, 2)
+    assert len(str(info.value)) < 200
+    with pytest.raises(TypeError, match=r"stride must be .*got an array of shape") as info:
+        F.conv2d(x, np.zeros((2, 6, 3, 3), np.float32), stride=x)
+    assert len(str(info.value)) < 200
+
+
 def test_input_shape_accepts_numpy_integers_and_arrays(backend):
     grad_out = np.ones((1, 2, 3, 2))
     expected = F.avg_pool2d_backward(grad_out, (1, 2, 6, 5), 2)
