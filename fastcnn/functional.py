@@ -358,8 +358,7 @@ def _check_input_shape(input_shape) -> tuple[int, int, int, int]:
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 4 or min(shape) < 0:
         raise ValueError(
-            "input_shape must be 4 non-negative sizes (N, C, H, W), "
-            f"got {short_repr(input_shape)}"
+            f"input_shape must be 4 non-negative sizes (N, C, H, W), got {short_repr(input_shape)}"
         )
     return shape  # type: ignore[return-value]
 
