@@ -24,6 +24,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "simd.h"
+
 /* Floating-point exception flags are never read here; without no-trapping-math GCC will
  * not compute both halves of a select, and the loop stays scalar except with AVX-512
  * masks. No FMA contraction: the vector loop, its scalar remainder and every instruction
@@ -85,18 +87,13 @@ FASTCNN_NO_TRAPS static inline float fastcnn_tanhf_one(float x)
 
 FASTCNN_TANHF_LOOP(fastcnn_tanhf_base, )
 
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(FASTCNN_NO_SIMD)
+#if FASTCNN_X86_SIMD
 FASTCNN_TANHF_LOOP(fastcnn_tanhf_avx512, __attribute__((target("avx512f"))))
 FASTCNN_TANHF_LOOP(fastcnn_tanhf_avx2, __attribute__((target("avx2,fma"))))
 
 static void fastcnn_tanhf_array(const float *x, float *y, ptrdiff_t n)
 {
-    static int level = -1; /* every thread computes the same value: the race is benign */
-    if (level < 0) {
-        __builtin_cpu_init();
-        level = __builtin_cpu_supports("avx512f") ? 2
-              : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? 1 : 0;
-    }
+    int level = fastcnn_simd_level();
     if (level == 2) fastcnn_tanhf_avx512(x, y, n);
     else if (level == 1) fastcnn_tanhf_avx2(x, y, n);
     else fastcnn_tanhf_base(x, y, n);

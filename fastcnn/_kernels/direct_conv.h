@@ -19,7 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(FASTCNN_NO_SIMD)
+#include "simd.h"
+
+#if FASTCNN_X86_SIMD
 
 typedef float fastcnn_v16 __attribute__((vector_size(64)));
 typedef float fastcnn_v8 __attribute__((vector_size(32)));
@@ -156,13 +158,8 @@ static int fastcnn_direct_level(void)
     static int level = -1;
     if (level < 0) {
         const char *env = getenv("FASTCNN_DIRECT");
-        int found = 0;
-        if (env == NULL || env[0] != '0') {
-            __builtin_cpu_init();
-            if (__builtin_cpu_supports("avx512f")) found = 2;
-            else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) found = 1;
-        }
-        level = found;  /* every thread computes the same value: the race is benign */
+        /* every thread computes the same value: the race is benign */
+        level = (env == NULL || env[0] != '0') ? fastcnn_simd_level() : 0;
     }
     return level;
 }
