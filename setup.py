@@ -16,7 +16,10 @@ import numpy as np
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-KERNELS = ["_activation", "_conv", "_linear", "_pool", "_openmp"]
+KERNELS = ["_activation", "_conv", "_linear", "_optim", "_pool", "_openmp"]
+# Per-module C flags (GCC/Clang). _optim matches the numpy backend bit for bit: no
+# fused multiply-adds; and sqrt may skip setting errno so that its loops vectorize.
+EXTRA_FLAGS = {"_optim": ["-ffp-contract=off", "-fno-math-errno"]}
 
 
 def _flag(name: str) -> bool:
@@ -97,6 +100,8 @@ class BuildExt(build_ext):
         else:
             opt = ["-O0", "-g"] if debug else ["-O3"]
         for ext in self.extensions:
+            if self.compiler.compiler_type != "msvc":
+                ext.extra_compile_args += EXTRA_FLAGS.get(ext.name.rsplit(".", 1)[-1], [])
             ext.extra_compile_args = opt + cflags + ext.extra_compile_args
             ext.extra_link_args = lflags + ext.extra_link_args
             ext.define_macros += [

@@ -47,7 +47,7 @@ def _short_openmp_spin() -> Iterator[None]:
 def _import_compiled() -> tuple[types.SimpleNamespace | None, str | None]:
     try:
         with _short_openmp_spin():
-            from fastcnn._kernels import _activation, _conv, _linear, _openmp, _pool
+            from fastcnn._kernels import _activation, _conv, _linear, _openmp, _optim, _pool
     except Exception as exc:  # any failure (missing .so, ABI mismatch) means: fall back
         return None, f"{type(exc).__name__}: {exc}"
     namespace = types.SimpleNamespace(
@@ -66,6 +66,8 @@ def _import_compiled() -> tuple[types.SimpleNamespace | None, str | None]:
         tanh_backward=_activation.tanh_backward,
         sigmoid_forward=_activation.sigmoid_forward,
         sigmoid_backward=_activation.sigmoid_backward,
+        sgd_update=_optim.sgd_update,
+        adam_update=_optim.adam_update,
         openmp=_openmp,
     )
     return namespace, None

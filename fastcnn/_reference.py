@@ -38,6 +38,8 @@ __all__ = [
     "avg_pool2d_backward",
     "linear_forward",
     "linear_backward",
+    "sgd_update",
+    "adam_update",
     "relu_forward",
     "relu_backward",
     "tanh_forward",
@@ -616,3 +618,79 @@ def sigmoid_backward(
 ) -> None:
     """``grad_x = grad_out * y * (1 - y)`` with ``y = sigmoid(x)``."""
     np.multiply(grad_out, y * (1 - y), out=grad_x)
+
+
+# ---------------------------------------------------------------------------------------
+# Optimizer updates (every parameter array of a model in one call, in place)
+
+
+def sgd_update(
+    params: list[np.ndarray],
+    grads: list[np.ndarray],
+    momentum_buffers: list[np.ndarray] | None,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    nesterov: bool,
+    first: bool,
+    n_threads: int,
+) -> None:
+    """SGD as ``torch.optim.SGD`` with dampening 0, one parameter array at a time.
+
+    ``d = grad + weight_decay * param``; with momentum, ``buf = d`` on the first step and
+    ``buf = momentum * buf + d`` after it; then ``param -= lr * d + lr * momentum * buf``
+    (Nesterov), ``param -= lr * buf`` (momentum) or ``param -= lr * d`` (none).
+    """
+    for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
+        d = grad
+        if weight_decay:
+            d = param * weight_decay
+            d += grad
+        if momentum:
+            buf = momentum_buffers[i]  # type: ignore[index]
+            if first:
+                buf[...] = d
+            else:
+                buf *= momentum
+                buf += d
+            if nesterov:
+                param -= d * lr
+                param -= buf * (lr * momentum)
+                continue
+            d = buf
+        param -= d * lr
+
+
+def adam_update(
+    params: list[np.ndarray],
+    grads: list[np.ndarray],
+    exp_avgs: list[np.ndarray],
+    exp_avg_sqs: list[np.ndarray],
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    step_size: float,
+    denom_scale: float,
+    n_threads: int,
+) -> None:
+    """Adam as ``torch.optim.Adam`` (L2 weight decay), one parameter array at a time.
+
+    ``g = grad + weight_decay * param``, ``m = beta1 * m + (1 - beta1) * g``,
+    ``v = beta2 * v + (1 - beta2) * g * g``, then
+    ``param -= step_size * m / (sqrt(v) / denom_scale + eps)``, where the caller gives
+    ``step_size = lr / (1 - beta1**t)`` and ``denom_scale = sqrt(1 - beta2**t)`` for step t.
+    """
+    for param, grad, m, v in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True):
+        g = grad
+        if weight_decay:
+            g = param * weight_decay
+            g += grad
+        m *= beta1
+        m += g * (1 - beta1)
+        v *= beta2
+        v += (g * g) * (1 - beta2)
+        denom = np.sqrt(v)
+        denom /= denom_scale
+        denom += eps
+        param -= (m / denom) * step_size

@@ -7,8 +7,9 @@ per-parameter state (momentum, Adam moments) for as long as it sees the same arr
 passing the same optimizer to several ``fit`` calls continues training where it stopped.
 
 The update rules are PyTorch's (``torch.optim.SGD`` and ``torch.optim.Adam`` with default
-flags), so results can be compared step by step. Each parameter gets its scratch buffers
-once; a step allocates nothing.
+flags), so results can be compared step by step. SGD and Adam update every parameter in
+one call to the active backend (``sgd_update``/``adam_update``): the compiled one makes
+a single pass over each array, where numpy needs up to a dozen ufunc calls per array.
 
 A schedule changes ``optimizer.lr`` once per epoch: call ``scheduler.step()`` after each
 epoch, or pass the scheduler to ``fit(callbacks=[scheduler])``.
@@ -22,6 +23,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from fastcnn import _backend, _threads
 
 __all__ = ["SGD", "Adam", "CosineAnnealingLR", "LRScheduler", "Optimizer", "StepLR"]
 
@@ -42,6 +45,7 @@ class Optimizer:
 
     Subclasses implement ``_update(param, grad, state)``, which must modify ``param`` in
     place, and may keep arrays in ``state`` (a dict per parameter, empty on the first step).
+    (SGD and Adam override ``_step`` instead, to update all parameters in one call.)
 
     Parameters
     ----------
@@ -61,6 +65,7 @@ class Optimizer:
         self._params: list[tuple[np.ndarray, np.ndarray]] | None = None
         self._source: object = None  # the list last passed in, to skip re-checking it
         self._state: list[dict[str, Any]] = []
+        self._lists: tuple | None = None  # _arrays' lists, for the pairs bound last
 
     def bind(self, params_and_grads: ParamsAndGrads) -> Optimizer:
         """Attach to a list of ``(param, grad)`` pairs; returns self.
@@ -78,6 +83,18 @@ class Optimizer:
         self.n_steps = 0
         return self
 
+    def _arrays(self) -> tuple[list[np.ndarray], list[np.ndarray], object]:
+        """The bound params and grads as two lists, and the backend to update them with:
+        the active one, or numpy's when an array is not C-contiguous (the compiled
+        updates need flat arrays; numpy's work on any layout)."""
+        if self._lists is None or self._lists[0] is not self._params:
+            params = [param for param, _ in self._params or ()]
+            grads = [grad for _, grad in self._params or ()]
+            flat = all(a.flags.c_contiguous for a in params + grads)
+            self._lists = (self._params, params, grads, flat)
+        _, params, grads, flat = self._lists
+        return params, grads, _backend.current() if flat else _backend._reference_module()
+
     def step(self, params_and_grads: ParamsAndGrads | None = None) -> None:
         """Update every parameter in place from its current gradient.
 
@@ -94,7 +111,10 @@ class Optimizer:
                 "or bind(model.parameters()) first"
             )
         self.n_steps += 1
-        for (param, grad), state in zip(self._params, self._state, strict=True):
+        self._step()
+
+    def _step(self) -> None:
+        for (param, grad), state in zip(self._params or (), self._state, strict=True):
             self._update(param, grad, state)
 
     def reset(self) -> None:
@@ -173,34 +193,29 @@ class SGD(Optimizer):
             raise ValueError("nesterov=True requires momentum > 0, got momentum=0")
         self.weight_decay = _check_number(weight_decay, "weight_decay")
 
-    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, Any]) -> None:
-        if not state:
-            state["scratch"] = np.empty_like(param)
-            if self.momentum:
-                state["momentum_buffer"] = None
-        s = state["scratch"]
-        lr, momentum = self.lr, self.momentum
-        d = grad  # never written to: the gradient belongs to the layer
-        if self.weight_decay:
-            np.multiply(param, self.weight_decay, out=s)
-            s += grad
-            d = s
-        if momentum:
-            buf = state["momentum_buffer"]
-            if buf is None:
-                buf = state["momentum_buffer"] = d.copy()
-            else:
-                buf *= momentum
-                buf += d
-            if self.nesterov:  # param -= lr * (d + momentum * buf), in two in-place passes
-                np.multiply(d, lr, out=s)
-                param -= s
-                np.multiply(buf, lr * momentum, out=s)
-                param -= s
-                return
-            d = buf
-        np.multiply(d, lr, out=s)
-        param -= s
+    def _step(self) -> None:
+        params, grads, backend = self._arrays()
+        n_threads = _threads.get_num_threads()
+        args = (self.lr, self.momentum, self.weight_decay, self.nesterov)
+        if not self.momentum:
+            backend.sgd_update(params, grads, None, *args, False, n_threads)
+            return
+        # The first step copies d into each new buffer; a checkpoint may restore some
+        # buffers before that, so the two kinds are updated in separate calls.
+        new = [state.get("momentum_buffer") is None for state in self._state]
+        for state, param, is_new in zip(self._state, params, new, strict=True):
+            if is_new:
+                state["momentum_buffer"] = np.empty_like(param)
+        buffers = [state["momentum_buffer"] for state in self._state]
+        for first in (True, False):
+            pick = [i for i, is_new in enumerate(new) if is_new == first]
+            if len(pick) == len(params):
+                backend.sgd_update(params, grads, buffers, *args, first, n_threads)
+            elif pick:
+                backend.sgd_update(
+                    [params[i] for i in pick], [grads[i] for i in pick],
+                    [buffers[i] for i in pick], *args, first, n_threads,
+                )  # fmt: skip
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -248,35 +263,22 @@ class Adam(Optimizer):
         self.eps = _check_number(eps, "eps")
         self.weight_decay = _check_number(weight_decay, "weight_decay")
 
-    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, Any]) -> None:
-        if not state:
-            state["exp_avg"] = np.zeros_like(param)
-            state["exp_avg_sq"] = np.zeros_like(param)
-            state["scratch"] = np.empty_like(param)
-            if self.weight_decay:
-                state["decayed"] = np.empty_like(param)
+    def _step(self) -> None:
+        params, grads, backend = self._arrays()
+        for state, param in zip(self._state, params, strict=True):
+            if "exp_avg" not in state:
+                state["exp_avg"] = np.zeros_like(param)
+                state["exp_avg_sq"] = np.zeros_like(param)
         beta1, beta2 = self.betas
-        m, v, s = state["exp_avg"], state["exp_avg_sq"], state["scratch"]
-        g = grad
-        if self.weight_decay:
-            g = state["decayed"]
-            np.multiply(param, self.weight_decay, out=g)
-            g += grad
         t = self.n_steps
-        m *= beta1
-        np.multiply(g, 1 - beta1, out=s)
-        m += s
-        v *= beta2
-        np.multiply(g, g, out=s)
-        s *= 1 - beta2
-        v += s
-        step_size = self.lr / (1 - beta1**t)
-        np.sqrt(v, out=s)
-        s /= math.sqrt(1 - beta2**t)
-        s += self.eps
-        np.divide(m, s, out=s)
-        s *= step_size
-        param -= s
+        backend.adam_update(
+            params, grads,
+            [state["exp_avg"] for state in self._state],
+            [state["exp_avg_sq"] for state in self._state],
+            beta1, beta2, self.eps, self.weight_decay,
+            self.lr / (1 - beta1**t), math.sqrt(1 - beta2**t),
+            _threads.get_num_threads(),
+        )  # fmt: skip
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -1,4 +1,5 @@
-"""Optimizers and schedules: hand-computed steps, PyTorch parity, in-place updates, errors."""
+"""Optimizers and schedules: hand-computed steps, PyTorch parity, the compiled updates
+against numpy's bit for bit, in-place updates, errors."""
 
 import math
 import tracemalloc
@@ -7,14 +8,20 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
+import fastcnn
+from fastcnn import _backend
 from fastcnn.optim import SGD, Adam, CosineAnnealingLR, StepLR
+
+needs_compiled = pytest.mark.skipif(
+    "cython" not in fastcnn.available_backends(), reason="compiled extension not importable"
+)
 
 
 def make_pairs(dtype, values=(1.0, 2.0), grads=(0.5, -1.0)):
     return [(np.array(values, dtype), np.array(grads, dtype))]
 
 
-def test_sgd_plain_step(dtype):
+def test_sgd_plain_step(dtype, backend):
     pairs = make_pairs(dtype)
     SGD(lr=0.1).step(pairs)
     assert_allclose(pairs[0][0], [0.95, 2.1], rtol=1e-6)
@@ -22,7 +29,7 @@ def test_sgd_plain_step(dtype):
     assert_array_equal(pairs[0][1], [0.5, -1.0])  # the gradient is never modified
 
 
-def test_sgd_momentum_weight_decay_two_steps():
+def test_sgd_momentum_weight_decay_two_steps(backend):
     p, g = np.array([1.0]), np.array([0.5])
     opt = SGD(lr=0.1, momentum=0.9, weight_decay=0.1)
     opt.step([(p, g)])
@@ -33,7 +40,7 @@ def test_sgd_momentum_weight_decay_two_steps():
     assert_allclose(p, [0.94 - 0.1134])
 
 
-def test_sgd_nesterov_two_steps():
+def test_sgd_nesterov_two_steps(backend):
     p, g = np.array([1.0]), np.array([1.0])
     opt = SGD(lr=0.1, momentum=0.5, nesterov=True)
     opt.step([(p, g)])  # buf = 1; update = 1 + 0.5 * 1 = 1.5
@@ -42,7 +49,7 @@ def test_sgd_nesterov_two_steps():
     assert_allclose(p, [0.85 - 0.175])
 
 
-def test_adam_two_steps_hand_computed():
+def test_adam_two_steps_hand_computed(backend):
     p, g = np.array([1.0, -2.0]), np.array([0.1, 0.3])
     opt = Adam(lr=0.01, betas=(0.8, 0.9), eps=1e-8)
     opt.step([(p, g)])
@@ -68,7 +75,7 @@ TORCH_CONFIGS = [
 
 
 @pytest.mark.parametrize(("name", "kwargs"), TORCH_CONFIGS, ids=str)
-def test_matches_torch_optim(name, kwargs, dtype, rng):
+def test_matches_torch_optim(name, kwargs, dtype, rng, backend):
     torch = pytest.importorskip("torch", reason="torch is optional: the reference optimizers")
     shapes = [(3, 2, 3, 3), (3,), (4, 5)]
     params = [rng.standard_normal(s).astype(dtype) for s in shapes]
@@ -94,20 +101,127 @@ def test_matches_torch_optim(name, kwargs, dtype, rng):
     [SGD(0.1), SGD(0.1, momentum=0.9, nesterov=True, weight_decay=0.1), Adam(weight_decay=0.1)],
     ids=repr,
 )
+@needs_compiled
 def test_steps_are_in_place_and_allocate_nothing(opt):
+    """On the compiled backend (numpy's update, the reference, makes temporaries)."""
     param = np.ones(100_000, np.float32)
     grad = np.full_like(param, 0.5)
     pairs = [(param, grad)]
-    opt.step(pairs)  # the first step allocates the state
-    tracemalloc.start()
-    try:
-        for _ in range(5):
-            opt.step(pairs)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    with fastcnn.use_backend("cython"):
+        opt.step(pairs)  # the first step allocates the state
+        tracemalloc.start()
+        try:
+            for _ in range(5):
+                opt.step(pairs)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
     assert pairs[0][0] is param
     assert peak < param.nbytes // 10, f"a step allocated {peak} bytes"
+
+
+# ---------------------------------------------------------------------------------------
+# The compiled updates (one call for every parameter) against numpy's
+
+
+UPDATE_CONFIGS = [
+    (SGD, {"lr": 0.1}),
+    (SGD, {"lr": 0.1, "weight_decay": 0.1}),
+    (SGD, {"lr": 0.05, "momentum": 0.9}),
+    (SGD, {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
+    (Adam, {"lr": 1e-2}),
+    (Adam, {"lr": 3e-3, "betas": (0.5, 0.9), "eps": 1e-6, "weight_decay": 0.1}),
+]
+
+
+def _train(cls, kwargs, start, backend, steps=4, layout=np.ascontiguousarray):
+    """Parameters after ``steps`` updates with seeded gradients, on one backend."""
+    params = [layout(p.copy()) for p in start]
+    grads = [np.zeros_like(p) for p in params]
+    opt, g_rng = cls(**kwargs), np.random.default_rng(7)
+    with fastcnn.use_backend(backend):
+        for _ in range(steps):
+            for g in grads:
+                g[...] = g_rng.standard_normal(g.shape)
+            opt.step(list(zip(params, grads, strict=True)))
+    return params
+
+
+@needs_compiled
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize(("cls", "kwargs"), UPDATE_CONFIGS, ids=str)
+def test_compiled_updates_match_numpy_bit_for_bit(cls, kwargs, threads, dtype, rng):
+    # LeNet-like arrays; the 48,000-element one is split over the threads; one is empty.
+    shapes = [(6, 1, 5, 5), (6,), (120, 400), (0,), (10, 84)]
+    start = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    before = fastcnn.get_num_threads()
+    try:
+        fastcnn.set_num_threads(threads)
+        expected = _train(cls, kwargs, start, "numpy")
+        got = _train(cls, kwargs, start, "cython")
+    finally:
+        fastcnn.set_num_threads(before)
+    for g, e in zip(got, expected, strict=True):
+        assert g.dtype == dtype
+        assert_array_equal(g, e)
+    assert not np.array_equal(got[2], start[2])  # the update did something
+
+
+@needs_compiled
+@pytest.mark.parametrize(("cls", "kwargs"), UPDATE_CONFIGS, ids=str)
+def test_non_contiguous_parameters_take_the_numpy_update(cls, kwargs, rng):
+    start = [rng.standard_normal((4, 6)).astype(np.float32)]
+    expected = _train(cls, kwargs, start, "cython")
+    got = _train(cls, kwargs, start, "cython", layout=np.asfortranarray)
+    assert not got[0].flags.c_contiguous
+    assert_array_equal(got[0], expected[0])
+
+
+@needs_compiled
+def test_momentum_continues_from_restored_buffers_beside_new_ones():
+    """A checkpoint can restore some momentum buffers; the others start as d."""
+    params = [np.ones(3), np.ones(2)]
+    grads = [np.full(3, 0.5), np.full(2, 0.5)]
+    pairs = list(zip(params, grads, strict=True))
+    for backend in ("numpy", "cython"):
+        with fastcnn.use_backend(backend):
+            params[0][...], params[1][...] = 1.0, 1.0
+            opt = SGD(lr=0.1, momentum=0.9).bind(pairs)
+            opt._state[0]["momentum_buffer"] = np.full(3, 2.0)  # restored
+            opt.step()
+            assert_allclose(params[0], 1 - 0.1 * (0.9 * 2.0 + 0.5))
+            assert_allclose(params[1], 1 - 0.1 * 0.5)
+
+
+@needs_compiled
+@pytest.mark.parametrize(
+    ("change", "pattern"),
+    [
+        (lambda a: a.update(p=np.ones(8, np.float32)[::2]), r"params\[1\] must be C-contiguous"),
+        (lambda a: a.update(g=np.ones(4)), r"grads\[1\] has dtype float64"),
+        (lambda a: a.update(g=np.ones(5, np.float32)), r"grads\[1\] has 5 elements"),
+        (lambda a: a.update(p=np.ones(4, np.int32)), r"params\[1\] must be float32 or float64"),
+        (lambda a: a.update(p=[1.0, 2.0]), r"params\[1\] must be a numpy array, got list"),
+        (lambda a: a.update(b=np.ones(4, np.float32)[::-1]), r"momentum_buffers\[1\]"),
+        (lambda a: a["p"].setflags(write=False), r"params\[1\] is read-only"),
+    ],
+)
+def test_update_kernels_refuse_bad_arrays_and_change_nothing(change, pattern):
+    kernels = _backend._compiled
+    good = np.ones(3, np.float32)
+    arrays = {k: np.ones(4, np.float32) for k in "pgb"}
+    change(arrays)
+    params, grads = [good, arrays["p"]], [np.ones(3, np.float32), arrays["g"]]
+    buffers = [np.ones(3, np.float32), arrays["b"]]
+    with pytest.raises(ValueError, match=pattern):
+        kernels.sgd_update(params, grads, buffers, 0.1, 0.9, 0.0, False, False, 1)
+    with pytest.raises(ValueError, match=pattern.replace("momentum_buffers", "exp_avgs")):
+        kernels.adam_update(params, grads, buffers, buffers, 0.9, 0.99, 1e-8, 0, 1, 1, 1)
+    assert_array_equal(good, 1.0)  # checked before anything was written
+    with pytest.raises(ValueError, match="2 params but 1 grads"):
+        kernels.sgd_update(params, grads[:1], None, 0.1, 0.0, 0.0, False, False, 1)
+    with pytest.raises(ValueError, match="momentum needs 2 momentum_buffers"):
+        kernels.sgd_update(params, grads, None, 0.1, 0.9, 0.0, False, False, 1)
 
 
 def test_state_survives_a_new_list_of_the_same_arrays():
