@@ -52,7 +52,8 @@ cdef extern from "direct_conv.h":
     Py_ssize_t fastcnn_direct_co_block(int level, Py_ssize_t cog) noexcept nogil
     Py_ssize_t fastcnn_direct_t_block(int level) noexcept nogil
     void fastcnn_direct_conv(int level, Py_ssize_t cb, const float* xp, const Py_ssize_t* off,
-                             Py_ssize_t k, const float* wpk, Py_ssize_t cog_pad, float* out,
+                             Py_ssize_t k, Py_ssize_t taps_c, const Py_ssize_t* ranges,
+                             const float* wpk, Py_ssize_t cog_pad, float* out,
                              Py_ssize_t ldo, Py_ssize_t q_pad) noexcept nogil
     Py_ssize_t fastcnn_wgrad_t_lanes(int level) noexcept nogil
     Py_ssize_t fastcnn_wgrad_t_taps(int level) noexcept nogil
@@ -311,11 +312,17 @@ ctypedef struct DirectPlan:
     Py_ssize_t per_thread        # n_xp + the (cog_pad, q_pad) wide output block
     float* wpk
     Py_ssize_t* off
+    Py_ssize_t* ranges           # per block of positions, the taps of each channel to
+                                 # visit (direct_conv.h); NULL: all of them
 
 
-cdef int plan_direct(DirectPlan* plan, const float* weight, const Geometry* g) except -1:
-    # Fills plan; on success the caller releases it with free_plan.
-    cdef Py_ssize_t tb, grp, co, r
+cdef int plan_direct(DirectPlan* plan, const float* weight, const Geometry* g,
+                     bint skip_padding_rows) except -1:
+    # Fills plan; on success the caller releases it with free_plan. skip_padding_rows:
+    # leave out, per block of positions, the kernel rows that read only padding rows.
+    # That skips products with zero, which changes nothing unless a weight is infinite
+    # (0 * inf is NaN): so it is only asked for where PyTorch skips them too.
+    cdef Py_ssize_t tb, grp, co, r, b, n_blocks, oh0, oh1, i_lo, i_hi
     plan.level = fastcnn_direct_level()
     plan.cb = fastcnn_direct_co_block(plan.level, g.cog)
     tb = fastcnn_direct_t_block(plan.level)
@@ -323,11 +330,27 @@ cdef int plan_direct(DirectPlan* plan, const float* weight, const Geometry* g) e
     plan.q_pad = (g.q + tb - 1) // tb * tb
     plan.n_xp = g.plane + tb  # reads run up to tb past the last valid column
     plan.per_thread = plan.n_xp + plan.cog_pad * plan.q_pad
+    n_blocks = plan.q_pad // tb
     plan.wpk = <float*> calloc(g.groups * plan.cog_pad * g.k, sizeof(float))
     plan.off = <Py_ssize_t*> malloc(g.k * sizeof(Py_ssize_t))
-    if plan.wpk == NULL or plan.off == NULL:
+    plan.ranges = NULL
+    if skip_padding_rows:
+        plan.ranges = <Py_ssize_t*> malloc(2 * n_blocks * sizeof(Py_ssize_t))
+    if plan.wpk == NULL or plan.off == NULL or (skip_padding_rows and plan.ranges == NULL):
         free_plan(plan)
         raise MemoryError("conv2d: cannot allocate the packed weights")
+    if skip_padding_rows:
+        # Block b covers output rows oh0..oh1 (positions past the last row are junk);
+        # kernel row i reads padded rows oh + i*dh, which hold data in [ph, ph + h).
+        for b in range(n_blocks):
+            oh0 = b * tb // g.wp
+            oh1 = min((b * tb + tb - 1) // g.wp, g.h_out - 1)
+            i_lo = max(0, (g.ph - oh1 + g.dh - 1) // g.dh) if oh0 < g.h_out else 0
+            i_hi = min(g.kh - 1, (g.ph + g.h - 1 - oh0) // g.dh) if oh0 < g.h_out else -1
+            if i_hi < i_lo:
+                i_lo, i_hi = 0, -1
+            plan.ranges[2 * b] = i_lo * g.kw
+            plan.ranges[2 * b + 1] = (i_hi + 1) * g.kw
     for grp in range(g.groups):
         for co in range(g.cog):
             for r in range(g.k):
@@ -340,8 +363,10 @@ cdef int plan_direct(DirectPlan* plan, const float* weight, const Geometry* g) e
 cdef void free_plan(DirectPlan* plan) noexcept nogil:
     free(plan.wpk)
     free(plan.off)
+    free(plan.ranges)
     plan.wpk = NULL
     plan.off = NULL
+    plan.ranges = NULL
 
 
 cdef void forward_sample_direct(const float* x, const DirectPlan* plan, const float* bias,
@@ -357,9 +382,9 @@ cdef void forward_sample_direct(const float* x, const DirectPlan* plan, const fl
     cdef float b
     for grp in range(g.groups):
         pad_plane(x + grp * g.cg * g.h * g.w, g, xp)
-        fastcnn_direct_conv(plan.level, plan.cb, xp, plan.off, g.k,
-                            plan.wpk + grp * plan.cog_pad * g.k, plan.cog_pad,
-                            tmp, plan.q_pad, plan.q_pad)
+        fastcnn_direct_conv(plan.level, plan.cb, xp, plan.off, g.k, g.kh * g.kw,
+                            plan.ranges, plan.wpk + grp * plan.cog_pad * g.k,
+                            plan.cog_pad, tmp, plan.q_pad, plan.q_pad)
         for co in range(g.cog):
             b = bias[grp * g.cog + co] if bias != NULL else 0
             src = tmp + co * plan.q_pad
@@ -611,13 +636,14 @@ cdef void tap_offsets(const Geometry* g, Py_ssize_t* off, Py_ssize_t k_pad) noex
 
 
 cdef int forward_direct(const float* x, const float* weight, const float* bias, float* out,
-                       Py_ssize_t n_batch, int threads, const Geometry* g) except -1:
+                       Py_ssize_t n_batch, int threads, const Geometry* g,
+                       bint skip_padding_rows) except -1:
     # Samples in parallel through forward_sample_direct, each thread on its own scratch.
     cdef DirectPlan plan
     cdef Py_ssize_t n
     cdef float* scratch = NULL
     cdef float* base
-    plan_direct(&plan, weight, g)
+    plan_direct(&plan, weight, g, skip_padding_rows)
     try:
         scratch = <float*> calloc(
             scratch_elements(threads, plan.per_thread, sizeof(float)), sizeof(float))
@@ -667,7 +693,7 @@ cdef int input_grad_direct(const float* grad_out, const float* weight, float* gr
     cdef float* flipped = flipped_weights(weight, g)
     try:
         forward_direct(grad_out, flipped, NULL, grad_x, n_batch,
-                       batch_threads(n_batch, n_threads, &t), &t)
+                       batch_threads(n_batch, n_threads, &t), &t, True)
     finally:
         free(flipped)
     return 0
@@ -773,6 +799,7 @@ cdef int weight_grad_lanes(const float* x, const float* grad_out, const float* w
     cdef DirectPlan plan
     plan.wpk = NULL
     plan.off = NULL
+    plan.ranges = NULL
     cdef float* flipped = NULL
     cdef Py_ssize_t* off = NULL
     cdef Py_ssize_t* pos = NULL
@@ -784,7 +811,7 @@ cdef int weight_grad_lanes(const float* x, const float* grad_out, const float* w
         if grad_x != NULL:
             tg = input_grad_geometry(g)
             flipped = flipped_weights(weight, g)
-            plan_direct(&plan, flipped, &tg)
+            plan_direct(&plan, flipped, &tg, True)
             per_thread += plan.per_thread
         off = <Py_ssize_t*> malloc(k_pad * sizeof(Py_ssize_t))
         pos = <Py_ssize_t*> malloc(max(g.p, 1) * sizeof(Py_ssize_t))
@@ -868,7 +895,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     if floating is float:
         if direct_pays(&g):
             forward_direct(x_ptr, &weight[0, 0, 0, 0], bias_ptr, &out[0, 0, 0, 0],
-                           n_batch, threads, &g)
+                           n_batch, threads, &g, False)
             return
     cdef Py_ssize_t nb = chunk_size(n_batch, threads, &g)
     cdef Py_ssize_t n_chunks = (n_batch + nb - 1) // nb

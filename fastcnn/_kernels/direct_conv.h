@@ -2,6 +2,10 @@
  *
  * out[co * ldo + t] = sum_r w[co, r] * xp[off[r] + t]   for co < cog_pad, t < q_pad
  *
+ * The taps r run channel by channel, taps_c per channel. With ranges != NULL, block b of
+ * positions (t0 = b * TB) visits only taps [ranges[2b], ranges[2b+1]) of each channel:
+ * the caller leaves out kernel rows that read only zero padding rows for that block.
+ *
  * xp is one sample's zero-padded input plane block and off[r] the offset of kernel tap r
  * in it, so this is a matrix product whose right-hand rows are read in place: no im2col
  * copy and no BLAS packing, which dominate when the channel counts are small (LeNet).
@@ -28,23 +32,28 @@ typedef float fastcnn_v8 __attribute__((vector_size(32)));
 
 #define FASTCNN_DIRECT_KERNEL(NAME, TARGET, VEC, LANES, NV, CB)                            \
     __attribute__((target(TARGET))) static void NAME(                                      \
-        const float *xp, const ptrdiff_t *off, ptrdiff_t k, const float *wpk,              \
-        ptrdiff_t cog_pad, float *out, ptrdiff_t ldo, ptrdiff_t q_pad)                      \
+        const float *xp, const ptrdiff_t *off, ptrdiff_t k, ptrdiff_t taps_c,              \
+        const ptrdiff_t *ranges, const float *wpk, ptrdiff_t cog_pad, float *out,           \
+        ptrdiff_t ldo, ptrdiff_t q_pad)                                                     \
     {                                                                                       \
         for (ptrdiff_t co0 = 0; co0 < cog_pad; co0 += CB) {                                 \
             const float *wb = wpk + co0 * k;                                                \
-            for (ptrdiff_t t0 = 0; t0 < q_pad; t0 += LANES * NV) {                          \
+            for (ptrdiff_t t0 = 0, b = 0; t0 < q_pad; t0 += LANES * NV, b++) {              \
+                ptrdiff_t lo = ranges ? ranges[2 * b] : 0;                                  \
+                ptrdiff_t hi = ranges ? ranges[2 * b + 1] : taps_c;                         \
                 VEC acc[CB][NV];                                                            \
                 for (int c = 0; c < CB; c++)                                                \
                     for (int v = 0; v < NV; v++) acc[c][v] = (VEC){0};                      \
-                for (ptrdiff_t r = 0; r < k; r++) {                                         \
-                    const float *src = xp + off[r] + t0;                                    \
-                    const float *wr = wb + r * CB;                                          \
-                    VEC xv[NV];                                                             \
-                    for (int v = 0; v < NV; v++) memcpy(&xv[v], src + v * LANES, sizeof(VEC)); \
-                    for (int c = 0; c < CB; c++) {                                          \
-                        VEC b = (VEC){0} + wr[c];                                           \
-                        for (int v = 0; v < NV; v++) acc[c][v] += b * xv[v];                \
+                for (ptrdiff_t c0 = 0; c0 < k; c0 += taps_c) {                              \
+                    for (ptrdiff_t r = c0 + lo; r < c0 + hi; r++) {                         \
+                        const float *src = xp + off[r] + t0;                                \
+                        const float *wr = wb + r * CB;                                      \
+                        VEC xv[NV];                                                         \
+                        for (int v = 0; v < NV; v++) memcpy(&xv[v], src + v * LANES, sizeof(VEC)); \
+                        for (int c = 0; c < CB; c++) {                                      \
+                            VEC b_ = (VEC){0} + wr[c];                                      \
+                            for (int v = 0; v < NV; v++) acc[c][v] += b_ * xv[v];           \
+                        }                                                                   \
                     }                                                                       \
                 }                                                                           \
                 for (int c = 0; c < CB; c++)                                                \
@@ -187,14 +196,15 @@ static void fastcnn_wgrad(int level, const float *xp, ptrdiff_t xp_stride, const
 
 /* cb: the block fastcnn_direct_co_block chose, which wpk was packed for. */
 static void fastcnn_direct_conv(int level, ptrdiff_t cb, const float *xp, const ptrdiff_t *off,
-                                ptrdiff_t k, const float *wpk, ptrdiff_t cog_pad, float *out,
+                                ptrdiff_t k, ptrdiff_t taps_c, const ptrdiff_t *ranges,
+                                const float *wpk, ptrdiff_t cog_pad, float *out,
                                 ptrdiff_t ldo, ptrdiff_t q_pad)
 {
     if (level == 2 && cb == 8)
-        fastcnn_direct_avx512(xp, off, k, wpk, cog_pad, out, ldo, q_pad);
+        fastcnn_direct_avx512(xp, off, k, taps_c, ranges, wpk, cog_pad, out, ldo, q_pad);
     else if (level == 2)
-        fastcnn_direct_avx512_cb6(xp, off, k, wpk, cog_pad, out, ldo, q_pad);
-    else fastcnn_direct_avx2(xp, off, k, wpk, cog_pad, out, ldo, q_pad);
+        fastcnn_direct_avx512_cb6(xp, off, k, taps_c, ranges, wpk, cog_pad, out, ldo, q_pad);
+    else fastcnn_direct_avx2(xp, off, k, taps_c, ranges, wpk, cog_pad, out, ldo, q_pad);
 }
 
 #else
@@ -221,11 +231,12 @@ static void fastcnn_wgrad_t(int level, const float *x, const ptrdiff_t *off, ptr
 }
 static ptrdiff_t fastcnn_direct_t_block(int level) { (void)level; return 1; }
 static void fastcnn_direct_conv(int level, ptrdiff_t cb, const float *xp, const ptrdiff_t *off,
-                                ptrdiff_t k, const float *wpk, ptrdiff_t cog_pad, float *out,
+                                ptrdiff_t k, ptrdiff_t taps_c, const ptrdiff_t *ranges,
+                                const float *wpk, ptrdiff_t cog_pad, float *out,
                                 ptrdiff_t ldo, ptrdiff_t q_pad)
 {
-    (void)level; (void)cb; (void)xp; (void)off; (void)k; (void)wpk; (void)cog_pad; (void)out;
-    (void)ldo; (void)q_pad;
+    (void)level; (void)cb; (void)xp; (void)off; (void)k; (void)taps_c; (void)ranges;
+    (void)wpk; (void)cog_pad; (void)out; (void)ldo; (void)q_pad;
 }
 
 #endif
