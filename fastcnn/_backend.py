@@ -47,7 +47,7 @@ def _short_openmp_spin() -> Iterator[None]:
 def _import_compiled() -> tuple[types.SimpleNamespace | None, str | None]:
     try:
         with _short_openmp_spin():
-            from fastcnn._kernels import _activation, _conv, _linear, _openmp, _optim, _pool
+            from fastcnn._kernels import _activation, _conv, _linear, _loss, _openmp, _optim, _pool
     except Exception as exc:  # any failure (missing .so, ABI mismatch) means: fall back
         return None, f"{type(exc).__name__}: {exc}"
     namespace = types.SimpleNamespace(
@@ -68,6 +68,7 @@ def _import_compiled() -> tuple[types.SimpleNamespace | None, str | None]:
         sigmoid_backward=_activation.sigmoid_backward,
         sgd_update=_optim.sgd_update,
         adam_update=_optim.adam_update,
+        softmax_cross_entropy=_loss.softmax_cross_entropy,
         openmp=_openmp,
     )
     return namespace, None

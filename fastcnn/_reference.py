@@ -40,6 +40,7 @@ __all__ = [
     "linear_backward",
     "sgd_update",
     "adam_update",
+    "softmax_cross_entropy",
     "relu_forward",
     "relu_backward",
     "tanh_forward",
@@ -694,3 +695,25 @@ def adam_update(
         denom /= denom_scale
         denom += eps
         param -= (m / denom) * step_size
+
+
+# ---------------------------------------------------------------------------------------
+# Loss
+
+
+def softmax_cross_entropy(
+    logits: np.ndarray, y: np.ndarray, grad: np.ndarray, n_threads: int
+) -> float:
+    """Mean of ``log(sum(exp(shifted))) - shifted[y]`` over the rows, with ``shifted`` the
+    logits minus their row maximum; ``grad = (softmax(logits) - one_hot(y)) / N``."""
+    n = logits.shape[0]
+    rows = np.arange(n)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    np.exp(shifted, out=grad)
+    sum_exp = grad.sum(axis=1)
+    # Per-sample loss: log(sum exp(shifted)) - shifted[y]; shifted[y] <= 0, log(sum) >= 0.
+    loss = float(np.mean(np.log(sum_exp) - shifted[rows, y]))
+    grad /= sum_exp[:, None]
+    grad[rows, y] -= 1
+    grad /= n
+    return loss

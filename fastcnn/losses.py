@@ -11,6 +11,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from fastcnn import _backend, _threads
+from fastcnn._validation import FLOAT_DTYPES
+
 __all__ = ["LOSSES", "get_loss", "log_softmax", "mse", "softmax", "softmax_cross_entropy"]
 
 LossFunction = Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]
@@ -88,15 +91,14 @@ def softmax_cross_entropy(logits: np.ndarray, y: np.ndarray) -> tuple[float, np.
             f"y must hold class indices in [0, {n_classes}) for logits {logits.shape}, "
             f"got values in [{low}, {high}]"
         )
-    rows = np.arange(n)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    grad = np.exp(shifted)
-    sum_exp = grad.sum(axis=1)
-    # Per-sample loss: log(sum exp(shifted)) - shifted[y]; shifted[y] <= 0, log(sum) >= 0.
-    loss = float(np.mean(np.log(sum_exp) - shifted[rows, y]))
-    grad /= sum_exp[:, None]
-    grad[rows, y] -= 1
-    grad /= n
+    grad = np.empty(logits.shape, logits.dtype)
+    if logits.dtype in FLOAT_DTYPES:
+        backend = _backend.current()
+        logits = np.ascontiguousarray(logits)
+        y = np.ascontiguousarray(y, dtype=np.intp)
+    else:  # float16: the compiled loss takes float32 and float64
+        backend = _backend._reference_module()
+    loss = backend.softmax_cross_entropy(logits, y, grad, _threads.get_num_threads())
     return loss, grad
 
 

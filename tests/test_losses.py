@@ -1,16 +1,19 @@
-"""Losses: hand-computed values, stability at huge logits, gradients, errors."""
+"""Losses: hand-computed values, stability at huge logits, gradients, both backends
+against each other, errors."""
 
 import math
 
 import numpy as np
 import pytest
-from conftest import numerical_grad
-from numpy.testing import assert_allclose
+from conftest import numerical_grad, tol
+from numpy.testing import assert_allclose, assert_array_equal
 
+import fastcnn
+from fastcnn import _backend
 from fastcnn.losses import get_loss, log_softmax, mse, softmax, softmax_cross_entropy
 
 
-def test_cross_entropy_hand_computed(dtype):
+def test_cross_entropy_hand_computed(dtype, backend):
     logits = np.array([[0.0, 0.0], [1.0, 2.0]], dtype)
     y = np.array([0, 1])
     loss, grad = softmax_cross_entropy(logits, y)
@@ -23,7 +26,7 @@ def test_cross_entropy_hand_computed(dtype):
 
 
 @pytest.mark.parametrize("scale", [1e4, 1e30])
-def test_cross_entropy_is_stable_for_huge_logits(dtype, scale):
+def test_cross_entropy_is_stable_for_huge_logits(dtype, scale, backend):
     logits = np.array([[scale, 0.0, -scale], [0.0, scale, scale]], dtype)
     loss, grad = softmax_cross_entropy(logits, np.array([0, 1]))
     # Row 1 is certain and right (loss 0); row 2 splits between two equal classes (log 2).
@@ -34,7 +37,7 @@ def test_cross_entropy_is_stable_for_huge_logits(dtype, scale):
     assert loss_wrong == pytest.approx((2 * scale + scale + math.log(2)) / 2, rel=1e-6)
 
 
-def test_cross_entropy_gradient_matches_numerical(rng):
+def test_cross_entropy_gradient_matches_numerical(rng, backend):
     logits = rng.standard_normal((5, 4)) * 3
     y = rng.integers(0, 4, 5)
     _, grad = softmax_cross_entropy(logits, y)
@@ -42,7 +45,7 @@ def test_cross_entropy_gradient_matches_numerical(rng):
     assert_allclose(grad, numeric, rtol=1e-6, atol=1e-9)
 
 
-def test_cross_entropy_matches_torch(rng):
+def test_cross_entropy_matches_torch(rng, backend):
     torch = pytest.importorskip("torch", reason="torch is optional: an independent reference")
     logits = rng.standard_normal((8, 5)) * 10
     y = rng.integers(0, 5, 8)
@@ -52,6 +55,49 @@ def test_cross_entropy_matches_torch(rng):
     ref.backward()
     assert loss == pytest.approx(ref.item(), rel=1e-12)
     assert_allclose(grad, t.grad.numpy(), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.skipif("cython" not in fastcnn.available_backends(), reason="no compiled backend")
+@pytest.mark.parametrize("shape", [(1, 1), (64, 10), (7, 1000), (300, 3)])
+def test_cross_entropy_compiled_matches_numpy(shape, dtype, rng):
+    logits = (rng.standard_normal(shape) * 5).astype(dtype)
+    logits[0, 0] = np.nan  # NaN, +inf and -inf rows: the same specials on both backends
+    if shape[0] > 3:
+        logits[1, -1], logits[2, 0] = np.inf, -np.inf
+    y = rng.integers(0, shape[1], shape[0]).astype(np.uint8 if shape[1] < 256 else np.int32)
+    results = {}
+    for name in ("numpy", "cython"):
+        with fastcnn.use_backend(name):
+            results[name] = softmax_cross_entropy(logits, y)
+    (loss_np, grad_np), (loss_c, grad_c) = results["numpy"], results["cython"]
+    assert grad_c.dtype == dtype and grad_c.shape == shape
+    assert_array_equal(np.isnan(grad_c), np.isnan(grad_np))
+    assert_array_equal(np.isinf(grad_c), np.isinf(grad_np))
+    finite = np.isfinite(grad_np)
+    assert_allclose(grad_c[finite], grad_np[finite], **tol(dtype))
+    assert math.isnan(loss_c) and math.isnan(loss_np)  # row 0 has a NaN
+    logits[:3] = 0.0
+    with fastcnn.use_backend("numpy"):
+        loss_np, _ = softmax_cross_entropy(logits, y)
+    loss_c, _ = softmax_cross_entropy(logits, y)
+    assert loss_c == pytest.approx(loss_np, rel=tol(dtype)["rtol"])
+
+
+def test_cross_entropy_of_float16_logits_uses_the_numpy_loss(backend):
+    logits = np.array([[0.0, 0.0], [1.0, 2.0]], np.float16)
+    loss, grad = softmax_cross_entropy(logits, np.array([0, 1]))
+    assert grad.dtype == np.float16
+    assert loss == pytest.approx((math.log(2) + math.log(1 + math.exp(-1))) / 2, rel=1e-3)
+
+
+@pytest.mark.skipif("cython" not in fastcnn.available_backends(), reason="no compiled backend")
+def test_compiled_loss_refuses_labels_out_of_range_and_mismatched_shapes():
+    kernel = _backend._compiled.softmax_cross_entropy
+    logits, grad = np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"y\[1\] = 3 is not a class index in \[0, 3\)"):
+        kernel(logits, np.array([0, 3], np.intp), grad, 1)
+    with pytest.raises(ValueError, match="do not match"):
+        kernel(logits, np.array([0], np.intp), grad, 1)
 
 
 def test_softmax_and_log_softmax(dtype):

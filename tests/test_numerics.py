@@ -261,7 +261,7 @@ def test_cross_entropy_matches_torch_for_huge_logits(dtype, scale, rng):
                     rtol=1e-6)  # fmt: skip
 
 
-def test_cross_entropy_nan_and_inf_logits_as_in_pytorch():
+def test_cross_entropy_nan_and_inf_logits_as_in_pytorch(backend):
     logits = np.array([[np.nan, 1.0, 2.0], [np.inf, 0.0, 1.0], [-np.inf, 0.0, 1.0],
                        [0.0, -np.inf, 1.0]])  # fmt: skip
     for rows, y in (([0], [1]), ([1], [1]), ([2], [1]), ([2], [0]), ([3], [0])):
