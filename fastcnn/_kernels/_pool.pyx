@@ -125,13 +125,20 @@ cdef void avg_plane(const floating* x, floating* out, Py_ssize_t h, Py_ssize_t w
     if (kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
             and 2 * h_out <= h and 2 * w_out <= w):
         # The common 2x2, stride 2, unpadded case: every window is whole, divisor 4.
+        # Multiplying by 1/4 rounds exactly as dividing by 4, and vectorizes.
         divisor = divisor_override if divisor_override else 4
         for oh in range(h_out):
             r0 = x + 2 * oh * w
-            for ow in range(w_out):
-                out[oh * w_out + ow] = (
-                    (r0[2 * ow] + r0[2 * ow + 1]) + (r0[w + 2 * ow] + r0[w + 2 * ow + 1])
-                ) / divisor
+            if divisor == 4:
+                for ow in range(w_out):
+                    out[oh * w_out + ow] = (
+                        (r0[2 * ow] + r0[2 * ow + 1]) + (r0[w + 2 * ow] + r0[w + 2 * ow + 1])
+                    ) * <floating> 0.25
+            else:
+                for ow in range(w_out):
+                    out[oh * w_out + ow] = (
+                        (r0[2 * ow] + r0[2 * ow + 1]) + (r0[w + 2 * ow] + r0[w + 2 * ow + 1])
+                    ) / divisor
         return
     for oh in range(h_out):
         avg_window(oh, sh, ph, kh, h, &h0, &h1, &span_h)
@@ -159,20 +166,27 @@ cdef void avg_plane_backward(const floating* grad_out, floating* grad_x,
     cdef Py_ssize_t oh, ow, ih, iw, h0, h1, w0, w1, span_h, span_w, divisor
     cdef floating share
     cdef floating* r0
-    memset(grad_x, 0, h * w * sizeof(floating))
     if (kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
             and 2 * h_out <= h and 2 * w_out <= w):
-        # 2x2 windows that tile the plane: each input gets one share, no accumulation.
+        # 2x2 windows that tile the plane: each input gets one share, no accumulation;
+        # only an odd last row or column is left for the memset. share * 1/4 rounds
+        # exactly as share / 4.
+        if 2 * h_out != h or 2 * w_out != w:
+            memset(grad_x, 0, h * w * sizeof(floating))
         divisor = divisor_override if divisor_override else 4
         for oh in range(h_out):
             r0 = grad_x + 2 * oh * w
             for ow in range(w_out):
-                share = grad_out[oh * w_out + ow] / divisor
+                if divisor == 4:
+                    share = grad_out[oh * w_out + ow] * <floating> 0.25
+                else:
+                    share = grad_out[oh * w_out + ow] / divisor
                 r0[2 * ow] = share
                 r0[2 * ow + 1] = share
                 r0[w + 2 * ow] = share
                 r0[w + 2 * ow + 1] = share
         return
+    memset(grad_x, 0, h * w * sizeof(floating))
     for oh in range(h_out):
         avg_window(oh, sh, ph, kh, h, &h0, &h1, &span_h)
         for ow in range(w_out):
