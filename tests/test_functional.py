@@ -236,6 +236,9 @@ def test_conv2d_backward_compiled_matches_reference(x_shape, w_shape, kwargs, dt
 # kernels on a CPU with AVX2/AVX-512 (a CPU without them always takes BLAS).
 WEIGHT_GRAD_PATH_CASES = [
     ("lanes", (5, 6, 14, 14), (16, 6, 5, 5), {}),  # LeNet C3: junk columns of wide rows
+    ("lanes", (2, 3, 6, 21), (16, 3, 5, 5), {}),  # two blocks of 8 positions per row + 1
+    ("lanes", (2, 4, 6, 10), (16, 4, 3, 3), {}),  # 3 taps wide: one block of 8 per row
+    ("lanes", (3, 6, 9, 5), (16, 6, 3, 3), {"padding": 1}),  # rows shorter than a block
     ("lanes", (3, 6, 9, 11), (32, 3, 3, 4), {"padding": (1, 2), "groups": 2}),
     ("lanes", (2, 6, 12, 12), (12, 6, 3, 3), {"dilation": (2, 3), "padding": 1}),
     ("wide", (3, 16, 12, 12), (8, 16, 3, 3), {"padding": 1}),  # 8 channels: half a vector
