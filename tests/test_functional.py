@@ -232,6 +232,49 @@ def test_conv2d_backward_compiled_matches_reference(x_shape, w_shape, kwargs, dt
         assert_close(g, r, dtype)
 
 
+# Shapes that send the float32 forward pass down each of the compiled backend's kernels
+# on a CPU with AVX2/AVX-512 (a CPU without them always takes BLAS).
+FORWARD_PATH_CASES = [
+    ("lanes", (5, 6, 14, 14), (16, 6, 5, 5), {}),  # LeNet C3: rows of 10, one block each
+    ("lanes", (3, 4, 8, 8), (16, 4, 3, 3), {"padding": 1}),  # rows of 8: one block
+    ("wide", (3, 1, 8, 8), (16, 1, 3, 3), {"padding": 1}),  # digits: 9 taps are too few
+    ("lanes", (2, 4, 9, 13), (32, 2, 5, 5), {"groups": 2, "padding": (0, 2)}),  # 13 = 8+4+1
+    ("lanes", (2, 4, 12, 9), (16, 4, 3, 3), {"dilation": (2, 1), "padding": 1}),  # 9 = 8+1
+    ("wide", (2, 1, 12, 12), (6, 1, 5, 5), {"padding": 2}),  # 6 channels: not a vector
+    ("wide", (2, 3, 12, 12), (16, 3, 3, 3), {"dilation": (1, 2)}),  # dilated along the width
+]
+
+
+@needs_compiled
+@pytest.mark.parametrize(("path", "x_shape", "w_shape", "kwargs"), FORWARD_PATH_CASES)
+def test_conv2d_forward_paths(path, x_shape, w_shape, kwargs, rng):
+    from fastcnn._kernels import _conv
+
+    if _conv.direct_simd() == "none":
+        pytest.skip("no AVX2/AVX-512 direct kernels on this CPU: every path is BLAS")
+    pad = kwargs.get("padding", 0)
+    pad_h, pad_w = (pad, pad) if isinstance(pad, int) else pad
+    dil = kwargs.get("dilation", 1)
+    dil_h, dil_w = (dil, dil) if isinstance(dil, int) else dil
+    c_out, _, kh, kw = w_shape
+    assert path == _conv._forward_path(
+        x_shape[1], *x_shape[2:], c_out, kh, kw, pad_h, pad_w, dil_h, dil_w,
+        kwargs.get("groups", 1),
+    )  # fmt: skip
+    x, w, b = _conv_inputs(rng, x_shape, w_shape, np.float32)
+    with fastcnn.use_backend("numpy"):
+        ref = F.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
+                       **kwargs)  # fmt: skip
+    before = fastcnn.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            fastcnn.set_num_threads(threads)
+            with fastcnn.use_backend("cython"):
+                assert_close(F.conv2d(x, w, b, **kwargs), ref, np.float32)
+    finally:
+        fastcnn.set_num_threads(before)
+
+
 # Shapes that send the float32 weight gradient down each of the compiled backend's
 # kernels on a CPU with AVX2/AVX-512 (a CPU without them always takes BLAS).
 WEIGHT_GRAD_PATH_CASES = [

@@ -45,3 +45,16 @@ def _weight_grad_path(
     dil_w: int,
     groups: int,
 ) -> str: ...
+def _forward_path(
+    c_in: int,
+    h: int,
+    w: int,
+    c_out: int,
+    kh: int,
+    kw: int,
+    pad_h: int,
+    pad_w: int,
+    dil_h: int,
+    dil_w: int,
+    groups: int,
+) -> str: ...

@@ -56,6 +56,10 @@ cdef extern from "direct_conv.h":
                              const float* wpk, Py_ssize_t cog_pad, float* out,
                              Py_ssize_t ldo, Py_ssize_t q_pad) noexcept nogil
     Py_ssize_t fastcnn_wgrad_t_lanes(int level) noexcept nogil
+    int fastcnn_lanes_fwd_has(int level, Py_ssize_t kw) noexcept nogil
+    void fastcnn_lanes_fwd_row(int level, Py_ssize_t kw, const float* x0, Py_ssize_t plane,
+                               Py_ssize_t row, Py_ssize_t cg, Py_ssize_t kh, const float* w,
+                               float* out, Py_ssize_t ld, Py_ssize_t w_out) noexcept nogil
     Py_ssize_t fastcnn_wgrad_t_taps(int level) noexcept nogil
     void fastcnn_wgrad_t(int level, const float* x, const Py_ssize_t* off, Py_ssize_t k_pad,
                          const float* dyt, const Py_ssize_t* pos, Py_ssize_t n_pos,
@@ -307,6 +311,7 @@ ctypedef struct DirectPlan:
     # as [co_block][tap][co_in_block] (zero rows past cog) and each tap's offset in the
     # padded plane; and the sizes of the per-thread scratch forward_sample_direct uses.
     int level
+    bint lanes                   # output channels across the vector lanes (see below)
     Py_ssize_t cb, cog_pad, q_pad
     Py_ssize_t n_xp              # padded plane plus the slack the kernel reads past it
     Py_ssize_t per_thread        # n_xp + the (cog_pad, q_pad) wide output block
@@ -316,15 +321,36 @@ ctypedef struct DirectPlan:
                                  # visit (direct_conv.h); NULL: all of them
 
 
+cdef bint lanes_forward_pays(const Geometry* g) noexcept nogil:
+    # The wide kernel computes the junk columns of every padded row (kw - 1 of every wp:
+    # 29% on LeNet's C3) and pads cog to its channel block; the lanes kernel computes only
+    # real outputs but pads cog to the vector width. Taken when it saves a quarter, and
+    # when there are taps enough (32) to amortize each block's set-up and stores: with
+    # the 9 of a one-channel 3x3 kernel it was 27% slower.
+    cdef int level = fastcnn_direct_level()
+    cdef Py_ssize_t lanes = fastcnn_wgrad_t_lanes(level), cb, tb
+    if not (g.wide and g.dw == 1 and g.k >= 32 and fastcnn_lanes_fwd_has(level, g.kw)):
+        return False
+    cb = fastcnn_direct_co_block(level, g.cog)
+    tb = fastcnn_direct_t_block(level)
+    return (4 * ((g.cog + lanes - 1) // lanes * lanes) * g.p
+            < 3 * ((g.cog + cb - 1) // cb * cb) * ((g.q + tb - 1) // tb * tb))
+
+
 cdef int plan_direct(DirectPlan* plan, const float* weight, const Geometry* g,
                      bint skip_padding_rows) except -1:
     # Fills plan; on success the caller releases it with free_plan. skip_padding_rows:
     # leave out, per block of positions, the kernel rows that read only padding rows.
     # That skips products with zero, which changes nothing unless a weight is infinite
-    # (0 * inf is NaN): so it is only asked for where PyTorch skips them too.
+    # (0 * inf is NaN): so it is only asked for where PyTorch skips them too, and it
+    # keeps the wide kernel. Otherwise the lanes kernel is used where it pays.
     cdef Py_ssize_t tb, grp, co, r, b, n_blocks, oh0, oh1, i_lo, i_hi
     plan.level = fastcnn_direct_level()
-    plan.cb = fastcnn_direct_co_block(plan.level, g.cog)
+    plan.lanes = not skip_padding_rows and lanes_forward_pays(g)
+    if plan.lanes:
+        plan.cb = fastcnn_wgrad_t_lanes(plan.level)
+    else:
+        plan.cb = fastcnn_direct_co_block(plan.level, g.cog)
     tb = fastcnn_direct_t_block(plan.level)
     plan.cog_pad = (g.cog + plan.cb - 1) // plan.cb * plan.cb
     plan.q_pad = (g.q + tb - 1) // tb * tb
@@ -374,7 +400,7 @@ cdef void forward_sample_direct(const float* x, const DirectPlan* plan, const fl
     # One sample through the register-blocked direct kernel (direct_conv.h), group by
     # group: pad the group's input planes, convolve into the wide layout, copy the valid
     # columns out with the bias. scratch: plan.per_thread elements.
-    cdef Py_ssize_t grp, co, oh, ow
+    cdef Py_ssize_t grp, co, oh, ow, blk, co0, t
     cdef float* xp = scratch
     cdef float* tmp = scratch + plan.n_xp
     cdef const float* src
@@ -382,6 +408,21 @@ cdef void forward_sample_direct(const float* x, const DirectPlan* plan, const fl
     cdef float b
     for grp in range(g.groups):
         pad_plane(x + grp * g.cg * g.h * g.w, g, xp)
+        if plan.lanes:
+            # tmp is (position, cog_pad): one row of positions per call, per channel block
+            for blk in range(plan.cog_pad // plan.cb):
+                co0 = blk * plan.cb
+                for oh in range(g.h_out):
+                    fastcnn_lanes_fwd_row(
+                        plan.level, g.kw, xp + oh * g.wp, g.hp * g.wp, g.dh * g.wp, g.cg,
+                        g.kh, plan.wpk + (grp * plan.cog_pad + co0) * g.k,
+                        tmp + oh * g.w_out * plan.cog_pad + co0, plan.cog_pad, g.w_out)
+            for co in range(g.cog):
+                b = bias[grp * g.cog + co] if bias != NULL else 0
+                dst = out + (grp * g.cog + co) * g.p
+                for t in range(g.p):
+                    dst[t] = tmp[t * plan.cog_pad + co] + b
+            continue
         fastcnn_direct_conv(plan.level, plan.cb, xp, plan.off, g.k, g.kh * g.kw,
                             plan.ranges, plan.wpk + grp * plan.cog_pad * g.k,
                             plan.cog_pad, tmp, plan.q_pad, plan.q_pad)
@@ -855,13 +896,29 @@ cdef int weight_grad_lanes(const float* x, const float* grad_out, const float* w
     return 0
 
 
+cdef Geometry stride1_geometry(c_in, h, w, c_out, kh, kw, pad_h, pad_w, dil_h, dil_w,
+                               groups) except *:
+    return make_geometry(
+        c_in, h, w, c_out, kh, kw, h + 2 * pad_h - dil_h * (kh - 1),
+        w + 2 * pad_w - dil_w * (kw - 1), 1, 1, pad_h, pad_w, dil_h, dil_w, groups)
+
+
+def _forward_path(c_in, h, w, c_out, kh, kw, pad_h, pad_w, dil_h, dil_w, groups) -> str:
+    """The kernel a stride-1 float32 forward pass of this shape takes (for tests):
+    'lanes' (output channels across the vector lanes), 'wide' or 'blas'."""
+    cdef Geometry g = stride1_geometry(c_in, h, w, c_out, kh, kw, pad_h, pad_w, dil_h,
+                                       dil_w, groups)
+    if not direct_pays(&g):
+        return "blas"
+    return "lanes" if lanes_forward_pays(&g) else "wide"
+
+
 def _weight_grad_path(c_in, h, w, c_out, kh, kw, pad_h, pad_w, dil_h, dil_w,
                       groups) -> str:
     """The kernel a stride-1 float32 weight gradient of this shape takes (for tests):
     'lanes', 'wide' (the wide-layout direct kernel) or 'blas'."""
-    cdef Geometry g = make_geometry(
-        c_in, h, w, c_out, kh, kw, h + 2 * pad_h - dil_h * (kh - 1),
-        w + 2 * pad_w - dil_w * (kw - 1), 1, 1, pad_h, pad_w, dil_h, dil_w, groups)
+    cdef Geometry g = stride1_geometry(c_in, h, w, c_out, kh, kw, pad_h, pad_w, dil_h,
+                                       dil_w, groups)
     if not (direct_pays(&g) and g.k >= 4 * fastcnn_wgrad_tap_block(fastcnn_direct_level())):
         return "blas"
     return "lanes" if lanes_wgrad_pays(&g) else "wide"

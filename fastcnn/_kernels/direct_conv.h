@@ -160,6 +160,94 @@ static void fastcnn_wgrad_t(int level, const float *x, const ptrdiff_t *off, ptr
     else fastcnn_wgrad_t_avx2(x, off, k_pad, dyt, pos, n_pos, cog_pad, dwt);
 }
 
+/* Forward pass with the output channels across the vector lanes, for stride 1 and
+ * dilation 1 along the width: P consecutive positions of one output row,
+ *   out[q * ld + co] = sum over (c, i, j) of w[((c * kh + i) * KW + j) * LANES + co]
+ *                                            * x0[c * plane + i * row + q + j]
+ * for q < P and co < LANES (one block of output channels). For each (c, i) the P + KW - 1
+ * inputs the KW taps read are broadcast once each and used for up to KW products, so a
+ * multiply-add needs under half a load; and only real outputs are computed, none of the
+ * junk columns of the wide layout. The taps are summed in the same order as the wide
+ * kernel, so the results are the same. (The broadcasts sit in an array: selecting the
+ * product inside the unrolled loops instead was miscompiled by GCC 12 at -O3 with
+ * AVX-512.)
+ */
+#define FASTCNN_LANES_FWD_KERNEL(NAME, TARGET, VEC, LANES, KW, P)                           \
+    __attribute__((target(TARGET))) static void NAME(                                      \
+        const float *x0, ptrdiff_t plane, ptrdiff_t row, ptrdiff_t cg, ptrdiff_t kh,        \
+        const float *w, float *out, ptrdiff_t ld)                                           \
+    {                                                                                       \
+        VEC acc[P];                                                                         \
+        for (int q = 0; q < P; q++) acc[q] = (VEC){0};                                      \
+        for (ptrdiff_t c = 0; c < cg; c++) {                                                \
+            for (ptrdiff_t i = 0; i < kh; i++) {                                            \
+                const float *X = x0 + c * plane + i * row;                                  \
+                const float *wr = w + (c * kh + i) * KW * LANES;                            \
+                VEC XB[P + KW - 1];                                                         \
+                for (int m = 0; m < P + KW - 1; m++) XB[m] = (VEC){0} + X[m];               \
+                for (int j = 0; j < KW; j++) {                                              \
+                    VEC wv;                                                                 \
+                    memcpy(&wv, wr + j * LANES, sizeof(VEC));                               \
+                    for (int q = 0; q < P; q++) acc[q] += wv * XB[q + j];                   \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+        for (int q = 0; q < P; q++) memcpy(out + q * ld, &acc[q], sizeof(VEC));             \
+    }
+
+#define FASTCNN_LANES_FWD_SET(SUFFIX, TARGET, VEC, LANES, KW)                               \
+    FASTCNN_LANES_FWD_KERNEL(fastcnn_lanes_fwd##KW##_10_##SUFFIX, TARGET, VEC, LANES, KW, 10) \
+    FASTCNN_LANES_FWD_KERNEL(fastcnn_lanes_fwd##KW##_8_##SUFFIX, TARGET, VEC, LANES, KW, 8)   \
+    FASTCNN_LANES_FWD_KERNEL(fastcnn_lanes_fwd##KW##_4_##SUFFIX, TARGET, VEC, LANES, KW, 4)   \
+    FASTCNN_LANES_FWD_KERNEL(fastcnn_lanes_fwd##KW##_1_##SUFFIX, TARGET, VEC, LANES, KW, 1)
+
+FASTCNN_LANES_FWD_SET(avx512, "avx512f", fastcnn_v16, 16, 3)
+FASTCNN_LANES_FWD_SET(avx512, "avx512f", fastcnn_v16, 16, 5)
+FASTCNN_LANES_FWD_SET(avx2, "avx2,fma", fastcnn_v8, 8, 3)
+FASTCNN_LANES_FWD_SET(avx2, "avx2,fma", fastcnn_v8, 8, 5)
+
+/* Whether the kernel above exists for this kernel width, and the positions per block it
+ * takes first on a row of n left (AVX2 has 16 registers: blocks of 4 at most). */
+static int fastcnn_lanes_fwd_has(int level, ptrdiff_t kw) { return level > 0 && (kw == 3 || kw == 5); }
+static ptrdiff_t fastcnn_lanes_fwd_block(int level, ptrdiff_t n)
+{
+    if (level == 1) return n >= 4 ? 4 : 1;
+    if (n % 10 == 0) return 10; /* LeNet's C3 rows; 28 = 8 + 10 + 10 */
+    return n >= 8 ? 8 : (n >= 4 ? 4 : 1);
+}
+
+/* One row of w_out positions for one block of LANES output channels, in blocks of the
+ * sizes above. x0 points at the row's first input (channel 0, kernel row 0). */
+static void fastcnn_lanes_fwd_row(int level, ptrdiff_t kw, const float *x0, ptrdiff_t plane,
+                                  ptrdiff_t row, ptrdiff_t cg, ptrdiff_t kh, const float *w,
+                                  float *out, ptrdiff_t ld, ptrdiff_t w_out)
+{
+    for (ptrdiff_t t = 0; t < w_out;) {
+        ptrdiff_t p = fastcnn_lanes_fwd_block(level, w_out - t);
+#define FASTCNN_LANES_CALL(SUFFIX, KW, P)                                                   \
+        fastcnn_lanes_fwd##KW##_##P##_##SUFFIX(x0 + t, plane, row, cg, kh, w, out + t * ld, ld)
+        if (level == 2 && kw == 3) {
+            if (p == 10) FASTCNN_LANES_CALL(avx512, 3, 10);
+            else if (p == 8) FASTCNN_LANES_CALL(avx512, 3, 8);
+            else if (p == 4) FASTCNN_LANES_CALL(avx512, 3, 4);
+            else FASTCNN_LANES_CALL(avx512, 3, 1);
+        } else if (level == 2) {
+            if (p == 10) FASTCNN_LANES_CALL(avx512, 5, 10);
+            else if (p == 8) FASTCNN_LANES_CALL(avx512, 5, 8);
+            else if (p == 4) FASTCNN_LANES_CALL(avx512, 5, 4);
+            else FASTCNN_LANES_CALL(avx512, 5, 1);
+        } else if (kw == 3) {
+            if (p == 4) FASTCNN_LANES_CALL(avx2, 3, 4);
+            else FASTCNN_LANES_CALL(avx2, 3, 1);
+        } else {
+            if (p == 4) FASTCNN_LANES_CALL(avx2, 5, 4);
+            else FASTCNN_LANES_CALL(avx2, 5, 1);
+        }
+#undef FASTCNN_LANES_CALL
+        t += p;
+    }
+}
+
 /* 2: AVX-512, 1: AVX2+FMA, 0: none (use im2col + BLAS). Set FASTCNN_DIRECT=0 in the
  * environment to force 0 (benchmarks compare both paths that way). */
 static int fastcnn_direct_level(void)
@@ -230,6 +318,14 @@ static void fastcnn_wgrad_t(int level, const float *x, const ptrdiff_t *off, ptr
     (void)cog_pad; (void)dwt;
 }
 static ptrdiff_t fastcnn_direct_t_block(int level) { (void)level; return 1; }
+static int fastcnn_lanes_fwd_has(int level, ptrdiff_t kw) { (void)level; (void)kw; return 0; }
+static void fastcnn_lanes_fwd_row(int level, ptrdiff_t kw, const float *x0, ptrdiff_t plane,
+                                  ptrdiff_t row, ptrdiff_t cg, ptrdiff_t kh, const float *w,
+                                  float *out, ptrdiff_t ld, ptrdiff_t w_out)
+{
+    (void)level; (void)kw; (void)x0; (void)plane; (void)row; (void)cg; (void)kh; (void)w;
+    (void)out; (void)ld; (void)w_out;
+}
 static void fastcnn_direct_conv(int level, ptrdiff_t cb, const float *xp, const ptrdiff_t *off,
                                 ptrdiff_t k, ptrdiff_t taps_c, const ptrdiff_t *ranges,
                                 const float *wpk, ptrdiff_t cog_pad, float *out,
