@@ -68,6 +68,11 @@ def is_int(value) -> bool:
 
 def pair(value, name: str, minimum: int) -> tuple[int, int]:
     """Normalize an int or an (h, w) pair of ints, each >= ``minimum``."""
+    if type(value) is tuple and len(value) == 2:  # what layers pass: checked fast
+        h, w = value
+        if type(h) is int and type(w) is int and minimum <= h <= MAX_BLAS_DIM:
+            if minimum <= w <= MAX_BLAS_DIM:
+                return value
     if is_int(value):
         values = (int(value), int(value))
     elif isinstance(value, tuple | list) and len(value) == 2 and all(map(is_int, value)):
