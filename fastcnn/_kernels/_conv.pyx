@@ -17,7 +17,10 @@ columns are dropped on copy-out). For float32 on CPUs with AVX2 or AVX-512 the s
 layout feeds register-blocked direct kernels (direct_conv.h) that read the taps in place,
 with no im2col copy and no BLAS packing: the forward pass, the input gradient (a stride-1
 convolution with flipped, transposed weights) and the weight gradient, each where the
-channel counts make it pay. Everything else takes im2col + BLAS.
+channel counts make it pay. Where the junk columns of the wide layout cost more than
+padding the output channels to a vector, the forward pass and the weight gradient put
+the output channels across the vector lanes instead and visit only real outputs ("lanes"
+kernels). Everything else takes im2col + BLAS.
 
 The chunk loop runs under OpenMP ``prange``. Every thread owns its scratch (the column
 matrix, gathered output gradients, the input-gradient columns, partial weight/bias
