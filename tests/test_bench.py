@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -221,3 +222,36 @@ def test_heaviest_imports_are_those_fastcnn_makes():
         "import time:       200 |      71000 | fastcnn",
     ])  # fmt: skip
     assert _bench._heaviest_imports(importtime) == {"numpy": 0.05, "scipy.linalg": 0.0205}
+
+
+def test_thread_scaling_is_measured_in_alternating_blocks(monkeypatch):
+    """Both thread counts are timed in turns, so a machine that slows down part-way
+    through affects both alike; the target is the ratio of their medians."""
+    import fastcnn
+
+    settings = _bench._Settings(
+        threads=2, quick=False, budget=0.08, warmup=0.0, min_repeats=8, warmup_calls=0,
+        loops_budget=0.0, import_runs=1, memory_steps=1, matmul_size=64, verbose=False,
+    )  # fmt: skip
+    ctx = _bench._Context(settings, {"lenet5_threads1"}, None, {})
+    order = []
+
+    def step():  # twice as fast with two threads; records which count ran
+        n = fastcnn.get_num_threads()
+        order.append(n)
+        time.sleep(0.002 / n)
+
+    one, scaling = _bench._interleaved_scaling(ctx, step)
+    assert scaling["speedup"] == pytest.approx(2.0, rel=0.3)
+    assert one["median_ms"] == pytest.approx(2.0, rel=0.3)
+    switches = sum(a != b for a, b in zip(order, order[1:], strict=False))
+    assert switches >= 2 * _bench.SCALING_ROUNDS - 1  # 2, 1, 2, 1, ... block by block
+    results = {
+        "settings": {"threads": 2},
+        "results": [{"case": "lenet5_threads1", "pass": "train b64 @1 thread",
+                     "impls": {}, "scaling": scaling}],
+    }  # fmt: skip
+    targets = {t["target"]: t for t in _bench.evaluate_targets(results)}
+    target = targets["LeNet-5 training step: 2 threads vs 1 thread"]
+    assert target["status"] == "PASS" and target["measured"] == scaling["speedup"]
+    assert "interleaved" in target["note"]
