@@ -976,17 +976,27 @@ def _interleaved_scaling(ctx: _Context, step: Callable[[], object]):
 
     A shared machine drifts over seconds; two medians taken seconds apart can differ by
     more than the thread count changes them. Alternating short blocks gives both counts
-    the same conditions. Returns the one-thread timing and the scaling record.
+    the same conditions. Only fastcnn's count changes between blocks: its kernels pin
+    BLAS to one thread anyway, and switching the BLAS libraries' and PyTorch's pools
+    every block would wake their workers, which then spin on the second core. Returns
+    the one-thread timing and the scaling record.
     """
+    import fastcnn
+    from fastcnn import _threads as fastcnn_threads
+
     settings = ctx.settings
     samples: dict[int, list[float]] = {1: [], settings.threads: []}
     block = settings.budget / SCALING_ROUNDS
     repeats = max(1, settings.min_repeats // SCALING_ROUNDS)
-    for _ in range(SCALING_ROUNDS):
-        for n in (settings.threads, 1):
-            with _threads(n, ctx.torch):
+    saved = fastcnn_threads._num_threads
+    try:
+        for _ in range(SCALING_ROUNDS):
+            for n in (settings.threads, 1):
+                fastcnn.set_num_threads(n)
                 timing = _measure(step, block, repeats, 0.0, max(2, settings.warmup_calls))
-            samples[n] += timing["samples_ms"]
+                samples[n] += timing["samples_ms"]
+    finally:
+        fastcnn.set_num_threads(saved)
     one = {
         "median_ms": statistics.median(samples[1]), "samples_ms": samples[1],
         "repeats": len(samples[1]), "warmup_calls": None,
