@@ -656,14 +656,15 @@ cdef void sum_weight_partials(const float* partial, Py_ssize_t co_stride,
                     dst[0] += dw[t * per_thread]
 
 
-cdef void sum_bias_partials(const float* partial, Py_ssize_t per_thread, int threads,
-                            float* grad_bias, Py_ssize_t c_out) noexcept nogil:
-    # grad_bias = the per-thread partial bias gradients summed in thread order.
-    cdef Py_ssize_t co, t
-    for co in range(c_out):
-        grad_bias[co] = partial[co]
+cdef void sum_partials(const floating* partial, Py_ssize_t per_thread, int threads,
+                       floating* out, Py_ssize_t n) noexcept nogil:
+    # out[:n] = the per-thread partials (thread t's n values start t * per_thread past
+    # thread 0's) summed in thread order: deterministic for a thread count.
+    cdef Py_ssize_t i, t
+    for i in range(n):
+        out[i] = partial[i]
         for t in range(1, threads):
-            grad_bias[co] += partial[t * per_thread + co]
+            out[i] += partial[t * per_thread + i]
 
 
 cdef void tap_offsets(const Geometry* g, Py_ssize_t* off, Py_ssize_t k_pad) noexcept nogil:
@@ -796,7 +797,7 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
             sum_weight_partials(scratch + ns * (xp_stride + dy_stride), k_pad, 1,
                                 cog_pad * k_pad, per_thread, threads, grad_weight, g)
             if grad_bias != NULL:
-                sum_bias_partials(scratch + off_gb, per_thread, threads, grad_bias, g.c_out)
+                sum_partials(scratch + off_gb, per_thread, threads, grad_bias, g.c_out)
     finally:
         free(off)
         free(scratch)
@@ -889,7 +890,7 @@ cdef int weight_grad_lanes(const float* x, const float* grad_out, const float* w
             sum_weight_partials(scratch + g.plane + n_dyt, 1, cog_pad, k_pad * cog_pad,
                                 per_thread, threads, grad_weight, g)
             if grad_bias != NULL:
-                sum_bias_partials(scratch + off_gb, per_thread, threads, grad_bias, g.c_out)
+                sum_partials(scratch + off_gb, per_thread, threads, grad_bias, g.c_out)
     finally:
         free_plan(&plan)
         free(flipped)
@@ -996,7 +997,7 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
                     Py_ssize_t groups, int n_threads):
     """See BACKEND_API.md. Overwrites each gradient buffer that is not None."""
     load_blas(&BLAS)
-    cdef Py_ssize_t n_batch = x.shape[0], c, n0, ns, t, i
+    cdef Py_ssize_t n_batch = x.shape[0], c, n0, ns
     cdef Geometry g = make_geometry(
         x.shape[1], x.shape[2], x.shape[3], weight.shape[0], weight.shape[2],
         weight.shape[3], grad_out.shape[2], grad_out.shape[3], stride_h, stride_w,
@@ -1063,7 +1064,6 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
     if scratch == NULL:
         raise MemoryError(f"conv2d_backward: cannot allocate {threads} x {per_thread} scratch")
     cdef floating* base
-    cdef floating* gw_ptr
     cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
     try:
         with blas_threads(1):
@@ -1090,20 +1090,10 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
                             (base + off_gw) if want_w else NULL,
                             (base + off_gb) if want_b else NULL,
                             ns, base, base + n_col, base + n_col + n_dy, &g)
-        # Sum the per-thread partials in thread order: deterministic for a thread count.
         with nogil:
             if want_w:
-                gw_ptr = &gw_view[0, 0, 0, 0]
-                memcpy(gw_ptr, scratch + off_gw, n_gw * sizeof(floating))
-                for t in range(1, threads):
-                    base = scratch + t * per_thread + off_gw
-                    for i in range(n_gw):
-                        gw_ptr[i] += base[i]
+                sum_partials(scratch + off_gw, per_thread, threads, &gw_view[0, 0, 0, 0], n_gw)
             if want_b:
-                memcpy(&gb_view[0], scratch + off_gb, n_gb * sizeof(floating))
-                for t in range(1, threads):
-                    base = scratch + t * per_thread + off_gb
-                    for i in range(n_gb):
-                        gb_view[i] += base[i]
+                sum_partials(scratch + off_gb, per_thread, threads, &gb_view[0], n_gb)
     finally:
         free(scratch)
