@@ -232,6 +232,17 @@ def test_conv2d_backward_compiled_matches_reference(x_shape, w_shape, kwargs, dt
         assert_close(g, r, dtype)
 
 
+def _path_args(x_shape, w_shape, kwargs) -> tuple[int, ...]:
+    """The arguments of ``_conv._forward_path``/``_weight_grad_path`` for a conv2d call."""
+    pad = kwargs.get("padding", 0)
+    pad_h, pad_w = (pad, pad) if isinstance(pad, int) else pad
+    dil = kwargs.get("dilation", 1)
+    dil_h, dil_w = (dil, dil) if isinstance(dil, int) else dil
+    c_out, _, kh, kw = w_shape
+    return (x_shape[1], *x_shape[2:], c_out, kh, kw, pad_h, pad_w, dil_h, dil_w,
+            kwargs.get("groups", 1))  # fmt: skip
+
+
 # Shapes that send the float32 forward pass down each of the compiled backend's kernels
 # on a CPU with AVX2/AVX-512 (a CPU without them always takes BLAS).
 FORWARD_PATH_CASES = [
@@ -252,15 +263,7 @@ def test_conv2d_forward_paths(path, x_shape, w_shape, kwargs, rng):
 
     if _conv.direct_simd() == "none":
         pytest.skip("no AVX2/AVX-512 direct kernels on this CPU: every path is BLAS")
-    pad = kwargs.get("padding", 0)
-    pad_h, pad_w = (pad, pad) if isinstance(pad, int) else pad
-    dil = kwargs.get("dilation", 1)
-    dil_h, dil_w = (dil, dil) if isinstance(dil, int) else dil
-    c_out, _, kh, kw = w_shape
-    assert path == _conv._forward_path(
-        x_shape[1], *x_shape[2:], c_out, kh, kw, pad_h, pad_w, dil_h, dil_w,
-        kwargs.get("groups", 1),
-    )  # fmt: skip
+    assert path == _conv._forward_path(*_path_args(x_shape, w_shape, kwargs))
     x, w, b = _conv_inputs(rng, x_shape, w_shape, np.float32)
     with fastcnn.use_backend("numpy"):
         ref = F.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
@@ -296,15 +299,7 @@ def test_conv2d_weight_grad_paths(path, x_shape, w_shape, kwargs, rng):
 
     if _conv.direct_simd() == "none":
         pytest.skip("no AVX2/AVX-512 direct kernels on this CPU: every path is BLAS")
-    pad = kwargs.get("padding", 0)
-    pad_h, pad_w = (pad, pad) if isinstance(pad, int) else pad
-    dil = kwargs.get("dilation", 1)
-    dil_h, dil_w = (dil, dil) if isinstance(dil, int) else dil
-    c_out, _, kh, kw = w_shape
-    assert path == _conv._weight_grad_path(
-        x_shape[1], *x_shape[2:], c_out, kh, kw, pad_h, pad_w, dil_h, dil_w,
-        kwargs.get("groups", 1),
-    )  # fmt: skip
+    assert path == _conv._weight_grad_path(*_path_args(x_shape, w_shape, kwargs))
     x, w, _ = _conv_inputs(rng, x_shape, w_shape, np.float32)
     grad_out = rng.standard_normal(conv_expected_shape(x_shape, w_shape, **kwargs))
     grad_out = grad_out.astype(np.float32)
