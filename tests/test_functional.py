@@ -243,8 +243,14 @@ def _path_args(x_shape, w_shape, kwargs) -> tuple[int, ...]:
             kwargs.get("groups", 1))  # fmt: skip
 
 
+def _expected_path(path: str | dict[str, str], conv_module) -> str:
+    """The kernel a path case expects on this CPU (a dict gives one per instruction set)."""
+    return path if isinstance(path, str) else path[conv_module.direct_simd()]
+
+
 # Shapes that send the float32 forward pass down each of the compiled backend's kernels
-# on a CPU with AVX2/AVX-512 (a CPU without them always takes BLAS).
+# on a CPU with AVX2/AVX-512 (a CPU without them always takes BLAS). Where the two
+# instruction sets choose differently, the path is given per set.
 FORWARD_PATH_CASES = [
     ("lanes", (5, 6, 14, 14), (16, 6, 5, 5), {}),  # LeNet C3: rows of 10, one block each
     ("lanes", (3, 4, 8, 8), (16, 4, 3, 3), {"padding": 1}),  # rows of 8: one block
@@ -253,6 +259,10 @@ FORWARD_PATH_CASES = [
     ("lanes", (2, 4, 12, 9), (16, 4, 3, 3), {"dilation": (2, 1), "padding": 1}),  # 9 = 8+1
     ("wide", (2, 1, 12, 12), (6, 1, 5, 5), {"padding": 2}),  # 6 channels: not a vector
     ("wide", (2, 3, 12, 12), (16, 3, 3, 3), {"dilation": (1, 2)}),  # dilated along the width
+    # 24 channels: on AVX2 a pair of 8-channel blocks, then one; rows of 7 (4 + 3, and
+    # 4 + 1 + 1 + 1 for the lone block)
+    ("lanes", (2, 2, 9, 11), (24, 2, 5, 5), {}),
+    ("lanes", (2, 4, 8, 18), (16, 4, 5, 5), {}),  # rows of 14: 6 + 4 + 4 on AVX2
 ]
 
 
@@ -263,7 +273,9 @@ def test_conv2d_forward_paths(path, x_shape, w_shape, kwargs, rng):
 
     if _conv.direct_simd() == "none":
         pytest.skip("no AVX2/AVX-512 direct kernels on this CPU: every path is BLAS")
-    assert path == _conv._forward_path(*_path_args(x_shape, w_shape, kwargs))
+    assert _expected_path(path, _conv) == _conv._forward_path(
+        *_path_args(x_shape, w_shape, kwargs)
+    )
     x, w, b = _conv_inputs(rng, x_shape, w_shape, np.float32)
     with fastcnn.use_backend("numpy"):
         ref = F.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
@@ -279,13 +291,17 @@ def test_conv2d_forward_paths(path, x_shape, w_shape, kwargs, rng):
 
 
 # Shapes that send the float32 weight gradient down each of the compiled backend's
-# kernels on a CPU with AVX2/AVX-512 (a CPU without them always takes BLAS).
+# kernels on a CPU with AVX2/AVX-512 (a CPU without them always takes BLAS); as above,
+# a path given per instruction set where they differ.
 WEIGHT_GRAD_PATH_CASES = [
     ("lanes", (5, 6, 14, 14), (16, 6, 5, 5), {}),  # LeNet C3: junk columns of wide rows
     ("lanes", (2, 3, 6, 21), (16, 3, 5, 5), {}),  # two blocks of 8 positions per row + 1
     ("lanes", (2, 4, 6, 10), (16, 4, 3, 3), {}),  # 3 taps wide: one block of 8 per row
     ("lanes", (3, 6, 9, 5), (16, 6, 3, 3), {"padding": 1}),  # rows shorter than a block
-    ("lanes", (3, 6, 9, 11), (32, 3, 3, 4), {"padding": (1, 2), "groups": 2}),
+    # AVX-512's 16 lanes cover the 16 channels of a group; AVX2's 8 pad less in the
+    # wide layout
+    ({"avx512": "lanes", "avx2": "wide"}, (3, 6, 9, 11), (32, 3, 3, 4),
+     {"padding": (1, 2), "groups": 2}),
     ("lanes", (2, 6, 12, 12), (12, 6, 3, 3), {"dilation": (2, 3), "padding": 1}),
     ("wide", (3, 16, 12, 12), (8, 16, 3, 3), {"padding": 1}),  # 8 channels: half a vector
     ("blas", (3, 1, 12, 12), (16, 1, 3, 3), {"padding": 1}),  # 9 taps: too few to block
@@ -299,7 +315,9 @@ def test_conv2d_weight_grad_paths(path, x_shape, w_shape, kwargs, rng):
 
     if _conv.direct_simd() == "none":
         pytest.skip("no AVX2/AVX-512 direct kernels on this CPU: every path is BLAS")
-    assert path == _conv._weight_grad_path(*_path_args(x_shape, w_shape, kwargs))
+    assert _expected_path(path, _conv) == _conv._weight_grad_path(
+        *_path_args(x_shape, w_shape, kwargs)
+    )
     x, w, _ = _conv_inputs(rng, x_shape, w_shape, np.float32)
     grad_out = rng.standard_normal(conv_expected_shape(x_shape, w_shape, **kwargs))
     grad_out = grad_out.astype(np.float32)

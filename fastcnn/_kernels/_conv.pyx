@@ -62,7 +62,8 @@ cdef extern from "direct_conv.h":
     int fastcnn_lanes_fwd_has(int level, Py_ssize_t kw) noexcept nogil
     void fastcnn_lanes_fwd_row(int level, Py_ssize_t kw, const float* x0, Py_ssize_t plane,
                                Py_ssize_t row, Py_ssize_t cg, Py_ssize_t kh, const float* w,
-                               float* out, Py_ssize_t ld, Py_ssize_t w_out) noexcept nogil
+                               Py_ssize_t k, Py_ssize_t cog_pad, float* out, Py_ssize_t ld,
+                               Py_ssize_t w_out) noexcept nogil
     Py_ssize_t fastcnn_wgrad_t_taps(int level) noexcept nogil
     void fastcnn_wgrad_t(int level, const float* x, const Py_ssize_t* off, Py_ssize_t k_pad,
                          const float* dyt, const Py_ssize_t* pos, Py_ssize_t n_pos,
@@ -403,7 +404,7 @@ cdef void forward_sample_direct(const float* x, const DirectPlan* plan, const fl
     # One sample through the register-blocked direct kernel (direct_conv.h), group by
     # group: pad the group's input planes, convolve into the wide layout, copy the valid
     # columns out with the bias. scratch: plan.per_thread elements.
-    cdef Py_ssize_t grp, co, oh, ow, blk, co0, t
+    cdef Py_ssize_t grp, co, oh, ow, t
     cdef float* xp = scratch
     cdef float* tmp = scratch + plan.n_xp
     cdef const float* src
@@ -412,14 +413,12 @@ cdef void forward_sample_direct(const float* x, const DirectPlan* plan, const fl
     for grp in range(g.groups):
         pad_plane(x + grp * g.cg * g.h * g.w, g, xp)
         if plan.lanes:
-            # tmp is (position, cog_pad): one row of positions per call, per channel block
-            for blk in range(plan.cog_pad // plan.cb):
-                co0 = blk * plan.cb
-                for oh in range(g.h_out):
-                    fastcnn_lanes_fwd_row(
-                        plan.level, g.kw, xp + oh * g.wp, g.hp * g.wp, g.dh * g.wp, g.cg,
-                        g.kh, plan.wpk + (grp * plan.cog_pad + co0) * g.k,
-                        tmp + oh * g.w_out * plan.cog_pad + co0, plan.cog_pad, g.w_out)
+            # tmp is (position, cog_pad): one row of positions per call, every channel block
+            for oh in range(g.h_out):
+                fastcnn_lanes_fwd_row(
+                    plan.level, g.kw, xp + oh * g.wp, g.hp * g.wp, g.dh * g.wp, g.cg,
+                    g.kh, plan.wpk + grp * plan.cog_pad * g.k, g.k, plan.cog_pad,
+                    tmp + oh * g.w_out * plan.cog_pad, plan.cog_pad, g.w_out)
             for co in range(g.cog):
                 b = bias[grp * g.cog + co] if bias != NULL else 0
                 dst = out + (grp * g.cog + co) * g.p

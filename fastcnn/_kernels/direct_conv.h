@@ -206,45 +206,122 @@ FASTCNN_LANES_FWD_SET(avx512, "avx512f", fastcnn_v16, 16, 5)
 FASTCNN_LANES_FWD_SET(avx2, "avx2,fma", fastcnn_v8, 8, 3)
 FASTCNN_LANES_FWD_SET(avx2, "avx2,fma", fastcnn_v8, 8, 5)
 
-/* Whether the kernel above exists for this kernel width, and the positions per block it
- * takes first on a row of n left (AVX2 has 16 registers: blocks of 4 at most). */
+/* The same for AVX2, where 16 registers cannot hold both the accumulators and the
+ * broadcasts above: each input is broadcast from memory right where it is used, and NB
+ * blocks of LANES output channels share it. FMA latency is 4 cycles at 2 per cycle, so a
+ * block needs 8 independent accumulators to keep both units busy: with NB = 2, P = 4 to
+ * 6 positions give 8 to 12 (P = 4 on one block gave 4 and ran at half speed). The taps
+ * are summed in the same order as in the kernels above, so the results are the same.
+ * The NB blocks' weights start wstride apart.
+ */
+#define FASTCNN_LANES_FWD_STREAM_KERNEL(NAME, TARGET, VEC, LANES, KW, NB, P)                \
+    __attribute__((target(TARGET))) static void NAME(                                      \
+        const float *x0, ptrdiff_t plane, ptrdiff_t row, ptrdiff_t cg, ptrdiff_t kh,        \
+        const float *w, ptrdiff_t wstride, float *out, ptrdiff_t ld)                        \
+    {                                                                                       \
+        VEC acc[P][NB];                                                                     \
+        for (int q = 0; q < P; q++)                                                         \
+            for (int b = 0; b < NB; b++) acc[q][b] = (VEC){0};                              \
+        for (ptrdiff_t c = 0; c < cg; c++) {                                                \
+            for (ptrdiff_t i = 0; i < kh; i++) {                                            \
+                const float *X = x0 + c * plane + i * row;                                  \
+                const float *wr = w + (c * kh + i) * KW * LANES;                            \
+                for (int j = 0; j < KW; j++) {                                              \
+                    VEC wv[NB];                                                             \
+                    for (int b = 0; b < NB; b++)                                            \
+                        memcpy(&wv[b], wr + b * wstride + j * LANES, sizeof(VEC));          \
+                    for (int q = 0; q < P; q++) {                                           \
+                        VEC xb = (VEC){0} + X[q + j];                                       \
+                        for (int b = 0; b < NB; b++) acc[q][b] += wv[b] * xb;               \
+                    }                                                                       \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+        for (int q = 0; q < P; q++)                                                         \
+            for (int b = 0; b < NB; b++)                                                    \
+                memcpy(out + q * ld + b * LANES, &acc[q][b], sizeof(VEC));                  \
+    }
+
+#define FASTCNN_LANES_FWD_STREAM_SET(KW, NB)                                                \
+    FASTCNN_LANES_FWD_STREAM_KERNEL(fastcnn_lanes_fwd##KW##_nb##NB##_6_avx2, "avx2,fma", fastcnn_v8, 8, KW, NB, 6) \
+    FASTCNN_LANES_FWD_STREAM_KERNEL(fastcnn_lanes_fwd##KW##_nb##NB##_5_avx2, "avx2,fma", fastcnn_v8, 8, KW, NB, 5) \
+    FASTCNN_LANES_FWD_STREAM_KERNEL(fastcnn_lanes_fwd##KW##_nb##NB##_4_avx2, "avx2,fma", fastcnn_v8, 8, KW, NB, 4) \
+    FASTCNN_LANES_FWD_STREAM_KERNEL(fastcnn_lanes_fwd##KW##_nb##NB##_3_avx2, "avx2,fma", fastcnn_v8, 8, KW, NB, 3) \
+    FASTCNN_LANES_FWD_STREAM_KERNEL(fastcnn_lanes_fwd##KW##_nb##NB##_2_avx2, "avx2,fma", fastcnn_v8, 8, KW, NB, 2) \
+    FASTCNN_LANES_FWD_STREAM_KERNEL(fastcnn_lanes_fwd##KW##_nb##NB##_1_avx2, "avx2,fma", fastcnn_v8, 8, KW, NB, 1)
+
+FASTCNN_LANES_FWD_STREAM_SET(3, 2)
+FASTCNN_LANES_FWD_STREAM_SET(5, 2)
+
+/* Whether the kernels above exist for this kernel width, and the positions per block
+ * they take first on a row of n left. On AVX2 with two channel blocks: rows of up to 6 in
+ * one block, rows of 7 to 11 in two near-equal ones (LeNet's C3 rows of 10: 5 + 5), else
+ * blocks of 6. AVX2 with one block has registers for 4 at most. */
 static int fastcnn_lanes_fwd_has(int level, ptrdiff_t kw) { return level > 0 && (kw == 3 || kw == 5); }
-static ptrdiff_t fastcnn_lanes_fwd_block(int level, ptrdiff_t n)
+static ptrdiff_t fastcnn_lanes_fwd_block(int level, ptrdiff_t nb, ptrdiff_t n)
 {
+    if (level == 1 && nb == 2) return n <= 6 ? n : (n < 12 ? (n + 1) / 2 : 6);
     if (level == 1) return n >= 4 ? 4 : 1;
     if (n % 10 == 0) return 10; /* LeNet's C3 rows; 28 = 8 + 10 + 10 */
     return n >= 8 ? 8 : (n >= 4 ? 4 : 1);
 }
 
-/* One row of w_out positions for one block of LANES output channels, in blocks of the
- * sizes above. x0 points at the row's first input (channel 0, kernel row 0). */
+/* One row of w_out positions for every block of LANES output channels (cog_pad of them;
+ * block b's weights start b * LANES * k past w), in blocks of the sizes above. x0 points
+ * at the row's first input (channel 0, kernel row 0). AVX2 takes the channel blocks two
+ * at a time while two are left. */
 static void fastcnn_lanes_fwd_row(int level, ptrdiff_t kw, const float *x0, ptrdiff_t plane,
                                   ptrdiff_t row, ptrdiff_t cg, ptrdiff_t kh, const float *w,
-                                  float *out, ptrdiff_t ld, ptrdiff_t w_out)
+                                  ptrdiff_t k, ptrdiff_t cog_pad, float *out, ptrdiff_t ld,
+                                  ptrdiff_t w_out)
 {
-    for (ptrdiff_t t = 0; t < w_out;) {
-        ptrdiff_t p = fastcnn_lanes_fwd_block(level, w_out - t);
+    ptrdiff_t lanes = fastcnn_wgrad_t_lanes(level);
+    for (ptrdiff_t co0 = 0; co0 < cog_pad;) {
+        ptrdiff_t nb = (level == 1 && cog_pad - co0 >= 2 * lanes) ? 2 : 1;
+        const float *wb = w + co0 * k;
+        float *ob = out + co0;
+        for (ptrdiff_t t = 0; t < w_out;) {
+            ptrdiff_t p = fastcnn_lanes_fwd_block(level, nb, w_out - t);
 #define FASTCNN_LANES_CALL(SUFFIX, KW, P)                                                   \
-        fastcnn_lanes_fwd##KW##_##P##_##SUFFIX(x0 + t, plane, row, cg, kh, w, out + t * ld, ld)
-        if (level == 2 && kw == 3) {
-            if (p == 10) FASTCNN_LANES_CALL(avx512, 3, 10);
-            else if (p == 8) FASTCNN_LANES_CALL(avx512, 3, 8);
-            else if (p == 4) FASTCNN_LANES_CALL(avx512, 3, 4);
-            else FASTCNN_LANES_CALL(avx512, 3, 1);
-        } else if (level == 2) {
-            if (p == 10) FASTCNN_LANES_CALL(avx512, 5, 10);
-            else if (p == 8) FASTCNN_LANES_CALL(avx512, 5, 8);
-            else if (p == 4) FASTCNN_LANES_CALL(avx512, 5, 4);
-            else FASTCNN_LANES_CALL(avx512, 5, 1);
-        } else if (kw == 3) {
-            if (p == 4) FASTCNN_LANES_CALL(avx2, 3, 4);
-            else FASTCNN_LANES_CALL(avx2, 3, 1);
-        } else {
-            if (p == 4) FASTCNN_LANES_CALL(avx2, 5, 4);
-            else FASTCNN_LANES_CALL(avx2, 5, 1);
-        }
+            fastcnn_lanes_fwd##KW##_##P##_##SUFFIX(x0 + t, plane, row, cg, kh, wb, ob + t * ld, ld)
+#define FASTCNN_LANES_STREAM_CALL(KW, P)                                                    \
+            fastcnn_lanes_fwd##KW##_nb2_##P##_avx2(x0 + t, plane, row, cg, kh, wb, lanes * k, ob + t * ld, ld)
+#define FASTCNN_LANES_STREAM_SWITCH(KW)                                                     \
+            switch (p) {                                                                    \
+            case 6: FASTCNN_LANES_STREAM_CALL(KW, 6); break;                                \
+            case 5: FASTCNN_LANES_STREAM_CALL(KW, 5); break;                                \
+            case 4: FASTCNN_LANES_STREAM_CALL(KW, 4); break;                                \
+            case 3: FASTCNN_LANES_STREAM_CALL(KW, 3); break;                                \
+            case 2: FASTCNN_LANES_STREAM_CALL(KW, 2); break;                                \
+            default: FASTCNN_LANES_STREAM_CALL(KW, 1); break;                               \
+            }
+            if (level == 2 && kw == 3) {
+                if (p == 10) FASTCNN_LANES_CALL(avx512, 3, 10);
+                else if (p == 8) FASTCNN_LANES_CALL(avx512, 3, 8);
+                else if (p == 4) FASTCNN_LANES_CALL(avx512, 3, 4);
+                else FASTCNN_LANES_CALL(avx512, 3, 1);
+            } else if (level == 2) {
+                if (p == 10) FASTCNN_LANES_CALL(avx512, 5, 10);
+                else if (p == 8) FASTCNN_LANES_CALL(avx512, 5, 8);
+                else if (p == 4) FASTCNN_LANES_CALL(avx512, 5, 4);
+                else FASTCNN_LANES_CALL(avx512, 5, 1);
+            } else if (nb == 2 && kw == 3) {
+                FASTCNN_LANES_STREAM_SWITCH(3)
+            } else if (nb == 2) {
+                FASTCNN_LANES_STREAM_SWITCH(5)
+            } else if (kw == 3) {
+                if (p == 4) FASTCNN_LANES_CALL(avx2, 3, 4);
+                else FASTCNN_LANES_CALL(avx2, 3, 1);
+            } else {
+                if (p == 4) FASTCNN_LANES_CALL(avx2, 5, 4);
+                else FASTCNN_LANES_CALL(avx2, 5, 1);
+            }
+#undef FASTCNN_LANES_STREAM_SWITCH
+#undef FASTCNN_LANES_STREAM_CALL
 #undef FASTCNN_LANES_CALL
-        t += p;
+            t += p;
+        }
+        co0 += nb * lanes;
     }
 }
 
@@ -321,10 +398,11 @@ static ptrdiff_t fastcnn_direct_t_block(int level) { (void)level; return 1; }
 static int fastcnn_lanes_fwd_has(int level, ptrdiff_t kw) { (void)level; (void)kw; return 0; }
 static void fastcnn_lanes_fwd_row(int level, ptrdiff_t kw, const float *x0, ptrdiff_t plane,
                                   ptrdiff_t row, ptrdiff_t cg, ptrdiff_t kh, const float *w,
-                                  float *out, ptrdiff_t ld, ptrdiff_t w_out)
+                                  ptrdiff_t k, ptrdiff_t cog_pad, float *out, ptrdiff_t ld,
+                                  ptrdiff_t w_out)
 {
     (void)level; (void)kw; (void)x0; (void)plane; (void)row; (void)cg; (void)kh; (void)w;
-    (void)out; (void)ld; (void)w_out;
+    (void)k; (void)cog_pad; (void)out; (void)ld; (void)w_out;
 }
 static void fastcnn_direct_conv(int level, ptrdiff_t cb, const float *xp, const ptrdiff_t *off,
                                 ptrdiff_t k, ptrdiff_t taps_c, const ptrdiff_t *ranges,
