@@ -6,6 +6,12 @@
  * positions (t0 = b * TB) visits only taps [ranges[2b], ranges[2b+1]) of each channel:
  * the caller leaves out kernel rows that read only zero padding rows for that block.
  *
+ * The taps are visited k_chunk at a time (a multiple of taps_c: whole channels), each
+ * chunk over every block of outputs before the next, so that the input channels one chunk
+ * reads stay in cache while every block of output channels is computed from them (a
+ * 64-channel 56x56 plane is larger than a core's L2). Between chunks the partial sums
+ * are stored and loaded back: the same additions in the same order, so the same bits.
+ *
  * xp is one sample's zero-padded input plane block and off[r] the offset of kernel tap r
  * in it, so this is a matrix product whose right-hand rows are read in place: no im2col
  * copy and no BLAS packing, which dominate when the channel counts are small (LeNet).
@@ -30,35 +36,49 @@
 typedef float fastcnn_v16 __attribute__((vector_size(64)));
 typedef float fastcnn_v8 __attribute__((vector_size(32)));
 
+/* A float in every lane. Written as x - 0 because that is exactly x for every float
+ * (-0 and NaN included), so the compiler drops the subtraction and broadcasts straight
+ * from memory; the tempting (VEC){0} + x is not x for x = -0, so it costs a scalar add
+ * and a register broadcast per weight, which compete with the FMAs for the FP pipes
+ * (measured: half the direct kernel's time on AVX2). Products and sums are unchanged:
+ * the accumulators start at +0, so the sign of a zero weight never shows. */
+#define FASTCNN_SPLAT(VEC, x) ((x) - (VEC){0})
+
 #define FASTCNN_DIRECT_KERNEL(NAME, TARGET, VEC, LANES, NV, CB)                            \
     __attribute__((target(TARGET))) static void NAME(                                      \
         const float *xp, const ptrdiff_t *off, ptrdiff_t k, ptrdiff_t taps_c,              \
-        const ptrdiff_t *ranges, const float *wpk, ptrdiff_t cog_pad, float *out,           \
-        ptrdiff_t ldo, ptrdiff_t q_pad)                                                     \
+        ptrdiff_t k_chunk, const ptrdiff_t *ranges, const float *wpk, ptrdiff_t cog_pad,   \
+        float *out, ptrdiff_t ldo, ptrdiff_t q_pad)                                         \
     {                                                                                       \
-        for (ptrdiff_t co0 = 0; co0 < cog_pad; co0 += CB) {                                 \
-            const float *wb = wpk + co0 * k;                                                \
-            for (ptrdiff_t t0 = 0, b = 0; t0 < q_pad; t0 += LANES * NV, b++) {              \
-                ptrdiff_t lo = ranges ? ranges[2 * b] : 0;                                  \
-                ptrdiff_t hi = ranges ? ranges[2 * b + 1] : taps_c;                         \
-                VEC acc[CB][NV];                                                            \
-                for (int c = 0; c < CB; c++)                                                \
-                    for (int v = 0; v < NV; v++) acc[c][v] = (VEC){0};                      \
-                for (ptrdiff_t c0 = 0; c0 < k; c0 += taps_c) {                              \
-                    for (ptrdiff_t r = c0 + lo; r < c0 + hi; r++) {                         \
-                        const float *src = xp + off[r] + t0;                                \
-                        const float *wr = wb + r * CB;                                      \
-                        VEC xv[NV];                                                         \
-                        for (int v = 0; v < NV; v++) memcpy(&xv[v], src + v * LANES, sizeof(VEC)); \
-                        for (int c = 0; c < CB; c++) {                                      \
-                            VEC b_ = (VEC){0} + wr[c];                                      \
-                            for (int v = 0; v < NV; v++) acc[c][v] += b_ * xv[v];           \
+        for (ptrdiff_t k0 = 0; k0 < k; k0 += k_chunk) {                                     \
+            ptrdiff_t k1 = k0 + k_chunk < k ? k0 + k_chunk : k;                             \
+            for (ptrdiff_t co0 = 0; co0 < cog_pad; co0 += CB) {                             \
+                const float *wb = wpk + co0 * k;                                            \
+                for (ptrdiff_t t0 = 0, b = 0; t0 < q_pad; t0 += LANES * NV, b++) {          \
+                    ptrdiff_t lo = ranges ? ranges[2 * b] : 0;                              \
+                    ptrdiff_t hi = ranges ? ranges[2 * b + 1] : taps_c;                     \
+                    VEC acc[CB][NV];                                                        \
+                    for (int c = 0; c < CB; c++)                                            \
+                        for (int v = 0; v < NV; v++) {                                      \
+                            if (k0 == 0) acc[c][v] = (VEC){0};                              \
+                            else memcpy(&acc[c][v], out + (co0 + c) * ldo + t0 + v * LANES, sizeof(VEC)); \
+                        }                                                                   \
+                    for (ptrdiff_t c0 = k0; c0 < k1; c0 += taps_c) {                        \
+                        for (ptrdiff_t r = c0 + lo; r < c0 + hi; r++) {                     \
+                            const float *src = xp + off[r] + t0;                            \
+                            const float *wr = wb + r * CB;                                  \
+                            VEC xv[NV];                                                     \
+                            for (int v = 0; v < NV; v++) memcpy(&xv[v], src + v * LANES, sizeof(VEC)); \
+                            for (int c = 0; c < CB; c++) {                                  \
+                                VEC b_ = FASTCNN_SPLAT(VEC, wr[c]);                                  \
+                                for (int v = 0; v < NV; v++) acc[c][v] += b_ * xv[v];       \
+                            }                                                               \
                         }                                                                   \
                     }                                                                       \
+                    for (int c = 0; c < CB; c++)                                            \
+                        for (int v = 0; v < NV; v++)                                        \
+                            memcpy(out + (co0 + c) * ldo + t0 + v * LANES, &acc[c][v], sizeof(VEC)); \
                 }                                                                           \
-                for (int c = 0; c < CB; c++)                                                \
-                    for (int v = 0; v < NV; v++)                                            \
-                        memcpy(out + (co0 + c) * ldo + t0 + v * LANES, &acc[c][v], sizeof(VEC)); \
             }                                                                               \
         }                                                                                   \
     }
@@ -137,7 +157,7 @@ FASTCNN_DIRECT_WGRAD_KERNEL(fastcnn_wgrad_avx2, "avx2,fma", fastcnn_v8, 8, 2, 4)
                     VEC d;                                                                  \
                     memcpy(&d, dyt + t * cog_pad + co0, sizeof(VEC));                       \
                     const float *xt = x + pos[t];                                           \
-                    for (int q = 0; q < RB; q++) acc[q] += d * ((VEC){0} + xt[o[q]]);       \
+                    for (int q = 0; q < RB; q++) acc[q] += d * FASTCNN_SPLAT(VEC, xt[o[q]]);       \
                 }                                                                           \
                 for (int q = 0; q < RB; q++)                                                \
                     memcpy(dwt + (r0 + q) * cog_pad + co0, &acc[q], sizeof(VEC));           \
@@ -184,7 +204,7 @@ static void fastcnn_wgrad_t(int level, const float *x, const ptrdiff_t *off, ptr
                 const float *X = x0 + c * plane + i * row;                                  \
                 const float *wr = w + (c * kh + i) * KW * LANES;                            \
                 VEC XB[P + KW - 1];                                                         \
-                for (int m = 0; m < P + KW - 1; m++) XB[m] = (VEC){0} + X[m];               \
+                for (int m = 0; m < P + KW - 1; m++) XB[m] = FASTCNN_SPLAT(VEC, X[m]);               \
                 for (int j = 0; j < KW; j++) {                                              \
                     VEC wv;                                                                 \
                     memcpy(&wv, wr + j * LANES, sizeof(VEC));                               \
@@ -231,7 +251,7 @@ FASTCNN_LANES_FWD_SET(avx2, "avx2,fma", fastcnn_v8, 8, 5)
                     for (int b = 0; b < NB; b++)                                            \
                         memcpy(&wv[b], wr + b * wstride + j * LANES, sizeof(VEC));          \
                     for (int q = 0; q < P; q++) {                                           \
-                        VEC xb = (VEC){0} + X[q + j];                                       \
+                        VEC xb = FASTCNN_SPLAT(VEC, X[q + j]);                                       \
                         for (int b = 0; b < NB; b++) acc[q][b] += wv[b] * xb;               \
                     }                                                                       \
                 }                                                                           \
@@ -361,15 +381,15 @@ static void fastcnn_wgrad(int level, const float *xp, ptrdiff_t xp_stride, const
 
 /* cb: the block fastcnn_direct_co_block chose, which wpk was packed for. */
 static void fastcnn_direct_conv(int level, ptrdiff_t cb, const float *xp, const ptrdiff_t *off,
-                                ptrdiff_t k, ptrdiff_t taps_c, const ptrdiff_t *ranges,
-                                const float *wpk, ptrdiff_t cog_pad, float *out,
-                                ptrdiff_t ldo, ptrdiff_t q_pad)
+                                ptrdiff_t k, ptrdiff_t taps_c, ptrdiff_t k_chunk,
+                                const ptrdiff_t *ranges, const float *wpk, ptrdiff_t cog_pad,
+                                float *out, ptrdiff_t ldo, ptrdiff_t q_pad)
 {
     if (level == 2 && cb == 8)
-        fastcnn_direct_avx512(xp, off, k, taps_c, ranges, wpk, cog_pad, out, ldo, q_pad);
+        fastcnn_direct_avx512(xp, off, k, taps_c, k_chunk, ranges, wpk, cog_pad, out, ldo, q_pad);
     else if (level == 2)
-        fastcnn_direct_avx512_cb6(xp, off, k, taps_c, ranges, wpk, cog_pad, out, ldo, q_pad);
-    else fastcnn_direct_avx2(xp, off, k, taps_c, ranges, wpk, cog_pad, out, ldo, q_pad);
+        fastcnn_direct_avx512_cb6(xp, off, k, taps_c, k_chunk, ranges, wpk, cog_pad, out, ldo, q_pad);
+    else fastcnn_direct_avx2(xp, off, k, taps_c, k_chunk, ranges, wpk, cog_pad, out, ldo, q_pad);
 }
 
 #else
@@ -405,11 +425,11 @@ static void fastcnn_lanes_fwd_row(int level, ptrdiff_t kw, const float *x0, ptrd
     (void)k; (void)cog_pad; (void)out; (void)ld; (void)w_out;
 }
 static void fastcnn_direct_conv(int level, ptrdiff_t cb, const float *xp, const ptrdiff_t *off,
-                                ptrdiff_t k, ptrdiff_t taps_c, const ptrdiff_t *ranges,
-                                const float *wpk, ptrdiff_t cog_pad, float *out,
-                                ptrdiff_t ldo, ptrdiff_t q_pad)
+                                ptrdiff_t k, ptrdiff_t taps_c, ptrdiff_t k_chunk,
+                                const ptrdiff_t *ranges, const float *wpk, ptrdiff_t cog_pad,
+                                float *out, ptrdiff_t ldo, ptrdiff_t q_pad)
 {
-    (void)level; (void)cb; (void)xp; (void)off; (void)k; (void)taps_c; (void)ranges;
+    (void)level; (void)cb; (void)xp; (void)off; (void)k; (void)taps_c; (void)k_chunk; (void)ranges;
     (void)wpk; (void)cog_pad; (void)out; (void)ldo; (void)q_pad;
 }
 
