@@ -298,10 +298,9 @@ WEIGHT_GRAD_PATH_CASES = [
     ("lanes", (2, 3, 6, 21), (16, 3, 5, 5), {}),  # two blocks of 8 positions per row + 1
     ("lanes", (2, 4, 6, 10), (16, 4, 3, 3), {}),  # 3 taps wide: one block of 8 per row
     ("lanes", (3, 6, 9, 5), (16, 6, 3, 3), {"padding": 1}),  # rows shorter than a block
-    # AVX-512's 16 lanes cover the 16 channels of a group; AVX2's 8 pad less in the
-    # wide layout
-    ({"avx512": "lanes", "avx2": "wide"}, (3, 6, 9, 11), (32, 3, 3, 4),
-     {"padding": (1, 2), "groups": 2}),
+    ("lanes", (3, 6, 9, 11), (32, 3, 3, 4), {"padding": (1, 2), "groups": 2}),
+    # 24 channels: on AVX2 a pair of 8-channel blocks, then one alone
+    ("lanes", (2, 3, 9, 9), (24, 3, 5, 5), {}),
     ("lanes", (2, 6, 12, 12), (12, 6, 3, 3), {"dilation": (2, 3), "padding": 1}),
     ("wide", (3, 16, 12, 12), (8, 16, 3, 3), {"padding": 1}),  # 8 channels: half a vector
     ("blas", (3, 1, 12, 12), (16, 1, 3, 3), {"padding": 1}),  # 9 taps: too few to block
