@@ -28,6 +28,13 @@ Design
 * :func:`_measure` warms a callable up, then calls it with garbage collection disabled
   until the time budget is spent (at least ``min_repeats`` calls), keeping every sample;
   tables report the median.
+* The implementations compared in one case are not timed one after the other but in
+  alternating rounds (:func:`_measure_interleaved`): this suite runs on shared machines
+  whose speed drifts by up to 2x within seconds, and a ratio of two medians taken seconds
+  apart measures the drift as much as the code. Each round gives every implementation a
+  short block of the budget (reversing the order every other round, so no library is
+  always the one that follows the same other); the median is that of all rounds' samples
+  pooled.
 * Memory is measured where it can be compared honestly: the peak RSS increase over a few
   training steps in a fresh interpreter per implementation (``python -m fastcnn._bench
   --memory-worker IMPL``; RSS also sees PyTorch's and the compiled kernels' own
@@ -53,10 +60,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -77,6 +85,12 @@ LENET_INFER_BATCH = 256
 EPOCH_IMAGES = 60_000
 LEARNING_RATE = 0.01
 MAX_SAMPLES = 1000  # per implementation and case; keeps the JSON to a few MB
+# Rounds of alternating blocks per case (each implementation gets budget / rounds seconds
+# a round) and the untimed calls that open each block: switching library wakes one thread
+# pool and leaves the previous one's workers spinning for a moment, and those calls
+# absorb it.
+INTERLEAVE_ROUNDS = 5
+BLOCK_WARMUP_CALLS = 2
 RESULT_PREFIX = "FASTCNN_BENCH_RESULT "
 _ENV_KEYS = (
     "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
@@ -131,6 +145,67 @@ class _Settings:
 # Timing and checking
 
 
+def _warm_up(fn: Callable[[], object], seconds: float, min_calls: int) -> int:
+    """Call ``fn`` ``min_calls`` times, and on for about ``seconds`` (up to 100 calls).
+
+    Returns the number of calls made.
+    """
+    start = time.perf_counter()
+    calls = 0
+    while calls < min_calls or (time.perf_counter() - start < seconds and calls < 100):
+        fn()
+        calls += 1
+    return calls
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Collect garbage now, then keep the cyclic collector off until the block ends.
+
+    A collection that starts inside a timed call would be charged to whichever
+    implementation happened to allocate past the threshold.
+    """
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _time_calls(
+    fn: Callable[[], object], budget: float, min_repeats: int, max_samples: int = MAX_SAMPLES
+) -> list[float]:
+    """Seconds taken by each of consecutive calls of ``fn``.
+
+    Calls until ``budget`` seconds have passed and ``min_repeats`` calls were made, or
+    until ``max_samples`` calls, whichever comes first.
+    """
+    samples: list[float] = []
+    begin = time.perf_counter()
+    while len(samples) < max_samples:
+        t0 = time.perf_counter()
+        fn()
+        t1 = time.perf_counter()
+        samples.append(t1 - t0)
+        if len(samples) >= min_repeats and t1 - begin >= budget:
+            break
+    return samples
+
+
+def _timing(seconds: list[float], warmup_calls: int) -> dict[str, Any]:
+    """The timing record of an implementation: median and every sample, in milliseconds."""
+    ms = [1e3 * s for s in seconds]
+    return {
+        "median_ms": statistics.median(ms),
+        "samples_ms": [float(f"{v:.5g}") for v in ms],
+        "repeats": len(ms),
+        "warmup_calls": warmup_calls,
+    }
+
+
 def _measure(
     fn: Callable[[], object],
     budget: float,
@@ -142,34 +217,122 @@ def _measure(
 
     Garbage collection is off while timing; every sample is kept (in milliseconds).
     """
-    start = time.perf_counter()
-    calls = 0
-    while calls < warmup_calls or (time.perf_counter() - start < warmup and calls < 100):
-        fn()
-        calls += 1
-    gc.collect()
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    samples: list[float] = []
-    try:
-        begin = time.perf_counter()
-        while len(samples) < MAX_SAMPLES:
-            t0 = time.perf_counter()
+    calls = _warm_up(fn, warmup, warmup_calls)
+    with _gc_paused():
+        samples = _time_calls(fn, budget, min_repeats)
+    return _timing(samples, calls)
+
+
+_K = TypeVar("_K", bound=Hashable)
+
+
+def _no_context(key: object) -> AbstractContextManager[None]:
+    """The default ``contexts`` of :func:`_measure_interleaved`: nothing to enter."""
+    return contextlib.nullcontext()
+
+
+def _measure_interleaved(
+    fns: Mapping[_K, Callable[[], object]],
+    budget: float,
+    min_repeats: int,
+    warmup: float = 0.0,
+    warmup_calls: int = 1,
+    rounds: int = INTERLEAVE_ROUNDS,
+    contexts: Callable[[_K], AbstractContextManager[Any]] = _no_context,
+    block_warmup_calls: int = BLOCK_WARMUP_CALLS,
+    serpentine: bool = True,
+    failures: dict[_K, Exception] | None = None,
+) -> dict[_K, dict[str, Any]]:
+    """Time several implementations in alternating rounds of short blocks.
+
+    On a machine whose speed drifts over seconds, timing A for the whole budget and then B
+    puts the drift into the ratio of their medians. Here every round gives each
+    implementation, in turn, one block of ``budget / rounds`` seconds (at least
+    ``max(1, min_repeats // rounds)`` calls), so each sees the same stretch of machine
+    time; the samples of all rounds are pooled and their median reported.
+
+    Parameters
+    ----------
+    fns : mapping of key to callable
+        The zero-argument callables to time, in the order they take turns.
+    budget : float
+        Seconds of timed calls per implementation, summed over the rounds.
+    min_repeats : int
+        Timed calls per implementation, at least, summed over the rounds.
+    warmup, warmup_calls : float, int
+        Initial warm-up of each implementation, once, before the first round: at least
+        ``warmup_calls`` calls and about ``warmup`` seconds (as :func:`_measure`).
+    rounds : int
+        Number of rounds. ``rounds=1`` with ``block_warmup_calls=0`` amounts to
+        :func:`_measure` of each implementation in turn.
+    contexts : callable, optional
+        ``contexts(key)`` returns the context manager an implementation runs under (its
+        backend, its thread count); it is entered afresh for the warm-up and for every
+        block, since the implementations alternate.
+    block_warmup_calls : int
+        Untimed calls at the start of every block, after the switch from the previous
+        implementation (whose thread pool may still be spinning on the cores).
+    serpentine : bool
+        Reverse the order every other round (A B C, C B A, A B C, ...) instead of
+        repeating it (A B C, A B C, ...). A switch can cost the next implementation more
+        than its warm-up calls absorb: numpy's OpenBLAS workers keep spinning for a while
+        after the numpy backend's last product, and on the project's 2-core machine
+        whichever library came right after it measured 10-20% slower. Repeating the
+        order puts the same library after numpy every round; the serpentine order puts
+        the first and the last each after the middle one in half the rounds (after
+        themselves in the other half), so with numpy in the middle fastcnn and PyTorch
+        pay alike. With two implementations both orders are balanced; strict
+        alternation switches twice as often.
+    failures : dict, optional
+        When given, an implementation that raises is recorded here and left out of the
+        remaining rounds and of the result; otherwise its exception propagates.
+
+    Returns
+    -------
+    timings : dict of key to dict
+        Per implementation: ``median_ms`` (of the pooled samples), ``samples_ms`` (every
+        round's, in order), ``repeats``, ``warmup_calls`` (initial and per-block calls
+        together) and ``rounds``.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    block = budget / rounds
+    repeats = max(1, min_repeats // rounds)
+    cap = max(1, MAX_SAMPLES // rounds)  # the pooled samples stay within MAX_SAMPLES
+    live = dict(fns)
+    samples: dict[_K, list[float]] = {key: [] for key in fns}
+    calls: dict[_K, int] = dict.fromkeys(fns, 0)
+
+    def run(key: _K, body: Callable[[_K, Callable[[], object]], None]) -> None:
+        """``body(key, fn)`` under the implementation's context; records a failure."""
+        try:
+            with contexts(key):
+                body(key, live[key])
+        except Exception as exc:
+            if failures is None:
+                raise
+            failures[key] = exc
+            del live[key]
+
+    def warm(key: _K, fn: Callable[[], object]) -> None:
+        calls[key] += _warm_up(fn, warmup, warmup_calls)
+
+    def block_of_calls(key: _K, fn: Callable[[], object]) -> None:
+        for _ in range(block_warmup_calls):
             fn()
-            t1 = time.perf_counter()
-            samples.append(t1 - t0)
-            if len(samples) >= min_repeats and t1 - begin >= budget:
-                break
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    ms = [1e3 * s for s in samples]
-    return {
-        "median_ms": statistics.median(ms),
-        "samples_ms": [float(f"{v:.5g}") for v in ms],
-        "repeats": len(ms),
-        "warmup_calls": calls,
-    }
+        calls[key] += block_warmup_calls
+        samples[key] += _time_calls(fn, block, repeats, cap)
+
+    for key in list(live):
+        run(key, warm)
+    # One collection for the whole run of rounds: gc.collect() costs ~0.1 s once PyTorch
+    # is imported, too much to pay before every short block.
+    with _gc_paused():
+        for r in range(rounds):
+            order = list(live)
+            for key in reversed(order) if serpentine and r % 2 else order:
+                run(key, block_of_calls)
+    return {key: {**_timing(samples[key], calls[key]), "rounds": rounds} for key in live}
 
 
 def _single_sample(ms: float) -> dict[str, Any]:
@@ -519,46 +682,106 @@ def _impl_backend(impl: str) -> Iterator[None]:
         yield
 
 
+def _interleave_note(settings: _Settings) -> str:
+    """How a case's implementations were timed, for its ``timing`` field."""
+    block = settings.budget / INTERLEAVE_ROUNDS
+    return (
+        f"interleaved: {INTERLEAVE_ROUNDS} rounds of {block:.3g} s per implementation "
+        "(textbook loops: one block)"
+    )
+
+
+def _run_timing_note(settings: _Settings) -> str:
+    """How the whole run timed its implementations, for the report's header."""
+    if settings.quick:
+        return (
+            "--quick: ops timed by their one checked call, LeNet-5 by one short block per "
+            "implementation (a smoke test, not a measurement)"
+        )
+    block = settings.budget / INTERLEAVE_ROUNDS
+    return (
+        f"{INTERLEAVE_ROUNDS} alternating rounds per case (order reversed every other "
+        f"round), {block:.3g} s per implementation a round after {BLOCK_WARMUP_CALLS} "
+        "untimed calls; median of the pooled samples, so the machine's drift hits all "
+        "alike; textbook loops: one block, scaled"
+    )
+
+
 def _run_op_case(case: _OpCase, pass_: str, ctx: _Context) -> dict[str, Any]:
+    """Check, then time, every implementation of one op case and pass."""
     settings = ctx.settings
     flops = case.flops(pass_)
     entry: dict[str, Any] = {
         "case": case.id, "group": case.group, "label": case.label, "pass": pass_,
         "shape": case.shape, "batch": case.batch, "unit": "ms", "flops": flops,
-        "reference": "numpy backend, float64", "impls": {},
+        "reference": "numpy backend, float64",
+        "timing": (
+            "one checked call per implementation (--quick)" if settings.quick
+            else _interleave_note(settings)
+        ),
+        "impls": {},
     }  # fmt: skip
+    outcome: dict[str, dict[str, Any]] = {}
+    fns: dict[str, Callable[[], object]] = {}
+    checked: dict[str, tuple[float, float]] = {}  # impl: (max relative error, first call ms)
+    batches = {impl: case.loops_batch if impl == "loops" else case.batch for impl in IMPLS}
+
+    def raised(impl: str, exc: Exception) -> None:
+        outcome[impl] = {"status": "error", "reason": f"{type(exc).__name__}: {exc}"}
+        ctx.errors.append(f"{case.id} {pass_}: {IMPL_LABELS[impl]} raised {exc!r}")
+
+    # Every implementation is checked before any is timed: the rounds alternate between
+    # the implementations, so only the ones that passed may take part.
     for impl in IMPLS:
         skip = ctx.unavailable.get(impl)
         if skip:
-            entry["impls"][impl] = {"status": "skipped", "reason": skip}
+            outcome[impl] = {"status": "skipped", "reason": skip}
             continue
-        batch = case.loops_batch if impl == "loops" else case.batch
         try:
-            fn = case.make(impl, pass_, batch, ctx.torch)
+            fn = case.make(impl, pass_, batches[impl], ctx.torch)
             with _impl_backend(impl):
                 t0 = time.perf_counter()
                 outputs = fn()
                 first_ms = 1e3 * (time.perf_counter() - t0)
-                err = _max_rel_error(outputs, case.oracle(pass_, batch))
+                err = _max_rel_error(outputs, case.oracle(pass_, batches[impl]))
                 del outputs
-                if err > OP_TOLERANCE:
-                    entry["impls"][impl] = {"status": "wrong", "max_rel_error": err}
-                    ctx.errors.append(
-                        f"{case.id} {pass_}: {IMPL_LABELS[impl]} disagrees with the float64 "
-                        f"oracle (max relative error {err:.3g} > {OP_TOLERANCE:g}); not timed"
-                    )
-                    continue
-                if settings.quick:  # smoke test: the checked call is the one sample
-                    timing = _single_sample(first_ms)
-                elif impl == "loops":
-                    timing = _measure(fn, settings.loops_budget, 1, warmup_calls=0)
-                else:
-                    timing = _measure(fn, settings.budget, settings.min_repeats, settings.warmup)
         except Exception as exc:  # one failing implementation must not stop the suite
-            entry["impls"][impl] = {"status": "error", "reason": f"{type(exc).__name__}: {exc}"}
-            ctx.errors.append(f"{case.id} {pass_}: {IMPL_LABELS[impl]} raised {exc!r}")
+            raised(impl, exc)
             continue
-        result = {"status": "ok", "max_rel_error": err, **timing, "measured_batch": batch}
+        if err > OP_TOLERANCE:
+            outcome[impl] = {"status": "wrong", "max_rel_error": err}
+            ctx.errors.append(
+                f"{case.id} {pass_}: {IMPL_LABELS[impl]} disagrees with the float64 "
+                f"oracle (max relative error {err:.3g} > {OP_TOLERANCE:g}); not timed"
+            )
+            continue
+        fns[impl], checked[impl] = fn, (err, first_ms)
+
+    timings: dict[str, dict[str, Any]] = {}
+    failures: dict[str, Exception] = {}
+    if settings.quick:  # smoke test: the checked call is the one sample
+        timings = {impl: _single_sample(checked[impl][1]) for impl in fns}
+    else:
+        if "loops" in fns:  # seconds per call: one block on its own, scaled below
+            try:
+                with _impl_backend("loops"):
+                    timings["loops"] = _measure(
+                        fns["loops"], settings.loops_budget, 1, warmup_calls=0
+                    )
+            except Exception as exc:
+                failures["loops"] = exc
+        compared = {impl: fn for impl, fn in fns.items() if impl != "loops"}
+        timings |= _measure_interleaved(
+            compared, settings.budget, settings.min_repeats, settings.warmup,
+            settings.warmup_calls, contexts=_impl_backend, failures=failures,
+        )  # fmt: skip
+    for impl in fns:
+        if impl in failures:
+            raised(impl, failures[impl])
+            continue
+        batch = batches[impl]
+        result = {"status": "ok", "max_rel_error": checked[impl][0], **timings[impl]}
+        result["measured_batch"] = batch
         if batch != case.batch:  # scale every sample linearly to the case's batch
             factor = case.batch / batch
             result["scaled"] = True
@@ -567,7 +790,8 @@ def _run_op_case(case: _OpCase, pass_: str, ctx: _Context) -> dict[str, Any]:
             result["samples_ms"] = [float(f"{v * factor:.5g}") for v in result["samples_ms"]]
         if flops:
             result["gflops"] = flops / (result["median_ms"] * 1e6)
-        entry["impls"][impl] = result
+        outcome[impl] = result
+    entry["impls"] = {impl: outcome[impl] for impl in IMPLS}  # in table order
     _add_speedups(entry)
     ref = ctx.results.get("matmul", {}).get("reference_gflops")
     fast = entry["impls"].get("fastcnn", {})
@@ -898,32 +1122,45 @@ def _run_lenet(ctx: _Context) -> list[dict[str, Any]]:
             "case": case, "group": "model", "label": "lenet5", "pass": pass_,
             "shape": "LeNet-5, 1x28x28 input", "batch": batch, "unit": "ms",
             "reference": "numpy backend (float32 cross-check of logits, loss, all grads)",
+            "timing": (
+                f"one block of {settings.budget:.3g} s per implementation (--quick)"
+                if settings.quick else _interleave_note(settings)
+            ),
             "impls": {},
         }  # fmt: skip
         ctx.progress(f"lenet5 {pass_}")
+        outcome: dict[str, dict[str, Any]] = {}
+        timed: dict[str, Callable[[], object]] = {}
         for impl in IMPLS:
             if impl in reasons or impl not in fns:
                 reason = reasons.get(impl, "not available")
-                entry["impls"][impl] = {"status": "skipped", "reason": reason}
+                outcome[impl] = {"status": "skipped", "reason": reason}
                 continue
             err = errors.get(impl, math.inf)
             if err > MODEL_TOLERANCE:
-                entry["impls"][impl] = {"status": "wrong", "max_rel_error": err}
+                outcome[impl] = {"status": "wrong", "max_rel_error": err}
                 ctx.errors.append(
                     f"{case}: {IMPL_LABELS[impl]} disagrees with the reference "
                     f"(max relative error {err:.3g} > {MODEL_TOLERANCE:g}); not timed"
                 )
                 continue
+            timed[impl] = fns[impl]
+        timings: dict[str, dict[str, Any]] = {}
+        loops_step = timed.pop("loops", None)
+        if loops_step is not None:  # seconds per call: one block on its own, scaled below
+            with _impl_backend("loops"):
+                timings["loops"] = _measure(loops_step, settings.loops_budget, 1, warmup_calls=0)
+        # --quick keeps one short block per implementation (a smoke test, not a measurement).
+        rounds = 1 if settings.quick else INTERLEAVE_ROUNDS
+        block_warmup = 0 if settings.quick else BLOCK_WARMUP_CALLS
+        timings |= _measure_interleaved(
+            timed, settings.budget, settings.min_repeats, settings.warmup,
+            settings.warmup_calls, rounds=rounds, contexts=_impl_backend,
+            block_warmup_calls=block_warmup,
+        )  # fmt: skip
+        for impl, timing in timings.items():
             measured_batch = 1 if impl == "loops" else batch
-            with _impl_backend(impl):
-                if impl == "loops":
-                    timing = _measure(fns[impl], settings.loops_budget, 1, warmup_calls=0)
-                else:
-                    timing = _measure(
-                        fns[impl], settings.budget, settings.min_repeats, settings.warmup,
-                        settings.warmup_calls,
-                    )  # fmt: skip
-            result = {"status": "ok", "max_rel_error": err, **timing}
+            result = {"status": "ok", "max_rel_error": errors[impl], **timing}
             result["measured_batch"] = measured_batch
             if measured_batch != batch:
                 factor = batch / measured_batch
@@ -931,7 +1168,8 @@ def _run_lenet(ctx: _Context) -> list[dict[str, Any]]:
                 result["median_ms"] *= factor
                 result["samples_ms"] = [float(f"{v * factor:.5g}") for v in result["samples_ms"]]
             result["images_per_s"] = batch / (result["median_ms"] / 1e3)
-            entry["impls"][impl] = result
+            outcome[impl] = result
+        entry["impls"] = {impl: outcome[impl] for impl in IMPLS}  # in table order
         _add_speedups(entry)
         entries.append(entry)
     if "lenet5_threads1" in ctx.selected and ctx.single_thread and settings.threads > 1:
@@ -971,6 +1209,20 @@ def _lenet_one_thread(ctx: _Context, train_fns, reasons, errors) -> dict[str, An
 SCALING_ROUNDS = 8
 
 
+@contextlib.contextmanager
+def _fastcnn_threads(n: int) -> Iterator[None]:
+    """fastcnn's own thread count set to ``n`` (BLAS and PyTorch untouched), then restored."""
+    import fastcnn
+    from fastcnn import _threads as fastcnn_threads
+
+    saved = fastcnn_threads._num_threads
+    fastcnn.set_num_threads(n)
+    try:
+        yield
+    finally:
+        fastcnn.set_num_threads(saved)
+
+
 def _interleaved_scaling(ctx: _Context, step: Callable[[], object]):
     """fastcnn's training step at 1 thread and at ``--threads``, in alternating blocks.
 
@@ -981,27 +1233,17 @@ def _interleaved_scaling(ctx: _Context, step: Callable[[], object]):
     every block would wake their workers, which then spin on the second core. Returns
     the one-thread timing and the scaling record.
     """
-    import fastcnn
-    from fastcnn import _threads as fastcnn_threads
-
     settings = ctx.settings
-    samples: dict[int, list[float]] = {1: [], settings.threads: []}
+    # N threads, then 1, then N again, ...: strictly alternating blocks, no initial warm-up
+    # (the blocks' own calls are the warm-up).
+    timings = _measure_interleaved(
+        {settings.threads: step, 1: step}, settings.budget, settings.min_repeats,
+        warmup=0.0, warmup_calls=0, rounds=SCALING_ROUNDS, contexts=_fastcnn_threads,
+        block_warmup_calls=max(2, settings.warmup_calls), serpentine=False,
+    )  # fmt: skip
+    one = timings[1]
+    many = timings[settings.threads]["median_ms"]
     block = settings.budget / SCALING_ROUNDS
-    repeats = max(1, settings.min_repeats // SCALING_ROUNDS)
-    saved = fastcnn_threads._num_threads
-    try:
-        for _ in range(SCALING_ROUNDS):
-            for n in (settings.threads, 1):
-                fastcnn.set_num_threads(n)
-                timing = _measure(step, block, repeats, 0.0, max(2, settings.warmup_calls))
-                samples[n] += timing["samples_ms"]
-    finally:
-        fastcnn.set_num_threads(saved)
-    one = {
-        "median_ms": statistics.median(samples[1]), "samples_ms": samples[1],
-        "repeats": len(samples[1]), "warmup_calls": None,
-    }  # fmt: skip
-    many = statistics.median(samples[settings.threads])
     scaling = {
         "threads": settings.threads, "rounds": SCALING_ROUNDS,
         "median_ms_1_thread": one["median_ms"], "median_ms_n_threads": many,
@@ -1658,12 +1900,14 @@ def _header_lines(results: dict[str, Any]) -> list[str]:
     )
     env = " ".join(f"{k}={val}" for k, val in m["env"].items()) or "none"
     mm = results.get("matmul", {})
+    timing = results["settings"].get("timing")  # absent from results older than the rounds
     lines = [
         f"fastcnn benchmark, {results['created']}",
         f"machine: {cpu.get('model')}, {cpu.get('physical_cores', '?')} cores / "
         f"{cpu.get('logical_cpus')} logical CPUs, {cpu.get('memory_gb', '?')} GB; "
         f"{m['platform']}",
         f"threads: {results['settings']['threads']} (fastcnn, BLAS via threadpoolctl, torch)",
+        *([f"timing: {timing}"] if timing else []),
         f"versions: python {v['python']}, numpy {v['numpy']}, scipy {v['scipy']}, "
         f"fastcnn {v['fastcnn']} ({m.get('fastcnn_path', '?')}), "
         f"torch {v['torch'] or 'not used'}",
@@ -1992,7 +2236,8 @@ def main(
         "min_repeats": settings.min_repeats, "cases": sorted(selected),
         "single_thread_too": ctx.single_thread, "op_tolerance": OP_TOLERANCE,
         "model_tolerance": MODEL_TOLERANCE, "implementations": IMPL_LABELS,
-        "unavailable": unavailable,
+        "unavailable": unavailable, "interleave_rounds": INTERLEAVE_ROUNDS,
+        "timing": _run_timing_note(settings),
     }  # fmt: skip
     results["results"] = []
     with _threads(threads, torch):

@@ -1,10 +1,13 @@
 """The benchmark suite (fastcnn._bench): a smoke run on a tiny budget, and its pieces."""
 
 import contextlib
+import gc
 import io
 import json
 import math
+import statistics
 import time
+import types
 
 import numpy as np
 import pytest
@@ -255,3 +258,249 @@ def test_thread_scaling_is_measured_in_alternating_blocks(monkeypatch):
     target = targets["LeNet-5 training step: 2 threads vs 1 thread"]
     assert target["status"] == "PASS" and target["measured"] == scaling["speedup"]
     assert "interleaved" in target["note"]
+
+
+# ---------------------------------------------------------------------------------------
+# Alternating rounds. A fake clock stands in for the time module in fastcnn._bench, so
+# these tests never sleep and never depend on the speed of the machine: each fake
+# implementation advances the clock by its "duration" when called.
+
+
+class _FakeClock:
+    """``perf_counter`` for fastcnn._bench: time moves only when a fake implementation runs."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """The fake clock in fastcnn._bench, whose gc.collect() calls are skipped too: each
+    costs ~0.1 s once PyTorch is imported, and a fake clock cannot see them anyway."""
+    fake = _FakeClock()
+    monkeypatch.setattr(_bench, "time", fake)
+    fake_gc = types.SimpleNamespace(
+        collect=lambda: 0, isenabled=gc.isenabled, disable=gc.disable, enable=gc.enable
+    )
+    monkeypatch.setattr(_bench, "gc", fake_gc)
+    return fake
+
+
+def _recorder(log, name, clock, seconds):
+    """A fake implementation: appends ``name`` to ``log``; each call takes ``seconds``."""
+    durations = iter(seconds) if isinstance(seconds, list) else None
+
+    def call():
+        log.append(name)
+        clock.now += next(durations) if durations is not None else seconds
+
+    return call
+
+
+def _logging_context(log):
+    """``contexts`` for the helper: logs when each implementation's context opens and closes."""
+
+    @contextlib.contextmanager
+    def context(key):
+        log.append(("enter", key))
+        try:
+            yield
+        finally:
+            log.append(("exit", key))
+
+    return context
+
+
+def test_interleaved_blocks_alternate_each_under_its_own_context(clock):
+    log = []
+    # Powers of two keep the fake clock exact: a block of 1.0 / 4 s holds 4 calls of a
+    # (1/16 s each) and 2 calls of b (1/8 s each).
+    fns = {"a": _recorder(log, "a", clock, 1 / 16), "b": _recorder(log, "b", clock, 1 / 8)}
+    timings = _bench._measure_interleaved(
+        fns, budget=1.0, min_repeats=1, warmup=0.0, warmup_calls=1, rounds=4,
+        contexts=_logging_context(log), block_warmup_calls=2, serpentine=False,
+    )  # fmt: skip
+
+    def block(key, calls):
+        return [("enter", key), *[key] * calls, ("exit", key)]
+
+    warmups = block("a", 1) + block("b", 1)  # once each, before the first round
+    one_round = block("a", 2 + 4) + block("b", 2 + 2)  # block warm-up, then timed calls
+    assert log == warmups + one_round * 4
+    a, b = timings["a"], timings["b"]
+    assert (a["repeats"], b["repeats"]) == (4 * 4, 4 * 2)
+    assert a["samples_ms"] == [62.5] * 16 and b["samples_ms"] == [125.0] * 8
+    assert (a["median_ms"], b["median_ms"]) == (62.5, 125.0)
+    assert a["warmup_calls"] == b["warmup_calls"] == 1 + 4 * 2
+    assert a["rounds"] == b["rounds"] == 4
+    assert set(a) >= {"median_ms", "samples_ms", "repeats", "warmup_calls"}  # as _measure
+
+
+def test_interleaved_rounds_reverse_their_order_every_other_round(clock):
+    """The default (serpentine) order: the first and the last implementation each follow
+    the middle one in half the rounds, so a switch that costs the next library extra
+    falls on both alike."""
+    log = []
+    fns = {key: _recorder(log, key, clock, 1 / 16) for key in ("a", "b", "c")}
+    _bench._measure_interleaved(
+        fns, budget=0.0, min_repeats=4, warmup_calls=0, rounds=4, block_warmup_calls=0
+    )
+    assert log == [*"abc", *"cba", *"abc", *"cba"]
+
+
+def test_interleaved_median_is_that_of_the_pooled_samples(clock):
+    log = []
+    # a gets slower call by call; each round's block holds min_repeats // rounds = 2 calls.
+    a_ms = [10.0, 20.0, 30.0, 40.0, 50.0, 60.0]
+    fns = {
+        "a": _recorder(log, "a", clock, [ms / 1e3 for ms in a_ms]),
+        "b": _recorder(log, "b", clock, 0.001),
+    }
+    timings = _bench._measure_interleaved(
+        fns, budget=0.0, min_repeats=6, warmup=0.0, warmup_calls=0, rounds=3,
+        block_warmup_calls=0,
+    )  # fmt: skip
+    assert log == [*"aabb", *"bbaa", *"aabb"]
+    a = timings["a"]
+    assert a["samples_ms"] == pytest.approx(a_ms)  # every round's samples, in order
+    # The median of all six, not of a block's (15 ms, 35 ms or 55 ms) nor of the medians.
+    assert a["median_ms"] == pytest.approx(35.0)
+    assert a["median_ms"] == pytest.approx(statistics.median(a["samples_ms"]))
+
+
+def test_interleaving_cancels_a_drift_that_biases_back_to_back_blocks(clock):
+    """Two equally fast implementations on a machine that slows down steadily: timed one
+    after the other the second looks much slower; in alternating rounds they match."""
+
+    def drifting(log, name):
+        def call():
+            log.append(name)
+            clock.now += 0.001 * (1.0 + clock.now)  # a call takes longer as time passes
+
+        return call
+
+    log = []
+    first, second = drifting(log, "first"), drifting(log, "second")
+    back_to_back = [_bench._measure(fn, 1.0, 1, 0.0, 0)["median_ms"] for fn in (first, second)]
+    assert back_to_back[1] / back_to_back[0] > 1.5
+    clock.now = 0.0
+    rounds = _bench._measure_interleaved(
+        {"first": first, "second": second}, budget=1.0, min_repeats=1, warmup_calls=0,
+        rounds=50, block_warmup_calls=0,
+    )  # fmt: skip
+    assert rounds["second"]["median_ms"] / rounds["first"]["median_ms"] == pytest.approx(
+        1.0, abs=0.05
+    )
+
+
+def test_an_implementation_that_raises_leaves_the_rounds(clock):
+    log = []
+    good = _recorder(log, "good", clock, 0.001)
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) > 2:  # fails in its second block
+            raise RuntimeError("kernel crashed")
+
+    fns = {"flaky": flaky, "good": good}
+    args = dict(budget=0.0, min_repeats=3, warmup_calls=0, rounds=3, block_warmup_calls=1)
+    with pytest.raises(RuntimeError, match="kernel crashed"):  # no failures dict: raised
+        _bench._measure_interleaved(fns, **args)
+    calls.clear()
+    failures = {}
+    timings = _bench._measure_interleaved(fns, **args, failures=failures)
+    assert set(timings) == {"good"} and timings["good"]["repeats"] == 3
+    assert isinstance(failures["flaky"], RuntimeError)
+
+
+class _CountingCase(_bench._OpCase):
+    """A fake op case whose implementations log their calls and the backend they ran on;
+    each call takes 1 ms of the fake clock."""
+
+    id, group, label, shape, batch = "fake_op", "pool", "fake", "N=2", 2
+    passes = ("fwd",)
+
+    def __init__(self, clock: _FakeClock) -> None:
+        self.clock = clock
+        self.calls: list[tuple[str, str]] = []
+        self.out = np.arange(8.0)
+
+    def make(self, impl, pass_, batch, torch):
+        def call():
+            self.calls.append((impl, fastcnn.get_backend()))
+            self.clock.now += 0.001
+            return (self.out[: 4 * batch],)
+
+        return call
+
+    def oracle(self, pass_, batch):
+        return (self.out[: 4 * batch],)
+
+
+def _fake_case_ctx(quick: bool):
+    settings = _bench._Settings(
+        threads=1, quick=quick, budget=0.0, warmup=0.0, min_repeats=_bench.INTERLEAVE_ROUNDS,
+        warmup_calls=1, loops_budget=0.0, import_runs=1, memory_steps=1, matmul_size=64,
+        verbose=False,
+    )  # fmt: skip
+    return _bench._Context(settings, {"fake_op"}, None, {})
+
+
+def test_quick_op_case_is_timed_by_its_one_checked_call(clock):
+    if "cython" not in fastcnn.available_backends():
+        pytest.skip("needs the compiled backend")
+    case = _CountingCase(clock)
+    ctx = _fake_case_ctx(quick=True)
+    entry = _bench._run_op_case(case, "fwd", ctx)
+    assert ctx.errors == []
+    assert [impl for impl, _ in case.calls] == list(_bench.IMPLS)  # one call each
+    for impl in _bench.IMPLS:
+        assert entry["impls"][impl]["repeats"] == 1
+        assert entry["impls"][impl]["warmup_calls"] == 0
+    assert "--quick" in entry["timing"]
+
+
+def test_op_case_times_its_implementations_in_alternating_rounds(clock):
+    if "cython" not in fastcnn.available_backends():
+        pytest.skip("needs the compiled backend")
+    case = _CountingCase(clock)
+    ctx = _fake_case_ctx(quick=False)
+    entry = _bench._run_op_case(case, "fwd", ctx)
+    assert ctx.errors == []
+    rounds, compared = _bench.INTERLEAVE_ROUNDS, ("fastcnn", "numpy", "torch")
+    backend = {"fastcnn": "cython", "numpy": "numpy"}
+    for impl, active in case.calls:  # every call ran under its own implementation's backend
+        assert active == backend.get(impl, active)
+    # The checks (one call each, in table order), then loops' single block, then the
+    # initial warm-up of the others and the rounds, in serpentine order: each block
+    # opens with its warm-up calls, and the minimum of repeats is spread over the rounds
+    # (budget 0: one timed call each).
+    block = 1 + _bench.BLOCK_WARMUP_CALLS
+    blocks = [
+        impl for r in range(rounds) for impl in compared[:: -1 if r % 2 else 1]
+        for _ in range(block)
+    ]  # fmt: skip
+    order = [impl for impl, _ in case.calls]
+    assert order == [*_bench.IMPLS, "loops", *compared, *blocks]
+    for impl in compared:
+        result = entry["impls"][impl]
+        assert result["status"] == "ok" and result["rounds"] == rounds
+        assert result["repeats"] == len(result["samples_ms"]) == rounds
+    loops = entry["impls"]["loops"]
+    assert loops["repeats"] == 1 and loops["scaled"] is True and loops["scale_factor"] == 2
+    assert entry["timing"].startswith(f"interleaved: {rounds} rounds")
+
+
+def test_quick_run_reports_how_it_timed(smoke):
+    _, text, out = smoke
+    results = json.loads((out / "latest.json").read_text())
+    assert results["settings"]["interleave_rounds"] == _bench.INTERLEAVE_ROUNDS
+    assert "timing: --quick" in text
+    assert "- timing: --quick" in (out / "latest.md").read_text()
+    for entry in results["results"]:
+        if entry["group"] in ("conv", "pool", "model"):
+            assert "--quick" in entry["timing"]
