@@ -302,7 +302,7 @@ WEIGHT_GRAD_PATH_CASES = [
     # 24 channels: on AVX2 a pair of 8-channel blocks, then one alone
     ("lanes", (2, 3, 9, 9), (24, 3, 5, 5), {}),
     ("lanes", (2, 6, 12, 12), (12, 6, 3, 3), {"dilation": (2, 3), "padding": 1}),
-    ("wide", (3, 16, 12, 12), (8, 16, 3, 3), {"padding": 1}),  # 8 channels: half a vector
+    ("wide", (3, 16, 12, 12), (6, 16, 3, 3), {"padding": 1}),  # 6 channels: under a vector
     ("blas", (3, 1, 12, 12), (16, 1, 3, 3), {"padding": 1}),  # 9 taps: too few to block
 ]
 
