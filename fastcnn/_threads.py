@@ -10,6 +10,7 @@ import contextlib
 import numbers
 import os
 import threading
+import warnings
 from collections.abc import Iterator
 from functools import cache
 
@@ -82,7 +83,15 @@ def _blas_libraries() -> list:
             from threadpoolctl import ThreadpoolController
 
             libs = list(ThreadpoolController().select(user_api="blas").lib_controllers)
-        except Exception:  # threadpoolctl missing or unable to inspect: leave BLAS alone
+        except Exception as exc:  # threadpoolctl missing or unable to inspect: say so
+            warnings.warn(
+                "fastcnn cannot limit BLAS to one thread inside its kernels "
+                f"({type(exc).__name__}: {exc}), so each OpenMP thread may start a team of "
+                "BLAS threads and oversubscribe the cores; install threadpoolctl (a "
+                "dependency of fastcnn) or set OPENBLAS_NUM_THREADS=1",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             libs = []
         scipy_libs = [
             lib for lib in libs if "scipy" in os.path.dirname(lib.filepath or "").lower()
@@ -91,18 +100,33 @@ def _blas_libraries() -> list:
     return _blas_controllers
 
 
+def _set_threads(lib, n: int) -> None:
+    """Set one BLAS library's thread count from whichever thread runs the kernel.
+
+    threadpoolctl 3.8 lets only one Python thread (the first to set it) change a
+    process-wide OpenBLAS pool and silently ignores every other thread. A kernel may run
+    in any thread, and fastcnn serialises its own changes under ``_blas_lock``, so it
+    takes control before each change; without that, a kernel in a worker thread left BLAS
+    unpinned (each OpenMP thread then starts BLAS threads) or never restored it.
+    """
+    clear = getattr(type(lib), "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
+    lib.set_num_threads(n)
+
+
 @contextlib.contextmanager
 def blas_threads(n: int) -> Iterator[None]:
     """Run the body with every loaded BLAS limited to ``n`` threads."""
     global _blas_depth, _blas_saved
-    libs = _blas_libraries()
     with _blas_lock:
+        libs = _blas_libraries()  # under the lock: every caller shares one set of controllers
         if _blas_depth == 0:
             _blas_saved = [lib.num_threads for lib in libs]
         _blas_depth += 1
         for lib in libs:
             if lib.num_threads != n:
-                lib.set_num_threads(n)
+                _set_threads(lib, n)
     try:
         yield
     finally:
@@ -110,4 +134,4 @@ def blas_threads(n: int) -> Iterator[None]:
             _blas_depth -= 1
             if _blas_depth == 0:
                 for lib, saved in zip(libs, _blas_saved or [], strict=True):
-                    lib.set_num_threads(saved)
+                    _set_threads(lib, saved)

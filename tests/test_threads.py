@@ -160,6 +160,8 @@ def test_blas_thread_count_is_restored_after_concurrent_kernels():
         return [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
                 if lib["user_api"] == "blas"]  # fmt: skip
 
+    import scipy.linalg.cython_blas  # noqa: F401  (the kernels' BLAS, loaded on first use)
+
     before = blas_threads()
     if not before:
         pytest.skip("no BLAS library visible to threadpoolctl")
@@ -169,6 +171,48 @@ def test_blas_thread_count_is_restored_after_concurrent_kernels():
     with fastcnn.use_backend("cython"), ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(lambda name: jobs[name](), [name for name in jobs for _ in range(6)]))
     assert blas_threads() == before
+
+
+@needs_compiled
+def test_blas_is_pinned_and_restored_from_any_thread():
+    # threadpoolctl 3.8 lets only the first thread that sets an OpenBLAS pool change it;
+    # a kernel in another thread then ran with BLAS unpinned and never restored it.
+    pytest.importorskip("threadpoolctl", reason="threadpoolctl not installed")
+    from fastcnn import _threads
+
+    with _threads.blas_threads(1):  # the main thread sets first
+        pass
+    libs = _threads._blas_libraries()
+    if not libs:
+        pytest.skip("no BLAS library visible to threadpoolctl")
+    before = [lib.num_threads for lib in libs]
+    if max(before) < 2:
+        pytest.skip("BLAS already runs on one thread: pinning is not observable")
+    seen = []
+
+    def in_worker():
+        with _threads.blas_threads(1):
+            seen.append([lib.num_threads for lib in libs])
+        seen.append([lib.num_threads for lib in libs])
+
+    worker = threading.Thread(target=in_worker)
+    worker.start()
+    worker.join()
+    assert seen == [[1] * len(libs), before]
+    assert [lib.num_threads for lib in libs] == before
+
+
+def test_blas_pinning_warns_when_threadpoolctl_is_missing(monkeypatch):
+    # Without threadpoolctl the kernels cannot pin BLAS, and each OpenMP thread's GEMM may
+    # start a BLAS team of its own: a silent 2x slowdown on 2 cores, so it must be said.
+    from fastcnn import _threads
+
+    monkeypatch.setattr(_threads, "_blas_controllers", None)
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # makes the import fail
+    with pytest.warns(RuntimeWarning, match=r"cannot limit BLAS.*install threadpoolctl"):
+        with _threads.blas_threads(1):
+            pass
+    assert _threads._blas_controllers == []  # decided once: no warning on every call
 
 
 def _model(seed):
