@@ -32,7 +32,8 @@ def _short_openmp_spin() -> Iterator[None]:
     policy) costs a wake-up per kernel instead, and on a virtual machine waking an idle
     core is slow. 1,000 iterations last ~15 us on a 2026 Xeon VM, shorter than the gaps
     between a LeNet step's kernels, and the 2-thread step took 3.4 ms (4.3 ms at 1
-    thread); 5,000 (~75 us) took 2.7 ms and still left the cores to BLAS soon enough. So unless the user chose a policy, libgomp reads GOMP_SPINCOUNT=5000 when it
+    thread); 5,000 (~75 us) took 2.7 ms and still left the cores to BLAS soon enough.
+    So unless the user chose a policy, libgomp reads GOMP_SPINCOUNT=5000 when it
     initialises (as the extension loads); the variable is removed again at once.
     """
     if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
