@@ -34,7 +34,9 @@ Design
   apart measures the drift as much as the code. Each round gives every implementation a
   short block of the budget (reversing the order every other round, so no library is
   always the one that follows the same other); the median is that of all rounds' samples
-  pooled.
+  pooled. A block starts once the previous library's thread pool has stopped spinning
+  (:func:`_wait_for_quiet_threads`), so no library is timed against another's idle
+  workers.
 * Memory is measured where it can be compared honestly: the peak RSS increase over a few
   training steps in a fresh interpreter per implementation (``python -m fastcnn._bench
   --memory-worker IMPL``; RSS also sees PyTorch's and the compiled kernels' own
@@ -59,6 +61,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import AbstractContextManager
@@ -91,6 +94,9 @@ MAX_SAMPLES = 1000  # per implementation and case; keeps the JSON to a few MB
 # absorb it.
 INTERLEAVE_ROUNDS = 5
 BLOCK_WARMUP_CALLS = 2
+# The longest wait, before a block, for the previous library's idle workers to stop
+# spinning (numpy's OpenBLAS keeps one spinning for ~0.12 s on the 2-core machine).
+QUIET_TIMEOUT = 0.5
 RESULT_PREFIX = "FASTCNN_BENCH_RESULT "
 _ENV_KEYS = (
     "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
@@ -193,6 +199,45 @@ def _time_calls(
         if len(samples) >= min_repeats and t1 - begin >= budget:
             break
     return samples
+
+
+def _running_threads() -> int | None:
+    """Other threads of this process now on a CPU or runnable; None without ``/proc``."""
+    me = threading.get_native_id()
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    running = 0
+    for tid in tids:
+        if int(tid) == me:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as stat:
+                fields = stat.read()
+        except OSError:  # the thread has just exited
+            continue
+        # The state follows the command name, which is in parentheses and may hold any
+        # character, so look for it after the last ')'.
+        if fields[fields.rindex(")") + 2] == "R":
+            running += 1
+    return running
+
+
+def _wait_for_quiet_threads(timeout: float = QUIET_TIMEOUT) -> float:
+    """Sleep until no other thread of this process runs (at most ``timeout`` s).
+
+    A thread pool does not park its workers the moment a call returns: they spin first,
+    on the same cores the next library's threads need. numpy's OpenBLAS spins one
+    worker for ~0.12 s after a threaded product, longer than a timing block, and on the
+    2-core machine fastcnn's or PyTorch's calls right after ran up to 2x slower. Waiting
+    for the spinning to end times every library on a machine its predecessor has left.
+    Returns the seconds waited.
+    """
+    begin = time.perf_counter()
+    while _running_threads() and time.perf_counter() - begin < timeout:
+        time.sleep(0.001)
+    return time.perf_counter() - begin
 
 
 def _timing(seconds: list[float], warmup_calls: int) -> dict[str, Any]:
@@ -318,6 +363,7 @@ def _measure_interleaved(
         calls[key] += _warm_up(fn, warmup, warmup_calls)
 
     def block_of_calls(key: _K, fn: Callable[[], object]) -> None:
+        _wait_for_quiet_threads()
         for _ in range(block_warmup_calls):
             fn()
         calls[key] += block_warmup_calls
@@ -701,9 +747,10 @@ def _run_timing_note(settings: _Settings) -> str:
     block = settings.budget / INTERLEAVE_ROUNDS
     return (
         f"{INTERLEAVE_ROUNDS} alternating rounds per case (order reversed every other "
-        f"round), {block:.3g} s per implementation a round after {BLOCK_WARMUP_CALLS} "
-        "untimed calls; median of the pooled samples, so the machine's drift hits all "
-        "alike; textbook loops: one block, scaled"
+        f"round), {block:.3g} s per implementation a round, each block after the previous "
+        f"library's workers stopped spinning and {BLOCK_WARMUP_CALLS} untimed calls; "
+        "median of the pooled samples, so the machine's drift hits all alike; textbook "
+        "loops: one block, scaled"
     )
 
 

@@ -2,10 +2,12 @@
 
 import contextlib
 import gc
+import hashlib
 import io
 import json
 import math
 import statistics
+import threading
 import time
 import types
 
@@ -275,6 +277,9 @@ class _FakeClock:
     def perf_counter(self) -> float:
         return self.now
 
+    def sleep(self, seconds: float) -> None:  # the wait for other libraries' workers
+        self.now += seconds
+
 
 @pytest.fixture
 def clock(monkeypatch):
@@ -312,6 +317,60 @@ def _logging_context(log):
             log.append(("exit", key))
 
     return context
+
+
+def _spinner(stop, seconds=math.inf):
+    """A thread that stays on a CPU, like a thread pool's idle worker, until ``stop`` is
+    set or ``seconds`` pass: hashing a large buffer runs without the GIL."""
+    data = bytes(1 << 22)
+
+    def spin():
+        end = time.perf_counter() + seconds
+        while not stop.is_set() and time.perf_counter() < end:
+            hashlib.sha256(data)
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    return thread
+
+
+needs_proc = pytest.mark.skipif(
+    _bench._running_threads() is None, reason="thread states are read from /proc (Linux)"
+)
+
+
+@needs_proc
+def test_running_threads_sees_a_spinning_worker():
+    stop = threading.Event()
+    thread = _spinner(stop)
+    try:
+        seen = max(_bench._running_threads() for _ in range(50))
+    finally:
+        stop.set()
+        thread.join()
+    assert seen >= 1
+    assert _bench._wait_for_quiet_threads(timeout=5.0) < 5.0
+
+
+@needs_proc
+def test_blocks_wait_until_other_threads_stop_spinning():
+    stop = threading.Event()
+    thread = _spinner(stop, seconds=0.3)
+    waited = _bench._wait_for_quiet_threads(timeout=5.0)
+    thread.join()
+    assert 0.2 <= waited < 5.0
+
+
+@needs_proc
+def test_the_wait_for_quiet_threads_gives_up_at_its_timeout():
+    stop = threading.Event()
+    thread = _spinner(stop)
+    try:
+        waited = _bench._wait_for_quiet_threads(timeout=0.1)
+    finally:
+        stop.set()
+        thread.join()
+    assert 0.1 <= waited < 2.0
 
 
 def test_interleaved_blocks_alternate_each_under_its_own_context(clock):
