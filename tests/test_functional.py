@@ -302,6 +302,12 @@ WEIGHT_GRAD_PATH_CASES = [
     # 24 channels: on AVX2 a pair of 8-channel blocks, then one alone
     ("lanes", (2, 3, 9, 9), (24, 3, 5, 5), {}),
     ("lanes", (2, 6, 12, 12), (12, 6, 3, 3), {"dilation": (2, 3), "padding": 1}),
+    # 32 channels: on AVX-512 a pair of 16-channel blocks. 64 channels in rows of 30: a
+    # block of four on AVX-512, chosen there although the wide kernel's count is only 7%
+    # higher; 128: two such blocks. 120 and 144 positions: more than one tile of 96.
+    ("lanes", (2, 3, 9, 9), (32, 3, 5, 5), {}),
+    ({"avx512": "lanes", "avx2": "wide"}, (2, 8, 4, 30), (64, 8, 3, 3), {"padding": 1}),
+    ({"avx512": "lanes", "avx2": "wide"}, (2, 16, 12, 12), (128, 16, 3, 3), {"padding": 1}),
     ("wide", (3, 16, 12, 12), (6, 16, 3, 3), {"padding": 1}),  # 6 channels: under a vector
     ("blas", (3, 1, 12, 12), (16, 1, 3, 3), {"padding": 1}),  # 9 taps: too few to block
 ]

@@ -135,100 +135,101 @@ FASTCNN_DIRECT_WGRAD_KERNEL(fastcnn_wgrad_avx2, "avx2,fma", fastcnn_v8, 8, 3, 4)
 
 /* Weight gradient with the output channels across the vector lanes, for one sample:
  *   dwt[r * cog_pad + co] += sum_t dyt[t * cog_pad + co] * x[off[r] + pos[t]]
- * for r < k_pad (a multiple of RB), co_start <= co < cog_pad (a multiple of LANES),
- * t < n_pos.
+ * for r < k_pad (a multiple of RB), co_start <= co < cog_pad (co_start and cog_pad
+ * multiples of LANES), t < n_pos.
  * dyt is the sample's output gradient transposed to (position, channel) and x its padded
  * input plane block; every x value is broadcast from memory, so the positions need not
  * be contiguous: only real outputs are visited (no junk columns of the wide layout), at
- * any stride. RB accumulators of LANES channels stay in registers over all positions;
- * the taps' offsets are held in locals so they need not be reloaded per position.
+ * any stride. A block of RB taps x NB vectors of channels is accumulated in registers, so
+ * one broadcast feeds NB multiply-adds and one load of dyt feeds RB (AVX-512, 64
+ * channels: 10 loads for 24 FMAs; one vector alone: 9 for 8, load-bound). The positions
+ * are taken a tile at a time, every block over the tile before the next tile, so the
+ * tile of dyt (about 24 KB) stays in L1 while every tap block reads it; without tiles a
+ * 56x56 plane's dyt (800 KB at 64 channels) came from L2 once per tap block. The partial
+ * sums go through dwt between tiles: the same additions in the same order, so the same
+ * bits with any tile size. The taps' offsets are held in locals so they need not be
+ * reloaded per position.
  */
-#define FASTCNN_WGRAD_T_KERNEL(NAME, TARGET, VEC, LANES, RB)                                \
-    __attribute__((target(TARGET))) static void NAME(                                      \
+#define FASTCNN_WGRAD_T_TILE_BYTES 24576
+
+#define FASTCNN_WGRAD_T_KERNEL(NAME, TARGET, VEC, LANES, NB, RB)                            \
+    __attribute__((target(TARGET))) static ptrdiff_t NAME(                                 \
         const float *x, const ptrdiff_t *off, ptrdiff_t k_pad, const float *dyt,           \
         const ptrdiff_t *pos, ptrdiff_t n_pos, ptrdiff_t cog_pad, ptrdiff_t co_start,      \
         float *dwt)                                                                         \
     {                                                                                       \
-        for (ptrdiff_t co0 = co_start; co0 < cog_pad; co0 += LANES) {                       \
-            for (ptrdiff_t r0 = 0; r0 < k_pad; r0 += RB) {                                  \
-                VEC acc[RB];                                                                \
-                ptrdiff_t o[RB];                                                            \
-                for (int q = 0; q < RB; q++) {                                              \
-                    memcpy(&acc[q], dwt + (r0 + q) * cog_pad + co0, sizeof(VEC));           \
-                    o[q] = off[r0 + q];                                                     \
-                }                                                                           \
-                for (ptrdiff_t t = 0; t < n_pos; t++) {                                     \
-                    VEC d;                                                                  \
-                    memcpy(&d, dyt + t * cog_pad + co0, sizeof(VEC));                       \
-                    const float *xt = x + pos[t];                                           \
-                    for (int q = 0; q < RB; q++) acc[q] += d * FASTCNN_SPLAT(VEC, xt[o[q]]);      \
-                }                                                                           \
-                for (int q = 0; q < RB; q++)                                                \
-                    memcpy(dwt + (r0 + q) * cog_pad + co0, &acc[q], sizeof(VEC));           \
-            }                                                                               \
-        }                                                                                   \
-    }
-
-FASTCNN_WGRAD_T_KERNEL(fastcnn_wgrad_t_avx512, "avx512f", fastcnn_v16, 16, 8)
-FASTCNN_WGRAD_T_KERNEL(fastcnn_wgrad_t_avx2_rb6, "avx2,fma", fastcnn_v8, 8, 6)
-
-/* The same for AVX2 on two blocks of LANES channels at once: each broadcast input feeds
- * 2 * RB accumulators instead of RB (9 loads for 12 FMAs instead of 10 for 8, the one
- * kernel above being load-bound). Same additions in the same order, so the same bits.
- * cog_pad must hold a whole number of block pairs from co0 on.
- */
-#define FASTCNN_WGRAD_T2_KERNEL(NAME, TARGET, VEC, LANES, RB)                               \
-    __attribute__((target(TARGET))) static void NAME(                                      \
-        const float *x, const ptrdiff_t *off, ptrdiff_t k_pad, const float *dyt,           \
-        const ptrdiff_t *pos, ptrdiff_t n_pos, ptrdiff_t cog_pad, ptrdiff_t co0,           \
-        float *dwt)                                                                         \
-    {                                                                                       \
-        for (; co0 + 2 * LANES <= cog_pad; co0 += 2 * LANES) {                              \
-            for (ptrdiff_t r0 = 0; r0 < k_pad; r0 += RB) {                                  \
-                VEC acc[RB][2];                                                             \
-                ptrdiff_t o[RB];                                                            \
-                for (int q = 0; q < RB; q++) {                                              \
-                    for (int b = 0; b < 2; b++)                                             \
-                        memcpy(&acc[q][b], dwt + (r0 + q) * cog_pad + co0 + b * LANES, sizeof(VEC)); \
-                    o[q] = off[r0 + q];                                                     \
-                }                                                                           \
-                for (ptrdiff_t t = 0; t < n_pos; t++) {                                     \
-                    VEC d[2];                                                               \
-                    memcpy(&d[0], dyt + t * cog_pad + co0, sizeof(VEC));                    \
-                    memcpy(&d[1], dyt + t * cog_pad + co0 + LANES, sizeof(VEC));            \
-                    const float *xt = x + pos[t];                                           \
+        ptrdiff_t tile = FASTCNN_WGRAD_T_TILE_BYTES / (ptrdiff_t)sizeof(float) / cog_pad;  \
+        ptrdiff_t co_end = co_start + (cog_pad - co_start) / (NB * LANES) * (NB * LANES);  \
+        if (tile < 16) tile = 16;                                                           \
+        for (ptrdiff_t t0 = 0; t0 < n_pos; t0 += tile) {                                    \
+            ptrdiff_t t1 = t0 + tile < n_pos ? t0 + tile : n_pos;                           \
+            for (ptrdiff_t co0 = co_start; co0 < co_end; co0 += NB * LANES) {              \
+                for (ptrdiff_t r0 = 0; r0 < k_pad; r0 += RB) {                              \
+                    VEC acc[RB][NB];                                                        \
+                    ptrdiff_t o[RB];                                                        \
                     for (int q = 0; q < RB; q++) {                                          \
-                        VEC xb = FASTCNN_SPLAT(VEC, xt[o[q]]);                              \
-                        acc[q][0] += d[0] * xb;                                             \
-                        acc[q][1] += d[1] * xb;                                             \
+                        for (int b = 0; b < NB; b++)                                        \
+                            memcpy(&acc[q][b], dwt + (r0 + q) * cog_pad + co0 + b * LANES, \
+                                   sizeof(VEC));                                            \
+                        o[q] = off[r0 + q];                                                 \
                     }                                                                       \
+                    for (ptrdiff_t t = t0; t < t1; t++) {                                   \
+                        VEC d[NB];                                                          \
+                        for (int b = 0; b < NB; b++)                                        \
+                            memcpy(&d[b], dyt + t * cog_pad + co0 + b * LANES, sizeof(VEC)); \
+                        const float *xt = x + pos[t];                                       \
+                        for (int q = 0; q < RB; q++) {                                      \
+                            VEC xb = FASTCNN_SPLAT(VEC, xt[o[q]]);                          \
+                            for (int b = 0; b < NB; b++) acc[q][b] += d[b] * xb;           \
+                        }                                                                   \
+                    }                                                                       \
+                    for (int q = 0; q < RB; q++)                                            \
+                        for (int b = 0; b < NB; b++)                                        \
+                            memcpy(dwt + (r0 + q) * cog_pad + co0 + b * LANES, &acc[q][b], \
+                                   sizeof(VEC));                                            \
                 }                                                                           \
-                for (int q = 0; q < RB; q++)                                                \
-                    for (int b = 0; b < 2; b++)                                             \
-                        memcpy(dwt + (r0 + q) * cog_pad + co0 + b * LANES, &acc[q][b], sizeof(VEC)); \
             }                                                                               \
         }                                                                                   \
+        return co_end;                                                                      \
     }
 
-FASTCNN_WGRAD_T2_KERNEL(fastcnn_wgrad_t2_avx2, "avx2,fma", fastcnn_v8, 8, 6)
+FASTCNN_WGRAD_T_KERNEL(fastcnn_wgrad_t4_avx512, "avx512f", fastcnn_v16, 16, 4, 6)
+FASTCNN_WGRAD_T_KERNEL(fastcnn_wgrad_t2_avx512, "avx512f", fastcnn_v16, 16, 2, 8)
+FASTCNN_WGRAD_T_KERNEL(fastcnn_wgrad_t_avx512, "avx512f", fastcnn_v16, 16, 1, 8)
+FASTCNN_WGRAD_T_KERNEL(fastcnn_wgrad_t2_avx2, "avx2,fma", fastcnn_v8, 8, 2, 6)
+FASTCNN_WGRAD_T_KERNEL(fastcnn_wgrad_t_avx2, "avx2,fma", fastcnn_v8, 8, 1, 6)
 
-/* Lanes (output channels per vector) and taps per block of the kernels above. */
+/* Lanes (output channels per vector) and taps per block of the kernels above. AVX-512
+ * takes blocks of four vectors (and 6 taps) when they cover the channels exactly. */
 static ptrdiff_t fastcnn_wgrad_t_lanes(int level) { return level == 2 ? 16 : 8; }
-static ptrdiff_t fastcnn_wgrad_t_taps(int level) { return level == 2 ? 8 : 6; }
+static int fastcnn_wgrad_t_quads(int level, ptrdiff_t cog_pad)
+{
+    return level == 2 && cog_pad % 64 == 0;
+}
+static ptrdiff_t fastcnn_wgrad_t_taps(int level, ptrdiff_t cog_pad)
+{
+    if (level != 2) return 6;
+    return fastcnn_wgrad_t_quads(level, cog_pad) ? 6 : 8;
+}
 
-/* AVX2 takes the channel blocks in pairs, and a last odd one alone. */
+/* Each kernel takes the channel blocks it covers whole and returns where it stopped:
+ * pairs of vectors, then a last odd one alone (AVX-512: all in fours where they fit). */
 static void fastcnn_wgrad_t(int level, const float *x, const ptrdiff_t *off, ptrdiff_t k_pad,
                             const float *dyt, const ptrdiff_t *pos, ptrdiff_t n_pos,
                             ptrdiff_t cog_pad, float *dwt)
 {
+    ptrdiff_t co = 0;
     if (level == 2) {
-        fastcnn_wgrad_t_avx512(x, off, k_pad, dyt, pos, n_pos, cog_pad, 0, dwt);
+        if (fastcnn_wgrad_t_quads(level, cog_pad)) {
+            fastcnn_wgrad_t4_avx512(x, off, k_pad, dyt, pos, n_pos, cog_pad, 0, dwt);
+            return;
+        }
+        co = fastcnn_wgrad_t2_avx512(x, off, k_pad, dyt, pos, n_pos, cog_pad, 0, dwt);
+        if (co < cog_pad) fastcnn_wgrad_t_avx512(x, off, k_pad, dyt, pos, n_pos, cog_pad, co, dwt);
         return;
     }
-    ptrdiff_t paired = cog_pad / 16 * 16;
-    fastcnn_wgrad_t2_avx2(x, off, k_pad, dyt, pos, n_pos, cog_pad, 0, dwt);
-    if (paired < cog_pad)
-        fastcnn_wgrad_t_avx2_rb6(x, off, k_pad, dyt, pos, n_pos, cog_pad, paired, dwt);
+    co = fastcnn_wgrad_t2_avx2(x, off, k_pad, dyt, pos, n_pos, cog_pad, 0, dwt);
+    if (co < cog_pad) fastcnn_wgrad_t_avx2(x, off, k_pad, dyt, pos, n_pos, cog_pad, co, dwt);
 }
 
 /* Forward pass with the output channels across the vector lanes, for stride 1 and
@@ -457,7 +458,14 @@ static void fastcnn_wgrad(int level, const float *xp, ptrdiff_t xp_stride, const
 }
 static ptrdiff_t fastcnn_direct_co_block(int level, ptrdiff_t cog) { (void)level; (void)cog; return 1; }
 static ptrdiff_t fastcnn_wgrad_t_lanes(int level) { (void)level; return 1; }
-static ptrdiff_t fastcnn_wgrad_t_taps(int level) { (void)level; return 1; }
+static ptrdiff_t fastcnn_wgrad_t_taps(int level, ptrdiff_t cog_pad)
+{
+    (void)level; (void)cog_pad; return 1;
+}
+static int fastcnn_wgrad_t_quads(int level, ptrdiff_t cog_pad)
+{
+    (void)level; (void)cog_pad; return 0;
+}
 static void fastcnn_wgrad_t(int level, const float *x, const ptrdiff_t *off, ptrdiff_t k_pad,
                             const float *dyt, const ptrdiff_t *pos, ptrdiff_t n_pos,
                             ptrdiff_t cog_pad, float *dwt)
