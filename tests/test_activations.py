@@ -208,4 +208,8 @@ def test_against_torch(backend, dtype, rng, name):
     ty.backward(torch.from_numpy(g))
     y = forward(x)
     np.testing.assert_allclose(y, ty.detach().numpy(), **tol(dtype))
-    np.testing.assert_allclose(backward(g, y), tx.grad.numpy(), **tol(dtype))
+    # The backward is given torch's own y: both compute g * (1 - y**2) (tanh), whose
+    # cancellation near |y| = 1 turns a one-ulp difference in y into a relative error of
+    # several percent (seen in CI: torch's float32 tanh moved by an ulp between runs).
+    ty_np = ty.detach().numpy().copy()
+    np.testing.assert_allclose(backward(g, ty_np), tx.grad.numpy(), **tol(dtype))
