@@ -209,7 +209,7 @@ def test_against_torch(backend, dtype, rng, name):
     y = forward(x)
     np.testing.assert_allclose(y, ty.detach().numpy(), **tol(dtype))
     # The backward is given torch's own y: both compute g * (1 - y**2) (tanh), whose
-    # cancellation near |y| = 1 turns a one-ulp difference in y into a relative error of
-    # several percent (seen in CI: torch's float32 tanh moved by an ulp between runs).
+    # cancellation near |y| = 1 turns a difference in y that the forward check allows
+    # into a large relative one (seen once in CI, up to 130%; not reproduced outside it).
     ty_np = ty.detach().numpy().copy()
     np.testing.assert_allclose(backward(g, ty_np), tx.grad.numpy(), **tol(dtype))

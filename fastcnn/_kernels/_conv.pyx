@@ -835,7 +835,7 @@ cdef bint lanes_wgrad_pays(const Geometry* g) noexcept nogil:
     # vectors of channels at a time (AVX-512, channels a multiple of 64): there it reads
     # a quarter as much per multiply-add as the wide kernel, which is bound by L2 on
     # such layers, and was 20% faster on `large` and 5% on `mid` with about the same
-    # count (benchmarks, 2026-12-03).
+    # count (weight gradient alone, the two kernels interleaved, 2026-12-03).
     cdef int level = fastcnn_direct_level()
     cdef Py_ssize_t lanes = fastcnn_wgrad_t_lanes(level)
     cdef Py_ssize_t cog_pad = (g.cog + lanes - 1) // lanes * lanes
