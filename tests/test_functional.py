@@ -156,6 +156,10 @@ CONV_CASES = [
     ((1, 1, 9, 4), (1, 1, 3, 1), {"stride": (3, 1)}),
     ((5, 2, 6, 6), (3, 2, 3, 3), {"stride": 2, "padding": 2}),  # batch > threads
     ((4, 1, 11, 3), (2, 1, 5, 3), {"stride": (2, 1), "padding": (2, 1)}),
+    # one output channel over 64 input planes too large for one pass of the direct
+    # kernel (in chunks of channels), forward and (second case) input gradient
+    ((1, 64, 32, 32), (1, 64, 3, 3), {"padding": 1}),
+    ((1, 1, 32, 32), (64, 1, 3, 3), {"padding": 1}),
 ]
 
 
@@ -263,6 +267,7 @@ FORWARD_PATH_CASES = [
     # 4 + 1 + 1 + 1 for the lone block)
     ("lanes", (2, 2, 9, 11), (24, 2, 5, 5), {}),
     ("lanes", (2, 4, 8, 18), (16, 4, 5, 5), {}),  # rows of 14: 6 + 4 + 4 on AVX2
+    ("wide", (2, 4, 10, 10), (1, 4, 3, 3), {"padding": 1}),  # one output channel
 ]
 
 
@@ -311,7 +316,14 @@ WEIGHT_GRAD_PATH_CASES = [
     ({"avx512": "lanes", "avx2": "wide"}, (2, 8, 4, 30), (64, 8, 3, 3), {"padding": 1}),
     ({"avx512": "lanes", "avx2": "wide"}, (2, 16, 12, 12), (128, 16, 3, 3), {"padding": 1}),
     ("wide", (3, 16, 12, 12), (6, 16, 3, 3), {"padding": 1}),  # 6 channels: under a vector
-    ("blas", (3, 1, 12, 12), (16, 1, 3, 3), {"padding": 1}),  # 9 taps: too few to block
+    # 9 taps: too few for the wide kernel's blocks; on AVX-512 the lanes kernel takes
+    # them in one block of 9 (`digits`), on AVX2 in blocks of 6 that waste a quarter
+    ({"avx512": "lanes", "avx2": "blas"}, (3, 1, 12, 12), (16, 1, 3, 3), {"padding": 1}),
+    ("blas", (3, 1, 12, 12), (4, 1, 3, 3), {"padding": 1}),  # 4 channels: a quarter vector
+    # 25 taps on one channel and 18 on two: blocks of 9 on AVX-512 (27 and 18, not 32
+    # and 24), the second on pairs of vectors (32 channels)
+    ("lanes", (2, 1, 12, 12), (16, 1, 5, 5), {"padding": 2}),
+    ("lanes", (2, 2, 6, 6), (32, 2, 3, 3), {"padding": 1}),
 ]
 
 

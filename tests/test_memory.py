@@ -236,11 +236,13 @@ def rss():
 
 fastcnn.set_backend("cython")
 fastcnn.set_num_threads(1)
-# A conv whose inputs and output are small (16 MB, 256 KB) but whose im2col scratch is
-# about 150 MB; and one whose output alone would need terabytes.
-x = np.ones((1, 64, 256, 256), np.float32)
-w = np.ones((1, 64, 3, 3), np.float32)
-g = np.ones((1, 1, 256, 256), np.float32)
+# A conv whose inputs and output are small (32 MB, 512 KB) but whose im2col scratch is
+# about 300 MB (float64, which always takes im2col + BLAS: in float32 a single output
+# channel runs on the direct kernel, whose scratch is a few planes); and one whose
+# output alone would need terabytes.
+x = np.ones((1, 64, 256, 256), np.float64)
+w = np.ones((1, 64, 3, 3), np.float64)
+g = np.ones((1, 1, 256, 256), np.float64)
 tiny = np.ones((1, 1, 1, 1), np.float32)
 F.conv2d(x[:, :, :8, :8], w, padding=1)  # start BLAS and OpenMP before the limit
 F.conv2d_backward(g[:, :, :8, :8], x[:, :, :8, :8], w, padding=1)
@@ -275,7 +277,7 @@ def test_allocation_failures_free_everything_and_leave_the_library_usable():
     address space is capped, so that the allocations really fail)."""
     if "cython" not in fastcnn.available_backends():
         pytest.skip("compiled extension not importable")
-    # A fixed mmap threshold stops glibc from moving 16 MB blocks between mmap and its
+    # A fixed mmap threshold stops glibc from moving large blocks between mmap and its
     # heap, where a freed block stays resident: left dynamic, the threshold's growth
     # could leave one such block behind at whatever iteration a loaded machine reached
     # it (seen in CI: 16.4 MB, once), which reads as a leak that is not one.

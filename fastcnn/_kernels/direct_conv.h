@@ -33,6 +33,8 @@
 
 #if FASTCNN_X86_SIMD
 
+#include <immintrin.h>
+
 typedef float fastcnn_v16 __attribute__((vector_size(64)));
 typedef float fastcnn_v8 __attribute__((vector_size(32)));
 
@@ -86,6 +88,59 @@ typedef float fastcnn_v8 __attribute__((vector_size(32)));
 FASTCNN_DIRECT_KERNEL(fastcnn_direct_avx512, "avx512f", fastcnn_v16, 16, 2, 8)
 FASTCNN_DIRECT_KERNEL(fastcnn_direct_avx512_cb6, "avx512f", fastcnn_v16, 16, 2, 6)
 FASTCNN_DIRECT_KERNEL(fastcnn_direct_avx2, "avx2,fma", fastcnn_v8, 8, 2, 6)
+
+/* The same for a single output channel (cog_pad == 1: the input gradient of a layer with
+ * one input channel, such as a network's first). With CB = 1 the NV accumulators of a
+ * block would each wait on the last multiply-add (4 cycles) at every tap, so even and
+ * odd taps go to two sets, added when the block is stored: 2 NV chains in flight. */
+#define FASTCNN_DIRECT_KERNEL_1(NAME, TARGET, VEC, LANES, NV)                              \
+    __attribute__((target(TARGET))) static void NAME(                                      \
+        const float *xp, const ptrdiff_t *off, ptrdiff_t k, ptrdiff_t taps_c,              \
+        ptrdiff_t k_chunk, const ptrdiff_t *ranges, const float *w, float *out,             \
+        ptrdiff_t q_pad)                                                                    \
+    {                                                                                       \
+        for (ptrdiff_t k0 = 0; k0 < k; k0 += k_chunk) {                                     \
+            ptrdiff_t k1 = k0 + k_chunk < k ? k0 + k_chunk : k;                             \
+            for (ptrdiff_t t0 = 0, b = 0; t0 < q_pad; t0 += LANES * NV, b++) {              \
+                ptrdiff_t lo = ranges ? ranges[2 * b] : 0;                                  \
+                ptrdiff_t hi = ranges ? ranges[2 * b + 1] : taps_c;                         \
+                VEC even[NV], odd[NV];                                                      \
+                for (int v = 0; v < NV; v++) {                                              \
+                    odd[v] = (VEC){0};                                                      \
+                    if (k0 == 0) even[v] = (VEC){0};                                        \
+                    else memcpy(&even[v], out + t0 + v * LANES, sizeof(VEC));               \
+                }                                                                           \
+                for (ptrdiff_t c0 = k0; c0 < k1; c0 += taps_c) {                            \
+                    ptrdiff_t r = c0 + lo;                                                  \
+                    for (; r + 1 < c0 + hi; r += 2) {                                       \
+                        VEC we = FASTCNN_SPLAT(VEC, w[r]), wo = FASTCNN_SPLAT(VEC, w[r + 1]); \
+                        for (int v = 0; v < NV; v++) {                                      \
+                            VEC xe, xo;                                                     \
+                            memcpy(&xe, xp + off[r] + t0 + v * LANES, sizeof(VEC));         \
+                            memcpy(&xo, xp + off[r + 1] + t0 + v * LANES, sizeof(VEC));     \
+                            even[v] += we * xe;                                             \
+                            odd[v] += wo * xo;                                              \
+                        }                                                                   \
+                    }                                                                       \
+                    if (r < c0 + hi) {                                                      \
+                        VEC we = FASTCNN_SPLAT(VEC, w[r]);                                  \
+                        for (int v = 0; v < NV; v++) {                                      \
+                            VEC xe;                                                         \
+                            memcpy(&xe, xp + off[r] + t0 + v * LANES, sizeof(VEC));         \
+                            even[v] += we * xe;                                             \
+                        }                                                                   \
+                    }                                                                       \
+                }                                                                           \
+                for (int v = 0; v < NV; v++) {                                              \
+                    VEC sum = even[v] + odd[v];                                             \
+                    memcpy(out + t0 + v * LANES, &sum, sizeof(VEC));                        \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+FASTCNN_DIRECT_KERNEL_1(fastcnn_direct_avx512_cb1, "avx512f", fastcnn_v16, 16, 2)
+FASTCNN_DIRECT_KERNEL_1(fastcnn_direct_avx2_cb1, "avx2,fma", fastcnn_v8, 8, 2)
 
 
 /* Weight gradient in the same layout, summed over ns samples:
@@ -196,20 +251,26 @@ FASTCNN_DIRECT_WGRAD_KERNEL(fastcnn_wgrad_avx2, "avx2,fma", fastcnn_v8, 8, 3, 4)
 FASTCNN_WGRAD_T_KERNEL(fastcnn_wgrad_t4_avx512, "avx512f", fastcnn_v16, 16, 4, 6)
 FASTCNN_WGRAD_T_KERNEL(fastcnn_wgrad_t2_avx512, "avx512f", fastcnn_v16, 16, 2, 8)
 FASTCNN_WGRAD_T_KERNEL(fastcnn_wgrad_t_avx512, "avx512f", fastcnn_v16, 16, 1, 8)
+FASTCNN_WGRAD_T_KERNEL(fastcnn_wgrad_t2_9_avx512, "avx512f", fastcnn_v16, 16, 2, 9)
+FASTCNN_WGRAD_T_KERNEL(fastcnn_wgrad_t_9_avx512, "avx512f", fastcnn_v16, 16, 1, 9)
 FASTCNN_WGRAD_T_KERNEL(fastcnn_wgrad_t2_avx2, "avx2,fma", fastcnn_v8, 8, 2, 6)
 FASTCNN_WGRAD_T_KERNEL(fastcnn_wgrad_t_avx2, "avx2,fma", fastcnn_v8, 8, 1, 6)
 
 /* Lanes (output channels per vector) and taps per block of the kernels above. AVX-512
- * takes blocks of four vectors (and 6 taps) when they cover the channels exactly. */
+ * takes blocks of four vectors (and 6 taps) when they cover the channels exactly, else
+ * blocks of 8 taps or of 9, whichever pads k less (3x3 and 5x5 kernels on one channel:
+ * 9 and 25 taps, padded to 9 and 27 instead of 16 and 32; 8 on a tie). Padded to its
+ * block, k gives the same block again, so k_pad alone tells which kernel to run. */
 static ptrdiff_t fastcnn_wgrad_t_lanes(int level) { return level == 2 ? 16 : 8; }
 static int fastcnn_wgrad_t_quads(int level, ptrdiff_t cog_pad)
 {
     return level == 2 && cog_pad % 64 == 0;
 }
-static ptrdiff_t fastcnn_wgrad_t_taps(int level, ptrdiff_t cog_pad)
+static ptrdiff_t fastcnn_wgrad_t_taps(int level, ptrdiff_t cog_pad, ptrdiff_t k)
 {
     if (level != 2) return 6;
-    return fastcnn_wgrad_t_quads(level, cog_pad) ? 6 : 8;
+    if (fastcnn_wgrad_t_quads(level, cog_pad)) return 6;
+    return (k + 8) / 9 * 9 < (k + 7) / 8 * 8 ? 9 : 8;
 }
 
 /* Each kernel takes the channel blocks it covers whole and returns where it stopped:
@@ -222,6 +283,12 @@ static void fastcnn_wgrad_t(int level, const float *x, const ptrdiff_t *off, ptr
     if (level == 2) {
         if (fastcnn_wgrad_t_quads(level, cog_pad)) {
             fastcnn_wgrad_t4_avx512(x, off, k_pad, dyt, pos, n_pos, cog_pad, 0, dwt);
+            return;
+        }
+        if (fastcnn_wgrad_t_taps(level, cog_pad, k_pad) == 9) {
+            co = fastcnn_wgrad_t2_9_avx512(x, off, k_pad, dyt, pos, n_pos, cog_pad, 0, dwt);
+            if (co < cog_pad)
+                fastcnn_wgrad_t_9_avx512(x, off, k_pad, dyt, pos, n_pos, cog_pad, co, dwt);
             return;
         }
         co = fastcnn_wgrad_t2_avx512(x, off, k_pad, dyt, pos, n_pos, cog_pad, 0, dwt);
@@ -411,9 +478,11 @@ static int fastcnn_direct_level(void)
 }
 
 /* Output channels per register block. AVX-512 has blocks of 8 and of 6 and takes the
- * one that pads cog least (LeNet's 6 channels would waste a quarter of a block of 8). */
+ * one that pads cog least (LeNet's 6 channels would waste a quarter of a block of 8).
+ * A single channel has a kernel of its own. */
 static ptrdiff_t fastcnn_direct_co_block(int level, ptrdiff_t cog)
 {
+    if (cog == 1) return 1;
     if (level != 2) return 6;
     return (cog + 5) / 6 * 6 < (cog + 7) / 8 * 8 ? 6 : 8;
 }
@@ -437,11 +506,87 @@ static void fastcnn_direct_conv(int level, ptrdiff_t cb, const float *xp, const 
                                 const ptrdiff_t *ranges, const float *wpk, ptrdiff_t cog_pad,
                                 float *out, ptrdiff_t ldo, ptrdiff_t q_pad)
 {
-    if (level == 2 && cb == 8)
+    if (cb == 1 && level == 2)
+        fastcnn_direct_avx512_cb1(xp, off, k, taps_c, k_chunk, ranges, wpk, out, q_pad);
+    else if (cb == 1)
+        fastcnn_direct_avx2_cb1(xp, off, k, taps_c, k_chunk, ranges, wpk, out, q_pad);
+    else if (level == 2 && cb == 8)
         fastcnn_direct_avx512(xp, off, k, taps_c, k_chunk, ranges, wpk, cog_pad, out, ldo, q_pad);
     else if (level == 2)
         fastcnn_direct_avx512_cb6(xp, off, k, taps_c, k_chunk, ranges, wpk, cog_pad, out, ldo, q_pad);
     else fastcnn_direct_avx2(xp, off, k, taps_c, k_chunk, ranges, wpk, cog_pad, out, ldo, q_pad);
+}
+
+/* dst[t * ldd + c] = src[c * lds + t] for c < rows, t < cols: the output gradient of one
+ * sample turned to (position, channel) for the lanes weight-gradient kernel; and, when
+ * sums is not NULL, sums[c] += the sum of row c, added up exactly as _conv's row_sum
+ * does (eight lane partials over the whole groups of eight, the rest, then the
+ * partials), so the bits do not depend on which kernel ran. Tiles of 8 x 8 are
+ * transposed in registers: a scalar loop stored one channel at a time at a stride of
+ * cog_pad floats and took about 3 cycles a value (perf on `digits`: 16% of the
+ * backward pass). */
+#define FASTCNN_ROW_TAIL(ROW, N, N8, PARTS, SUMS, C)                                        \
+    do {                                                                                    \
+        float total_ = 0;                                                                   \
+        for (ptrdiff_t t_ = (N8); t_ < (N); t_++) total_ += (ROW)[t_];                      \
+        for (int l_ = 0; l_ < 8; l_++) total_ += (PARTS)[l_];                               \
+        (SUMS)[C] += total_;                                                                \
+    } while (0)
+
+__attribute__((target("avx2"))) static void fastcnn_transpose_avx2(
+    const float *src, ptrdiff_t lds, ptrdiff_t rows, ptrdiff_t cols, float *dst,
+    ptrdiff_t ldd, float *sums)
+{
+    ptrdiff_t c0 = 0, cols8 = cols - cols % 8;
+    for (; c0 + 8 <= rows; c0 += 8) {
+        __m256 part[8];
+        for (int i = 0; i < 8; i++) part[i] = _mm256_setzero_ps();
+        for (ptrdiff_t t0 = 0; t0 < cols8; t0 += 8) {
+            __m256 r[8], u[8], v[8];
+            for (int i = 0; i < 8; i++) {
+                r[i] = _mm256_loadu_ps(src + (c0 + i) * lds + t0);
+                part[i] = _mm256_add_ps(part[i], r[i]);
+            }
+            for (int i = 0; i < 8; i += 2) {
+                u[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+                u[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+            }
+            for (int i = 0; i < 8; i += 4) {
+                v[i] = _mm256_shuffle_ps(u[i], u[i + 2], 0x44);
+                v[i + 1] = _mm256_shuffle_ps(u[i], u[i + 2], 0xEE);
+                v[i + 2] = _mm256_shuffle_ps(u[i + 1], u[i + 3], 0x44);
+                v[i + 3] = _mm256_shuffle_ps(u[i + 1], u[i + 3], 0xEE);
+            }
+            for (int i = 0; i < 4; i++) {
+                _mm256_storeu_ps(dst + (t0 + i) * ldd + c0, _mm256_permute2f128_ps(v[i], v[i + 4], 0x20));
+                _mm256_storeu_ps(dst + (t0 + i + 4) * ldd + c0, _mm256_permute2f128_ps(v[i], v[i + 4], 0x31));
+            }
+        }
+        for (ptrdiff_t t = cols8; t < cols; t++)
+            for (int i = 0; i < 8; i++) dst[t * ldd + c0 + i] = src[(c0 + i) * lds + t];
+        if (sums != NULL)
+            for (int i = 0; i < 8; i++) {
+                float lanes[8];
+                _mm256_storeu_ps(lanes, part[i]);
+                FASTCNN_ROW_TAIL(src + (c0 + i) * lds, cols, cols8, lanes, sums, c0 + i);
+            }
+    }
+    for (; c0 < rows; c0++) {
+        const float *row = src + c0 * lds;
+        float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (ptrdiff_t t = 0; t < cols; t++) dst[t * ldd + c0] = row[t];
+        if (sums == NULL) continue;
+        for (ptrdiff_t t0 = 0; t0 < cols8; t0 += 8)
+            for (int l = 0; l < 8; l++) lanes[l] += row[t0 + l];
+        FASTCNN_ROW_TAIL(row, cols, cols8, lanes, sums, c0);
+    }
+}
+
+static void fastcnn_transpose(int level, const float *src, ptrdiff_t lds, ptrdiff_t rows,
+                              ptrdiff_t cols, float *dst, ptrdiff_t ldd, float *sums)
+{
+    (void)level; /* every level the lanes kernels run at has AVX2 */
+    fastcnn_transpose_avx2(src, lds, rows, cols, dst, ldd, sums);
 }
 
 #else
@@ -458,9 +603,9 @@ static void fastcnn_wgrad(int level, const float *xp, ptrdiff_t xp_stride, const
 }
 static ptrdiff_t fastcnn_direct_co_block(int level, ptrdiff_t cog) { (void)level; (void)cog; return 1; }
 static ptrdiff_t fastcnn_wgrad_t_lanes(int level) { (void)level; return 1; }
-static ptrdiff_t fastcnn_wgrad_t_taps(int level, ptrdiff_t cog_pad)
+static ptrdiff_t fastcnn_wgrad_t_taps(int level, ptrdiff_t cog_pad, ptrdiff_t k)
 {
-    (void)level; (void)cog_pad; return 1;
+    (void)level; (void)cog_pad; (void)k; return 1;
 }
 static int fastcnn_wgrad_t_quads(int level, ptrdiff_t cog_pad)
 {
@@ -474,6 +619,12 @@ static void fastcnn_wgrad_t(int level, const float *x, const ptrdiff_t *off, ptr
     (void)cog_pad; (void)dwt;
 }
 static ptrdiff_t fastcnn_direct_t_block(int level) { (void)level; return 1; }
+static void fastcnn_transpose(int level, const float *src, ptrdiff_t lds, ptrdiff_t rows,
+                              ptrdiff_t cols, float *dst, ptrdiff_t ldd, float *sums)
+{
+    (void)level; (void)src; (void)lds; (void)rows; (void)cols; (void)dst; (void)ldd;
+    (void)sums;
+}
 static int fastcnn_lanes_fwd_has(int level, ptrdiff_t kw) { (void)level; (void)kw; return 0; }
 static void fastcnn_lanes_fwd_row(int level, ptrdiff_t kw, const float *x0, ptrdiff_t plane,
                                   ptrdiff_t row, ptrdiff_t cg, ptrdiff_t kh, const float *w,
