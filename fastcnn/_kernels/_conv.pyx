@@ -72,7 +72,7 @@ cdef extern from "direct_conv.h":
     void fastcnn_wgrad_t(int level, const float* x, const Py_ssize_t* off, Py_ssize_t k_pad,
                          const float* dyt, const Py_ssize_t* pos, Py_ssize_t n_pos,
                          Py_ssize_t cog_pad, float* dwt) noexcept nogil
-    void fastcnn_transpose(int level, const float* src, Py_ssize_t lds, Py_ssize_t rows,
+    void fastcnn_transpose(const float* src, Py_ssize_t lds, Py_ssize_t rows,
                            Py_ssize_t cols, float* dst, Py_ssize_t ldd,
                            float* sums) noexcept nogil
     Py_ssize_t fastcnn_wgrad_co_block(int level) noexcept nogil
@@ -666,8 +666,8 @@ cdef int batch_threads(Py_ssize_t n, int n_threads, const Geometry* g) noexcept:
 
 
 cdef bint direct_pays(const Geometry* g) noexcept nogil:
-    # The direct kernel fills blocks of output channels: with very few of them (the input
-    # gradient of a 1-channel first layer) most of each block would be padding.
+    # The direct kernel fills blocks of output channels: with very few of them (2 in a
+    # block of 6) most of each block would be padding. One channel has its own kernel.
     cdef int level = fastcnn_direct_level()
     return g.wide and level > 0 and 2 * g.cog >= fastcnn_direct_co_block(level, g.cog)
 
@@ -943,7 +943,7 @@ cdef int weight_grad_lanes(const float* x, const float* grad_out, const float* w
                 dyt = base + g.plane
                 for grp in range(g.groups):
                     pad_plane(x + n * x_stride + grp * g.cg * g.h * g.w, g, base)
-                    fastcnn_transpose(level, grad_out + n * out_stride + grp * g.cog * g.p,
+                    fastcnn_transpose(grad_out + n * out_stride + grp * g.cog * g.p,
                                       g.p, g.cog, g.p, dyt, cog_pad,
                                       (base + off_gb + grp * g.cog) if grad_bias != NULL
                                       else NULL)
