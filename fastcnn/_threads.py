@@ -6,12 +6,11 @@ Kept apart from ``_backend`` because the compiled kernels import ``blas_threads`
 
 from __future__ import annotations
 
-import contextlib
+import ctypes
 import numbers
 import os
 import threading
 import warnings
-from collections.abc import Iterator
 from functools import cache
 
 _num_threads: int | None = None
@@ -65,8 +64,9 @@ def set_num_threads(n: int | None) -> None:
 
 _blas_lock = threading.Lock()
 _blas_depth = 0
-_blas_saved: list | None = None
+_blas_saved: list[int] = []
 _blas_controllers: list | None = None
+_blas_knobs: list | None = None
 
 
 def _blas_libraries() -> list:
@@ -100,38 +100,94 @@ def _blas_libraries() -> list:
     return _blas_controllers
 
 
-def _set_threads(lib, n: int) -> None:
-    """Set one BLAS library's thread count from whichever thread runs the kernel.
+class _ControllerKnob:
+    """A BLAS's thread count through its threadpoolctl controller (any BLAS)."""
 
-    threadpoolctl 3.8 lets only one Python thread (the first to set it) change a
-    process-wide OpenBLAS pool and silently ignores every other thread. A kernel may run
-    in any thread, and fastcnn serialises its own changes under ``_blas_lock``, so it
-    takes control before each change; without that, a kernel in a worker thread left BLAS
-    unpinned (each OpenMP thread then starts BLAS threads) or never restored it.
+    def __init__(self, lib) -> None:
+        self.lib = lib
+
+    def get(self) -> int:
+        return self.lib.num_threads
+
+    def set(self, n: int) -> None:
+        # threadpoolctl 3.8 lets only one Python thread (the first to set it) change a
+        # process-wide OpenBLAS pool and silently ignores every other thread. A kernel may
+        # run in any thread, and fastcnn serialises its own changes under _blas_lock, so
+        # it takes control before each change; without that, a kernel in a worker thread
+        # left BLAS unpinned (each OpenMP thread then starts BLAS threads) or never
+        # restored it.
+        clear = getattr(type(self.lib), "clear_controlling_thread", None)
+        if clear is not None:
+            clear(force=True)
+        self.lib.set_num_threads(n)
+
+
+class _OpenBLASKnob:
+    """An OpenBLAS on its own (pthreads) pool, through its C functions directly.
+
+    Kernels pin BLAS on every call, twice per dense layer and step. threadpoolctl's Python
+    around each get and set cost about 10 us a call, more than a small layer's product;
+    the two C calls cost well under one.
     """
-    clear = getattr(type(lib), "clear_controlling_thread", None)
-    if clear is not None:
-        clear(force=True)
-    lib.set_num_threads(n)
+
+    def __init__(self, get, set_) -> None:
+        self.get, self.set = get, set_
+
+    @classmethod
+    def of(cls, lib) -> _OpenBLASKnob | None:
+        # OpenMP-threaded OpenBLAS keeps per-thread limits, which only the controller's
+        # omp_* route honours; other BLAS have other entry points.
+        if (
+            getattr(lib, "internal_api", None) != "openblas"
+            or getattr(lib, "threading_layer", None) != "pthreads"
+        ):
+            return None
+        dynlib = getattr(lib, "dynlib", None)
+        for prefix in ("", "scipy_"):  # the names threadpoolctl 3.8 looks for
+            for suffix in ("", "64_", "_64"):
+                try:  # indexing makes new function objects, not threadpoolctl's cached ones
+                    get = dynlib[f"{prefix}openblas_get_num_threads{suffix}"]
+                    set_ = dynlib[f"{prefix}openblas_set_num_threads{suffix}"]
+                except (AttributeError, TypeError):
+                    continue
+                get.argtypes, get.restype = [], ctypes.c_int
+                set_.argtypes, set_.restype = [ctypes.c_int], None
+                return cls(get, set_)
+        return None
 
 
-@contextlib.contextmanager
-def blas_threads(n: int) -> Iterator[None]:
-    """Run the body with every loaded BLAS limited to ``n`` threads."""
-    global _blas_depth, _blas_saved
-    with _blas_lock:
-        libs = _blas_libraries()  # under the lock: every caller shares one set of controllers
-        if _blas_depth == 0:
-            _blas_saved = [lib.num_threads for lib in libs]
-        _blas_depth += 1
-        for lib in libs:
-            if lib.num_threads != n:
-                _set_threads(lib, n)
-    try:
-        yield
-    finally:
+def _blas_knobs_once() -> list:
+    global _blas_knobs
+    if _blas_knobs is None:
+        _blas_knobs = [_OpenBLASKnob.of(lib) or _ControllerKnob(lib) for lib in _blas_libraries()]
+    return _blas_knobs
+
+
+class blas_threads:
+    """Context manager: run the body with every BLAS the kernels call limited to ``n``
+    threads, and restore the previous counts when the last concurrent user leaves."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __enter__(self) -> None:
+        global _blas_depth, _blas_saved
+        with _blas_lock:
+            knobs = _blas_knobs_once()  # under the lock: every caller shares one set
+            if _blas_depth == 0:
+                _blas_saved = [knob.get() for knob in knobs]
+            _blas_depth += 1
+            for knob in knobs:
+                if knob.get() != self.n:
+                    knob.set(self.n)
+
+    def __exit__(self, *exc_info) -> None:
+        global _blas_depth
         with _blas_lock:
             _blas_depth -= 1
             if _blas_depth == 0:
-                for lib, saved in zip(libs, _blas_saved or [], strict=True):
-                    _set_threads(lib, saved)
+                for knob, saved in zip(_blas_knobs_once(), _blas_saved, strict=True):
+                    if knob.get() != saved:
+                        knob.set(saved)

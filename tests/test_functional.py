@@ -1146,6 +1146,47 @@ def test_linear_matches_reference_and_numpy_matmul(backend, dtype, n, n_in, n_ou
     assert F.linear_backward(g, x, w, needs_input_grad=False)[0] is None
 
 
+@needs_compiled
+@pytest.mark.parametrize(
+    "n, n_in, n_out",
+    [
+        (64, 400, 120),  # batch < features: W's rows are sliced, as in LeNet's head
+        (600, 64, 60),  # batch >= features: the batch is sliced
+        (3, 700, 1001),  # a slice per thread even at 7 threads; uneven slices
+        (1001, 2100, 1),  # one output feature: rows sliced, weight gradient by columns
+    ],
+)
+@pytest.mark.parametrize("threads", [1, 2, 3, 7])
+def test_linear_split_over_threads_matches_float64(dtype, n, n_in, n_out, threads):
+    # Products of >= 2M multiply-adds are sliced over the OpenMP team (the backward pass
+    # gives half the team to each gradient), and every slice must land in its place.
+    rng = np.random.default_rng(n + n_out)
+    x = rng.standard_normal((n, n_in)).astype(dtype)
+    w = rng.standard_normal((n_out, n_in)).astype(dtype)
+    b = rng.standard_normal(n_out).astype(dtype)
+    g = rng.standard_normal((n, n_out)).astype(dtype)
+    x64, w64, g64 = (a.astype(np.float64) for a in (x, w, g))
+    previous = fastcnn.get_num_threads()
+    fastcnn.set_num_threads(threads)
+    try:
+        with fastcnn.use_backend("cython"):
+            y = F.linear(x, w, b)
+            gx, gw, gb = F.linear_backward(g, x, w)
+            _, gw_only, _ = F.linear_backward(g, x, w, needs_input_grad=False)
+    finally:
+        fastcnn.set_num_threads(previous)
+
+    def close(got, want, terms):  # rounding grows with the number of summed terms
+        t = tol(dtype)
+        np.testing.assert_allclose(got, want, rtol=t["rtol"], atol=t["atol"] * terms)
+
+    close(y, x64 @ w64.T + b, n_in)
+    close(gx, g64 @ w64, n_out)
+    close(gw, g64.T @ x64, n)
+    close(gw_only, g64.T @ x64, n)  # the whole team's slices: other rounding than gw
+    close(gb, g64.sum(axis=0), n)
+
+
 def test_linear_gradient_matches_central_differences(backend):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((3, 4))

@@ -202,17 +202,48 @@ def test_blas_is_pinned_and_restored_from_any_thread():
     assert [lib.num_threads for lib in libs] == before
 
 
+@needs_compiled
+def test_openblas_is_pinned_through_its_c_functions():
+    # Pinning runs on every kernel call; through threadpoolctl's Python it cost ~10 us,
+    # more than a small dense layer's product, so an OpenBLAS on its own thread pool is
+    # set through its C functions. threadpoolctl (read independently) must agree.
+    threadpoolctl = pytest.importorskip("threadpoolctl", reason="threadpoolctl not installed")
+    from fastcnn import _threads
+
+    libs = _threads._blas_libraries()
+    knobs = _threads._blas_knobs_once()
+    assert len(knobs) == len(libs)
+    for lib, knob in zip(libs, knobs, strict=True):
+        fast = lib.internal_api == "openblas" and lib.threading_layer == "pthreads"
+        assert isinstance(knob, _threads._OpenBLASKnob) == fast, lib.filepath
+        assert knob.get() == lib.num_threads
+    paths = {lib.filepath for lib in libs}
+
+    def pinned_counts():
+        return [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+                if lib["filepath"] in paths]  # fmt: skip
+
+    before = pinned_counts()
+    with _threads.blas_threads(1):
+        assert pinned_counts() == [1] * len(before)
+        with _threads.blas_threads(1):  # nested: the inner exit must not restore
+            pass
+        assert pinned_counts() == [1] * len(before)
+    assert pinned_counts() == before
+
+
 def test_blas_pinning_warns_when_threadpoolctl_is_missing(monkeypatch):
     # Without threadpoolctl the kernels cannot pin BLAS, and each OpenMP thread's GEMM may
     # start a BLAS team of its own: a silent 2x slowdown on 2 cores, so it must be said.
     from fastcnn import _threads
 
     monkeypatch.setattr(_threads, "_blas_controllers", None)
+    monkeypatch.setattr(_threads, "_blas_knobs", None)
     monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # makes the import fail
     with pytest.warns(RuntimeWarning, match=r"cannot limit BLAS.*install threadpoolctl"):
         with _threads.blas_threads(1):
             pass
-    assert _threads._blas_controllers == []  # decided once: no warning on every call
+    assert _threads._blas_controllers == [] and _threads._blas_knobs == []  # decided once
 
 
 def _model(seed):

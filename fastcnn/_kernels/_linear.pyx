@@ -2,11 +2,14 @@
 
 Design
 ------
-One BLAS GEMM per block of rows. BLAS runs single-threaded; when the product is large
-enough to be worth a thread team, OpenMP splits it into independent row blocks (rows of
-x for the forward and input-gradient products, rows of W for the weight gradient), so no
-reduction across threads is needed. Small products, like the dense layers of LeNet at
-batch 64, run on one thread: they take tens of microseconds, less than waking a team.
+One BLAS GEMM per thread, BLAS itself single-threaded. A product worth a thread team is
+cut into slices of its output along the output's longer side, so each thread packs only
+a slice of the larger operand and repeats the packing of the smaller one (for LeNet's
+400 -> 120 layer at batch 64, slices of W's 120 rows rather than of the batch). In the
+backward pass the input and weight gradients are two products of the same size, so the
+team splits into two halves, one per product, and needs no reduction across threads.
+Products of a few hundred thousand multiply-adds run on one thread: they take less time
+than waking a team.
 """
 
 from cython cimport floating
@@ -18,33 +21,48 @@ from fastcnn._threads import blas_threads
 cdef Blas BLAS
 
 cdef enum:
-    MIN_PARALLEL_MACS = 1 << 22
+    MIN_PARALLEL_MACS = 1 << 21
 
 
-cdef int team_size(Py_ssize_t macs, Py_ssize_t rows, int n_threads) noexcept:
-    if macs < MIN_PARALLEL_MACS or rows < 2:
-        return 1
-    return <int> (rows if rows < n_threads else n_threads)
+cdef int team_size(Py_ssize_t macs, int n_threads) noexcept:
+    return 1 if macs < MIN_PARALLEL_MACS else n_threads
+
+
+cdef void gemm_slice(bint trans_a, bint trans_b, int m, int p, int k,
+                     const floating* a, int lda, const floating* b, int ldb,
+                     floating* c, int ldc, int part, int parts) noexcept nogil:
+    # C (m x p) = op(A) @ op(B), row-major, restricted to slice `part` of `parts` of C
+    # along its longer side. A row slice re-reads all of B, a column slice all of A.
+    cdef int length = m if m >= p else p
+    cdef int size = (length + parts - 1) // parts
+    cdef int start = part * size
+    cdef int count = length - start if length - start < size else size
+    if count <= 0:
+        return
+    if m >= p:  # rows of C: rows of op(A)
+        a = a + start if trans_a else a + <Py_ssize_t> start * lda
+        gemm(&BLAS, trans_a, trans_b, count, p, k, 1, a, lda, b, ldb, 0,
+             c + <Py_ssize_t> start * ldc, ldc)
+    else:  # columns of C: columns of op(B)
+        b = b + <Py_ssize_t> start * ldb if trans_b else b + start
+        gemm(&BLAS, trans_a, trans_b, m, count, k, 1, a, lda, b, ldb, 0, c + start, ldc)
 
 
 def linear_forward(const floating[:, ::1] x, const floating[:, ::1] weight, bias,
                    floating[:, ::1] out, int n_threads):
     """See BACKEND_API.md. Writes every element of ``out``."""
     load_blas(&BLAS)
-    cdef Py_ssize_t n = x.shape[0], n_in = x.shape[1], n_out = weight.shape[0]
-    cdef int threads = team_size(n * n_in * n_out, n, n_threads)
-    cdef Py_ssize_t block = (n + threads - 1) // threads, t, r0, rows, i, j
+    cdef int n = x.shape[0], n_in = x.shape[1], n_out = weight.shape[0]
+    cdef int threads = team_size(<Py_ssize_t> n * n_in * n_out, n_threads)
+    cdef int t
+    cdef Py_ssize_t i, j
     cdef const floating[::1] bias_view
     cdef floating* row
     with blas_threads(1):
         with nogil:
             for t in prange(threads, num_threads=threads, schedule="static"):
-                r0 = t * block
-                rows = n - r0 if n - r0 < block else block
-                if rows > 0:
-                    gemm(&BLAS, False, True, <int> rows, <int> n_out, <int> n_in,
-                         1, &x[r0, 0], <int> n_in, &weight[0, 0], <int> n_in,
-                         0, &out[r0, 0], <int> n_out)
+                gemm_slice(False, True, n, n_out, n_in, &x[0, 0], n_in,
+                           &weight[0, 0], n_in, &out[0, 0], n_out, t, threads)
     if bias is not None:
         bias_view = bias
         with nogil:
@@ -59,39 +77,45 @@ def linear_backward(const floating[:, ::1] grad_out, const floating[:, ::1] x,
                     int n_threads):
     """See BACKEND_API.md. Overwrites each gradient buffer that is not None."""
     load_blas(&BLAS)
-    cdef Py_ssize_t n = x.shape[0], n_in = x.shape[1], n_out = weight.shape[0]
-    cdef Py_ssize_t t, r0, rows, block, i, j
-    cdef int threads
-    cdef floating[:, ::1] gx
-    cdef floating[:, ::1] gw
+    cdef int n = x.shape[0], n_in = x.shape[1], n_out = weight.shape[0]
+    cdef int threads = team_size(<Py_ssize_t> n * n_in * n_out, n_threads)
+    cdef int half = threads // 2, t
+    cdef Py_ssize_t i, j
+    cdef const floating* g = &grad_out[0, 0]
+    cdef const floating* w = &weight[0, 0]
+    cdef const floating* xp = &x[0, 0]
+    cdef floating* gx = NULL
+    cdef floating* gw = NULL
+    cdef floating[:, ::1] view
     cdef floating[::1] gb
+    if grad_x is not None:
+        view = grad_x
+        gx = &view[0, 0]
+    if grad_weight is not None:
+        view = grad_weight
+        gw = &view[0, 0]
     with blas_threads(1):
-        if grad_x is not None:
-            gx = grad_x
-            threads = team_size(n * n_in * n_out, n, n_threads)
-            block = (n + threads - 1) // threads
-            with nogil:
-                # grad_x (n, in) = grad_out (n, out) @ W (out, in), by blocks of rows
+        with nogil:
+            if gx != NULL and gw != NULL and threads > 1:
+                # The two products are the same size: half the team on each.
                 for t in prange(threads, num_threads=threads, schedule="static"):
-                    r0 = t * block
-                    rows = n - r0 if n - r0 < block else block
-                    if rows > 0:
-                        gemm(&BLAS, False, False, <int> rows, <int> n_in, <int> n_out,
-                             1, &grad_out[r0, 0], <int> n_out, &weight[0, 0], <int> n_in,
-                             0, &gx[r0, 0], <int> n_in)
-        if grad_weight is not None:
-            gw = grad_weight
-            threads = team_size(n * n_in * n_out, n_out, n_threads)
-            block = (n_out + threads - 1) // threads
-            with nogil:
-                # grad_W (out, in) = grad_out^T (out, n) @ x (n, in), by blocks of W's rows
-                for t in prange(threads, num_threads=threads, schedule="static"):
-                    r0 = t * block
-                    rows = n_out - r0 if n_out - r0 < block else block
-                    if rows > 0:
-                        gemm(&BLAS, True, False, <int> rows, <int> n_in, <int> n,
-                             1, &grad_out[0, r0], <int> n_out, &x[0, 0], <int> n_in,
-                             0, &gw[r0, 0], <int> n_in)
+                    if t < half:
+                        # grad_x (n, in) = grad_out (n, out) @ W (out, in)
+                        gemm_slice(False, False, n, n_in, n_out, g, n_out, w, n_in,
+                                   gx, n_in, t, half)
+                    else:
+                        # grad_W (out, in) = grad_out^T (out, n) @ x (n, in)
+                        gemm_slice(True, False, n_out, n_in, n, g, n_out, xp, n_in,
+                                   gw, n_in, t - half, threads - half)
+            else:
+                if gx != NULL:
+                    for t in prange(threads, num_threads=threads, schedule="static"):
+                        gemm_slice(False, False, n, n_in, n_out, g, n_out, w, n_in,
+                                   gx, n_in, t, threads)
+                if gw != NULL:
+                    for t in prange(threads, num_threads=threads, schedule="static"):
+                        gemm_slice(True, False, n_out, n_in, n, g, n_out, xp, n_in,
+                                   gw, n_in, t, threads)
     if grad_bias is not None:
         gb = grad_bias
         with nogil:
