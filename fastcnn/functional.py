@@ -267,8 +267,10 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) ->
     """Fully connected layer, ``x @ weight.T + bias`` (PyTorch's ``linear``).
 
     The compiled backend runs it as single-threaded BLAS products, split over OpenMP
-    threads only when large: the small products of a CNN's classifier head are faster
-    that way than through a threaded BLAS.
+    threads only when large (2M multiply-adds and more): the small products of a CNN's
+    classifier head are faster that way than through a threaded BLAS. A split product
+    rounds a little differently, so results can differ in the last bits between thread
+    counts, never between runs at one thread count.
 
     Parameters
     ----------
