@@ -176,11 +176,12 @@ class blas_threads:
         global _blas_depth, _blas_saved
         with _blas_lock:
             knobs = _blas_knobs_once()  # under the lock: every caller shares one set
+            counts = [knob.get() for knob in knobs]
             if _blas_depth == 0:
-                _blas_saved = [knob.get() for knob in knobs]
+                _blas_saved = counts
             _blas_depth += 1
-            for knob in knobs:
-                if knob.get() != self.n:
+            for knob, count in zip(knobs, counts, strict=True):
+                if count != self.n:
                     knob.set(self.n)
 
     def __exit__(self, *exc_info) -> None:

@@ -80,7 +80,7 @@ def linear_backward(const floating[:, ::1] grad_out, const floating[:, ::1] x,
     load_blas(&BLAS)
     cdef int n = x.shape[0], n_in = x.shape[1], n_out = weight.shape[0]
     cdef int threads = team_size(<Py_ssize_t> n * n_in * n_out, n_threads)
-    cdef int half = threads // 2, t
+    cdef int parts_x, parts_w, t
     cdef Py_ssize_t i, j
     cdef const floating* g = &grad_out[0, 0]
     cdef const floating* w = &weight[0, 0]
@@ -95,28 +95,23 @@ def linear_backward(const floating[:, ::1] grad_out, const floating[:, ::1] x,
     if grad_weight is not None:
         view = grad_weight
         gw = &view[0, 0]
+    if gx != NULL and gw != NULL and threads > 1:
+        parts_x = threads // 2  # the two products are the same size: half the team on each
+        parts_w = threads - parts_x
+    else:  # each product over the whole team (on one thread: one after the other)
+        parts_x = threads if gx != NULL else 0
+        parts_w = threads if gw != NULL else 0
     with blas_threads(1):
         with nogil:
-            if gx != NULL and gw != NULL and threads > 1:
-                # The two products are the same size: half the team on each.
-                for t in prange(threads, num_threads=threads, schedule="static"):
-                    if t < half:
-                        # grad_x (n, in) = grad_out (n, out) @ W (out, in)
-                        gemm_slice(False, False, n, n_in, n_out, g, n_out, w, n_in,
-                                   gx, n_in, t, half)
-                    else:
-                        # grad_W (out, in) = grad_out^T (out, n) @ x (n, in)
-                        gemm_slice(True, False, n_out, n_in, n, g, n_out, xp, n_in,
-                                   gw, n_in, t - half, threads - half)
-            else:
-                if gx != NULL:
-                    for t in prange(threads, num_threads=threads, schedule="static"):
-                        gemm_slice(False, False, n, n_in, n_out, g, n_out, w, n_in,
-                                   gx, n_in, t, threads)
-                if gw != NULL:
-                    for t in prange(threads, num_threads=threads, schedule="static"):
-                        gemm_slice(True, False, n_out, n_in, n, g, n_out, xp, n_in,
-                                   gw, n_in, t, threads)
+            for t in prange(parts_x + parts_w, num_threads=threads, schedule="static"):
+                if t < parts_x:
+                    # grad_x (n, in) = grad_out (n, out) @ W (out, in)
+                    gemm_slice(False, False, n, n_in, n_out, g, n_out, w, n_in,
+                               gx, n_in, t, parts_x)
+                else:
+                    # grad_W (out, in) = grad_out^T (out, n) @ x (n, in)
+                    gemm_slice(True, False, n_out, n_in, n, g, n_out, xp, n_in,
+                               gw, n_in, t - parts_x, parts_w)
     if grad_bias is not None:
         gb = grad_bias
         with nogil:
