@@ -21,8 +21,14 @@ class FastCNNWarning(UserWarning):
     """Warning category for fastcnn (e.g. the compiled extension failed to import)."""
 
 
+# How long after a parallel region the compiled kernels treat its workers as still
+# spinning, so that small ops may join the team (see _kernels/_openmp.pyx). About half of
+# the ~75 us that GOMP_SPINCOUNT=5000 spins here, leaving room for slower spins.
+WARM_TEAM_WINDOW_S = 40e-6
+
+
 @contextlib.contextmanager
-def _short_openmp_spin() -> Iterator[None]:
+def _short_openmp_spin() -> Iterator[bool]:
     """Let the OpenMP runtime loaded with the kernels spin only briefly before sleeping.
 
     Idle OpenMP workers spin, by default for up to ~300,000 iterations, waiting for the
@@ -34,22 +40,27 @@ def _short_openmp_spin() -> Iterator[None]:
     between a LeNet step's kernels, and the 2-thread step took 3.4 ms (4.3 ms at 1
     thread); 5,000 (~75 us) took 2.7 ms and still left the cores to BLAS soon enough.
     So unless the user chose a policy, libgomp reads GOMP_SPINCOUNT=5000 when it
-    initialises (as the extension loads); the variable is removed again at once.
+    initialises (as the extension loads); the variable is removed again at once. Yields
+    whether fastcnn set the spin, and so knows how long idle workers stay awake.
     """
     if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
-        yield
+        yield False
         return
     os.environ["GOMP_SPINCOUNT"] = "5000"
     try:
-        yield
+        yield True
     finally:
         del os.environ["GOMP_SPINCOUNT"]
 
 
 def _import_compiled() -> tuple[types.SimpleNamespace | None, str | None]:
     try:
-        with _short_openmp_spin():
+        with _short_openmp_spin() as spin_known:
             from fastcnn._kernels import _activation, _conv, _linear, _loss, _openmp, _optim, _pool
+        # Under a spin the user chose (a passive policy, say) workers may sleep at once:
+        # small ops then stay on one thread.
+        warm = spin_known and _openmp.openmp_enabled()
+        _openmp.set_warm_window(WARM_TEAM_WINDOW_S if warm else 0.0)
     except Exception as exc:  # any failure (missing .so, ABI mismatch) means: fall back
         return None, f"{type(exc).__name__}: {exc}"
     namespace = types.SimpleNamespace(

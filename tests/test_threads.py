@@ -7,6 +7,8 @@ exactly the serial one (the kernels are deterministic for a given thread count),
 kernels must release the GIL so other Python threads keep running meanwhile.
 """
 
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -19,6 +21,7 @@ from conftest import tol
 import fastcnn
 import fastcnn.functional as F
 from fastcnn.layers import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
+from fastcnn.losses import softmax_cross_entropy
 from fastcnn.model import Sequential
 from fastcnn.optim import SGD, Adam
 
@@ -390,3 +393,126 @@ def test_the_gil_measurement_detects_a_held_gil():
     per_call, stalled = _stalled_fraction(lambda: sum(range(2_000_000)))
     assert per_call > 0.01
     assert stalled > 0.5, f"a held GIL stalled Python only {stalled:.0%} of the time"
+
+
+# ---------------------------------------------------------------------------------------
+# The warm team: small ops join an OpenMP team whose workers are still spinning
+
+
+def _openmp():
+    from fastcnn._kernels import _openmp
+
+    if not _openmp.openmp_enabled():
+        pytest.skip("built without OpenMP: every kernel runs on one thread")
+    return _openmp
+
+
+@pytest.fixture
+def warm_window():
+    """Set the warm window for the test (seconds), then restore fastcnn's own."""
+    module = _openmp()
+    saved = module.get_warm_window()
+    yield module.set_warm_window
+    module.set_warm_window(saved)
+
+
+def _release_a_team():
+    """Run a kernel large enough to take the 2-thread team, which then counts as warm."""
+    fastcnn.set_num_threads(2)
+    with fastcnn.use_backend("cython"):
+        F.tanh(np.zeros(1 << 16, np.float32))
+
+
+@needs_compiled
+def test_small_work_joins_only_a_warm_team(warm_window):
+    team_size_for = _openmp().team_size_for
+    assert team_size_for(100, 50, 2) == 2  # large work: always the team
+    assert team_size_for(10, 50, 1) == 1  # one thread asked: one thread
+    warm_window(10.0)
+    _release_a_team()
+    assert team_size_for(10, 50, 2) == 2  # released moments ago: still warm
+    assert team_size_for(10, 50, 1) == 1
+    warm_window(0.0)
+    assert team_size_for(10, 50, 2) == 1  # warm reuse off
+    warm_window(0.005)
+    _release_a_team()
+    time.sleep(0.05)
+    assert team_size_for(10, 50, 2) == 1  # the window has passed: the workers sleep
+
+
+@needs_compiled
+@pytest.mark.parametrize("seconds", [-1e-6, float("nan")])
+def test_warm_window_must_be_a_nonnegative_number(seconds):
+    with pytest.raises(ValueError, match="seconds must be >= 0"):
+        _openmp().set_warm_window(seconds)
+
+
+@needs_compiled
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [({}, 40e-6), ({"OMP_WAIT_POLICY": "passive"}, 0.0), ({"GOMP_SPINCOUNT": "100"}, 0.0)],
+    ids=["fastcnn-spin", "user-policy", "user-spincount"],
+)
+def test_warm_reuse_only_under_the_spin_fastcnn_set(env, expected):
+    # fastcnn knows how long idle workers spin only when it set GOMP_SPINCOUNT itself;
+    # under a spin the user chose, small ops never count on awake workers.
+    _openmp()
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = "import fastcnn; from fastcnn._kernels import _openmp; print(_openmp.get_warm_window())"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
+        timeout=120, check=True,
+    ).stdout  # fmt: skip
+    assert float(out) == expected
+
+
+def _small_ops(dtype):
+    """Every op of a classifier head, at sizes below the kernels' parallel thresholds."""
+    # 37 x 50 -> 29: a product whose slices round differently from the whole (checked by
+    # slicing it on purpose), so only an unsplit product passes.
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((37, 50)).astype(dtype)
+    w = rng.standard_normal((29, 50)).astype(dtype)
+    b = rng.standard_normal(29).astype(dtype)
+    g = rng.standard_normal((37, 29)).astype(dtype)
+    labels = rng.integers(0, 29, 37)
+    planes = rng.standard_normal((2, 3, 8, 8)).astype(dtype)
+    half = planes[:, :, :4, :4]
+    return {
+        "linear": lambda: F.linear(x, w, b),
+        "linear_backward": lambda: F.linear_backward(g, x, w),
+        "linear_backward_weight_only": lambda: F.linear_backward(g, x, w, needs_input_grad=False),
+        "tanh": lambda: F.tanh(x),
+        "tanh_backward": lambda: F.tanh_backward(g, np.tanh(g)),
+        "relu": lambda: F.relu(x),
+        "loss": lambda: softmax_cross_entropy(g, labels),
+        "max_pool2d": lambda: F.max_pool2d(planes, 2),
+        "avg_pool2d_backward": lambda: F.avg_pool2d_backward(half, planes.shape, 2),
+    }
+
+
+@needs_compiled
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_small_ops_give_the_same_bits_on_a_warm_team(warm_window, dtype):
+    # Whether a small op joins the team depends on timing; its result must not. A matrix
+    # product and the loss stay whole on one thread, element-wise work splits exactly.
+    ops = _small_ops(dtype)
+    fastcnn.set_num_threads(2)
+    with fastcnn.use_backend("cython"):
+        warm_window(0.0)
+        cold = {name: op() for name, op in ops.items()}
+        warm_window(10.0)
+        team_size_for = _openmp().team_size_for
+        for name, op in ops.items():
+            _release_a_team()
+            assert team_size_for(1, 2, 2) == 2
+            warm = op()
+            for got, want in zip(_outputs(warm), _outputs(cold[name]), strict=True):
+                if want is None:
+                    assert got is None, name
+                else:
+                    np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def _outputs(result):
+    return result if isinstance(result, tuple) else (result,)

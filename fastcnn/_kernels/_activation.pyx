@@ -4,7 +4,8 @@ Design
 ------
 Every function works on flat, C-contiguous buffers: the caller passes ``x.reshape(-1)``.
 The array is cut into one contiguous block per thread; below ``MIN_PARALLEL`` elements
-one thread does it all, since waking a team costs more than the work. The loops are
+one thread does it all, since waking a team costs more than the work, unless the team is
+still awake from the last kernel (``_openmp.team_size``). The loops are
 simple enough for the C compiler to vectorize. float32 tanh runs on the branch-free,
 runtime-dispatched AVX-512/AVX2 version in ``activation.h``, split over the threads and
 bit-identical on every instruction set (on one thread it is about 1.4x slower than
@@ -23,19 +24,13 @@ import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange
 
+from fastcnn._kernels._openmp cimport team_released, team_size
+
 cdef extern from "activation.h":
     void fastcnn_tanhf_array(const float* x, float* y, Py_ssize_t n) noexcept nogil
 
 cdef enum:
     MIN_PARALLEL = 1 << 15
-
-
-cdef inline int team_size(Py_ssize_t n, int n_threads) noexcept nogil:
-    if n < MIN_PARALLEL:
-        return 1
-    return n_threads
-
-
 
 
 cdef enum Op:
@@ -89,7 +84,7 @@ cdef void run(Op op, const floating* a, const floating* y, floating* out, Py_ssi
              int n_threads) noexcept nogil:
     # One contiguous block per thread. Forward when y is NULL (a is x), else backward (a
     # is grad_out, y the forward's output).
-    cdef int threads = team_size(n, n_threads)
+    cdef int threads = team_size(n, MIN_PARALLEL, n_threads)
     cdef Py_ssize_t block = (n + threads - 1) // threads, t, lo, hi
     for t in prange(threads, num_threads=threads, schedule="static"):
         lo = t * block
@@ -99,6 +94,7 @@ cdef void run(Op op, const floating* a, const floating* y, floating* out, Py_ssi
                 forward_block(op, a + lo, out + lo, hi - lo)
             else:
                 backward_block(op, a + lo, y + lo, out + lo, hi - lo)
+    team_released(threads)
 
 
 def relu_forward(const floating[::1] x, floating[::1] out, int n_threads):

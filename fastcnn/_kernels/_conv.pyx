@@ -42,6 +42,7 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
 from fastcnn._kernels._blas cimport Blas, gemm, load_blas
+from fastcnn._kernels._openmp cimport team_released
 from fastcnn._threads import blas_threads
 
 cdef extern from "limits.h":
@@ -735,6 +736,7 @@ cdef int forward_direct(const float* x, const float* weight, const float* bias, 
                 base = scratch + threadid() * plan.per_thread
                 forward_sample_direct(x + n * g.c_in * g.h * g.w, &plan, bias,
                                       out + n * g.c_out * g.p, base, g)
+            team_released(threads)
     finally:
         free_plan(&plan)
         free(scratch)
@@ -830,6 +832,7 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
                                   base + ns * (xp_stride + dy_stride) + grp * cog_pad * k_pad)
                 if grad_bias != NULL:
                     add_bias_grad(grad_out + n0 * out_stride, base + off_gb, m, g)
+            team_released(threads)
             sum_weight_partials(scratch + ns * (xp_stride + dy_stride), k_pad, 1,
                                 cog_pad * k_pad, per_thread, threads, grad_weight, g)
             if grad_bias != NULL:
@@ -949,6 +952,7 @@ cdef int weight_grad_lanes(const float* x, const float* grad_out, const float* w
                                       else NULL)
                     fastcnn_wgrad_t(level, base, off, k_pad, dyt, pos, g.p, cog_pad,
                                     dyt + n_dyt + grp * k_pad * cog_pad)
+            team_released(threads)
             sum_weight_partials(scratch + g.plane + n_dyt, 1, cog_pad, k_pad * cog_pad,
                                 per_thread, threads, grad_weight, g)
             if grad_bias != NULL:
@@ -1045,6 +1049,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                         forward_chunk(
                             x_ptr + n0 * x_stride, &weight[0, 0, 0, 0], bias_ptr,
                             &out[0, 0, 0, 0] + n0 * out_stride, ns, base, base + n_col, &g)
+                team_released(threads)
     finally:
         free(scratch)
 
@@ -1149,6 +1154,7 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
                             (base + off_gw) if want_w else NULL,
                             (base + off_gb) if want_b else NULL,
                             ns, base, base + n_col, base + n_col + n_dy, &g)
+                team_released(threads)
         with nogil:
             if want_w:
                 sum_partials(scratch + off_gw, per_thread, threads, &gw_view[0, 0, 0, 0], n_gw)

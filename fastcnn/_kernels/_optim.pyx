@@ -23,16 +23,14 @@ cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stdlib cimport free, malloc
 
+from fastcnn._kernels._openmp cimport team_released
+
 cnp.import_array()
 
 cdef enum:
     MIN_PARALLEL = 1 << 15
 
 cdef double EMPTY  # an empty array's pointer (NULL would read as an error): never read
-
-
-cdef inline int team_size(Py_ssize_t n, int n_threads) noexcept nogil:
-    return 1 if n < MIN_PARALLEL else n_threads
 
 
 cdef void* data_of(object array, int typenum, Py_ssize_t size, bint writeable,
@@ -139,7 +137,9 @@ cdef void run(const Arrays* arrays, Py_ssize_t count, const Sgd* sgd, const Adam
     cdef Py_ssize_t i, t, lo, hi, block
     cdef int threads
     for i in range(count):
-        threads = team_size(arrays[i].n, n_threads)
+        # Small arrays stay serial even with the team awake: one region per array
+        # would cost more than the ten arrays' whole update.
+        threads = 1 if arrays[i].n < MIN_PARALLEL else n_threads
         if threads == 1:
             if sgd != NULL:
                 sgd_block(&arrays[i], 0, arrays[i].n, sgd)
@@ -155,6 +155,7 @@ cdef void run(const Arrays* arrays, Py_ssize_t count, const Sgd* sgd, const Adam
                     sgd_block(&arrays[i], lo, hi, sgd)
                 else:
                     adam_block(&arrays[i], lo, hi, adam)
+        team_released(threads)
 
 
 cdef Arrays* check_all(list params, list grads, list first, str first_name, list second,

@@ -13,14 +13,13 @@ from cython.parallel cimport prange
 from libc.math cimport INFINITY
 from libc.string cimport memset
 
+from fastcnn._kernels._openmp cimport team_released, team_size
+
 
 cdef enum:
-    # Below this many input elements a call runs on one thread: waking a team costs more.
+    # Below this many input elements a call runs on one thread, waking a team costs
+    # more, unless the team is still awake (_openmp.team_size).
     MIN_PARALLEL_ELEMENTS = 1 << 15
-
-
-cdef int plane_threads(Py_ssize_t elements, int n_threads) noexcept:
-    return 1 if elements < MIN_PARALLEL_ELEMENTS else n_threads
 
 
 cdef inline Py_ssize_t min_ssize(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -213,12 +212,13 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
     cdef Py_ssize_t planes = x.shape[0] * x.shape[1], p
     cdef Py_ssize_t h = x.shape[2], w = x.shape[3]
     cdef Py_ssize_t h_out = out.shape[2], w_out = out.shape[3]
-    cdef int threads = plane_threads(planes * h * w, n_threads)
+    cdef int threads = team_size(planes * h * w, MIN_PARALLEL_ELEMENTS, n_threads)
     with nogil:
         for p in prange(planes, num_threads=threads, schedule="static"):
             max_plane(&x[0, 0, 0, 0] + p * h * w, &out[0, 0, 0, 0] + p * h_out * w_out,
                       &indices[0, 0, 0, 0] + p * h_out * w_out, h, w, h_out, w_out,
                       kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
+        team_released(threads)
 
 
 def max_pool2d_backward(const floating[:, :, :, ::1] grad_out,
@@ -231,7 +231,7 @@ def max_pool2d_backward(const floating[:, :, :, ::1] grad_out,
     cdef const floating* go
     cdef const long long* idx
     cdef floating* gx
-    cdef int threads = plane_threads(planes * plane, n_threads)
+    cdef int threads = team_size(planes * plane, MIN_PARALLEL_ELEMENTS, n_threads)
     with nogil:
         for p in prange(planes, num_threads=threads, schedule="static"):
             go = &grad_out[0, 0, 0, 0] + p * n_out
@@ -240,6 +240,7 @@ def max_pool2d_backward(const floating[:, :, :, ::1] grad_out,
             memset(gx, 0, plane * sizeof(floating))
             for o in range(n_out):
                 gx[idx[o]] += go[o]
+        team_released(threads)
 
 
 def avg_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
@@ -251,12 +252,13 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
     cdef Py_ssize_t planes = x.shape[0] * x.shape[1], p
     cdef Py_ssize_t h = x.shape[2], w = x.shape[3]
     cdef Py_ssize_t h_out = out.shape[2], w_out = out.shape[3]
-    cdef int threads = plane_threads(planes * h * w, n_threads)
+    cdef int threads = team_size(planes * h * w, MIN_PARALLEL_ELEMENTS, n_threads)
     with nogil:
         for p in prange(planes, num_threads=threads, schedule="static"):
             avg_plane(&x[0, 0, 0, 0] + p * h * w, &out[0, 0, 0, 0] + p * h_out * w_out,
                       h, w, h_out, w_out, kernel_h, kernel_w, stride_h, stride_w,
                       pad_h, pad_w, count_include_pad, divisor_override)
+        team_released(threads)
 
 
 def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
@@ -269,10 +271,11 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
     cdef Py_ssize_t planes = grad_x.shape[0] * grad_x.shape[1], p
     cdef Py_ssize_t h = grad_x.shape[2], w = grad_x.shape[3]
     cdef Py_ssize_t h_out = grad_out.shape[2], w_out = grad_out.shape[3]
-    cdef int threads = plane_threads(planes * h * w, n_threads)
+    cdef int threads = team_size(planes * h * w, MIN_PARALLEL_ELEMENTS, n_threads)
     with nogil:
         for p in prange(planes, num_threads=threads, schedule="static"):
             avg_plane_backward(&grad_out[0, 0, 0, 0] + p * h_out * w_out,
                                &grad_x[0, 0, 0, 0] + p * h * w, h, w, h_out, w_out,
                                kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                                count_include_pad, divisor_override)
+        team_released(threads)
