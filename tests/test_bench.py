@@ -563,3 +563,32 @@ def test_quick_run_reports_how_it_timed(smoke):
     for entry in results["results"]:
         if entry["group"] in ("conv", "pool", "model"):
             assert "--quick" in entry["timing"]
+
+
+def test_step_profile_times_every_part_at_both_thread_counts():
+    # benchmarks/profile_step.py: the per-layer table of the training step.
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "profile_step.py"
+    if not script.exists():
+        pytest.skip("benchmarks/ is not copied into the installed-wheel test run")
+    spec = importlib.util.spec_from_file_location("profile_step", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        status = module.main(["--threads", "2", "--steps", "8", "--batch", "4"])
+    lines = stdout.getvalue().splitlines()
+    assert status == 0
+    layers = [type(layer).__name__ for layer in fastcnn.models.lenet5()]
+    rows = {line.rsplit(None, 3)[0]: line.split()[-3:] for line in lines if line.endswith("x")}
+    for i, name in enumerate(layers):
+        assert f"forward {name} {i}" in rows
+        assert f"backward {name} {i}" in rows
+    assert {"loss", "sgd", "whole step"} <= rows.keys()
+    for one, two, speedup in rows.values():
+        one, two, speedup = float(one), float(two), float(speedup[:-1])
+        assert one > 0 and two > 0 and speedup > 0
+        if two >= 100:  # printed to 0.1 us: the ratio of the rounded values is close
+            assert math.isclose(speedup, one / two, rel_tol=0.01)
