@@ -316,6 +316,9 @@ WEIGHT_GRAD_PATH_CASES = [
     ({"avx512": "lanes", "avx2": "wide"}, (2, 8, 4, 30), (64, 8, 3, 3), {"padding": 1}),
     ({"avx512": "lanes", "avx2": "wide"}, (2, 16, 12, 12), (128, 16, 3, 3), {"padding": 1}),
     ("wide", (3, 16, 12, 12), (6, 16, 3, 3), {"padding": 1}),  # 6 channels: under a vector
+    # LeNet C1 at an odd batch: chunks of 6-7 samples (what fits L2), an equal number
+    # per thread, the batch split evenly between them
+    ("wide", (67, 1, 28, 28), (6, 1, 5, 5), {"padding": 2}),
     # 9 taps: too few for the wide kernel's blocks; on AVX-512 the lanes kernel takes
     # them in one block of 9 (`digits`), on AVX2 in blocks of 6 that waste a quarter
     ({"avx512": "lanes", "avx2": "blas"}, (3, 1, 12, 12), (16, 1, 3, 3), {"padding": 1}),

@@ -797,12 +797,18 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
     cdef Py_ssize_t xp_stride = g.plane + tb, dy_stride = cog_pad * q_pad
     cdef int threads = batch_threads(n_batch, n_threads, g)
     cdef Py_ssize_t per_thread_samples = (n_batch + threads - 1) // threads
-    cdef Py_ssize_t ns = (1 << 16) // (xp_stride + dy_stride)
+    cdef Py_ssize_t ns = (1 << 16) // (xp_stride + dy_stride)  # samples whose scratch fits L2
     if ns > per_thread_samples:
         ns = per_thread_samples
     if ns < 1:
         ns = 1
-    cdef Py_ssize_t n_chunks = (n_batch + ns - 1) // ns
+    # Every thread gets the same number of chunks, and the chunks split the batch evenly
+    # (sizes differ by one at most): chunks of ns samples each left the last thread short
+    # (`lenet_c1`: 35 and 29 samples of 64, chunks of 7).
+    cdef Py_ssize_t n_chunks = threads * ((per_thread_samples + ns - 1) // ns)
+    if n_chunks > n_batch:
+        n_chunks = n_batch
+    ns = (n_batch + n_chunks - 1) // n_chunks  # the largest chunk, for the scratch layout
     cdef Py_ssize_t n_dw = g.groups * cog_pad * k_pad
     cdef Py_ssize_t off_gb = ns * (xp_stride + dy_stride) + n_dw
     cdef Py_ssize_t per_thread = off_gb + g.c_out
@@ -819,8 +825,8 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
         with nogil:
             for c in prange(n_chunks, num_threads=threads, schedule="static"):
                 base = scratch + threadid() * per_thread
-                n0 = c * ns
-                m = n_batch - n0 if n_batch - n0 < ns else ns
+                n0 = c * n_batch // n_chunks
+                m = (c + 1) * n_batch // n_chunks - n0
                 for grp in range(g.groups):
                     for smp in range(m):
                         pad_plane(x + (n0 + smp) * x_stride + grp * g.cg * g.h * g.w, g,
