@@ -940,10 +940,9 @@ cdef int weight_grad_lanes(const float* x, const float* grad_out, const float* w
             per_thread += plan.per_thread
         off = <Py_ssize_t*> malloc(k_pad * sizeof(Py_ssize_t))
         pos = <Py_ssize_t*> malloc(max(g.p, 1) * sizeof(Py_ssize_t))
-        # calloc: the channels past cog of the transposed gradient are never written
-        # (zero), and the partials start at zero
-        scratch = <float*> calloc(
-            scratch_elements(threads, per_thread, sizeof(float)), sizeof(float))
+        # Zeroed by each thread for itself, inside the team (see weight_grad_direct)
+        scratch = <float*> malloc(
+            scratch_elements(threads, per_thread, sizeof(float)) * sizeof(float))
         if off == NULL or pos == NULL or scratch == NULL:
             raise MemoryError(f"conv2d_backward: cannot allocate {threads} x {per_thread} scratch")
         tap_offsets(g, off, k_pad)
@@ -951,20 +950,24 @@ cdef int weight_grad_lanes(const float* x, const float* grad_out, const float* w
             for ow in range(g.w_out):
                 pos[oh * g.w_out + ow] = oh * g.sh * g.wp + ow * g.sw
         with nogil:
-            for n in prange(n_batch, num_threads=threads, schedule="static"):
+            with parallel(num_threads=threads):
+                # Zero first: the channels past cog of the transposed gradient are never
+                # written, and the partials are summed into.
                 base = scratch + threadid() * per_thread
-                if grad_x != NULL:
-                    forward_sample_direct(grad_out + n * out_stride, &plan, NULL,
-                                          grad_x + n * x_stride, base + off_gx, &tg)
-                dyt = base + g.plane
-                for grp in range(g.groups):
-                    pad_plane(x + n * x_stride + grp * g.cg * g.h * g.w, g, base)
-                    fastcnn_transpose(grad_out + n * out_stride + grp * g.cog * g.p,
-                                      g.p, g.cog, g.p, dyt, cog_pad,
-                                      (base + off_gb + grp * g.cog) if grad_bias != NULL
-                                      else NULL)
-                    fastcnn_wgrad_t(level, base, off, k_pad, dyt, pos, g.p, cog_pad,
-                                    dyt + n_dyt + grp * k_pad * cog_pad)
+                memset(base, 0, per_thread * sizeof(float))
+                for n in prange(n_batch, schedule="static"):
+                    if grad_x != NULL:
+                        forward_sample_direct(grad_out + n * out_stride, &plan, NULL,
+                                              grad_x + n * x_stride, base + off_gx, &tg)
+                    dyt = base + g.plane
+                    for grp in range(g.groups):
+                        pad_plane(x + n * x_stride + grp * g.cg * g.h * g.w, g, base)
+                        fastcnn_transpose(grad_out + n * out_stride + grp * g.cog * g.p,
+                                          g.p, g.cog, g.p, dyt, cog_pad,
+                                          (base + off_gb + grp * g.cog)
+                                          if grad_bias != NULL else NULL)
+                        fastcnn_wgrad_t(level, base, off, k_pad, dyt, pos, g.p, cog_pad,
+                                        dyt + n_dyt + grp * k_pad * cog_pad)
             team_released(threads)
             sum_weight_partials(scratch + g.plane + n_dyt, 1, cog_pad, k_pad * cog_pad,
                                 per_thread, threads, grad_weight, g)
