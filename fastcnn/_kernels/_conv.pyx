@@ -727,15 +727,19 @@ cdef int forward_direct(const float* x, const float* weight, const float* bias, 
     cdef float* base
     plan_direct(&plan, weight, g, skip_padding_rows)
     try:
-        scratch = <float*> calloc(
-            scratch_elements(threads, plan.per_thread, sizeof(float)), sizeof(float))
+        # Zeroed by each thread for itself, inside the team (see weight_grad_direct)
+        scratch = <float*> malloc(
+            scratch_elements(threads, plan.per_thread, sizeof(float)) * sizeof(float))
         if scratch == NULL:
             raise MemoryError(f"conv2d: cannot allocate {threads} x {plan.per_thread} scratch")
         with nogil:
-            for n in prange(n_batch, num_threads=threads, schedule="static"):
+            with parallel(num_threads=threads):
+                # Zero first: the kernel reads the slack past the padded plane.
                 base = scratch + threadid() * plan.per_thread
-                forward_sample_direct(x + n * g.c_in * g.h * g.w, &plan, bias,
-                                      out + n * g.c_out * g.p, base, g)
+                memset(base, 0, plan.per_thread * sizeof(float))
+                for n in prange(n_batch, schedule="static"):
+                    forward_sample_direct(x + n * g.c_in * g.h * g.w, &plan, bias,
+                                          out + n * g.c_out * g.p, base, g)
             team_released(threads)
     finally:
         free_plan(&plan)
