@@ -19,7 +19,13 @@ from setuptools.command.build_ext import build_ext
 KERNELS = ["_activation", "_conv", "_linear", "_loss", "_optim", "_pool", "_openmp"]
 # Per-module C flags (GCC/Clang). _optim matches the numpy backend bit for bit: no
 # fused multiply-adds; and sqrt may skip setting errno so that its loops vectorize.
-EXTRA_FLAGS = {"_optim": ["-ffp-contract=off", "-fno-math-errno"]}
+# _conv's direct kernels run short register-blocked loops whose speed moved by 15-20%
+# with where the code happened to land (`lenet_c1` and `digits` forward after an
+# unrelated kernel was added); loop heads on 64-byte lines make it repeatable.
+EXTRA_FLAGS = {
+    "_optim": ["-ffp-contract=off", "-fno-math-errno"],
+    "_conv": ["-falign-loops=64"],
+}
 
 
 def _flag(name: str) -> bool:

@@ -268,6 +268,9 @@ FORWARD_PATH_CASES = [
     ("lanes", (2, 2, 9, 11), (24, 2, 5, 5), {}),
     ("lanes", (2, 4, 8, 18), (16, 4, 5, 5), {}),  # rows of 14: 6 + 4 + 4 on AVX2
     ("wide", (2, 4, 10, 10), (1, 4, 3, 3), {"padding": 1}),  # one output channel
+    # 144 taps: on AVX-512 blocks of 8 channels x 48 positions; 77 wide positions per
+    # plane are one block and part of a second
+    ("wide", (2, 16, 7, 9), (24, 16, 3, 3), {"padding": 1}),
 ]
 
 

@@ -57,6 +57,7 @@ cdef extern from "direct_conv.h":
     int fastcnn_direct_level() noexcept nogil
     Py_ssize_t fastcnn_direct_co_block(int level, Py_ssize_t cog) noexcept nogil
     Py_ssize_t fastcnn_direct_t_block(int level) noexcept nogil
+    Py_ssize_t fastcnn_direct_conv_t_block(int level, Py_ssize_t cb, Py_ssize_t k) noexcept nogil
     void fastcnn_direct_conv(int level, Py_ssize_t cb, const float* xp, const Py_ssize_t* off,
                              Py_ssize_t k, Py_ssize_t taps_c, Py_ssize_t k_chunk,
                              const Py_ssize_t* ranges,
@@ -380,9 +381,10 @@ cdef int plan_direct(DirectPlan* plan, const float* weight, const Geometry* g,
     plan.lanes = not skip_padding_rows and lanes_forward_pays(g)
     if plan.lanes:
         plan.cb = fastcnn_wgrad_t_lanes(plan.level)
+        tb = fastcnn_direct_t_block(plan.level)
     else:
         plan.cb = fastcnn_direct_co_block(plan.level, g.cog)
-    tb = fastcnn_direct_t_block(plan.level)
+        tb = fastcnn_direct_conv_t_block(plan.level, plan.cb, g.k)
     plan.cog_pad = (g.cog + plan.cb - 1) // plan.cb * plan.cb
     plan.q_pad = (g.q + tb - 1) // tb * tb
     plan.n_xp = g.plane + tb  # reads run up to tb past the last valid column
