@@ -662,6 +662,16 @@ cdef Py_ssize_t scratch_elements(Py_ssize_t threads, Py_ssize_t per_thread,
     return max(1, threads * per_thread)
 
 
+cdef inline float* zeroed_own_block(float* scratch, Py_ssize_t per_thread) noexcept nogil:
+    # The calling OpenMP thread's block of a per-thread scratch, zeroed by that thread:
+    # in parallel, and into its own core's cache. calloc zeroed every block on the
+    # calling thread before the team started (LeNet C1's weight gradient: 460 KB at 2
+    # threads, 237 -> 208 us with this inside the training step).
+    cdef float* block = scratch + threadid() * per_thread
+    memset(block, 0, per_thread * sizeof(float))
+    return block
+
+
 cdef int batch_threads(Py_ssize_t n, int n_threads, const Geometry* g) noexcept:
     if n * g.c_out * g.p * g.k < MIN_PARALLEL_MACS:
         return 1
@@ -729,16 +739,14 @@ cdef int forward_direct(const float* x, const float* weight, const float* bias, 
     cdef float* base
     plan_direct(&plan, weight, g, skip_padding_rows)
     try:
-        # Zeroed by each thread for itself, inside the team (see weight_grad_direct)
         scratch = <float*> malloc(
             scratch_elements(threads, plan.per_thread, sizeof(float)) * sizeof(float))
         if scratch == NULL:
             raise MemoryError(f"conv2d: cannot allocate {threads} x {plan.per_thread} scratch")
         with nogil:
             with parallel(num_threads=threads):
-                # Zero first: the kernel reads the slack past the padded plane.
-                base = scratch + threadid() * plan.per_thread
-                memset(base, 0, plan.per_thread * sizeof(float))
+                # Zeroed: the kernel reads the slack past the padded plane.
+                base = zeroed_own_block(scratch, plan.per_thread)
                 for n in prange(n_batch, schedule="static"):
                     forward_sample_direct(x + n * g.c_in * g.h * g.w, &plan, bias,
                                           out + n * g.c_out * g.p, base, g)
@@ -821,8 +829,6 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
     cdef Py_ssize_t c, n0, m, grp, smp, co, r, t
     cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
     cdef Py_ssize_t* off = <Py_ssize_t*> malloc(k_pad * sizeof(Py_ssize_t))
-    # Zeroed by each thread for itself, below: calloc would zero it all (LeNet C1: 460 KB
-    # at 2 threads) on this thread before the team starts.
     cdef float* scratch = <float*> malloc(
         scratch_elements(threads, per_thread, sizeof(float)) * sizeof(float))
     cdef float* base
@@ -832,11 +838,10 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
         tap_offsets(g, off, k_pad)
         with nogil:
             with parallel(num_threads=threads):
-                # Zero first: the kernel reads the slack past each plane and the padded
-                # channels and positions of dy, which nothing else writes, and sums into the
-                # partials.
-                base = scratch + threadid() * per_thread
-                memset(base, 0, per_thread * sizeof(float))
+                # Zeroed: the kernel reads the slack past each plane and the padded
+                # channels and positions of dy, which nothing else writes, and sums into
+                # the partials.
+                base = zeroed_own_block(scratch, per_thread)
                 for c in prange(n_chunks, schedule="static"):
                     n0 = c * n_batch // n_chunks
                     m = (c + 1) * n_batch // n_chunks - n0
@@ -946,7 +951,6 @@ cdef int weight_grad_lanes(const float* x, const float* grad_out, const float* w
             per_thread += plan.per_thread
         off = <Py_ssize_t*> malloc(k_pad * sizeof(Py_ssize_t))
         pos = <Py_ssize_t*> malloc(max(g.p, 1) * sizeof(Py_ssize_t))
-        # Zeroed by each thread for itself, inside the team (see weight_grad_direct)
         scratch = <float*> malloc(
             scratch_elements(threads, per_thread, sizeof(float)) * sizeof(float))
         if off == NULL or pos == NULL or scratch == NULL:
@@ -957,10 +961,9 @@ cdef int weight_grad_lanes(const float* x, const float* grad_out, const float* w
                 pos[oh * g.w_out + ow] = oh * g.sh * g.wp + ow * g.sw
         with nogil:
             with parallel(num_threads=threads):
-                # Zero first: the channels past cog of the transposed gradient are never
+                # Zeroed: the channels past cog of the transposed gradient are never
                 # written, and the partials are summed into.
-                base = scratch + threadid() * per_thread
-                memset(base, 0, per_thread * sizeof(float))
+                base = zeroed_own_block(scratch, per_thread)
                 for n in prange(n_batch, schedule="static"):
                     if grad_x != NULL:
                         forward_sample_direct(grad_out + n * out_stride, &plan, NULL,
