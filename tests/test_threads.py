@@ -516,3 +516,38 @@ def test_small_ops_give_the_same_bits_on_a_warm_team(warm_window, dtype):
 
 def _outputs(result):
     return result if isinstance(result, tuple) else (result,)
+
+
+@needs_compiled
+def test_a_team_smaller_than_asked_for_gives_the_same_results():
+    # OMP_THREAD_LIMIT=1 gives every parallel region one thread although the kernels ask
+    # for two (as a build without OpenMP, or a call from inside another parallel region,
+    # would): the per-thread partials of the threads that never ran must still be zero.
+    # MALLOC_PERTURB_ fills fresh malloc blocks with a nonzero pattern, so scratch that a
+    # kernel forgot to clear shows up as wrong sums instead of a lucky zero page.
+    _openmp()
+    code = """
+import numpy as np, fastcnn, fastcnn.functional as F
+fastcnn.set_num_threads(2)
+rng = np.random.default_rng(0)
+cases = [((16, 1, 28, 28), (6, 1, 5, 5), 2),  # wide weight gradient (LeNet C1)
+         ((16, 6, 14, 14), (16, 6, 5, 5), 0),  # lanes weight gradient (LeNet C3)
+         ((4, 16, 9, 9), (24, 16, 3, 3), 1)]  # direct forward, 8 x 48 blocks
+for xs, ws, pad in cases:
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal(ws).astype(np.float32)
+    y = F.conv2d(x, w, padding=pad)
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    got = (y,) + F.conv2d_backward(g, x, w, padding=pad)
+    with fastcnn.use_backend("numpy"):
+        want = (F.conv2d(x, w, padding=pad),) + F.conv2d_backward(g, x, w, padding=pad)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+print("ok")
+"""
+    env = dict(os.environ, OMP_THREAD_LIMIT="1", MALLOC_PERTURB_="165")
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "ok"

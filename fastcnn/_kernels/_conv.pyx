@@ -662,14 +662,16 @@ cdef Py_ssize_t scratch_elements(Py_ssize_t threads, Py_ssize_t per_thread,
     return max(1, threads * per_thread)
 
 
-cdef inline float* zeroed_own_block(float* scratch, Py_ssize_t per_thread) noexcept nogil:
-    # The calling OpenMP thread's block of a per-thread scratch, zeroed by that thread:
-    # in parallel, and into its own core's cache. calloc zeroed every block on the
-    # calling thread before the team started (LeNet C1's weight gradient: 460 KB at 2
-    # threads, 237 -> 208 us with this inside the training step).
-    cdef float* block = scratch + threadid() * per_thread
-    memset(block, 0, per_thread * sizeof(float))
-    return block
+cdef inline void zero_block(float* scratch, Py_ssize_t b, Py_ssize_t per_thread) noexcept nogil:
+    # Block b of a per-thread scratch. The kernels zero their blocks in a prange over the
+    # blocks inside their parallel region, so that each thread clears the block it will
+    # use (static schedule), in parallel and into its own core's cache: calloc zeroed
+    # them all on the calling thread before the team started (LeNet C1's weight
+    # gradient: 460 KB at 2 threads, 237 -> 208 us inside the training step). Every
+    # block, not only the running threads' own: a team smaller than asked for (no
+    # OpenMP, OMP_THREAD_LIMIT, a nested region) leaves some unused, and the partial
+    # sums still add them up.
+    memset(scratch + b * per_thread, 0, per_thread * sizeof(float))
 
 
 cdef int batch_threads(Py_ssize_t n, int n_threads, const Geometry* g) noexcept:
@@ -734,7 +736,7 @@ cdef int forward_direct(const float* x, const float* weight, const float* bias, 
                        bint skip_padding_rows) except -1:
     # Samples in parallel through forward_sample_direct, each thread on its own scratch.
     cdef DirectPlan plan
-    cdef Py_ssize_t n
+    cdef Py_ssize_t n, b
     cdef float* scratch = NULL
     cdef float* base
     plan_direct(&plan, weight, g, skip_padding_rows)
@@ -746,7 +748,9 @@ cdef int forward_direct(const float* x, const float* weight, const float* bias, 
         with nogil:
             with parallel(num_threads=threads):
                 # Zeroed: the kernel reads the slack past the padded plane.
-                base = zeroed_own_block(scratch, plan.per_thread)
+                for b in prange(threads, schedule="static"):
+                    zero_block(scratch, b, plan.per_thread)
+                base = scratch + threadid() * plan.per_thread
                 for n in prange(n_batch, schedule="static"):
                     forward_sample_direct(x + n * g.c_in * g.h * g.w, &plan, bias,
                                           out + n * g.c_out * g.p, base, g)
@@ -826,7 +830,7 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
     cdef Py_ssize_t n_dw = g.groups * cog_pad * k_pad
     cdef Py_ssize_t off_gb = ns * (xp_stride + dy_stride) + n_dw
     cdef Py_ssize_t per_thread = off_gb + g.c_out
-    cdef Py_ssize_t c, n0, m, grp, smp, co, r, t
+    cdef Py_ssize_t b, c, n0, m, grp, smp, co, r, t
     cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
     cdef Py_ssize_t* off = <Py_ssize_t*> malloc(k_pad * sizeof(Py_ssize_t))
     cdef float* scratch = <float*> malloc(
@@ -841,7 +845,9 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
                 # Zeroed: the kernel reads the slack past each plane and the padded
                 # channels and positions of dy, which nothing else writes, and sums into
                 # the partials.
-                base = zeroed_own_block(scratch, per_thread)
+                for b in prange(threads, schedule="static"):
+                    zero_block(scratch, b, per_thread)
+                base = scratch + threadid() * per_thread
                 for c in prange(n_chunks, schedule="static"):
                     n0 = c * n_batch // n_chunks
                     m = (c + 1) * n_batch // n_chunks - n0
@@ -931,7 +937,7 @@ cdef int weight_grad_lanes(const float* x, const float* grad_out, const float* w
     cdef Py_ssize_t per_thread = off_gx
     cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
     cdef int threads = batch_threads(n_batch, n_threads, g)
-    cdef Py_ssize_t n, grp, oh, ow
+    cdef Py_ssize_t b, n, grp, oh, ow
     cdef Geometry tg
     cdef DirectPlan plan
     plan.wpk = NULL
@@ -963,7 +969,9 @@ cdef int weight_grad_lanes(const float* x, const float* grad_out, const float* w
             with parallel(num_threads=threads):
                 # Zeroed: the channels past cog of the transposed gradient are never
                 # written, and the partials are summed into.
-                base = zeroed_own_block(scratch, per_thread)
+                for b in prange(threads, schedule="static"):
+                    zero_block(scratch, b, per_thread)
+                base = scratch + threadid() * per_thread
                 for n in prange(n_batch, schedule="static"):
                     if grad_x != NULL:
                         forward_sample_direct(grad_out + n * out_stride, &plan, NULL,
