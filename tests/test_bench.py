@@ -590,5 +590,5 @@ def test_step_profile_times_every_part_at_both_thread_counts():
     for one, two, speedup in rows.values():
         one, two, speedup = float(one), float(two), float(speedup[:-1])
         assert one > 0 and two > 0 and speedup > 0
-        if two >= 100:  # printed to 0.1 us: the ratio of the rounded values is close
-            assert math.isclose(speedup, one / two, rel_tol=0.01)
+        if two >= 100:  # times to 0.1 us, the speedup to 0.01: the ratios agree
+            assert math.isclose(speedup, one / two, rel_tol=0.01, abs_tol=0.006)
