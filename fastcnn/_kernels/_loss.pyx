@@ -76,7 +76,7 @@ def softmax_cross_entropy(const floating[:, ::1] logits, const Py_ssize_t[::1] y
             total = all_rows(&logits[0, 0], &y[0], &grad[0, 0], n, c)
         else:
             for t in prange(threads, num_threads=threads, schedule="static"):
-                if t == 0:
+                if t == 0:  # through a pointer: a variable set in a prange is lastprivate
                     result[0] = all_rows(&logits[0, 0], &y[0], &grad[0, 0], n, c)
             team_released(threads)
     return total / n

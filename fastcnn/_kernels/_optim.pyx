@@ -137,8 +137,8 @@ cdef void run(const Arrays* arrays, Py_ssize_t count, const Sgd* sgd, const Adam
     cdef Py_ssize_t i, t, lo, hi, block
     cdef int threads
     for i in range(count):
-        # Small arrays stay serial even with the team awake: one region per array
-        # would cost more than the ten arrays' whole update.
+        # Small arrays stay serial even with the team awake: a parallel region for each
+        # would cost more in fork and join than splitting its update saves.
         threads = 1 if arrays[i].n < MIN_PARALLEL else n_threads
         if threads == 1:
             if sgd != NULL:
