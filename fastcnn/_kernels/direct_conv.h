@@ -490,8 +490,10 @@ static ptrdiff_t fastcnn_direct_co_block(int level, ptrdiff_t cog)
 static ptrdiff_t fastcnn_direct_t_block(int level) { return level == 2 ? 32 : 16; }
 /* With many taps (k, every input channel's), a block of 8 channels x 3 vectors of
  * positions: 24 accumulators, 11 loads for 24 multiply-adds where 8 x 2 needs 10 for 16.
- * Forward at 2 threads, medians of 2 runs each: `mid` 4.70 -> 4.41 ms and `large` 14.85 ->
- * 14.2 ms (k = 288, 576); with the 9 taps of `digits` the longer block was 15% slower. */
+ * Forward at 2 threads, three alternating A/B runs: `mid` 4.59-4.63 -> 4.34-4.36 ms and
+ * `large` 14.81-14.97 -> 14.10-14.12 ms (k = 288, 576). Layers with fewer taps (LeNet's,
+ * `digits`) keep the 8 x 2 block they were tuned with: the longer one was not measured
+ * alone there (the slowdown first seen on `digits` was code placement, see setup.py). */
 #define FASTCNN_DIRECT_NV3_MIN_TAPS 64
 /* Positions per block of the kernel fastcnn_direct_conv runs for (level, cb, k): q_pad
  * and the ranges of a plan are in these blocks. */
