@@ -364,6 +364,49 @@ def test_conv2d_weight_grad_paths(path, x_shape, w_shape, kwargs, rng):
         fastcnn.set_num_threads(before)
 
 
+# Shapes and batch sizes that send the float32 input gradient down each of the compiled
+# backend's kernels on a CPU with AVX2/AVX-512: "batch" (blocks of 16 or 8 samples
+# across the vector lanes, where it visits a quarter fewer taps than the full
+# correlation) or "wide". Each case is compared with the numpy backend at 1-3 threads.
+INPUT_GRAD_PATH_CASES = [
+    ("batch", (64, 6, 14, 14), (16, 6, 5, 5), {}),  # LeNet C3 at the benchmark's batch
+    ("batch", (30, 6, 14, 14), (16, 6, 5, 5), {"padding": 1}),  # a partial block of samples
+    ("batch", (32, 6, 9, 10), (16, 6, 5, 5), {"padding": (1, 2)}),  # 6 + 1 + ... per row
+    ("batch", (32, 8, 10, 9), (16, 4, 5, 5), {"dilation": (2, 1), "groups": 2}),
+    ("batch", (30, 4, 12, 12), (8, 4, 5, 5), {"dilation": (1, 2)}),  # 4 of a 6-channel block
+    ("batch", (48, 21, 6, 6), (9, 7, 5, 5), {"groups": 3}),  # 7 input channels per group
+    ("batch", (32, 3, 12, 12), (6, 3, 5, 5), {}),
+    ("batch", (32, 6, 10, 10), (16, 6, 7, 7), {"padding": 1}),
+    ("wide", (17, 6, 14, 14), (16, 6, 5, 5), {}),  # two blocks for 17 samples: not worth it
+    ("wide", (31, 7, 8, 11), (12, 7, 4, 3), {"padding": (1, 0)}),
+]
+
+
+@needs_compiled
+@pytest.mark.parametrize(("path", "x_shape", "w_shape", "kwargs"), INPUT_GRAD_PATH_CASES)
+def test_conv2d_input_grad_paths(path, x_shape, w_shape, kwargs, rng):
+    from fastcnn._kernels import _conv
+
+    if _conv.direct_simd() == "none":
+        pytest.skip("no AVX2/AVX-512 direct kernels on this CPU: every path is BLAS")
+    assert path == _conv._input_grad_path(x_shape[0], *_path_args(x_shape, w_shape, kwargs))
+    x, w, _ = _conv_inputs(rng, x_shape, w_shape, np.float32)
+    grad_out = rng.standard_normal(conv_expected_shape(x_shape, w_shape, **kwargs))
+    grad_out = grad_out.astype(np.float32)
+    with fastcnn.use_backend("numpy"):
+        ref = F.conv2d_backward(grad_out, x, w, **kwargs)
+    before = fastcnn.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            fastcnn.set_num_threads(threads)
+            with fastcnn.use_backend("cython"):
+                got = F.conv2d_backward(grad_out, x, w, **kwargs)
+            for g, r in zip(got, ref, strict=True):
+                assert_close(g, r, np.float32)
+    finally:
+        fastcnn.set_num_threads(before)
+
+
 # ---------------------------------------------------------------------------------------
 # Convolution: gradients against central differences (float64, both backends)
 

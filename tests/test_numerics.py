@@ -75,6 +75,8 @@ CONV_CASES = [
     ((2, 4, 9, 8), (4, 2, 2, 3), {"stride": 2, "padding": (1, 0), "groups": 2}),
     ((1, 2, 10, 10), (3, 2, 3, 2), {"dilation": 2, "padding": "same"}),
     ((1, 2, 7, 7), (2, 2, 1, 1), {}),
+    # float32: the input gradient with the samples across the vector lanes
+    ((32, 6, 9, 10), (16, 6, 5, 5), {"padding": (1, 2)}),
 ]
 
 

@@ -84,6 +84,18 @@ cdef extern from "direct_conv.h":
                        Py_ssize_t cog_pad, Py_ssize_t q_pad, Py_ssize_t ns,
                        float* dw) noexcept nogil
 
+cdef extern from "batch_lanes.h":
+    Py_ssize_t fastcnn_igrad_lanes(int level) noexcept nogil
+    Py_ssize_t fastcnn_igrad_c_block(int level) noexcept nogil
+    Py_ssize_t fastcnn_igrad_cost(int level, Py_ssize_t cg, Py_ssize_t cog, Py_ssize_t h,
+                                  Py_ssize_t w, Py_ssize_t h_out, Py_ssize_t w_out,
+                                  Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t ph, Py_ssize_t pw,
+                                  Py_ssize_t dh, Py_ssize_t dw) noexcept nogil
+    void fastcnn_igrad(int level, const float* dy, Py_ssize_t cog, Py_ssize_t h_out,
+                       Py_ssize_t w_out, const float* wpk, Py_ssize_t cg, Py_ssize_t kh,
+                       Py_ssize_t kw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh,
+                       Py_ssize_t dw, Py_ssize_t h, Py_ssize_t w, float* gx) noexcept nogil
+
 
 ctypedef struct Geometry:
     Py_ssize_t c_in, h, w            # input plane block of one sample
@@ -369,6 +381,19 @@ cdef Py_ssize_t chunk_channels(const Geometry* g) noexcept nogil:
     return max(1, min(g.cg, CHUNK_BYTES // per_channel))
 
 
+cdef void block_kernel_rows(const Geometry* g, Py_ssize_t tb, Py_ssize_t b, Py_ssize_t* i_lo,
+                           Py_ssize_t* i_hi) noexcept nogil:
+    # Block b of tb positions covers output rows oh0..oh1 (positions past the last row are
+    # junk); kernel row i reads padded rows oh + i*dh, which hold data in [ph, ph + h).
+    # The kernel rows that reach data for some row of the block: i_lo..i_hi (empty when
+    # i_hi < i_lo).
+    cdef Py_ssize_t oh0 = b * tb // g.wp, oh1 = min((b * tb + tb - 1) // g.wp, g.h_out - 1)
+    i_lo[0] = max(0, (g.ph - oh1 + g.dh - 1) // g.dh) if oh0 < g.h_out else 0
+    i_hi[0] = min(g.kh - 1, (g.ph + g.h - 1 - oh0) // g.dh) if oh0 < g.h_out else -1
+    if i_hi[0] < i_lo[0]:
+        i_lo[0], i_hi[0] = 0, -1
+
+
 cdef int plan_direct(DirectPlan* plan, const float* weight, const Geometry* g,
                      bint skip_padding_rows) except -1:
     # Fills plan; on success the caller releases it with free_plan. skip_padding_rows:
@@ -376,7 +401,7 @@ cdef int plan_direct(DirectPlan* plan, const float* weight, const Geometry* g,
     # That skips products with zero, which changes nothing unless a weight is infinite
     # (0 * inf is NaN): so it is only asked for where PyTorch skips them too, and it
     # keeps the wide kernel. Otherwise the lanes kernel is used where it pays.
-    cdef Py_ssize_t tb, grp, co, r, b, n_blocks, oh0, oh1, i_lo, i_hi
+    cdef Py_ssize_t tb, grp, co, r, b, n_blocks, i_lo, i_hi
     plan.level = fastcnn_direct_level()
     plan.lanes = not skip_padding_rows and lanes_forward_pays(g)
     if plan.lanes:
@@ -400,15 +425,8 @@ cdef int plan_direct(DirectPlan* plan, const float* weight, const Geometry* g,
         free_plan(plan)
         raise MemoryError("conv2d: cannot allocate the packed weights")
     if skip_padding_rows:
-        # Block b covers output rows oh0..oh1 (positions past the last row are junk);
-        # kernel row i reads padded rows oh + i*dh, which hold data in [ph, ph + h).
         for b in range(n_blocks):
-            oh0 = b * tb // g.wp
-            oh1 = min((b * tb + tb - 1) // g.wp, g.h_out - 1)
-            i_lo = max(0, (g.ph - oh1 + g.dh - 1) // g.dh) if oh0 < g.h_out else 0
-            i_hi = min(g.kh - 1, (g.ph + g.h - 1 - oh0) // g.dh) if oh0 < g.h_out else -1
-            if i_hi < i_lo:
-                i_lo, i_hi = 0, -1
+            block_kernel_rows(g, tb, b, &i_lo, &i_hi)
             plan.ranges[2 * b] = i_lo * g.kw
             plan.ranges[2 * b + 1] = (i_hi + 1) * g.kw
     for grp in range(g.groups):
@@ -800,6 +818,104 @@ cdef int input_grad_direct(const float* grad_out, const float* weight, float* gr
     return 0
 
 
+cdef bint direct_input_grad_pays(const Geometry* g) noexcept nogil:
+    # The input gradient as a direct convolution (input_grad_geometry), as for
+    # direct_pays; padding past dilation * (k - 1) would need a negative one.
+    cdef int level = fastcnn_direct_level()
+    return (g.wide and level > 0 and 2 * g.cg >= fastcnn_direct_co_block(level, g.cg)
+            and g.ph <= g.dh * (g.kh - 1) and g.pw <= g.dw * (g.kw - 1))
+
+
+cdef enum:
+    # Most per-thread scratch (bytes) the samples-across-lanes input gradient may take:
+    # a block of samples' output gradient and input gradient, transposed.
+    BATCH_LANES_SCRATCH_BYTES = 1 << 20
+
+
+cdef bint batch_input_grad_pays(const Geometry* g, Py_ssize_t n_batch) noexcept nogil:
+    # The input gradient with the samples across the vector lanes (batch_lanes.h) visits
+    # only the taps that reach the output gradient; the wide-layout kernel correlates
+    # the output gradient padded by k - 1 on every side, skipping kernel rows per block
+    # of positions only. Taken when it saves a quarter of the multiply-adds (the
+    # transposes in and out, and the shorter blocks at the edges, cost the rest), with a
+    # partial block of samples counted whole. On LeNet's C3 (64 samples, 10x10 output
+    # gradient, 5x5 taps) it needs 0.58 of the wide kernel's multiply-adds.
+    cdef int level = fastcnn_direct_level()
+    cdef Py_ssize_t lanes = fastcnn_igrad_lanes(level), cb, tb, b, i_lo, i_hi, taps = 0
+    cdef Geometry t
+    if level == 0 or g.sh != 1 or g.sw != 1 or n_batch == 0:
+        return False
+    if (g.cog * g.p + g.cg * g.h * g.w) * lanes * sizeof(float) > BATCH_LANES_SCRATCH_BYTES:
+        return False
+    with gil:
+        t = input_grad_geometry(g)
+    cb = fastcnn_direct_co_block(level, t.cog)
+    tb = fastcnn_direct_conv_t_block(level, cb, t.k)
+    for b in range((t.q + tb - 1) // tb):
+        block_kernel_rows(&t, tb, b, &i_lo, &i_hi)
+        taps += (i_hi - i_lo + 1) * t.kw
+    # vectors of multiply-adds, times the lanes: per sample for the wide kernel
+    cdef Py_ssize_t wide = n_batch * taps * t.cg * ((t.cog + cb - 1) // cb * cb) * tb
+    cdef Py_ssize_t batch = (n_batch + lanes - 1) // lanes * lanes * fastcnn_igrad_cost(
+        level, g.cg, g.cog, g.h, g.w, g.h_out, g.w_out, g.kh, g.kw, g.ph, g.pw, g.dh, g.dw)
+    return 4 * batch < 3 * wide
+
+
+cdef int input_grad_batch(const float* grad_out, const float* weight, float* grad_x,
+                          Py_ssize_t n_batch, int n_threads, const Geometry* g) except -1:
+    # Blocks of `lanes` samples in parallel: per group, the block's output gradient
+    # transposed to (position, sample), the input gradient computed with the samples
+    # across the vector lanes (batch_lanes.h) and transposed back into grad_x.
+    cdef int level = fastcnn_direct_level()
+    cdef Py_ssize_t lanes = fastcnn_igrad_lanes(level), cb = fastcnn_igrad_c_block(level)
+    cdef Py_ssize_t cg_pad = (g.cg + cb - 1) // cb * cb, taps = g.kh * g.kw
+    cdef Py_ssize_t n_w = cg_pad * g.cog * taps  # packed weights per group
+    cdef Py_ssize_t n_dy = g.cog * g.p * lanes, per_thread = n_dy + g.cg * g.h * g.w * lanes
+    cdef Py_ssize_t n_blocks = (n_batch + lanes - 1) // lanes
+    cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
+    cdef Py_ssize_t grp, c, o, r, blk, n0, ns
+    cdef int threads = batch_threads(n_batch, n_threads, g)
+    if threads > n_blocks:
+        threads = <int> n_blocks
+    cdef float* wpk = <float*> calloc(g.groups * n_w, sizeof(float))
+    cdef float* scratch = <float*> malloc(
+        scratch_elements(threads, per_thread, sizeof(float)) * sizeof(float))
+    cdef float* base
+    try:
+        if wpk == NULL or scratch == NULL:
+            raise MemoryError(f"conv2d_backward: cannot allocate {threads} x {per_thread} scratch")
+        # [group][channel block][o][tap][channel in block]
+        for grp in range(g.groups):
+            for c in range(g.cg):
+                for o in range(g.cog):
+                    for r in range(taps):
+                        wpk[grp * n_w + (((c // cb) * g.cog + o) * taps + r) * cb + c % cb] = (
+                            weight[((grp * g.cog + o) * g.cg + c) * taps + r])
+        with nogil:
+            with parallel(num_threads=threads):
+                base = scratch + threadid() * per_thread
+                for blk in prange(n_blocks, schedule="static"):
+                    n0 = blk * lanes
+                    ns = min(lanes, n_batch - n0)
+                    if ns < lanes:
+                        # lanes past the batch: zeros rather than stale (or denormal) values
+                        memset(base, 0, n_dy * sizeof(float))
+                    for grp in range(g.groups):
+                        fastcnn_transpose(grad_out + n0 * out_stride + grp * g.cog * g.p,
+                                          out_stride, ns, g.cog * g.p, base, lanes, NULL)
+                        fastcnn_igrad(level, base, g.cog, g.h_out, g.w_out, wpk + grp * n_w,
+                                      g.cg, g.kh, g.kw, g.ph, g.pw, g.dh, g.dw, g.h, g.w,
+                                      base + n_dy)
+                        fastcnn_transpose(base + n_dy, lanes, g.cg * g.h * g.w, ns,
+                                          grad_x + n0 * x_stride + grp * g.cg * g.h * g.w,
+                                          x_stride, NULL)
+            team_released(threads)
+    finally:
+        free(wpk)
+        free(scratch)
+    return 0
+
+
 cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_weight,
                             float* grad_bias, Py_ssize_t n_batch, int n_threads,
                             const Geometry* g) except -1:
@@ -1025,6 +1141,17 @@ def _weight_grad_path(c_in, h, w, c_out, kh, kw, pad_h, pad_w, dil_h, dil_w,
     return ("blas", "wide", "lanes")[weight_grad_kernel(&g)]
 
 
+def _input_grad_path(n_batch, c_in, h, w, c_out, kh, kw, pad_h, pad_w, dil_h, dil_w,
+                     groups) -> str:
+    """The kernel a stride-1 float32 input gradient of this shape and batch takes (for
+    tests): 'batch' (the samples across the vector lanes), 'wide' or 'blas'."""
+    cdef Geometry g = stride1_geometry(c_in, h, w, c_out, kh, kw, pad_h, pad_w, dil_h,
+                                       dil_w, groups)
+    if not direct_input_grad_pays(&g):
+        return "blas"
+    return "batch" if batch_input_grad_pays(&g, n_batch) else "wide"
+
+
 def direct_simd() -> str:
     """Instruction set of the direct float32 kernels in use: 'avx512', 'avx2' or 'none'."""
     return {2: "avx512", 1: "avx2"}.get(fastcnn_direct_level(), "none")
@@ -1120,9 +1247,12 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
     if want_b:
         gb_view = grad_bias
     if floating is float:
-        direct_x = (want_x and g.wide and fastcnn_direct_level() > 0
-                    and 2 * g.cg >= fastcnn_direct_co_block(fastcnn_direct_level(), g.cg)
-                    and pad_h <= dil_h * (g.kh - 1) and pad_w <= dil_w * (g.kw - 1))
+        direct_x = want_x and direct_input_grad_pays(&g)
+        if direct_x and batch_input_grad_pays(&g, n_batch):
+            input_grad_batch(&grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0], gx_ptr, n_batch,
+                             n_threads, &g)
+            direct_x = False
+            want_x = False
         w_kernel = weight_grad_kernel(&g) if want_w else WGRAD_BLAS
         direct_w = w_kernel != WGRAD_BLAS
         gb_ptr = &gb_view[0] if want_b else NULL
