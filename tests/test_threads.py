@@ -532,7 +532,8 @@ fastcnn.set_num_threads(2)
 rng = np.random.default_rng(0)
 cases = [((16, 1, 28, 28), (6, 1, 5, 5), 2),  # wide weight gradient (LeNet C1)
          ((16, 6, 14, 14), (16, 6, 5, 5), 0),  # lanes weight gradient (LeNet C3)
-         ((4, 16, 9, 9), (24, 16, 3, 3), 1)]  # direct forward, 8 x 48 blocks
+         ((4, 16, 9, 9), (24, 16, 3, 3), 1),  # direct forward, 8 x 48 blocks
+         ((46, 6, 14, 14), (16, 6, 5, 5), 1)]  # samples across the lanes, a partial block
 for xs, ws, pad in cases:
     x = rng.standard_normal(xs).astype(np.float32)
     w = rng.standard_normal(ws).astype(np.float32)

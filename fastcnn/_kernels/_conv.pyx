@@ -91,6 +91,12 @@ cdef extern from "batch_lanes.h":
                                   Py_ssize_t w, Py_ssize_t h_out, Py_ssize_t w_out,
                                   Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t ph, Py_ssize_t pw,
                                   Py_ssize_t dh, Py_ssize_t dw) noexcept nogil
+    Py_ssize_t fastcnn_wgrad_batch_o_block(int level) noexcept nogil
+    Py_ssize_t fastcnn_wgrad_batch_r_block(int level) noexcept nogil
+    void fastcnn_wgrad_batch(int level, const float* dy, const float* xp,
+                             const Py_ssize_t* off, Py_ssize_t k_pad, Py_ssize_t cog_pad,
+                             Py_ssize_t h_out, Py_ssize_t w_out, Py_ssize_t wp,
+                             float* dw) noexcept nogil
     void fastcnn_igrad(int level, const float* dy, Py_ssize_t cog, Py_ssize_t h_out,
                        Py_ssize_t w_out, const float* wpk, Py_ssize_t cg, Py_ssize_t kh,
                        Py_ssize_t kw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh,
@@ -861,28 +867,45 @@ cdef bint batch_input_grad_pays(const Geometry* g, Py_ssize_t n_batch) noexcept 
     return 4 * batch < 3 * wide
 
 
-cdef int input_grad_batch(const float* grad_out, const float* weight, float* grad_x,
-                          Py_ssize_t n_batch, int n_threads, const Geometry* g) except -1:
-    # Blocks of `lanes` samples in parallel: per group, the block's output gradient
-    # transposed to (position, sample), the input gradient computed with the samples
-    # across the vector lanes (batch_lanes.h) and transposed back into grad_x.
+cdef int backward_batch(const float* grad_out, const float* x, const float* weight,
+                        float* grad_x, float* grad_weight, float* grad_bias,
+                        Py_ssize_t n_batch, int n_threads, const Geometry* g) except -1:
+    # The backward pass with the samples across the vector lanes (batch_lanes.h), blocks
+    # of `lanes` samples in parallel. Per block and group: the output gradient transposed
+    # to (position, sample) once for both kernels; the input gradient computed and
+    # transposed back into grad_x; the zero-padded input transposed likewise and the
+    # weight gradient accumulated per lane into per-thread partials, summed over lanes
+    # and then threads in order at the end. grad_weight and grad_bias may be NULL.
     cdef int level = fastcnn_direct_level()
     cdef Py_ssize_t lanes = fastcnn_igrad_lanes(level), cb = fastcnn_igrad_c_block(level)
+    cdef Py_ssize_t ob = fastcnn_wgrad_batch_o_block(level), rb = fastcnn_wgrad_batch_r_block(level)
     cdef Py_ssize_t cg_pad = (g.cg + cb - 1) // cb * cb, taps = g.kh * g.kw
+    cdef Py_ssize_t cog_pad = (g.cog + ob - 1) // ob * ob, k_pad = (g.k + rb - 1) // rb * rb
+    cdef Py_ssize_t wpb = g.w + 2 * g.pw, n_x = g.cg * g.h * g.w
     cdef Py_ssize_t n_w = cg_pad * g.cog * taps  # packed weights per group
-    cdef Py_ssize_t n_dy = g.cog * g.p * lanes, per_thread = n_dy + g.cg * g.h * g.w * lanes
+    # per-thread scratch: [weight-gradient lanes | bias partials | dy | gx | padded x]
+    cdef Py_ssize_t n_dw = g.groups * cog_pad * k_pad * lanes if grad_weight != NULL else 0
+    cdef Py_ssize_t n_gb = g.c_out if grad_bias != NULL else 0
+    cdef Py_ssize_t off_dy = n_dw + n_gb, n_dy = cog_pad * g.p * lanes
+    cdef Py_ssize_t off_gx = off_dy + n_dy, off_xp = off_gx + n_x * lanes
+    cdef Py_ssize_t n_xp = g.cg * g.hp * wpb * lanes if grad_weight != NULL else 0
+    cdef Py_ssize_t per_thread = off_xp + n_xp
     cdef Py_ssize_t n_blocks = (n_batch + lanes - 1) // lanes
     cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
-    cdef Py_ssize_t grp, c, o, r, blk, n0, ns
+    cdef Py_ssize_t grp, c, o, r, i, j, t, l, blk, b, n0, ns
     cdef int threads = batch_threads(n_batch, n_threads, g)
     if threads > n_blocks:
         threads = <int> n_blocks
     cdef float* wpk = <float*> calloc(g.groups * n_w, sizeof(float))
+    cdef Py_ssize_t* off = <Py_ssize_t*> malloc(k_pad * sizeof(Py_ssize_t))
     cdef float* scratch = <float*> malloc(
         scratch_elements(threads, per_thread, sizeof(float)) * sizeof(float))
     cdef float* base
+    cdef float* dyb
+    cdef const float* src
+    cdef float total
     try:
-        if wpk == NULL or scratch == NULL:
+        if wpk == NULL or off == NULL or scratch == NULL:
             raise MemoryError(f"conv2d_backward: cannot allocate {threads} x {per_thread} scratch")
         # [group][channel block][o][tap][channel in block]
         for grp in range(g.groups):
@@ -891,27 +914,76 @@ cdef int input_grad_batch(const float* grad_out, const float* weight, float* gra
                     for r in range(taps):
                         wpk[grp * n_w + (((c // cb) * g.cog + o) * taps + r) * cb + c % cb] = (
                             weight[((grp * g.cog + o) * g.cg + c) * taps + r])
+        # tap (c, ki, kj) in the padded (c, hp, wpb, lanes) block; padded taps repeat the last
+        for c in range(g.cg):
+            for i in range(g.kh):
+                for j in range(g.kw):
+                    off[(c * g.kh + i) * g.kw + j] = ((c * g.hp + i * g.dh) * wpb + j * g.dw) * lanes
+        for r in range(g.k, k_pad):
+            off[r] = off[g.k - 1]
         with nogil:
             with parallel(num_threads=threads):
+                # Every thread's partial sums zeroed, used or not (see zero_block).
+                for b in prange(threads, schedule="static"):
+                    memset(scratch + b * per_thread, 0, off_dy * sizeof(float))
                 base = scratch + threadid() * per_thread
+                dyb = base + off_dy
                 for blk in prange(n_blocks, schedule="static"):
                     n0 = blk * lanes
                     ns = min(lanes, n_batch - n0)
+                    # Lanes past the batch, dy's padded channels and x's padding: zeros
+                    # (stale values could be infinite, and 0 * inf is NaN).
                     if ns < lanes:
-                        # lanes past the batch: zeros rather than stale (or denormal) values
-                        memset(base, 0, n_dy * sizeof(float))
+                        memset(dyb, 0, n_dy * sizeof(float))
+                    else:
+                        memset(dyb + g.cog * g.p * lanes, 0,
+                               (cog_pad - g.cog) * g.p * lanes * sizeof(float))
+                    if n_xp > 0 and (ns < lanes or g.ph > 0 or g.pw > 0):
+                        memset(base + off_xp, 0, n_xp * sizeof(float))
+                    if grad_bias != NULL:
+                        add_bias_grad(grad_out + n0 * out_stride, base + n_dw, ns, g)
                     for grp in range(g.groups):
                         fastcnn_transpose(grad_out + n0 * out_stride + grp * g.cog * g.p,
-                                          out_stride, ns, g.cog * g.p, base, lanes, NULL)
-                        fastcnn_igrad(level, base, g.cog, g.h_out, g.w_out, wpk + grp * n_w,
-                                      g.cg, g.kh, g.kw, g.ph, g.pw, g.dh, g.dw, g.h, g.w,
-                                      base + n_dy)
-                        fastcnn_transpose(base + n_dy, lanes, g.cg * g.h * g.w, ns,
-                                          grad_x + n0 * x_stride + grp * g.cg * g.h * g.w,
-                                          x_stride, NULL)
+                                          out_stride, ns, g.cog * g.p, dyb, lanes, NULL)
+                        if grad_x != NULL:
+                            fastcnn_igrad(level, dyb, g.cog, g.h_out, g.w_out, wpk + grp * n_w,
+                                          g.cg, g.kh, g.kw, g.ph, g.pw, g.dh, g.dw, g.h, g.w,
+                                          base + off_gx)
+                            fastcnn_transpose(base + off_gx, lanes, n_x, ns,
+                                              grad_x + n0 * x_stride + grp * n_x, x_stride,
+                                              NULL)
+                        if grad_weight == NULL:
+                            continue
+                        if g.ph == 0 and g.pw == 0:
+                            fastcnn_transpose(x + n0 * x_stride + grp * n_x, x_stride, ns,
+                                              n_x, base + off_xp, lanes, NULL)
+                        else:
+                            for i in range(g.cg * g.h):  # row i % h of channel i // h
+                                fastcnn_transpose(
+                                    x + n0 * x_stride + grp * n_x + i * g.w, x_stride, ns, g.w,
+                                    base + off_xp + (((i // g.h) * g.hp + i % g.h + g.ph) * wpb
+                                                     + g.pw) * lanes, lanes, NULL)
+                        fastcnn_wgrad_batch(level, dyb, base + off_xp, off, k_pad, cog_pad,
+                                            g.h_out, g.w_out, wpb,
+                                            base + grp * cog_pad * k_pad * lanes)
             team_released(threads)
+            # The lanes of each thread's partials in order, then the threads in order.
+            if grad_weight != NULL:
+                for grp in range(g.groups):
+                    for o in range(g.cog):
+                        for r in range(g.k):
+                            total = 0
+                            for t in range(threads):
+                                src = (scratch + t * per_thread
+                                       + ((grp * cog_pad + o) * k_pad + r) * lanes)
+                                for l in range(lanes):
+                                    total = total + src[l]
+                            grad_weight[(grp * g.cog + o) * g.k + r] = total
+            if grad_bias != NULL:
+                sum_partials(scratch + n_dw, per_thread, threads, grad_bias, g.c_out)
     finally:
         free(wpk)
+        free(off)
         free(scratch)
     return 0
 
@@ -1248,14 +1320,15 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
         gb_view = grad_bias
     if floating is float:
         direct_x = want_x and direct_input_grad_pays(&g)
+        gb_ptr = &gb_view[0] if want_b else NULL
         if direct_x and batch_input_grad_pays(&g, n_batch):
-            input_grad_batch(&grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0], gx_ptr, n_batch,
-                             n_threads, &g)
-            direct_x = False
-            want_x = False
+            # with the weight and bias gradients, which share its transposed dy
+            backward_batch(&grad_out[0, 0, 0, 0], x_ptr, &weight[0, 0, 0, 0], gx_ptr,
+                           &gw_view[0, 0, 0, 0] if want_w else NULL, gb_ptr, n_batch,
+                           n_threads, &g)
+            return
         w_kernel = weight_grad_kernel(&g) if want_w else WGRAD_BLAS
         direct_w = w_kernel != WGRAD_BLAS
-        gb_ptr = &gb_view[0] if want_b else NULL
         if w_kernel == WGRAD_LANES:
             weight_grad_lanes(x_ptr, &grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0],
                               gx_ptr if direct_x else NULL, &gw_view[0, 0, 0, 0], gb_ptr,

@@ -1,4 +1,4 @@
-/* The input gradient of a stride-1 convolution with the samples across the vector lanes.
+/* The backward pass of a stride-1 convolution with the samples across the vector lanes.
  *
  * For one group of channels and a block of LANES samples (lane l = sample l):
  *
@@ -60,6 +60,74 @@
 
 FASTCNN_IGRAD_SET(avx512, "avx512f", fastcnn_v16, 16)
 FASTCNN_IGRAD_SET(avx2, "avx2,fma", fastcnn_v8, 8)
+
+/* The weight gradient of the same convolution, for one group and block of samples:
+ *
+ *   dw[o][r] += sum_{y, x} dy[o, y, x] * xp[off[r] + (y * wp + x) * LANES]    (per lane)
+ *
+ * for o < cog_pad (a multiple of OB) and r < k_pad (a multiple of RB), where xp is the
+ * block's zero-padded input as [c][hp][wp][LANES] and off[r] the offset of tap
+ * (c, ki, kj) in it (in floats). The lanes hold one sample each until _conv sums them.
+ * A block of OB output channels x RB taps stays in registers over every output
+ * position: OB + RB loads for OB * RB multiply-adds. Padded channels of dy are zero and
+ * padded taps repeat a valid offset; the caller drops their sums.
+ */
+#define FASTCNN_WGRAD_BATCH_KERNEL(NAME, TARGET, VEC, LANES, OB, RB)                        \
+    __attribute__((target(TARGET))) static void NAME(                                      \
+        const float *dy, const float *xp, const ptrdiff_t *off, ptrdiff_t k_pad,           \
+        ptrdiff_t cog_pad, ptrdiff_t h_out, ptrdiff_t w_out, ptrdiff_t wp, float *dw)      \
+    {                                                                                       \
+        ptrdiff_t p = h_out * w_out;                                                        \
+        for (ptrdiff_t o0 = 0; o0 < cog_pad; o0 += OB) {                                    \
+            for (ptrdiff_t r0 = 0; r0 < k_pad; r0 += RB) {                                  \
+                VEC acc[OB][RB];                                                            \
+                const float *xr[RB];                                                        \
+                for (int b = 0; b < RB; b++) {                                              \
+                    xr[b] = xp + off[r0 + b];                                               \
+                    for (int a = 0; a < OB; a++) acc[a][b] = (VEC){0};                      \
+                }                                                                           \
+                for (ptrdiff_t y = 0; y < h_out; y++) {                                     \
+                    const float *d = dy + (o0 * p + y * w_out) * LANES;                     \
+                    ptrdiff_t row = y * wp * LANES;                                         \
+                    for (ptrdiff_t x = 0; x < w_out; x++) {                                 \
+                        VEC dv[OB];                                                         \
+                        for (int a = 0; a < OB; a++)                                        \
+                            memcpy(&dv[a], d + (a * p + x) * LANES, sizeof(VEC));           \
+                        for (int b = 0; b < RB; b++) {                                      \
+                            VEC xv;                                                         \
+                            memcpy(&xv, xr[b] + row + x * LANES, sizeof(VEC));              \
+                            for (int a = 0; a < OB; a++) acc[a][b] += dv[a] * xv;           \
+                        }                                                                   \
+                    }                                                                       \
+                }                                                                           \
+                for (int a = 0; a < OB; a++)                                                \
+                    for (int b = 0; b < RB; b++) {                                          \
+                        float *dst = dw + ((o0 + a) * k_pad + r0 + b) * LANES;              \
+                        VEC cur;                                                            \
+                        memcpy(&cur, dst, sizeof(VEC));                                     \
+                        cur += acc[a][b];                                                   \
+                        memcpy(dst, &cur, sizeof(VEC));                                     \
+                    }                                                                       \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+FASTCNN_WGRAD_BATCH_KERNEL(fastcnn_wgrad_batch_avx512, "avx512f", fastcnn_v16, 16, 4, 5)
+FASTCNN_WGRAD_BATCH_KERNEL(fastcnn_wgrad_batch_avx2, "avx2,fma", fastcnn_v8, 8, 2, 5)
+
+/* Output channels and taps per register block of the weight-gradient kernel. */
+static ptrdiff_t fastcnn_wgrad_batch_o_block(int level) { return level == 2 ? 4 : 2; }
+static ptrdiff_t fastcnn_wgrad_batch_r_block(int level) { (void)level; return 5; }
+
+static void fastcnn_wgrad_batch(int level, const float *dy, const float *xp,
+                                const ptrdiff_t *off, ptrdiff_t k_pad, ptrdiff_t cog_pad,
+                                ptrdiff_t h_out, ptrdiff_t w_out, ptrdiff_t wp, float *dw)
+{
+    if (level == 2)
+        fastcnn_wgrad_batch_avx512(dy, xp, off, k_pad, cog_pad, h_out, w_out, wp, dw);
+    else
+        fastcnn_wgrad_batch_avx2(dy, xp, off, k_pad, cog_pad, h_out, w_out, wp, dw);
+}
 
 /* Samples per block (the vector width) and input channels per register block. */
 static ptrdiff_t fastcnn_igrad_lanes(int level) { return level == 2 ? 16 : 8; }
@@ -161,6 +229,15 @@ static ptrdiff_t fastcnn_igrad_cost(int level, ptrdiff_t cg, ptrdiff_t cog, ptrd
     (void)level; (void)cg; (void)cog; (void)h; (void)w; (void)h_out; (void)w_out;
     (void)kh; (void)kw; (void)ph; (void)pw; (void)dh; (void)dw;
     return 0;
+}
+static ptrdiff_t fastcnn_wgrad_batch_o_block(int level) { (void)level; return 1; }
+static ptrdiff_t fastcnn_wgrad_batch_r_block(int level) { (void)level; return 1; }
+static void fastcnn_wgrad_batch(int level, const float *dy, const float *xp,
+                                const ptrdiff_t *off, ptrdiff_t k_pad, ptrdiff_t cog_pad,
+                                ptrdiff_t h_out, ptrdiff_t w_out, ptrdiff_t wp, float *dw)
+{
+    (void)level; (void)dy; (void)xp; (void)off; (void)k_pad; (void)cog_pad; (void)h_out;
+    (void)w_out; (void)wp; (void)dw;
 }
 static void fastcnn_igrad(int level, const float *dy, ptrdiff_t cog, ptrdiff_t h_out,
                           ptrdiff_t w_out, const float *wpk, ptrdiff_t cg, ptrdiff_t kh,
