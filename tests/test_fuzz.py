@@ -215,6 +215,57 @@ def test_conv2d_backward_compiled_equals_reference(case, needs_input_grad, data)
     _assert_close(got[2], expected[2], dtype, "grad_bias of " + what)
 
 
+@st.composite
+def batch_lanes_conv_cases(draw):
+    """float32 stride-1 shapes at batch sizes around multiples of 16, large kernels and
+    little padding: the backward pass mostly goes across the lanes (batch_lanes.h)."""
+    groups = draw(st.integers(1, 2))
+    c_in, c_out = groups * draw(st.integers(3, 8)), groups * draw(st.integers(4, 16))
+    kh, kw = draw(st.integers(3, 7)), draw(st.integers(3, 7))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2)))
+    extent = (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1)
+    h = draw(st.integers(max(1, extent[0] - 2 * padding[0]), extent[0] + 8))
+    w = draw(st.integers(max(1, extent[1] - 2 * padding[1]), extent[1] + 8))
+    n = draw(st.sampled_from([16, 30, 32, 45, 48]))
+    f32 = np.dtype(np.float32)
+    x = _values(draw, (n, c_in, h, w), f32, special=False)
+    weight = _values(draw, (c_out, c_in // groups, kh, kw), f32, special=False)
+    _threads(draw)
+    return x, weight, {"padding": padding, "dilation": dilation, "groups": groups}
+
+
+@VALID
+@given(case=batch_lanes_conv_cases(), data=st.data())
+def test_conv2d_backward_across_the_batch_equals_reference(case, data):
+    from fastcnn._kernels import _conv
+
+    x, weight, kwargs = case
+    c_out, _, kh, kw = weight.shape
+    path = _conv._input_grad_path(
+        x.shape[0], *x.shape[1:], c_out, kh, kw, *kwargs["padding"], *kwargs["dilation"],
+        kwargs["groups"],
+    )  # fmt: skip
+    event(f"input gradient path: {path}")
+    out_shape = F.conv2d(x, weight, **kwargs).shape
+    grad_out = _values(data.draw, out_shape, np.dtype(np.float32), special=False)
+    with fastcnn.use_backend("cython"):
+        got = F.conv2d_backward(grad_out, x, weight, **kwargs)
+    # Sums of hundreds of float32 products: compared with the float64 reference, to
+    # within a rounding bound on the sum of the products' magnitudes (the same gradients
+    # of |x|, |weight| and |grad_out|), as cancellation can leave a small exact value.
+    with fastcnn.use_backend("numpy"):
+        exact = F.conv2d_backward(*(a.astype(np.float64) for a in (grad_out, x, weight)),
+                                  **kwargs)  # fmt: skip
+        scale = F.conv2d_backward(*(np.abs(a).astype(np.float64) for a in (grad_out, x, weight)),
+                                  **kwargs)  # fmt: skip
+    what = f"conv2d_backward {x.shape} {weight.shape} {kwargs} ({path})"
+    for name, g, e, m in zip(("grad_x", "grad_weight", "grad_bias"), got, exact, scale,
+                             strict=True):  # fmt: skip
+        assert g.dtype == np.float32 and g.shape == e.shape, f"{name} of {what}"
+        assert np.all(np.abs(g - e) <= 2e-6 * m + 1e-30), f"{name} of {what}"
+
+
 # ---------------------------------------------------------------------------------------
 # Pooling: valid inputs
 
