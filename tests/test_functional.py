@@ -379,6 +379,10 @@ INPUT_GRAD_PATH_CASES = [
     ("batch", (32, 6, 10, 10), (16, 6, 7, 7), {"padding": 1}),
     ("wide", (17, 6, 14, 14), (16, 6, 5, 5), {}),  # two blocks for 17 samples: not worth it
     ("wide", (31, 7, 8, 11), (12, 7, 4, 3), {"padding": (1, 0)}),
+    # the same shape with 16 output channels goes across the lanes, but with 128 the
+    # weight gradient's lanes alone would take 6.5 MB per thread
+    ("batch", (16, 32, 8, 8), (16, 32, 5, 5), {}),
+    ("wide", (16, 32, 8, 8), (128, 32, 5, 5), {}),
 ]
 
 

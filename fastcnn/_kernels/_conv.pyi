@@ -58,3 +58,17 @@ def _forward_path(
     dil_w: int,
     groups: int,
 ) -> str: ...
+def _input_grad_path(
+    n_batch: int,
+    c_in: int,
+    h: int,
+    w: int,
+    c_out: int,
+    kh: int,
+    kw: int,
+    pad_h: int,
+    pad_w: int,
+    dil_h: int,
+    dil_w: int,
+    groups: int,
+) -> str: ...

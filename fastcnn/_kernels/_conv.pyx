@@ -833,12 +833,24 @@ cdef bint direct_input_grad_pays(const Geometry* g) noexcept nogil:
 
 
 cdef enum:
-    # Most per-thread scratch (bytes) the samples-across-lanes input gradient may take:
-    # a block of samples' output gradient and input gradient, transposed.
-    BATCH_LANES_SCRATCH_BYTES = 1 << 20
+    # Most per-thread scratch (bytes) the samples-across-lanes backward pass may take
+    # (the L2 of a core of the machine measured): LeNet C3 takes 406 KB.
+    BATCH_LANES_SCRATCH_BYTES = 2 << 20
 
 
-cdef bint batch_input_grad_pays(const Geometry* g, Py_ssize_t n_batch) noexcept nogil:
+cdef Py_ssize_t batch_scratch_floats(const Geometry* g) noexcept nogil:
+    # Per-thread scratch of backward_batch with every gradient wanted: the weight
+    # gradient's lanes, the bias partials, and one block of samples' output gradient,
+    # input gradient and padded input, transposed. Pointer offsets in the order above.
+    cdef int level = fastcnn_direct_level()
+    cdef Py_ssize_t lanes = fastcnn_igrad_lanes(level), ob = fastcnn_wgrad_batch_o_block(level)
+    cdef Py_ssize_t rb = fastcnn_wgrad_batch_r_block(level)
+    cdef Py_ssize_t cog_pad = (g.cog + ob - 1) // ob * ob, k_pad = (g.k + rb - 1) // rb * rb
+    return (g.groups * cog_pad * k_pad * lanes + g.c_out + cog_pad * g.p * lanes
+            + g.cg * g.h * g.w * lanes + g.cg * g.hp * (g.w + 2 * g.pw) * lanes)
+
+
+cdef int batch_input_grad_pays(const Geometry* g, Py_ssize_t n_batch) except -1:
     # The input gradient with the samples across the vector lanes (batch_lanes.h) visits
     # only the taps that reach the output gradient; the wide-layout kernel correlates
     # the output gradient padded by k - 1 on every side, skipping kernel rows per block
@@ -851,10 +863,9 @@ cdef bint batch_input_grad_pays(const Geometry* g, Py_ssize_t n_batch) noexcept 
     cdef Geometry t
     if level == 0 or g.sh != 1 or g.sw != 1 or n_batch == 0:
         return False
-    if (g.cog * g.p + g.cg * g.h * g.w) * lanes * sizeof(float) > BATCH_LANES_SCRATCH_BYTES:
+    if batch_scratch_floats(g) * sizeof(float) > BATCH_LANES_SCRATCH_BYTES:
         return False
-    with gil:
-        t = input_grad_geometry(g)
+    t = input_grad_geometry(g)
     cb = fastcnn_direct_co_block(level, t.cog)
     tb = fastcnn_direct_conv_t_block(level, cb, t.k)
     for b in range((t.q + tb - 1) // tb):
@@ -1216,7 +1227,8 @@ def _weight_grad_path(c_in, h, w, c_out, kh, kw, pad_h, pad_w, dil_h, dil_w,
 def _input_grad_path(n_batch, c_in, h, w, c_out, kh, kw, pad_h, pad_w, dil_h, dil_w,
                      groups) -> str:
     """The kernel a stride-1 float32 input gradient of this shape and batch takes (for
-    tests): 'batch' (the samples across the vector lanes), 'wide' or 'blas'."""
+    tests): 'batch' (the samples across the vector lanes, which then computes the
+    weight and bias gradients too), 'wide' or 'blas'."""
     cdef Geometry g = stride1_geometry(c_in, h, w, c_out, kh, kw, pad_h, pad_w, dil_h,
                                        dil_w, groups)
     if not direct_input_grad_pays(&g):
