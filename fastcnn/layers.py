@@ -271,8 +271,14 @@ class Layer:
             return self._cache[key]
         except KeyError:
             raise RuntimeError(
-                f"{self!r}: backward() was called before forward(); run forward first"
+                f"{self!r}: backward() needs the activations of a forward(): run forward "
+                "first (a Sequential's backward releases them unless called with "
+                "retain_activations=True)"
             ) from None
+
+    def _release_activations(self) -> None:
+        """Drop what the last forward saved for backward."""
+        self._cache.clear()
 
 
 # ---------------------------------------------------------------------------------------

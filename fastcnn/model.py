@@ -424,7 +424,9 @@ class Sequential:
             x = layer.forward(x, training)
         return x
 
-    def _backward(self, grad: np.ndarray, input_grad: bool) -> np.ndarray | None:
+    def _backward(
+        self, grad: np.ndarray, input_grad: bool, retain_activations: bool = False
+    ) -> np.ndarray | None:
         layers = self.layers
         if not layers:
             return grad if input_grad else None
@@ -433,6 +435,11 @@ class Sequential:
         try:
             for layer in reversed(layers):
                 grad = layer.backward(grad)
+                if not retain_activations:
+                    # As PyTorch frees a graph's saved tensors: the activations go back
+                    # to the recycled buffers now, and the next forward reuses them
+                    # instead of allocating a second set while these are still held.
+                    layer._release_activations()
         finally:
             first.needs_input_grad = True
         return grad if input_grad else None
@@ -447,13 +454,24 @@ class Sequential:
     def __call__(self, x, training: bool = False) -> np.ndarray:
         return self.forward(x, training)
 
-    def backward(self, grad_out: np.ndarray, *, input_grad: bool = True) -> np.ndarray | None:
+    def backward(
+        self,
+        grad_out: np.ndarray,
+        *,
+        input_grad: bool = True,
+        retain_activations: bool = False,
+    ) -> np.ndarray | None:
         """Backpropagate dLoss/dOutput of the last :meth:`forward` through every layer.
 
         Fills every layer's ``grads`` and returns dLoss/dInput, or None when
         ``input_grad=False`` (which lets the first layer skip that work, as in training).
+
+        Each layer lets go of the activations it saved in the forward pass once its
+        gradients are computed, as PyTorch frees a graph after ``backward()``, so a
+        training loop holds one set of activations, not two. A second ``backward`` then
+        needs a new ``forward``; ``retain_activations=True`` keeps them for it.
         """
-        return self._backward(grad_out, input_grad)
+        return self._backward(grad_out, input_grad, retain_activations)
 
     # -- input checks -------------------------------------------------------------------
 

@@ -394,7 +394,7 @@ def test_pickle_carries_weights_not_activations(rng):
     restored = pickle.loads(pickle.dumps(layer))
     assert_array_equal(restored.weight, layer.weight)
     assert len(pickle.dumps(layer)) < 10_000  # the 100 KB input is not in the pickle
-    with pytest.raises(RuntimeError, match="before forward"):
+    with pytest.raises(RuntimeError, match="needs the activations of a forward"):
         restored.backward(np.ones((64, 2, 18, 18), np.float32))
 
 
@@ -458,5 +458,5 @@ def test_forward_errors_name_layer_and_shapes():
 
 @pytest.mark.parametrize("layer", ALL_LAYERS, ids=repr)
 def test_backward_before_forward_is_a_clear_error(layer):
-    with pytest.raises(RuntimeError, match="backward\\(\\) was called before forward"):
+    with pytest.raises(RuntimeError, match="backward\\(\\) needs the activations of a forward"):
         layer.backward(np.ones((1, 1), np.float32))

@@ -119,11 +119,44 @@ def test_backward_without_input_gradient(rng):
     model = small_model()
     x = rng.standard_normal((4, 1, 6, 6)).astype(np.float32)
     _, grad = softmax_cross_entropy(model.forward(x), np.arange(4))
-    assert model.backward(grad).shape == x.shape
+    assert model.backward(grad, retain_activations=True).shape == x.shape
     weight_grad = model[0].grads["weight"].copy()
     assert model.backward(grad, input_grad=False) is None
     assert_array_equal(model[0].grads["weight"], weight_grad)
     assert model[0].needs_input_grad  # restored, so the layer works on its own afterwards
+
+
+def test_backward_releases_the_activations_unless_retained(rng):
+    """As PyTorch frees a graph after backward(): every layer lets go of what its forward
+    saved, so the next step's outputs reuse the recycled buffers instead of a second set
+    allocated while the first is still held."""
+    from fastcnn import _buffers
+
+    model = Sequential(Conv2D(1, 4, 3, padding=1, rng=0), ReLU(), MaxPool2D(2), Flatten(),
+                       Dense(4 * 8 * 8, 3, rng=1))  # fmt: skip
+    x = rng.standard_normal((64, 1, 16, 16)).astype(np.float32)  # 256 KB activations
+    y = np.arange(64) % 3
+    _, grad = softmax_cross_entropy(model.forward(x, training=True), y)
+    model.backward(grad, retain_activations=True)
+    assert all(layer._cache for layer in model if not isinstance(layer, Flatten))
+    weight_grad = model[0].grads["weight"].copy()
+    model.backward(grad)  # the retained activations give the same gradients again
+    assert_array_equal(model[0].grads["weight"], weight_grad)
+    assert not any(layer._cache for layer in model)
+    with pytest.raises(RuntimeError, match="needs the activations of a forward.*retain"):
+        model.backward(grad)
+
+    def kept():
+        return {key: len(arrays) for key, arrays in _buffers._kept.items()}
+
+    _, grad = softmax_cross_entropy(model.forward(x, training=True), y)
+    model.backward(grad)
+    after_one_step = kept()
+    assert ((64, 4, 16, 16), np.dtype(np.float32)) in after_one_step
+    for _ in range(2):
+        _, grad = softmax_cross_entropy(model.forward(x, training=True), y)
+        model.backward(grad)
+    assert kept() == after_one_step  # with retain_activations=True: two per shape
 
 
 # ---------------------------------------------------------------------------------------
