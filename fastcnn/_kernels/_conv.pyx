@@ -84,6 +84,12 @@ cdef extern from "direct_conv.h":
                        Py_ssize_t cog_pad, Py_ssize_t q_pad, Py_ssize_t ns,
                        float* dw) noexcept nogil
 
+cdef extern from "scratch.h":
+    void* fastcnn_scratch_take(size_t n) noexcept nogil
+    void fastcnn_scratch_give_back(void* p) noexcept nogil
+    size_t fastcnn_scratch_release() noexcept nogil
+    size_t fastcnn_scratch_kept() noexcept nogil
+
 cdef extern from "batch_lanes.h":
     Py_ssize_t fastcnn_igrad_lanes(int level) noexcept nogil
     Py_ssize_t fastcnn_igrad_c_block(int level) noexcept nogil
@@ -686,6 +692,34 @@ cdef Py_ssize_t scratch_elements(Py_ssize_t threads, Py_ssize_t per_thread,
     return max(1, threads * per_thread)
 
 
+cdef void* take_scratch(Py_ssize_t threads, Py_ssize_t per_thread, Py_ssize_t itemsize,
+                        str op, bint zeroed=False) except NULL:
+    # threads x per_thread elements of per-thread scratch (scratch.h: the block kept
+    # from the last call when it is free and large enough); give_back_scratch() it.
+    cdef size_t n = scratch_elements(threads, per_thread, itemsize) * itemsize
+    cdef void* p = fastcnn_scratch_take(n)
+    if p == NULL:
+        raise MemoryError(f"{op}: cannot allocate {threads} x {per_thread} scratch")
+    if zeroed:
+        memset(p, 0, n)
+    return p
+
+
+cdef inline void give_back_scratch(void* p) noexcept nogil:
+    fastcnn_scratch_give_back(p)
+
+
+def _release_scratch() -> int:
+    """Free the convolution scratch kept between calls (unless a call is using it);
+    return the bytes still kept."""
+    return fastcnn_scratch_release()
+
+
+def _kept_scratch_bytes() -> int:
+    """Bytes of convolution scratch kept between calls."""
+    return fastcnn_scratch_kept()
+
+
 cdef inline void zero_block(float* scratch, Py_ssize_t b, Py_ssize_t per_thread) noexcept nogil:
     # Block b of a per-thread scratch. The kernels zero their blocks in a prange over the
     # blocks inside their parallel region, so that each thread clears the block it will
@@ -765,10 +799,7 @@ cdef int forward_direct(const float* x, const float* weight, const float* bias, 
     cdef float* base
     plan_direct(&plan, weight, g, skip_padding_rows)
     try:
-        scratch = <float*> malloc(
-            scratch_elements(threads, plan.per_thread, sizeof(float)) * sizeof(float))
-        if scratch == NULL:
-            raise MemoryError(f"conv2d: cannot allocate {threads} x {plan.per_thread} scratch")
+        scratch = <float*> take_scratch(threads, plan.per_thread, sizeof(float), "conv2d")
         with nogil:
             with parallel(num_threads=threads):
                 # Zeroed: the kernel reads the slack past the padded plane.
@@ -781,7 +812,7 @@ cdef int forward_direct(const float* x, const float* weight, const float* bias, 
             team_released(threads)
     finally:
         free_plan(&plan)
-        free(scratch)
+        give_back_scratch(scratch)
     return 0
 
 
@@ -909,15 +940,15 @@ cdef int backward_batch(const float* grad_out, const float* x, const float* weig
         threads = <int> n_blocks
     cdef float* wpk = <float*> calloc(g.groups * n_w, sizeof(float))
     cdef Py_ssize_t* off = <Py_ssize_t*> malloc(k_pad * sizeof(Py_ssize_t))
-    cdef float* scratch = <float*> malloc(
-        scratch_elements(threads, per_thread, sizeof(float)) * sizeof(float))
+    cdef float* scratch = NULL
     cdef float* base
     cdef float* dyb
     cdef const float* src
     cdef float total
     try:
-        if wpk == NULL or off == NULL or scratch == NULL:
-            raise MemoryError(f"conv2d_backward: cannot allocate {threads} x {per_thread} scratch")
+        if wpk == NULL or off == NULL:
+            raise MemoryError("conv2d_backward: cannot allocate the packed weights")
+        scratch = <float*> take_scratch(threads, per_thread, sizeof(float), "conv2d_backward")
         # [group][channel block][o][tap][channel in block]
         for grp in range(g.groups):
             for c in range(g.cg):
@@ -995,7 +1026,7 @@ cdef int backward_batch(const float* grad_out, const float* x, const float* weig
     finally:
         free(wpk)
         free(off)
-        free(scratch)
+        give_back_scratch(scratch)
     return 0
 
 
@@ -1032,12 +1063,12 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
     cdef Py_ssize_t b, c, n0, m, grp, smp, co, r, t
     cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
     cdef Py_ssize_t* off = <Py_ssize_t*> malloc(k_pad * sizeof(Py_ssize_t))
-    cdef float* scratch = <float*> malloc(
-        scratch_elements(threads, per_thread, sizeof(float)) * sizeof(float))
+    cdef float* scratch = NULL
     cdef float* base
     try:
-        if off == NULL or scratch == NULL:
-            raise MemoryError(f"conv2d_backward: cannot allocate {threads} x {per_thread} scratch")
+        if off == NULL:
+            raise MemoryError("conv2d_backward: cannot allocate the tap offsets")
+        scratch = <float*> take_scratch(threads, per_thread, sizeof(float), "conv2d_backward")
         tap_offsets(g, off, k_pad)
         with nogil:
             with parallel(num_threads=threads):
@@ -1068,7 +1099,7 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
                 sum_partials(scratch + off_gb, per_thread, threads, grad_bias, g.c_out)
     finally:
         free(off)
-        free(scratch)
+        give_back_scratch(scratch)
     return 0
 
 
@@ -1156,10 +1187,9 @@ cdef int weight_grad_lanes(const float* x, const float* grad_out, const float* w
             per_thread += plan.per_thread
         off = <Py_ssize_t*> malloc(k_pad * sizeof(Py_ssize_t))
         pos = <Py_ssize_t*> malloc(max(g.p, 1) * sizeof(Py_ssize_t))
-        scratch = <float*> malloc(
-            scratch_elements(threads, per_thread, sizeof(float)) * sizeof(float))
-        if off == NULL or pos == NULL or scratch == NULL:
-            raise MemoryError(f"conv2d_backward: cannot allocate {threads} x {per_thread} scratch")
+        if off == NULL or pos == NULL:
+            raise MemoryError("conv2d_backward: cannot allocate the tap offsets")
+        scratch = <float*> take_scratch(threads, per_thread, sizeof(float), "conv2d_backward")
         tap_offsets(g, off, k_pad)
         for oh in range(g.h_out):
             for ow in range(g.w_out):
@@ -1194,7 +1224,7 @@ cdef int weight_grad_lanes(const float* x, const float* grad_out, const float* w
         free(flipped)
         free(off)
         free(pos)
-        free(scratch)
+        give_back_scratch(scratch)
     return 0
 
 
@@ -1271,11 +1301,9 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef Py_ssize_t n_col = g.k * g.q * nb
     cdef Py_ssize_t n_tmp = g.cog * g.q * nb if (nb > 1 or g.wide) else 0
     cdef Py_ssize_t per_thread = n_col + n_tmp + (g.plane if g.wide else 0)
-    cdef floating* scratch = <floating*> malloc(
-        scratch_elements(threads, per_thread, sizeof(floating)) * sizeof(floating))
+    cdef floating* scratch = <floating*> take_scratch(threads, per_thread, sizeof(floating),
+                                                      "conv2d")
     cdef floating* base
-    if scratch == NULL:
-        raise MemoryError(f"conv2d: cannot allocate {threads} x {per_thread} scratch")
     cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
     try:
         with blas_threads(1):
@@ -1295,7 +1323,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                             &out[0, 0, 0, 0] + n0 * out_stride, ns, base, base + n_col, &g)
                 team_released(threads)
     finally:
-        free(scratch)
+        give_back_scratch(scratch)
 
 
 def conv2d_backward(const floating[:, :, :, ::1] grad_out,
@@ -1371,10 +1399,8 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
     cdef Py_ssize_t n_gb = g.c_out if want_b else 0
     cdef Py_ssize_t off_gw = n_col + n_dy + n_dcol + n_xp, off_gb = off_gw + n_gw
     cdef Py_ssize_t per_thread = off_gb + n_gb
-    cdef floating* scratch = <floating*> calloc(
-        scratch_elements(threads, per_thread, sizeof(floating)), sizeof(floating))
-    if scratch == NULL:
-        raise MemoryError(f"conv2d_backward: cannot allocate {threads} x {per_thread} scratch")
+    cdef floating* scratch = <floating*> take_scratch(threads, per_thread, sizeof(floating),
+                                                      "conv2d_backward", True)
     cdef floating* base
     cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
     try:
@@ -1409,4 +1435,4 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
             if want_b:
                 sum_partials(scratch + off_gb, per_thread, threads, &gb_view[0], n_gb)
     finally:
-        free(scratch)
+        give_back_scratch(scratch)
