@@ -104,18 +104,19 @@ def empty_cache() -> None:
     """Release the output arrays fastcnn keeps for reuse.
 
     fastcnn's ops recycle their large output arrays (at most 64 MB in all) once nothing
-    else refers to them, and the compiled convolutions keep their largest scratch block
-    (at most 64 MB) for the next call, which saves the page faults of fresh memory in
-    every training step. This lets go of all of them: memory that no array of yours
-    still uses goes back to the system.
+    else refers to them, and the compiled convolutions and dense layers keep their
+    largest scratch block (at most 64 MB each) for the next call, which saves the page
+    faults of fresh memory in every training step. This lets go of all of them: memory
+    that no array of yours still uses goes back to the system.
     """
     global _kept_bytes
     with _lock:
         _kept.clear()
         _kept_bytes = 0
-    conv = sys.modules.get("fastcnn._kernels._conv")  # never imported: nothing kept
-    if conv is not None:
-        conv._release_scratch()
+    for name in ("fastcnn._kernels._conv", "fastcnn._kernels._linear"):
+        kernels = sys.modules.get(name)  # never imported: nothing kept
+        if kernels is not None:
+            kernels._release_scratch()
 
 
 def kept_bytes() -> int:

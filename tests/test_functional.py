@@ -1181,7 +1181,14 @@ def test_pool_2x2_stride2_fast_path_matches_reference(dtype, shape, ceil_mode):
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("n, n_in, n_out", [(1, 1, 1), (5, 7, 3), (64, 400, 120), (300, 64, 90)])
+# The float32 kernel on AVX-512 (small_gemm.h) takes blocks of 6 rows x 64 columns, the
+# last columns in 1-4 vectors with the last masked: 17 and 65 columns leave one lane,
+# 13 rows a partial block, 129 both.
+@pytest.mark.parametrize(
+    "n, n_in, n_out",
+    [(1, 1, 1), (5, 7, 3), (64, 400, 120), (300, 64, 90), (7, 33, 17), (13, 50, 65),
+     (6, 129, 129), (64, 84, 10)],
+)  # fmt: skip
 def test_linear_matches_reference_and_numpy_matmul(backend, dtype, n, n_in, n_out):
     rng = np.random.default_rng(n * 1000 + n_in)
     x = rng.standard_normal((n, n_in)).astype(dtype)

@@ -2,7 +2,15 @@
 
 Design
 ------
-One BLAS GEMM per thread, BLAS itself single-threaded. A product worth a thread team is
+float32 on AVX-512 CPUs: the products run on small_gemm.h's kernel, which broadcasts one
+operand from memory in any orientation and reads the other in rows as it lies, so
+nothing is packed but W^T for the forward pass (transposed per call by the thread that
+computes those output columns). Inside a LeNet-5 step its 400 -> 120 layer took 77 us
+forward and 110 us backward on one thread, against OpenBLAS's 100 and 145, and the
+84 -> 10 layer's forward 9.5 us against 27 (BLAS code and buffers go cold between
+steps). The slicing below is the same for both kernels.
+
+Otherwise, and for float64: one BLAS GEMM per thread, BLAS itself single-threaded. A product worth a thread team is
 cut into slices of its output along the output's longer side, so each thread packs only
 a slice of the larger operand and repeats the packing of the smaller one (for LeNet's
 400 -> 120 layer at batch 64, slices of W's 120 rows rather than of the batch). In the
@@ -24,6 +32,24 @@ from cython.parallel cimport prange
 from fastcnn._kernels._blas cimport Blas, gemm, load_blas
 from fastcnn._kernels._openmp cimport team_released, team_size
 from fastcnn._threads import blas_threads
+
+cdef extern from "small_gemm.h":
+    int fastcnn_small_gemm_has() noexcept nogil
+    int fastcnn_small_gemm_cols(Py_ssize_t n, int part, int parts, Py_ssize_t* j0,
+                                Py_ssize_t* j1) noexcept nogil
+    void fastcnn_small_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a,
+                            Py_ssize_t a_is, Py_ssize_t a_ks, const float* b, Py_ssize_t ldb,
+                            float* c, Py_ssize_t ldc, int part, int parts) noexcept nogil
+
+cdef extern from "transpose.h":
+    void fastcnn_transpose(const float* src, Py_ssize_t lds, Py_ssize_t rows,
+                           Py_ssize_t cols, float* dst, Py_ssize_t ldd,
+                           float* sums) noexcept nogil
+
+cdef extern from "scratch.h":
+    void* fastcnn_scratch_take(size_t n) noexcept nogil
+    void fastcnn_scratch_give_back(void* p) noexcept nogil
+    size_t fastcnn_scratch_release() noexcept nogil
 
 cdef Blas BLAS
 
@@ -51,18 +77,62 @@ cdef void gemm_slice(bint trans_a, bint trans_b, int m, int p, int k,
         gemm(&BLAS, trans_a, trans_b, m, count, k, 1, a, lda, b, ldb, 0, c + start, ldc)
 
 
+def _release_scratch() -> int:
+    """Free the transposed-weight scratch kept between calls (unless a call is using
+    it); return the bytes still kept."""
+    return fastcnn_scratch_release()
+
+
+cdef bint small_gemm_pays(int columns) noexcept nogil:
+    return fastcnn_small_gemm_has()
+
+
+cdef void forward_part(const float* x, const float* w, float* wt, Py_ssize_t ldt,
+                       float* out, int n, int n_in, int n_out, int t,
+                       int parts) noexcept nogil:
+    # Part t of parts of out = x @ W^T: the rows of W behind the part's columns of out
+    # transposed into wt (n_in, ldt), then those columns. A part that has whole columns
+    # transposes only its own, so no part waits for another; split by rows, every part
+    # needs all of W^T, which part 0 transposes before the others start (see caller).
+    cdef Py_ssize_t j0, j1
+    if fastcnn_small_gemm_cols(n_out, t, parts, &j0, &j1):
+        if j0 < j1:
+            fastcnn_transpose(w + j0 * n_in, n_in, j1 - j0, n_in, wt + j0, ldt, NULL)
+    fastcnn_small_gemm(n, n_out, n_in, x, n_in, 1, wt, ldt, out, n_out, t, parts)
+
+
 def linear_forward(const floating[:, ::1] x, const floating[:, ::1] weight, bias,
                    floating[:, ::1] out, int n_threads):
     """See BACKEND_API.md. Writes every element of ``out``."""
-    load_blas(&BLAS)
     cdef int n = x.shape[0], n_in = x.shape[1], n_out = weight.shape[0]
     cdef Py_ssize_t macs = <Py_ssize_t> n * n_in * n_out
     cdef int threads = team_size(macs, MIN_PARALLEL_MACS, n_threads)
     cdef int parts = threads if macs >= MIN_PARALLEL_MACS else 1  # small: never sliced
     cdef int t
-    cdef Py_ssize_t i, j
-    cdef const floating[::1] bias_view
-    cdef floating* row
+    # rows of W^T on cache lines, not a power of two apart (4K aliasing in the transpose)
+    cdef Py_ssize_t j0, j1, ldt = (n_out + 15) // 16 * 16
+    if ldt % 128 == 0:
+        ldt += 16
+    cdef float* wt
+    if floating is float:
+        if small_gemm_pays(n_out) and n > 0:
+            wt = <float*> fastcnn_scratch_take(max(<size_t> n_in * ldt, 1) * sizeof(float))
+            if wt == NULL:
+                raise MemoryError(f"linear: cannot allocate {n_in} x {ldt} scratch")
+            try:
+                with nogil:
+                    if not fastcnn_small_gemm_cols(n_out, 0, parts, &j0, &j1):
+                        fastcnn_transpose(&weight[0, 0], n_in, n_out, n_in, wt, ldt, NULL)
+                    for t in prange(threads, num_threads=threads, schedule="static"):
+                        if t < parts:
+                            forward_part(&x[0, 0], &weight[0, 0], wt, ldt, &out[0, 0], n,
+                                         n_in, n_out, t, parts)
+                    team_released(threads)
+            finally:
+                fastcnn_scratch_give_back(wt)
+            add_bias(out, bias)
+            return
+    load_blas(&BLAS)
     with blas_threads(1):
         with nogil:
             for t in prange(threads, num_threads=threads, schedule="static"):
@@ -70,12 +140,19 @@ def linear_forward(const floating[:, ::1] x, const floating[:, ::1] weight, bias
                     gemm_slice(False, True, n, n_out, n_in, &x[0, 0], n_in,
                                &weight[0, 0], n_in, &out[0, 0], n_out, t, parts)
             team_released(threads)
+    add_bias(out, bias)
+
+
+cdef void add_bias(floating[:, ::1] out, bias) except *:
+    cdef Py_ssize_t i, j
+    cdef const floating[::1] bias_view
+    cdef floating* row
     if bias is not None:
         bias_view = bias
         with nogil:
-            for i in range(n):
+            for i in range(out.shape[0]):
                 row = &out[i, 0]
-                for j in range(n_out):
+                for j in range(out.shape[1]):
                     row[j] += bias_view[j]
 
 
@@ -83,19 +160,16 @@ def linear_backward(const floating[:, ::1] grad_out, const floating[:, ::1] x,
                     const floating[:, ::1] weight, grad_x, grad_weight, grad_bias,
                     int n_threads):
     """See BACKEND_API.md. Overwrites each gradient buffer that is not None."""
-    load_blas(&BLAS)
     cdef int n = x.shape[0], n_in = x.shape[1], n_out = weight.shape[0]
     cdef Py_ssize_t macs = <Py_ssize_t> n * n_in * n_out
     cdef int threads = team_size(macs, MIN_PARALLEL_MACS, n_threads)
     cdef int parts_x, parts_w, t
-    cdef Py_ssize_t i, j
     cdef const floating* g = &grad_out[0, 0]
     cdef const floating* w = &weight[0, 0]
     cdef const floating* xp = &x[0, 0]
     cdef floating* gx = NULL
     cdef floating* gw = NULL
     cdef floating[:, ::1] view
-    cdef floating[::1] gb
     if grad_x is not None:
         view = grad_x
         gx = &view[0, 0]
@@ -111,6 +185,20 @@ def linear_backward(const floating[:, ::1] grad_out, const floating[:, ::1] x,
     else:  # each product over the whole team (on one thread: one after the other)
         parts_x = threads if gx != NULL else 0
         parts_w = threads if gw != NULL else 0
+    if floating is float:
+        if small_gemm_pays(n_in):
+            with nogil:
+                for t in prange(parts_x + parts_w, num_threads=threads, schedule="static"):
+                    if t < parts_x:
+                        fastcnn_small_gemm(n, n_in, n_out, g, n_out, 1, w, n_in, gx, n_in,
+                                           t, parts_x)
+                    else:  # grad_out^T: A(o, i) = grad_out[i, o]
+                        fastcnn_small_gemm(n_out, n_in, n, g, 1, n_out, xp, n_in, gw, n_in,
+                                           t - parts_x, parts_w)
+                team_released(threads)
+            add_bias_grad(grad_out, grad_bias)
+            return
+    load_blas(&BLAS)
     with blas_threads(1):
         with nogil:
             for t in prange(parts_x + parts_w, num_threads=threads, schedule="static"):
@@ -123,11 +211,17 @@ def linear_backward(const floating[:, ::1] grad_out, const floating[:, ::1] x,
                     gemm_slice(True, False, n_out, n_in, n, g, n_out, xp, n_in,
                                gw, n_in, t - parts_x, parts_w)
             team_released(threads)
+    add_bias_grad(grad_out, grad_bias)
+
+
+cdef void add_bias_grad(const floating[:, ::1] grad_out, grad_bias) except *:
+    cdef Py_ssize_t i, j
+    cdef floating[::1] gb
     if grad_bias is not None:
         gb = grad_bias
         with nogil:
-            for j in range(n_out):
+            for j in range(grad_out.shape[1]):
                 gb[j] = 0
-            for i in range(n):
-                for j in range(n_out):
+            for i in range(grad_out.shape[0]):
+                for j in range(grad_out.shape[1]):
                     gb[j] += grad_out[i, j]
