@@ -14,7 +14,7 @@
  * masked, and rows past m repeat row m - 1 without being stored. OpenBLAS packs both
  * operands of every product (each thread all of the smaller one again when a product is
  * split); here nothing is copied but W^T. The input gradient of LeNet's 400 -> 120 layer
- * at batch 64 runs at about 1.9 multiply-adds (vectors) per cycle on one thread.
+ * at batch 64 takes 41 us on one thread: 1.9 vector multiply-adds a cycle at 2.6 GHz.
  */
 #ifndef FASTCNN_SMALL_GEMM_H
 #define FASTCNN_SMALL_GEMM_H
