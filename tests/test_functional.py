@@ -298,6 +298,29 @@ def test_conv2d_forward_paths(path, x_shape, w_shape, kwargs, rng):
         fastcnn.set_num_threads(before)
 
 
+def _backward_matches_reference(x_shape, w_shape, kwargs, rng) -> None:
+    """float32 conv2d_backward on the compiled backend equals the numpy backend at 1-3
+    threads (per-thread partial sums at each count), with and without the input
+    gradient, which the weight and bias gradients must not depend on."""
+    x, w, _ = _conv_inputs(rng, x_shape, w_shape, np.float32)
+    grad_out = rng.standard_normal(conv_expected_shape(x_shape, w_shape, **kwargs))
+    grad_out = grad_out.astype(np.float32)
+    with fastcnn.use_backend("numpy"):
+        ref = F.conv2d_backward(grad_out, x, w, **kwargs)
+    before = fastcnn.get_num_threads()
+    try:
+        for threads, needs_x in itertools.product((1, 2, 3), (True, False)):
+            fastcnn.set_num_threads(threads)
+            with fastcnn.use_backend("cython"):
+                got = F.conv2d_backward(grad_out, x, w, needs_input_grad=needs_x, **kwargs)
+            assert (got[0] is None) == (not needs_x)
+            for g, r in zip(got, ref, strict=True):
+                if g is not None:
+                    assert_close(g, r, np.float32)
+    finally:
+        fastcnn.set_num_threads(before)
+
+
 # Shapes that send the float32 weight gradient down each of the compiled backend's
 # kernels on a CPU with AVX2/AVX-512 (a CPU without them always takes BLAS); as above,
 # a path given per instruction set where they differ.
@@ -343,31 +366,13 @@ def test_conv2d_weight_grad_paths(path, x_shape, w_shape, kwargs, rng):
     assert _expected_path(path, _conv) == _conv._weight_grad_path(
         *_path_args(x_shape, w_shape, kwargs)
     )
-    x, w, _ = _conv_inputs(rng, x_shape, w_shape, np.float32)
-    grad_out = rng.standard_normal(conv_expected_shape(x_shape, w_shape, **kwargs))
-    grad_out = grad_out.astype(np.float32)
-    with fastcnn.use_backend("numpy"):
-        ref = F.conv2d_backward(grad_out, x, w, **kwargs)
-    before = fastcnn.get_num_threads()
-    try:
-        # per-thread partial sums at each thread count; with and without the input
-        # gradient, which the weight and bias gradients must not depend on
-        for threads, needs_x in itertools.product((1, 2, 3), (True, False)):
-            fastcnn.set_num_threads(threads)
-            with fastcnn.use_backend("cython"):
-                got = F.conv2d_backward(grad_out, x, w, needs_input_grad=needs_x, **kwargs)
-            assert (got[0] is None) == (not needs_x)
-            for g, r in zip(got, ref, strict=True):
-                if g is not None:
-                    assert_close(g, r, np.float32)
-    finally:
-        fastcnn.set_num_threads(before)
+    _backward_matches_reference(x_shape, w_shape, kwargs, rng)
 
 
 # Shapes and batch sizes that send the float32 input gradient down each of the compiled
 # backend's kernels on a CPU with AVX2/AVX-512: "batch" (blocks of 16 or 8 samples
 # across the vector lanes, where it visits a quarter fewer taps than the full
-# correlation) or "wide". Each case is compared with the numpy backend at 1-3 threads.
+# correlation) or "wide".
 INPUT_GRAD_PATH_CASES = [
     ("batch", (64, 6, 14, 14), (16, 6, 5, 5), {}),  # LeNet C3 at the benchmark's batch
     ("batch", (30, 6, 14, 14), (16, 6, 5, 5), {"padding": 1}),  # a partial block of samples
@@ -394,21 +399,7 @@ def test_conv2d_input_grad_paths(path, x_shape, w_shape, kwargs, rng):
     if _conv.direct_simd() == "none":
         pytest.skip("no AVX2/AVX-512 direct kernels on this CPU: every path is BLAS")
     assert path == _conv._input_grad_path(x_shape[0], *_path_args(x_shape, w_shape, kwargs))
-    x, w, _ = _conv_inputs(rng, x_shape, w_shape, np.float32)
-    grad_out = rng.standard_normal(conv_expected_shape(x_shape, w_shape, **kwargs))
-    grad_out = grad_out.astype(np.float32)
-    with fastcnn.use_backend("numpy"):
-        ref = F.conv2d_backward(grad_out, x, w, **kwargs)
-    before = fastcnn.get_num_threads()
-    try:
-        for threads in (1, 2, 3):
-            fastcnn.set_num_threads(threads)
-            with fastcnn.use_backend("cython"):
-                got = F.conv2d_backward(grad_out, x, w, **kwargs)
-            for g, r in zip(got, ref, strict=True):
-                assert_close(g, r, np.float32)
-    finally:
-        fastcnn.set_num_threads(before)
+    _backward_matches_reference(x_shape, w_shape, kwargs, rng)
 
 
 # ---------------------------------------------------------------------------------------
