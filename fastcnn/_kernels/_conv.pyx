@@ -361,7 +361,7 @@ ctypedef struct DirectPlan:
 
 cdef enum:
     WHOLE_PLANE_BYTES = 256 * 1024
-    CHUNK_BYTES = 96 * 1024
+    CHUNK_BYTES = 256 * 1024
 
 
 cdef bint lanes_forward_pays(const Geometry* g) noexcept nogil:
@@ -381,12 +381,14 @@ cdef bint lanes_forward_pays(const Geometry* g) noexcept nogil:
 
 
 cdef Py_ssize_t chunk_channels(const Geometry* g) noexcept nogil:
-    # Input channels per pass of the wide kernel. A plane that fits in half of the
-    # 512 KB L2 per core of the machine measured is taken whole (one pass: LeNet's, and
-    # the 148 KB of 32 channels of 34x34, where two passes were 3% slower). A larger one
-    # goes in chunks of CHUNK_BYTES, which stay in cache while every block of output
-    # channels reads them, the rest of L2 holding the partial sums that stream past
-    # (64 channels of 58x58, 861 KB: 6% faster in chunks).
+    # Input channels per pass of the wide kernel. A plane of up to WHOLE_PLANE_BYTES is
+    # taken whole (one pass: LeNet's, and the 148 KB of 32 channels of 34x34, where two
+    # passes were 3% slower). A larger one goes in chunks of CHUNK_BYTES, which stay in
+    # cache while every block of output channels reads them, the rest of L2 holding
+    # the partial sums that stream past (64 channels of 58x58, 861 KB: 6% faster in
+    # chunks of 96 KB than whole on a machine with 512 KB of L2 per core; on the one of
+    # 2026-12-04, with 2 MB, chunks of 256 KB took `large` forward 14.0-14.2 -> 13.7 ms, its
+    # input gradient 13.9-14.2 -> 13.6-13.7 ms, against 14.5 ms whole, at 2 threads).
     cdef Py_ssize_t per_channel = g.hp * g.wp * sizeof(float)
     if per_channel == 0 or g.cg * per_channel <= WHOLE_PLANE_BYTES:
         return g.cg
