@@ -202,12 +202,24 @@ cdef void col2im_add(const floating* col, Py_ssize_t ld, const Geometry* g,
 
 cdef void pad_plane(const floating* x, const Geometry* g, floating* xp) noexcept nogil:
     # x (cg, h, w) of one sample and group -> xp (cg, hp, wp) zero-padded, plus zero slack.
-    cdef Py_ssize_t c, ih
-    memset(xp, 0, g.plane * sizeof(floating))
+    # Only the padding is written with zeros: clearing the whole block first wrote every
+    # element twice (mid: 143 KB per sample for the input, 287 KB for the padded output
+    # gradient of its input gradient).
+    cdef Py_ssize_t c, ih, j, right = g.wp - g.pw - g.w
+    cdef floating* row
     for c in range(g.cg):
+        row = xp + c * g.hp * g.wp
+        memset(row, 0, g.ph * g.wp * sizeof(floating))
+        row += g.ph * g.wp
         for ih in range(g.h):
-            memcpy(xp + (c * g.hp + ih + g.ph) * g.wp + g.pw, x + (c * g.h + ih) * g.w,
-                   g.w * sizeof(floating))
+            for j in range(g.pw):
+                row[j] = 0
+            memcpy(row + g.pw, x + (c * g.h + ih) * g.w, g.w * sizeof(floating))
+            for j in range(right):
+                row[g.pw + g.w + j] = 0
+            row += g.wp
+        memset(row, 0, (g.hp - g.ph - g.h) * g.wp * sizeof(floating))
+    memset(xp + g.cg * g.hp * g.wp, 0, (g.plane - g.cg * g.hp * g.wp) * sizeof(floating))
 
 
 cdef void im2col_wide(const floating* xp, const Geometry* g, floating* col,
