@@ -2,20 +2,22 @@
 
 Design
 ------
-float32 on AVX-512 CPUs: the products run on small_gemm.h's kernel, which broadcasts one
-operand from memory in any orientation and reads the other in rows as it lies, so
-nothing is packed but W^T for the forward pass (transposed per call by each thread, which
-then computes its rows of the output). Inside a LeNet-5 step its 400 -> 120 layer took 77 us
-forward and 110 us backward on one thread, against OpenBLAS's 100 and 145, and the
-84 -> 10 layer's forward 9.5 us against 27 (BLAS code and buffers go cold between
-steps). The slicing below is the same for both kernels.
+float32 on AVX-512 CPUs runs on small_gemm.h's kernel, which broadcasts one operand from
+memory in any orientation and reads the other in rows as it lies: nothing is packed but
+W^T for the forward pass. Inside a LeNet-5 step its 400 -> 120 layer took 77 us forward
+and 110 us backward on one thread, against OpenBLAS's 100 and 145, and the 84 -> 10
+layer's forward 9.5 us against 27 (BLAS code and buffers go cold between steps).
+Elsewhere, and for float64, each thread runs one BLAS GEMM, BLAS itself single-threaded.
 
-Otherwise, and for float64: one BLAS GEMM per thread, BLAS itself single-threaded. A product worth a thread team is
-cut into slices of its output along the output's longer side, so each thread packs only
-a slice of the larger operand and repeats the packing of the smaller one (for LeNet's
-400 -> 120 layer at batch 64, slices of W's 120 rows rather than of the batch). In the
-backward pass the input and weight gradients are two products of the same size, so the
-team splits into two halves, one per product, and needs no reduction across threads.
+A product worth a thread team is sliced. In the forward pass on small_gemm.h every thread
+transposes W for itself and computes its rows of the output (one W^T shared between the
+threads made the product slower on two threads than on one); with BLAS the output is cut
+along its longer side, so each thread packs only a slice of the larger operand and
+repeats the packing of the smaller one (for LeNet's 400 -> 120 layer at batch 64, slices
+of W's 120 rows rather than of the batch). In the backward pass the input and weight
+gradients are two products of the same size, so the team splits into two halves, one
+per product, and needs no reduction across threads.
+
 Products under 2M multiply-adds (LeNet's 120 -> 84 and 84 -> 10 layers at batch 64) are
 never sliced: split over 2 threads, 120 -> 84's backward took twice as long, since it
 paid for waking the second core. They join the team only while it is still awake from
@@ -81,10 +83,6 @@ def _release_scratch() -> int:
     return fastcnn_scratch_release()
 
 
-cdef bint small_gemm_pays(int columns) noexcept nogil:
-    return fastcnn_small_gemm_has()
-
-
 cdef void forward_part(const float* x, const float* w, float* wt, Py_ssize_t ldt,
                        float* out, int n, int n_in, int n_out, int t,
                        int parts) noexcept nogil:
@@ -113,7 +111,7 @@ def linear_forward(const floating[:, ::1] x, const floating[:, ::1] weight, bias
         ldt += 16
     cdef float* wt
     if floating is float:
-        if small_gemm_pays(n_out) and n > 0:
+        if fastcnn_small_gemm_has() and n > 0:
             wt = <float*> fastcnn_scratch_take(
                 max(<size_t> parts * n_in * ldt, 1) * sizeof(float))
             if wt == NULL:
@@ -183,7 +181,7 @@ def linear_backward(const floating[:, ::1] grad_out, const floating[:, ::1] x,
         parts_x = threads if gx != NULL else 0
         parts_w = threads if gw != NULL else 0
     if floating is float:
-        if small_gemm_pays(n_in):
+        if fastcnn_small_gemm_has():
             with nogil:
                 for t in prange(parts_x + parts_w, num_threads=threads, schedule="static"):
                     if t < parts_x:
