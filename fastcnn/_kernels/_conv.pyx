@@ -709,7 +709,7 @@ cdef Py_ssize_t scratch_elements(Py_ssize_t threads, Py_ssize_t per_thread,
 cdef void* take_scratch(Py_ssize_t threads, Py_ssize_t per_thread, Py_ssize_t itemsize,
                         str op, bint zeroed=False) except NULL:
     # threads x per_thread elements of per-thread scratch (scratch.h: the block kept
-    # from the last call when it is free and large enough); give_back_scratch() it.
+    # from the last call when it is free and large enough); fastcnn_scratch_give_back() it.
     cdef size_t n = scratch_elements(threads, per_thread, itemsize) * itemsize
     cdef void* p = fastcnn_scratch_take(n)
     if p == NULL:
@@ -717,10 +717,6 @@ cdef void* take_scratch(Py_ssize_t threads, Py_ssize_t per_thread, Py_ssize_t it
     if zeroed:
         memset(p, 0, n)
     return p
-
-
-cdef inline void give_back_scratch(void* p) noexcept nogil:
-    fastcnn_scratch_give_back(p)
 
 
 def _release_scratch() -> int:
@@ -734,7 +730,8 @@ def _kept_scratch_bytes() -> int:
     return fastcnn_scratch_kept()
 
 
-cdef inline void zero_block(float* scratch, Py_ssize_t b, Py_ssize_t per_thread) noexcept nogil:
+cdef inline void zero_block(float* scratch, Py_ssize_t b, Py_ssize_t per_thread,
+                            Py_ssize_t n) noexcept nogil:
     # Block b of a per-thread scratch. The kernels zero their blocks in a prange over the
     # blocks inside their parallel region, so that each thread clears the block it will
     # use (static schedule), in parallel and into its own core's cache: calloc zeroed
@@ -742,8 +739,8 @@ cdef inline void zero_block(float* scratch, Py_ssize_t b, Py_ssize_t per_thread)
     # gradient: 460 KB at 2 threads, 237 -> 208 us inside the training step). Every
     # block, not only the running threads' own: a team smaller than asked for (no
     # OpenMP, OMP_THREAD_LIMIT, a nested region) leaves some unused, and the partial
-    # sums still add them up.
-    memset(scratch + b * per_thread, 0, per_thread * sizeof(float))
+    # sums still add them up. n: the elements to clear from the start of the block.
+    memset(scratch + b * per_thread, 0, n * sizeof(float))
 
 
 cdef int batch_threads(Py_ssize_t n, int n_threads, const Geometry* g) noexcept:
@@ -818,7 +815,7 @@ cdef int forward_direct(const float* x, const float* weight, const float* bias, 
             with parallel(num_threads=threads):
                 # Zeroed: the kernel reads the slack past the padded plane.
                 for b in prange(threads, schedule="static"):
-                    zero_block(scratch, b, plan.per_thread)
+                    zero_block(scratch, b, plan.per_thread, plan.per_thread)
                 base = scratch + threadid() * plan.per_thread
                 for n in prange(n_batch, schedule="static"):
                     forward_sample_direct(x + n * g.c_in * g.h * g.w, &plan, bias,
@@ -826,7 +823,7 @@ cdef int forward_direct(const float* x, const float* weight, const float* bias, 
             team_released(threads)
     finally:
         free_plan(&plan)
-        give_back_scratch(scratch)
+        fastcnn_scratch_give_back(scratch)
     return 0
 
 
@@ -883,16 +880,29 @@ cdef enum:
     BATCH_LANES_SCRATCH_BYTES = 2 << 20
 
 
-cdef Py_ssize_t batch_scratch_floats(const Geometry* g) noexcept nogil:
-    # Per-thread scratch of backward_batch with every gradient wanted: the weight
-    # gradient's lanes, the bias partials, and one block of samples' output gradient,
-    # input gradient and padded input, transposed. Pointer offsets in the order above.
+ctypedef struct BatchLayout:
+    # Per-thread scratch of backward_batch, in floats: [weight-gradient lanes | bias
+    # partials | one block of samples' output gradient | input gradient | padded input],
+    # the last three transposed to (position, sample).
+    Py_ssize_t n_dw, off_dy, n_dy, off_gx, off_xp, n_xp, per_thread
+
+
+cdef BatchLayout batch_layout(const Geometry* g, bint weight, bint bias) noexcept nogil:
+    # weight, bias: whether the weight and bias gradients are wanted (the input gradient
+    # always has its place, as the scratch bound assumes every gradient).
     cdef int level = fastcnn_direct_level()
     cdef Py_ssize_t lanes = fastcnn_igrad_lanes(level), ob = fastcnn_wgrad_batch_o_block(level)
     cdef Py_ssize_t rb = fastcnn_wgrad_batch_r_block(level)
     cdef Py_ssize_t cog_pad = (g.cog + ob - 1) // ob * ob, k_pad = (g.k + rb - 1) // rb * rb
-    return (g.groups * cog_pad * k_pad * lanes + g.c_out + cog_pad * g.p * lanes
-            + g.cg * g.h * g.w * lanes + g.cg * g.hp * (g.w + 2 * g.pw) * lanes)
+    cdef BatchLayout lay
+    lay.n_dw = g.groups * cog_pad * k_pad * lanes if weight else 0
+    lay.off_dy = lay.n_dw + (g.c_out if bias else 0)
+    lay.n_dy = cog_pad * g.p * lanes
+    lay.off_gx = lay.off_dy + lay.n_dy
+    lay.off_xp = lay.off_gx + g.cg * g.h * g.w * lanes
+    lay.n_xp = g.cg * g.hp * (g.w + 2 * g.pw) * lanes if weight else 0
+    lay.per_thread = lay.off_xp + lay.n_xp
+    return lay
 
 
 cdef int batch_input_grad_pays(const Geometry* g, Py_ssize_t n_batch) except -1:
@@ -908,7 +918,7 @@ cdef int batch_input_grad_pays(const Geometry* g, Py_ssize_t n_batch) except -1:
     cdef Geometry t
     if level == 0 or g.sh != 1 or g.sw != 1 or n_batch == 0:
         return False
-    if batch_scratch_floats(g) * sizeof(float) > BATCH_LANES_SCRATCH_BYTES:
+    if batch_layout(g, True, True).per_thread * sizeof(float) > BATCH_LANES_SCRATCH_BYTES:
         return False
     t = input_grad_geometry(g)
     cb = fastcnn_direct_co_block(level, t.cog)
@@ -939,13 +949,8 @@ cdef int backward_batch(const float* grad_out, const float* x, const float* weig
     cdef Py_ssize_t cog_pad = (g.cog + ob - 1) // ob * ob, k_pad = (g.k + rb - 1) // rb * rb
     cdef Py_ssize_t wpb = g.w + 2 * g.pw, n_x = g.cg * g.h * g.w
     cdef Py_ssize_t n_w = cg_pad * g.cog * taps  # packed weights per group
-    # per-thread scratch: [weight-gradient lanes | bias partials | dy | gx | padded x]
-    cdef Py_ssize_t n_dw = g.groups * cog_pad * k_pad * lanes if grad_weight != NULL else 0
-    cdef Py_ssize_t n_gb = g.c_out if grad_bias != NULL else 0
-    cdef Py_ssize_t off_dy = n_dw + n_gb, n_dy = cog_pad * g.p * lanes
-    cdef Py_ssize_t off_gx = off_dy + n_dy, off_xp = off_gx + n_x * lanes
-    cdef Py_ssize_t n_xp = g.cg * g.hp * wpb * lanes if grad_weight != NULL else 0
-    cdef Py_ssize_t per_thread = off_xp + n_xp
+    cdef BatchLayout lay = batch_layout(g, grad_weight != NULL, grad_bias != NULL)
+    cdef Py_ssize_t per_thread = lay.per_thread
     cdef Py_ssize_t n_blocks = (n_batch + lanes - 1) // lanes
     cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
     cdef Py_ssize_t grp, c, o, r, i, j, t, l, blk, b, n0, ns
@@ -981,45 +986,45 @@ cdef int backward_batch(const float* grad_out, const float* x, const float* weig
             with parallel(num_threads=threads):
                 # Every thread's partial sums zeroed, used or not (see zero_block).
                 for b in prange(threads, schedule="static"):
-                    memset(scratch + b * per_thread, 0, off_dy * sizeof(float))
+                    zero_block(scratch, b, per_thread, lay.off_dy)
                 base = scratch + threadid() * per_thread
-                dyb = base + off_dy
+                dyb = base + lay.off_dy
                 for blk in prange(n_blocks, schedule="static"):
                     n0 = blk * lanes
                     ns = min(lanes, n_batch - n0)
                     # Lanes past the batch, dy's padded channels and x's padding: zeros
                     # (stale values could be infinite, and 0 * inf is NaN).
                     if ns < lanes:
-                        memset(dyb, 0, n_dy * sizeof(float))
+                        memset(dyb, 0, lay.n_dy * sizeof(float))
                     else:
                         memset(dyb + g.cog * g.p * lanes, 0,
                                (cog_pad - g.cog) * g.p * lanes * sizeof(float))
-                    if n_xp > 0 and (ns < lanes or g.ph > 0 or g.pw > 0):
-                        memset(base + off_xp, 0, n_xp * sizeof(float))
+                    if lay.n_xp > 0 and (ns < lanes or g.ph > 0 or g.pw > 0):
+                        memset(base + lay.off_xp, 0, lay.n_xp * sizeof(float))
                     if grad_bias != NULL:
-                        add_bias_grad(grad_out + n0 * out_stride, base + n_dw, ns, g)
+                        add_bias_grad(grad_out + n0 * out_stride, base + lay.n_dw, ns, g)
                     for grp in range(g.groups):
                         fastcnn_transpose(grad_out + n0 * out_stride + grp * g.cog * g.p,
                                           out_stride, ns, g.cog * g.p, dyb, lanes, NULL)
                         if grad_x != NULL:
                             fastcnn_igrad(level, dyb, g.cog, g.h_out, g.w_out, wpk + grp * n_w,
                                           g.cg, g.kh, g.kw, g.ph, g.pw, g.dh, g.dw, g.h, g.w,
-                                          base + off_gx)
-                            fastcnn_transpose(base + off_gx, lanes, n_x, ns,
+                                          base + lay.off_gx)
+                            fastcnn_transpose(base + lay.off_gx, lanes, n_x, ns,
                                               grad_x + n0 * x_stride + grp * n_x, x_stride,
                                               NULL)
                         if grad_weight == NULL:
                             continue
                         if g.ph == 0 and g.pw == 0:
                             fastcnn_transpose(x + n0 * x_stride + grp * n_x, x_stride, ns,
-                                              n_x, base + off_xp, lanes, NULL)
+                                              n_x, base + lay.off_xp, lanes, NULL)
                         else:
                             for i in range(g.cg * g.h):  # row i % h of channel i // h
                                 fastcnn_transpose(
                                     x + n0 * x_stride + grp * n_x + i * g.w, x_stride, ns, g.w,
-                                    base + off_xp + (((i // g.h) * g.hp + i % g.h + g.ph) * wpb
+                                    base + lay.off_xp + (((i // g.h) * g.hp + i % g.h + g.ph) * wpb
                                                      + g.pw) * lanes, lanes, NULL)
-                        fastcnn_wgrad_batch(level, dyb, base + off_xp, off, k_pad, cog_pad,
+                        fastcnn_wgrad_batch(level, dyb, base + lay.off_xp, off, k_pad, cog_pad,
                                             g.h_out, g.w_out, wpb,
                                             base + grp * cog_pad * k_pad * lanes)
             team_released(threads)
@@ -1036,11 +1041,11 @@ cdef int backward_batch(const float* grad_out, const float* x, const float* weig
                                     total = total + src[l]
                             grad_weight[(grp * g.cog + o) * g.k + r] = total
             if grad_bias != NULL:
-                sum_partials(scratch + n_dw, per_thread, threads, grad_bias, g.c_out)
+                sum_partials(scratch + lay.n_dw, per_thread, threads, grad_bias, g.c_out)
     finally:
         free(wpk)
         free(off)
-        give_back_scratch(scratch)
+        fastcnn_scratch_give_back(scratch)
     return 0
 
 
@@ -1090,7 +1095,7 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
                 # channels and positions of dy, which nothing else writes, and sums into
                 # the partials.
                 for b in prange(threads, schedule="static"):
-                    zero_block(scratch, b, per_thread)
+                    zero_block(scratch, b, per_thread, per_thread)
                 base = scratch + threadid() * per_thread
                 for c in prange(n_chunks, schedule="static"):
                     n0 = c * n_batch // n_chunks
@@ -1113,7 +1118,7 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
                 sum_partials(scratch + off_gb, per_thread, threads, grad_bias, g.c_out)
     finally:
         free(off)
-        give_back_scratch(scratch)
+        fastcnn_scratch_give_back(scratch)
     return 0
 
 
@@ -1213,7 +1218,7 @@ cdef int weight_grad_lanes(const float* x, const float* grad_out, const float* w
                 # Zeroed: the channels past cog of the transposed gradient are never
                 # written, and the partials are summed into.
                 for b in prange(threads, schedule="static"):
-                    zero_block(scratch, b, per_thread)
+                    zero_block(scratch, b, per_thread, per_thread)
                 base = scratch + threadid() * per_thread
                 for n in prange(n_batch, schedule="static"):
                     if grad_x != NULL:
@@ -1238,7 +1243,7 @@ cdef int weight_grad_lanes(const float* x, const float* grad_out, const float* w
         free(flipped)
         free(off)
         free(pos)
-        give_back_scratch(scratch)
+        fastcnn_scratch_give_back(scratch)
     return 0
 
 
@@ -1337,7 +1342,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                             &out[0, 0, 0, 0] + n0 * out_stride, ns, base, base + n_col, &g)
                 team_released(threads)
     finally:
-        give_back_scratch(scratch)
+        fastcnn_scratch_give_back(scratch)
 
 
 def conv2d_backward(const floating[:, :, :, ::1] grad_out,
@@ -1449,4 +1454,4 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
             if want_b:
                 sum_partials(scratch + off_gb, per_thread, threads, &gb_view[0], n_gb)
     finally:
-        give_back_scratch(scratch)
+        fastcnn_scratch_give_back(scratch)
