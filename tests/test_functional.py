@@ -258,11 +258,13 @@ def _expected_path(path: str | dict[str, str], conv_module) -> str:
 FORWARD_PATH_CASES = [
     ("lanes", (5, 6, 14, 14), (16, 6, 5, 5), {}),  # LeNet C3: rows of 10, one block each
     ("lanes", (3, 4, 8, 8), (16, 4, 3, 3), {"padding": 1}),  # rows of 8: one block
-    ("wide", (3, 1, 8, 8), (16, 1, 3, 3), {"padding": 1}),  # digits: 9 taps are too few
+    # digits: 9 taps are too few; AVX2 takes its rows of 8 a vector at a time
+    ({"avx512": "wide", "avx2": "rows"}, (3, 1, 8, 8), (16, 1, 3, 3), {"padding": 1}),
     ("lanes", (2, 4, 9, 13), (32, 2, 5, 5), {"groups": 2, "padding": (0, 2)}),  # 13 = 8+4+1
     ("lanes", (2, 4, 12, 9), (16, 4, 3, 3), {"dilation": (2, 1), "padding": 1}),  # 9 = 8+1
     ("wide", (2, 1, 12, 12), (6, 1, 5, 5), {"padding": 2}),  # 6 channels: not a vector
-    ("wide", (2, 3, 12, 12), (16, 3, 3, 3), {"dilation": (1, 2)}),  # dilated along the width
+    # dilated along the width; the rows of 8 are one vector on AVX2
+    ({"avx512": "wide", "avx2": "rows"}, (2, 3, 12, 12), (16, 3, 3, 3), {"dilation": (1, 2)}),
     # 24 channels: on AVX2 a pair of 8-channel blocks, then one; rows of 7 (4 + 3, and
     # 4 + 1 + 1 + 1 for the lone block)
     ("lanes", (2, 2, 9, 11), (24, 2, 5, 5), {}),
@@ -271,6 +273,15 @@ FORWARD_PATH_CASES = [
     # 144 taps: on AVX-512 blocks of 8 channels x 48 positions; 77 wide positions per
     # plane are one block and part of a second
     ("wide", (2, 16, 7, 9), (24, 16, 3, 3), {"padding": 1}),
+    # Output rows of whole vectors: the positions a vector at a time, straight into the
+    # output planes. 20 channels: a last block with 4 real ones (of 8 or 6), which alone
+    # may be stored.
+    ("rows", (2, 8, 6, 32), (20, 8, 3, 3), {"padding": 1}),
+    # 5 vectors a plane on AVX-512, the last repeated to fill a block of 2
+    ("rows", (2, 4, 5, 16), (12, 2, 3, 3), {"padding": 1, "groups": 2}),
+    # 72 channels of 34x34 (333 KB): two passes over the taps, the sums kept in the
+    # output between them (on AVX2, 8 channels go across the lanes instead)
+    ({"avx512": "rows", "avx2": "lanes"}, (1, 72, 32, 32), (8, 72, 3, 3), {"padding": 1}),
 ]
 
 
@@ -372,7 +383,7 @@ def test_conv2d_weight_grad_paths(path, x_shape, w_shape, kwargs, rng):
 # Shapes and batch sizes that send the float32 input gradient down each of the compiled
 # backend's kernels on a CPU with AVX2/AVX-512: "batch" (blocks of 16 or 8 samples
 # across the vector lanes, where it visits a quarter fewer taps than the full
-# correlation) or "wide".
+# correlation), "rows" or "wide".
 INPUT_GRAD_PATH_CASES = [
     ("batch", (64, 6, 14, 14), (16, 6, 5, 5), {}),  # LeNet C3 at the benchmark's batch
     ("batch", (30, 6, 14, 14), (16, 6, 5, 5), {"padding": 1}),  # a partial block of samples
@@ -383,11 +394,16 @@ INPUT_GRAD_PATH_CASES = [
     ("batch", (32, 3, 12, 12), (6, 3, 5, 5), {}),
     ("batch", (32, 6, 10, 10), (16, 6, 7, 7), {"padding": 1}),
     ("wide", (17, 6, 14, 14), (16, 6, 5, 5), {}),  # two blocks for 17 samples: not worth it
-    ("wide", (31, 7, 8, 11), (12, 7, 4, 3), {"padding": (1, 0)}),
+    ({"avx512": "wide", "avx2": "batch"}, (31, 7, 8, 11), (12, 7, 4, 3), {"padding": (1, 0)}),
     # the same shape with 16 output channels goes across the lanes, but with 128 the
     # weight gradient's lanes alone would take 6.5 MB per thread
     ("batch", (16, 32, 8, 8), (16, 32, 5, 5), {}),
-    ("wide", (16, 32, 8, 8), (128, 32, 5, 5), {}),
+    ({"avx512": "wide", "avx2": "rows"}, (16, 32, 8, 8), (128, 32, 5, 5), {}),
+    # input planes of whole vectors a row (see FORWARD_PATH_CASES); kernel rows that
+    # read only padding are skipped per block of vectors, which spans two rows at times
+    ("rows", (3, 32, 6, 16), (64, 32, 3, 3), {"padding": 1}),
+    ("rows", (2, 6, 5, 32), (20, 3, 3, 3), {"padding": 1, "groups": 2}),
+    ("rows", (2, 8, 32, 32), (72, 8, 3, 3), {"padding": 1}),  # two passes over the taps
 ]
 
 
@@ -398,7 +414,9 @@ def test_conv2d_input_grad_paths(path, x_shape, w_shape, kwargs, rng):
 
     if _conv.direct_simd() == "none":
         pytest.skip("no AVX2/AVX-512 direct kernels on this CPU: every path is BLAS")
-    assert path == _conv._input_grad_path(x_shape[0], *_path_args(x_shape, w_shape, kwargs))
+    assert _expected_path(path, _conv) == _conv._input_grad_path(
+        x_shape[0], *_path_args(x_shape, w_shape, kwargs)
+    )
     _backward_matches_reference(x_shape, w_shape, kwargs, rng)
 
 

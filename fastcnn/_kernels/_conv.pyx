@@ -21,8 +21,10 @@ channel counts make it pay. Where the junk columns of the wide layout cost more 
 padding the output channels to a vector, the forward pass and the weight gradient put
 the output channels across the vector lanes instead and visit only real outputs ("lanes"
 kernels); the weight gradient also does where the channels fill blocks of four AVX-512
-vectors, which read less memory per multiply-add than the wide kernel. Everything else
-takes im2col + BLAS.
+vectors, which read less memory per multiply-add than the wide kernel. Where each output
+row is a whole number of vectors long, the forward pass and the input gradient take the
+positions a row vector at a time ("rows"): no junk columns, and the sums go straight into
+the output planes. Everything else takes im2col + BLAS.
 
 The chunk loop runs under OpenMP ``prange``. Every thread owns its scratch (the column
 matrix, gathered output gradients, the input-gradient columns, partial weight/bias
@@ -63,6 +65,12 @@ cdef extern from "direct_conv.h":
                              const Py_ssize_t* ranges,
                              const float* wpk, Py_ssize_t cog_pad, float* out,
                              Py_ssize_t ldo, Py_ssize_t q_pad) noexcept nogil
+    void fastcnn_direct_rows(int level, Py_ssize_t cb, const float* xp, const Py_ssize_t* off,
+                             Py_ssize_t k, Py_ssize_t taps_c, Py_ssize_t k_chunk,
+                             const Py_ssize_t* ranges, const float* wpk, Py_ssize_t cog,
+                             Py_ssize_t cog_pad, const Py_ssize_t* vx, const Py_ssize_t* vo,
+                             Py_ssize_t n_vec, const float* bias, float* out,
+                             Py_ssize_t ldo) noexcept nogil
     Py_ssize_t fastcnn_wgrad_t_lanes(int level) noexcept nogil
     int fastcnn_lanes_fwd_has(int level, Py_ssize_t kw) noexcept nogil
     void fastcnn_lanes_fwd_row(int level, Py_ssize_t kw, const float* x0, Py_ssize_t plane,
@@ -361,14 +369,19 @@ ctypedef struct DirectPlan:
     # padded plane; and the sizes of the per-thread scratch forward_sample_direct uses.
     int level
     bint lanes                   # output channels across the vector lanes (see below)
+    bint rows                    # positions a row vector at a time (rows_pay)
     Py_ssize_t cb, cog_pad, q_pad
     Py_ssize_t k_chunk           # taps per pass of the wide kernel: whole channels
     Py_ssize_t n_xp              # padded plane plus the slack the kernel reads past it
-    Py_ssize_t per_thread        # n_xp + the (cog_pad, q_pad) wide output block
+    Py_ssize_t per_thread        # n_xp + the (cog_pad, q_pad) wide output block (none
+                                 # for rows, which writes the output planes)
+    Py_ssize_t n_vec             # rows: vectors per plane, rounded up to a block
     float* wpk
     Py_ssize_t* off
     Py_ssize_t* ranges           # per block of positions, the taps of each channel to
                                  # visit (direct_conv.h); NULL: all of them
+    Py_ssize_t* vx               # rows: each vector's offset in the padded plane
+    Py_ssize_t* vo               # rows: and in the output plane
 
 
 cdef enum:
@@ -407,13 +420,33 @@ cdef Py_ssize_t chunk_channels(const Geometry* g) noexcept nogil:
     return max(1, min(g.cg, CHUNK_BYTES // per_channel))
 
 
-cdef void block_kernel_rows(const Geometry* g, Py_ssize_t tb, Py_ssize_t b, Py_ssize_t* i_lo,
-                           Py_ssize_t* i_hi) noexcept nogil:
-    # Block b of tb positions covers output rows oh0..oh1 (positions past the last row are
-    # junk); kernel row i reads padded rows oh + i*dh, which hold data in [ph, ph + h).
-    # The kernel rows that reach data for some row of the block: i_lo..i_hi (empty when
-    # i_hi < i_lo).
-    cdef Py_ssize_t oh0 = b * tb // g.wp, oh1 = min((b * tb + tb - 1) // g.wp, g.h_out - 1)
+cdef bint rows_pay(const Geometry* g, Py_ssize_t cb, Py_ssize_t tb) noexcept nogil:
+    # The row-vector kernel (direct_conv.h) needs output rows of whole vectors; it is
+    # taken where it computes no more positions than the wide kernel, whose junk columns
+    # it skips, and it saves the wide block's copy into the output. `mid` (rows of 32,
+    # 34 wide padded) at 2 threads, medians of 5 alternating runs (2026-12-05): forward
+    # 4.23 -> 4.06 ms, backward 9.36 -> 9.20 ms (its input gradient takes it too).
+    cdef int level = fastcnn_direct_level()
+    cdef Py_ssize_t lanes = fastcnn_wgrad_t_lanes(level), nv = tb // lanes
+    if level == 0 or cb == 1 or g.w_out % lanes != 0 or g.p == 0:
+        return False
+    return ((g.p // lanes + nv - 1) // nv * nv) * lanes <= (g.q + tb - 1) // tb * tb
+
+
+cdef bint direct_rows_pay(const Geometry* g) noexcept nogil:
+    # rows_pay for the channel and position blocks plan_direct takes without lanes
+    cdef int level = fastcnn_direct_level()
+    cdef Py_ssize_t cb = fastcnn_direct_co_block(level, g.cog)
+    return rows_pay(g, cb, fastcnn_direct_conv_t_block(level, cb, g.k))
+
+
+cdef void block_kernel_rows(const Geometry* g, Py_ssize_t oh0, Py_ssize_t oh1,
+                            Py_ssize_t* i_lo, Py_ssize_t* i_hi) noexcept nogil:
+    # A block of positions covers output rows oh0..oh1 (oh1 past the last row: junk
+    # positions); kernel row i reads padded rows oh + i*dh, which hold data in
+    # [ph, ph + h). The kernel rows that reach data for some row of the block:
+    # i_lo..i_hi (empty when i_hi < i_lo).
+    oh1 = min(oh1, g.h_out - 1)
     i_lo[0] = max(0, (g.ph - oh1 + g.dh - 1) // g.dh) if oh0 < g.h_out else 0
     i_hi[0] = min(g.kh - 1, (g.ph + g.h - 1 - oh0) // g.dh) if oh0 < g.h_out else -1
     if i_hi[0] < i_lo[0]:
@@ -427,7 +460,7 @@ cdef int plan_direct(DirectPlan* plan, const float* weight, const Geometry* g,
     # That skips products with zero, which changes nothing unless a weight is infinite
     # (0 * inf is NaN): so it is only asked for where PyTorch skips them too, and it
     # keeps the wide kernel. Otherwise the lanes kernel is used where it pays.
-    cdef Py_ssize_t tb, grp, co, r, b, n_blocks, i_lo, i_hi
+    cdef Py_ssize_t tb, grp, co, r, b, v, n_blocks, i_lo, i_hi, lanes, nv, oh0, oh1
     plan.level = fastcnn_direct_level()
     plan.lanes = not skip_padding_rows and lanes_forward_pays(g)
     if plan.lanes:
@@ -436,23 +469,45 @@ cdef int plan_direct(DirectPlan* plan, const float* weight, const Geometry* g,
     else:
         plan.cb = fastcnn_direct_co_block(plan.level, g.cog)
         tb = fastcnn_direct_conv_t_block(plan.level, plan.cb, g.k)
+    plan.rows = not plan.lanes and rows_pay(g, plan.cb, tb)
+    lanes = fastcnn_wgrad_t_lanes(plan.level)
+    nv = tb // lanes
     plan.cog_pad = (g.cog + plan.cb - 1) // plan.cb * plan.cb
     plan.q_pad = (g.q + tb - 1) // tb * tb
+    plan.n_vec = (g.p // lanes + nv - 1) // nv * nv if plan.rows else 0
     plan.n_xp = g.plane + tb  # reads run up to tb past the last valid column
     plan.k_chunk = chunk_channels(g) * g.kh * g.kw
-    plan.per_thread = plan.n_xp + plan.cog_pad * plan.q_pad
-    n_blocks = plan.q_pad // tb
+    plan.per_thread = plan.n_xp + (0 if plan.rows else plan.cog_pad * plan.q_pad)
+    n_blocks = plan.n_vec // nv if plan.rows else plan.q_pad // tb
     plan.wpk = <float*> calloc(g.groups * plan.cog_pad * g.k, sizeof(float))
     plan.off = <Py_ssize_t*> malloc(g.k * sizeof(Py_ssize_t))
     plan.ranges = NULL
+    plan.vx = NULL
+    plan.vo = NULL
     if skip_padding_rows:
         plan.ranges = <Py_ssize_t*> malloc(2 * n_blocks * sizeof(Py_ssize_t))
-    if plan.wpk == NULL or plan.off == NULL or (skip_padding_rows and plan.ranges == NULL):
+    if plan.rows:
+        plan.vx = <Py_ssize_t*> malloc(plan.n_vec * sizeof(Py_ssize_t))
+        plan.vo = <Py_ssize_t*> malloc(plan.n_vec * sizeof(Py_ssize_t))
+    if (plan.wpk == NULL or plan.off == NULL or (skip_padding_rows and plan.ranges == NULL)
+            or (plan.rows and (plan.vx == NULL or plan.vo == NULL))):
         free_plan(plan)
         raise MemoryError("conv2d: cannot allocate the packed weights")
+    if plan.rows:
+        # vectors in row order; the block-filling ones past the last repeat it
+        for v in range(plan.n_vec):
+            r = min(v, g.p // lanes - 1) * lanes  # the vector's first output position
+            plan.vx[v] = r // g.w_out * g.wp + r % g.w_out
+            plan.vo[v] = r
     if skip_padding_rows:
         for b in range(n_blocks):
-            block_kernel_rows(g, tb, b, &i_lo, &i_hi)
+            if plan.rows:
+                oh0 = plan.vo[b * nv] // g.w_out
+                oh1 = plan.vo[b * nv + nv - 1] // g.w_out
+            else:
+                oh0 = b * tb // g.wp
+                oh1 = (b * tb + tb - 1) // g.wp
+            block_kernel_rows(g, oh0, oh1, &i_lo, &i_hi)
             plan.ranges[2 * b] = i_lo * g.kw
             plan.ranges[2 * b + 1] = (i_hi + 1) * g.kw
     for grp in range(g.groups):
@@ -468,9 +523,13 @@ cdef void free_plan(DirectPlan* plan) noexcept nogil:
     free(plan.wpk)
     free(plan.off)
     free(plan.ranges)
+    free(plan.vx)
+    free(plan.vo)
     plan.wpk = NULL
     plan.off = NULL
     plan.ranges = NULL
+    plan.vx = NULL
+    plan.vo = NULL
 
 
 cdef void forward_sample_direct(const float* x, const DirectPlan* plan, const float* bias,
@@ -498,6 +557,13 @@ cdef void forward_sample_direct(const float* x, const DirectPlan* plan, const fl
                 dst = out + (grp * g.cog + co) * g.p
                 for t in range(g.p):
                     dst[t] = tmp[t * plan.cog_pad + co] + b
+            continue
+        if plan.rows:
+            fastcnn_direct_rows(plan.level, plan.cb, xp, plan.off, g.k, g.kh * g.kw,
+                                plan.k_chunk, plan.ranges, plan.wpk + grp * plan.cog_pad * g.k,
+                                g.cog, plan.cog_pad, plan.vx, plan.vo, plan.n_vec,
+                                (bias + grp * g.cog) if bias != NULL else NULL,
+                                out + grp * g.cog * g.p, g.p)
             continue
         fastcnn_direct_conv(plan.level, plan.cb, xp, plan.off, g.k, g.kh * g.kw,
                             plan.k_chunk, plan.ranges, plan.wpk + grp * plan.cog_pad * g.k,
@@ -924,7 +990,7 @@ cdef int batch_input_grad_pays(const Geometry* g, Py_ssize_t n_batch) except -1:
     cb = fastcnn_direct_co_block(level, t.cog)
     tb = fastcnn_direct_conv_t_block(level, cb, t.k)
     for b in range((t.q + tb - 1) // tb):
-        block_kernel_rows(&t, tb, b, &i_lo, &i_hi)
+        block_kernel_rows(&t, b * tb // t.wp, (b * tb + tb - 1) // t.wp, &i_lo, &i_hi)
         taps += (i_hi - i_lo + 1) * t.kw
     # vectors of multiply-adds, times the lanes: per sample for the wide kernel
     cdef Py_ssize_t wide = n_batch * taps * t.cg * ((t.cog + cb - 1) // cb * cb) * tb
@@ -1192,6 +1258,8 @@ cdef int weight_grad_lanes(const float* x, const float* grad_out, const float* w
     plan.wpk = NULL
     plan.off = NULL
     plan.ranges = NULL
+    plan.vx = NULL
+    plan.vo = NULL
     cdef float* flipped = NULL
     cdef Py_ssize_t* off = NULL
     cdef Py_ssize_t* pos = NULL
@@ -1256,12 +1324,15 @@ cdef Geometry stride1_geometry(c_in, h, w, c_out, kh, kw, pad_h, pad_w, dil_h, d
 
 def _forward_path(c_in, h, w, c_out, kh, kw, pad_h, pad_w, dil_h, dil_w, groups) -> str:
     """The kernel a stride-1 float32 forward pass of this shape takes (for tests):
-    'lanes' (output channels across the vector lanes), 'wide' or 'blas'."""
+    'lanes' (output channels across the vector lanes), 'rows' (positions a row vector at
+    a time), 'wide' or 'blas'."""
     cdef Geometry g = stride1_geometry(c_in, h, w, c_out, kh, kw, pad_h, pad_w, dil_h,
                                        dil_w, groups)
     if not direct_pays(&g):
         return "blas"
-    return "lanes" if lanes_forward_pays(&g) else "wide"
+    if lanes_forward_pays(&g):
+        return "lanes"
+    return "rows" if direct_rows_pay(&g) else "wide"
 
 
 def _weight_grad_path(c_in, h, w, c_out, kh, kw, pad_h, pad_w, dil_h, dil_w,
@@ -1277,12 +1348,16 @@ def _input_grad_path(n_batch, c_in, h, w, c_out, kh, kw, pad_h, pad_w, dil_h, di
                      groups) -> str:
     """The kernel a stride-1 float32 input gradient of this shape and batch takes (for
     tests): 'batch' (the samples across the vector lanes, which then computes the
-    weight and bias gradients too), 'wide' or 'blas'."""
+    weight and bias gradients too), 'rows' (the forward pass's row-vector kernel),
+    'wide' or 'blas'."""
     cdef Geometry g = stride1_geometry(c_in, h, w, c_out, kh, kw, pad_h, pad_w, dil_h,
                                        dil_w, groups)
     if not direct_input_grad_pays(&g):
         return "blas"
-    return "batch" if batch_input_grad_pays(&g, n_batch) else "wide"
+    if batch_input_grad_pays(&g, n_batch):
+        return "batch"
+    cdef Geometry t = input_grad_geometry(&g)
+    return "rows" if direct_rows_pay(&t) else "wide"
 
 
 def direct_simd() -> str:

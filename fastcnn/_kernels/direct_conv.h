@@ -91,6 +91,70 @@ FASTCNN_DIRECT_KERNEL(fastcnn_direct_avx512_nv3, "avx512f", fastcnn_v16, 16, 3, 
 FASTCNN_DIRECT_KERNEL(fastcnn_direct_avx512_cb6, "avx512f", fastcnn_v16, 16, 2, 6)
 FASTCNN_DIRECT_KERNEL(fastcnn_direct_avx2, "avx2,fma", fastcnn_v8, 8, 2, 6)
 
+/* The same products with the positions taken a whole vector at a time from the rows of
+ * the output, for layers whose output rows are a whole number of vectors long (AVX-512:
+ * 32 wide, as `mid`; AVX2: 8, 16, ...). Vector v of the sample reads from xp + vx[v] and
+ * stores to out + vo[v]: a block takes NV of them, from one row or from two. So no
+ * junk column of the wide layout is computed (`mid`: 1104 positions a channel become
+ * 1024 + 32 of padding), and the sums go straight into the output planes (ldo apart,
+ * with the bias added), not through a wide block copied out afterwards. Only channels
+ * under cog are stored; past it are the zero weight rows that pad cog to CB. The taps
+ * are visited in the same order, k_chunk at a time, the partial sums going through out
+ * between chunks, so the results are the wide kernel's to the bit. n_vec is a multiple
+ * of NV (the caller repeats the last vector: computed twice, stored twice, the same).
+ */
+#define FASTCNN_DIRECT_ROWS_KERNEL(NAME, TARGET, VEC, LANES, NV, CB)                       \
+    __attribute__((target(TARGET))) static void NAME(                                      \
+        const float *xp, const ptrdiff_t *off, ptrdiff_t k, ptrdiff_t taps_c,              \
+        ptrdiff_t k_chunk, const ptrdiff_t *ranges, const float *wpk, ptrdiff_t cog,       \
+        ptrdiff_t cog_pad, const ptrdiff_t *vx, const ptrdiff_t *vo, ptrdiff_t n_vec,       \
+        const float *bias, float *out, ptrdiff_t ldo)                                       \
+    {                                                                                       \
+        for (ptrdiff_t k0 = 0; k0 < k; k0 += k_chunk) {                                     \
+            ptrdiff_t k1 = k0 + k_chunk < k ? k0 + k_chunk : k;                             \
+            for (ptrdiff_t co0 = 0; co0 < cog_pad; co0 += CB) {                             \
+                const float *wb = wpk + co0 * k;                                            \
+                int n_c = cog - co0 < CB ? (int)(cog - co0) : CB;                           \
+                for (ptrdiff_t v0 = 0, b = 0; v0 < n_vec; v0 += NV, b++) {                  \
+                    ptrdiff_t lo = ranges ? ranges[2 * b] : 0;                              \
+                    ptrdiff_t hi = ranges ? ranges[2 * b + 1] : taps_c;                     \
+                    const float *src[NV];                                                   \
+                    VEC acc[CB][NV];                                                        \
+                    for (int v = 0; v < NV; v++) src[v] = xp + vx[v0 + v];                  \
+                    for (int c = 0; c < CB; c++)                                            \
+                        for (int v = 0; v < NV; v++) {                                      \
+                            if (k0 == 0 || c >= n_c) acc[c][v] = (VEC){0};                  \
+                            else memcpy(&acc[c][v], out + (co0 + c) * ldo + vo[v0 + v], sizeof(VEC)); \
+                        }                                                                   \
+                    for (ptrdiff_t c0 = k0; c0 < k1; c0 += taps_c) {                        \
+                        for (ptrdiff_t r = c0 + lo; r < c0 + hi; r++) {                     \
+                            const float *wr = wb + r * CB;                                  \
+                            VEC xv[NV];                                                     \
+                            for (int v = 0; v < NV; v++) memcpy(&xv[v], src[v] + off[r], sizeof(VEC)); \
+                            for (int c = 0; c < CB; c++) {                                  \
+                                VEC b_ = FASTCNN_SPLAT(VEC, wr[c]);                         \
+                                for (int v = 0; v < NV; v++) acc[c][v] += b_ * xv[v];       \
+                            }                                                               \
+                        }                                                                   \
+                    }                                                                       \
+                    for (int c = 0; c < n_c; c++) {                                         \
+                        /* the wide path's copy-out adds the bias, or 0, to every sum */    \
+                        VEC add = FASTCNN_SPLAT(VEC, k1 == k && bias ? bias[co0 + c] : 0.0f); \
+                        for (int v = 0; v < NV; v++) {                                      \
+                            VEC sum = k1 == k ? acc[c][v] + add : acc[c][v];                \
+                            memcpy(out + (co0 + c) * ldo + vo[v0 + v], &sum, sizeof(VEC));  \
+                        }                                                                   \
+                    }                                                                       \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+FASTCNN_DIRECT_ROWS_KERNEL(fastcnn_rows_avx512, "avx512f", fastcnn_v16, 16, 2, 8)
+FASTCNN_DIRECT_ROWS_KERNEL(fastcnn_rows_avx512_nv3, "avx512f", fastcnn_v16, 16, 3, 8)
+FASTCNN_DIRECT_ROWS_KERNEL(fastcnn_rows_avx512_cb6, "avx512f", fastcnn_v16, 16, 2, 6)
+FASTCNN_DIRECT_ROWS_KERNEL(fastcnn_rows_avx2, "avx2,fma", fastcnn_v8, 8, 2, 6)
+
 /* The same for a single output channel (cog_pad == 1: the input gradient of a layer with
  * one input channel, such as a network's first). With CB = 1 the NV accumulators of a
  * block would each wait on the last multiply-add (4 cycles) at every tap, so even and
@@ -537,6 +601,26 @@ static void fastcnn_direct_conv(int level, ptrdiff_t cb, const float *xp, const 
 }
 
 
+/* The row-vector form of fastcnn_direct_conv (same cb and k rule), for cb > 1. */
+static void fastcnn_direct_rows(int level, ptrdiff_t cb, const float *xp, const ptrdiff_t *off,
+                                ptrdiff_t k, ptrdiff_t taps_c, ptrdiff_t k_chunk,
+                                const ptrdiff_t *ranges, const float *wpk, ptrdiff_t cog,
+                                ptrdiff_t cog_pad, const ptrdiff_t *vx, const ptrdiff_t *vo,
+                                ptrdiff_t n_vec, const float *bias, float *out, ptrdiff_t ldo)
+{
+    if (level == 2 && cb == 8 && k >= FASTCNN_DIRECT_NV3_MIN_TAPS)
+        fastcnn_rows_avx512_nv3(xp, off, k, taps_c, k_chunk, ranges, wpk, cog, cog_pad, vx, vo,
+                                n_vec, bias, out, ldo);
+    else if (level == 2 && cb == 8)
+        fastcnn_rows_avx512(xp, off, k, taps_c, k_chunk, ranges, wpk, cog, cog_pad, vx, vo,
+                            n_vec, bias, out, ldo);
+    else if (level == 2)
+        fastcnn_rows_avx512_cb6(xp, off, k, taps_c, k_chunk, ranges, wpk, cog, cog_pad, vx, vo,
+                                n_vec, bias, out, ldo);
+    else fastcnn_rows_avx2(xp, off, k, taps_c, k_chunk, ranges, wpk, cog, cog_pad, vx, vo, n_vec,
+                           bias, out, ldo);
+}
+
 #else
 
 static int fastcnn_direct_level(void) { return 0; }
@@ -587,6 +671,17 @@ static void fastcnn_direct_conv(int level, ptrdiff_t cb, const float *xp, const 
 {
     (void)level; (void)cb; (void)xp; (void)off; (void)k; (void)taps_c; (void)k_chunk; (void)ranges;
     (void)wpk; (void)cog_pad; (void)out; (void)ldo; (void)q_pad;
+}
+
+static void fastcnn_direct_rows(int level, ptrdiff_t cb, const float *xp, const ptrdiff_t *off,
+                                ptrdiff_t k, ptrdiff_t taps_c, ptrdiff_t k_chunk,
+                                const ptrdiff_t *ranges, const float *wpk, ptrdiff_t cog,
+                                ptrdiff_t cog_pad, const ptrdiff_t *vx, const ptrdiff_t *vo,
+                                ptrdiff_t n_vec, const float *bias, float *out, ptrdiff_t ldo)
+{
+    (void)level; (void)cb; (void)xp; (void)off; (void)k; (void)taps_c; (void)k_chunk;
+    (void)ranges; (void)wpk; (void)cog; (void)cog_pad; (void)vx; (void)vo; (void)n_vec;
+    (void)bias; (void)out; (void)ldo;
 }
 
 #endif
