@@ -3,15 +3,21 @@
 Design
 ------
 float32 on AVX-512 CPUs runs on small_gemm.h's kernel, which broadcasts one operand from
-memory in any orientation and reads the other in rows as it lies: nothing is packed but
-W^T for the forward pass. Inside a LeNet-5 step its 400 -> 120 layer took 77 us forward
+memory in any orientation and reads the other in rows as it lies: nothing is packed but,
+at times, W^T for the forward pass. Inside a LeNet-5 step its 400 -> 120 layer took 77 us forward
 and 110 us backward on one thread, against OpenBLAS's 100 and 145, and the 84 -> 10
 layer's forward 9.5 us against 27 (BLAS code and buffers go cold between steps).
 Elsewhere, and for float64, each thread runs one BLAS GEMM, BLAS itself single-threaded.
 
-A product worth a thread team is sliced. In the forward pass on small_gemm.h every thread
-transposes W for itself and computes its rows of the output (one W^T shared between the
-threads made the product slower on two threads than on one); with BLAS the output is cut
+A product worth a thread team is sliced. The forward pass on small_gemm.h then reads W as
+it lies (gemm_nt: dot products along the rows of x and W, summed across the lanes at the
+end), each thread its share of W's rows, where each thread used to transpose all of W
+(one W^T shared between the threads had been slower on two threads than on one): in a
+LeNet-5 step at 2 threads the 400 -> 120 forward went 62 -> 54 us and the step
+1520 -> 1494 us (medians of 5 alternating runs of benchmarks/profile_step.py,
+2026-12-05). On one thread W is transposed first and x broadcast: gemm_nt's loads do not
+fall on cache lines unless x and W lie alike (65 us against 50 on the 400 -> 120 layer),
+and the transpose then costs less than the split loads. With BLAS the output is cut
 along its longer side, so each thread packs only a slice of the larger operand and
 repeats the packing of the smaller one (for LeNet's 400 -> 120 layer at batch 64, slices
 of W's 120 rows rather than of the batch). In the backward pass the input and weight
@@ -40,6 +46,9 @@ cdef extern from "small_gemm.h":
     void fastcnn_small_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a,
                             Py_ssize_t a_is, Py_ssize_t a_ks, const float* b, Py_ssize_t ldb,
                             float* c, Py_ssize_t ldc, int part, int parts) noexcept nogil
+    void fastcnn_gemm_nt(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1,
+                         Py_ssize_t k, const float* a, Py_ssize_t lda, const float* b,
+                         Py_ssize_t ldb, float* c, Py_ssize_t ldc) noexcept nogil
 
 cdef extern from "transpose.h":
     void fastcnn_transpose(const float* src, Py_ssize_t lds, Py_ssize_t rows,
@@ -83,18 +92,33 @@ def _release_scratch() -> int:
     return fastcnn_scratch_release()
 
 
-cdef void forward_part(const float* x, const float* w, float* wt, Py_ssize_t ldt,
-                       float* out, int n, int n_in, int n_out, int t,
-                       int parts) noexcept nogil:
-    # Rows [i0, i1) of out = x @ W^T, part t of parts: W transposed into the part's own
-    # wt (n_in, ldt), then the product. Every part transposes all of W: with one W^T
-    # shared between the threads (each making the columns it used), LeNet's
-    # 400 -> 120 forward took 55 us at 2 threads against 49 at 1; with a copy each, 33.
-    cdef Py_ssize_t i0 = <Py_ssize_t> n * t // parts, i1 = <Py_ssize_t> n * (t + 1) // parts
-    if i0 < i1:
-        fastcnn_transpose(w, n_in, n_out, n_in, wt, ldt, NULL)
-        fastcnn_small_gemm(i1 - i0, n_out, n_in, x + i0 * n_in, n_in, 1, wt, ldt,
-                           out + i0 * n_out, n_out, 0, 1)
+cdef void forward_part(const float* x, const float* w, float* out, int n, int n_in,
+                       int n_out, int t, int parts) noexcept nogil:
+    # Part t of parts of out = x @ W^T on small_gemm.h's kernel for W as it lies: the
+    # columns of out (rows of W) in blocks of 4 when W is the larger operand (each thread
+    # then reads its share of W and all of x), else the rows. LeNet's 400 -> 120 layer
+    # at batch 64: W 48,000 values, x 25,600.
+    cdef Py_ssize_t blocks, lo, hi
+    if <Py_ssize_t> n_out * n_in >= <Py_ssize_t> n * n_in:
+        blocks = (n_out + 3) // 4
+        lo = min(blocks * t // parts * 4, n_out)
+        hi = min(blocks * (t + 1) // parts * 4, n_out)
+        if lo < hi:
+            fastcnn_gemm_nt(0, n, lo, hi, n_in, x, n_in, w, n_in, out, n_out)
+    else:
+        blocks = (n + 3) // 4
+        lo = min(blocks * t // parts * 4, n)
+        hi = min(blocks * (t + 1) // parts * 4, n)
+        if lo < hi:
+            fastcnn_gemm_nt(lo, hi, 0, n_out, n_in, x, n_in, w, n_in, out, n_out)
+
+
+cdef void forward_transposed(const float* x, const float* w, float* wt, Py_ssize_t ldt,
+                             float* out, int n, int n_in, int n_out) noexcept nogil:
+    # out = x @ W^T with W transposed into wt (n_in, ldt) first: x is broadcast from
+    # memory and wt read in aligned rows, whatever the alignment of x and W.
+    fastcnn_transpose(w, n_in, n_out, n_in, wt, ldt, NULL)
+    fastcnn_small_gemm(n, n_out, n_in, x, n_in, 1, wt, ldt, out, n_out, 0, 1)
 
 
 def linear_forward(const floating[:, ::1] x, const floating[:, ::1] weight, bias,
@@ -111,20 +135,27 @@ def linear_forward(const floating[:, ::1] x, const floating[:, ::1] weight, bias
         ldt += 16
     cdef float* wt
     if floating is float:
-        if fastcnn_small_gemm_has() and n > 0:
-            wt = <float*> fastcnn_scratch_take(
-                max(<size_t> parts * n_in * ldt, 1) * sizeof(float))
-            if wt == NULL:
-                raise MemoryError(f"linear: cannot allocate {parts} x {n_in} x {ldt} scratch")
-            try:
+        if fastcnn_small_gemm_has() and n > 0 and n_out > 0:
+            if parts == 1:
+                wt = <float*> fastcnn_scratch_take(max(<size_t> n_in * ldt, 1) * sizeof(float))
+                if wt == NULL:
+                    raise MemoryError(f"linear: cannot allocate {n_in} x {ldt} scratch")
+                try:
+                    with nogil:  # a warm team is joined, to keep it awake (see above)
+                        for t in prange(threads, num_threads=threads, schedule="static"):
+                            if t == 0:
+                                forward_transposed(&x[0, 0], &weight[0, 0], wt, ldt,
+                                                   &out[0, 0], n, n_in, n_out)
+                        team_released(threads)
+                finally:
+                    fastcnn_scratch_give_back(wt)
+            else:
                 with nogil:
                     for t in prange(threads, num_threads=threads, schedule="static"):
                         if t < parts:
-                            forward_part(&x[0, 0], &weight[0, 0], wt + t * n_in * ldt, ldt,
-                                         &out[0, 0], n, n_in, n_out, t, parts)
+                            forward_part(&x[0, 0], &weight[0, 0], &out[0, 0], n, n_in,
+                                         n_out, t, parts)
                     team_released(threads)
-            finally:
-                fastcnn_scratch_give_back(wt)
             add_bias(out, bias)
             return
     load_blas(&BLAS)
