@@ -461,7 +461,8 @@ cdef int plan_direct(DirectPlan* plan, const float* weight, const Geometry* g,
     # leave out, per block of positions, the kernel rows that read only padding rows.
     # That skips products with zero, which changes nothing unless a weight is infinite
     # (0 * inf is NaN): so it is only asked for where PyTorch skips them too, and it
-    # keeps the wide kernel. Otherwise the lanes kernel is used where it pays.
+    # keeps the wide or the row-vector kernel (rows_pay decides). Otherwise the lanes
+    # kernel is used where it pays.
     cdef Py_ssize_t tb, grp, co, r, b, v, n_blocks, i_lo, i_hi, lanes, nv, oh0, oh1
     plan.level = fastcnn_direct_level()
     plan.lanes = not skip_padding_rows and lanes_forward_pays(g)
@@ -994,7 +995,9 @@ cdef int batch_input_grad_pays(const Geometry* g, Py_ssize_t n_batch) except -1:
     for b in range((t.q + tb - 1) // tb):
         block_kernel_rows(&t, b * tb // t.wp, (b * tb + tb - 1) // t.wp, &i_lo, &i_hi)
         taps += (i_hi - i_lo + 1) * t.kw
-    # vectors of multiply-adds, times the lanes: per sample for the wide kernel
+    # vectors of multiply-adds, times the lanes: per sample for the wide kernel (where
+    # the row-vector kernel would run instead, it is counted as the wide one: an
+    # overestimate by its junk columns, which may send such a shape across the lanes)
     cdef Py_ssize_t wide = n_batch * taps * t.cg * ((t.cog + cb - 1) // cb * cb) * tb
     cdef Py_ssize_t batch = (n_batch + lanes - 1) // lanes * lanes * fastcnn_igrad_cost(
         level, g.cg, g.cog, g.h, g.w, g.h_out, g.w_out, g.kh, g.kw, g.ph, g.pw, g.dh, g.dw)
