@@ -1410,9 +1410,9 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
             return
     cdef Py_ssize_t nb = chunk_size(n_batch, threads, &g)
     cdef Py_ssize_t n_chunks = (n_batch + nb - 1) // nb
-    cdef Py_ssize_t n_col = g.k * g.q * nb
-    cdef Py_ssize_t n_tmp = g.cog * g.q * nb if (nb > 1 or g.wide) else 0
-    cdef Py_ssize_t per_thread = n_col + n_tmp + (g.plane if g.wide else 0)
+    cdef Py_ssize_t n_col = whole_lines(g.k * g.q * nb)
+    cdef Py_ssize_t n_tmp = whole_lines(g.cog * g.q * nb) if (nb > 1 or g.wide) else 0
+    cdef Py_ssize_t per_thread = n_col + n_tmp + (whole_lines(g.plane) if g.wide else 0)
     cdef floating* scratch = <floating*> take_scratch(threads, per_thread, sizeof(floating),
                                                       "conv2d")
     cdef floating* base
@@ -1503,14 +1503,14 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
     cdef Py_ssize_t nb = chunk_size(n_batch, threads, &g)
     cdef Py_ssize_t n_chunks = (n_batch + nb - 1) // nb
     # Per-thread scratch: [col | dy | dcol | padded plane | weight partials | bias partials].
-    cdef Py_ssize_t n_col = g.k * g.q * nb if want_w else 0
-    cdef Py_ssize_t n_dy = g.cog * g.q * nb if (nb > 1 or g.wide) else 0
-    cdef Py_ssize_t n_dcol = g.k * g.q * nb if want_x else 0
-    cdef Py_ssize_t n_xp = g.plane if g.wide else 0
+    cdef Py_ssize_t n_col = whole_lines(g.k * g.q * nb) if want_w else 0
+    cdef Py_ssize_t n_dy = whole_lines(g.cog * g.q * nb) if (nb > 1 or g.wide) else 0
+    cdef Py_ssize_t n_dcol = whole_lines(g.k * g.q * nb) if want_x else 0
+    cdef Py_ssize_t n_xp = whole_lines(g.plane) if g.wide else 0
     cdef Py_ssize_t n_gw = g.c_out * g.k if want_w else 0
     cdef Py_ssize_t n_gb = g.c_out if want_b else 0
-    cdef Py_ssize_t off_gw = n_col + n_dy + n_dcol + n_xp, off_gb = off_gw + n_gw
-    cdef Py_ssize_t per_thread = off_gb + n_gb
+    cdef Py_ssize_t off_gw = n_col + n_dy + n_dcol + n_xp, off_gb = off_gw + whole_lines(n_gw)
+    cdef Py_ssize_t per_thread = whole_lines(off_gb + n_gb)
     cdef floating* scratch = <floating*> take_scratch(threads, per_thread, sizeof(floating),
                                                       "conv2d_backward", True)
     cdef floating* base
