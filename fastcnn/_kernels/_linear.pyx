@@ -4,17 +4,17 @@ Design
 ------
 float32 on AVX-512 CPUs runs on small_gemm.h's kernel, which broadcasts one operand from
 memory in any orientation and reads the other in rows as it lies: nothing is packed but,
-at times, W^T for the forward pass. Inside a LeNet-5 step its 400 -> 120 layer took 77 us forward
-and 110 us backward on one thread, against OpenBLAS's 100 and 145, and the 84 -> 10
-layer's forward 9.5 us against 27 (BLAS code and buffers go cold between steps).
+on one thread, W^T for the forward pass. Inside a LeNet-5 step its 400 -> 120 layer took
+77 us forward and 110 us backward on one thread, against OpenBLAS's 100 and 145, and the
+84 -> 10 layer's forward 9.5 us against 27 (BLAS code and buffers go cold between steps).
 Elsewhere, and for float64, each thread runs one BLAS GEMM, BLAS itself single-threaded.
 
 A product worth a thread team is sliced. The forward pass on small_gemm.h then reads W as
 it lies (gemm_nt: dot products along the rows of x and W, summed across the lanes at the
 end), each thread its share of W's rows, where each thread used to transpose all of W
 (one W^T shared between the threads had been slower on two threads than on one): in a
-LeNet-5 step at 2 threads the 400 -> 120 forward went 62 -> 54 us and the step
-1520 -> 1494 us (medians of 5 alternating runs of benchmarks/profile_step.py,
+LeNet-5 step at 2 threads the 400 -> 120 forward went 61.6 -> 56.1 us and the step
+1508 -> 1501 us (medians of 5 alternating runs of benchmarks/profile_step.py,
 2026-12-05). On one thread W is transposed first and x broadcast: gemm_nt's loads do not
 fall on cache lines unless x and W lie alike (65 us against 50 on the 400 -> 120 layer),
 and the transpose then costs less than the split loads. With BLAS the output is cut
