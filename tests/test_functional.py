@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import itertools
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -247,9 +248,15 @@ def _path_args(x_shape, w_shape, kwargs) -> tuple[int, ...]:
             kwargs.get("groups", 1))  # fmt: skip
 
 
-def _expected_path(path: str | dict[str, str], conv_module) -> str:
-    """The kernel a path case expects on this CPU (a dict gives one per instruction set)."""
-    return path if isinstance(path, str) else path[conv_module.direct_simd()]
+def _expected_path(path: str | dict[str, str]) -> tuple[str, ModuleType]:
+    """The kernel a path case expects on this CPU (a dict gives one per instruction set),
+    and the compiled convolution module to ask; skips on a CPU without the direct
+    kernels, where every path is BLAS."""
+    from fastcnn._kernels import _conv
+
+    if _conv.direct_simd() == "none":
+        pytest.skip("no AVX2/AVX-512 direct kernels on this CPU: every path is BLAS")
+    return (path if isinstance(path, str) else path[_conv.direct_simd()]), _conv
 
 
 # Shapes that send the float32 forward pass down each of the compiled backend's kernels
@@ -288,13 +295,8 @@ FORWARD_PATH_CASES = [
 @needs_compiled
 @pytest.mark.parametrize(("path", "x_shape", "w_shape", "kwargs"), FORWARD_PATH_CASES)
 def test_conv2d_forward_paths(path, x_shape, w_shape, kwargs, rng):
-    from fastcnn._kernels import _conv
-
-    if _conv.direct_simd() == "none":
-        pytest.skip("no AVX2/AVX-512 direct kernels on this CPU: every path is BLAS")
-    assert _expected_path(path, _conv) == _conv._forward_path(
-        *_path_args(x_shape, w_shape, kwargs)
-    )
+    expected, _conv = _expected_path(path)
+    assert expected == _conv._forward_path(*_path_args(x_shape, w_shape, kwargs))
     x, w, b = _conv_inputs(rng, x_shape, w_shape, np.float32)
     with fastcnn.use_backend("numpy"):
         ref = F.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
@@ -370,13 +372,8 @@ WEIGHT_GRAD_PATH_CASES = [
 @needs_compiled
 @pytest.mark.parametrize(("path", "x_shape", "w_shape", "kwargs"), WEIGHT_GRAD_PATH_CASES)
 def test_conv2d_weight_grad_paths(path, x_shape, w_shape, kwargs, rng):
-    from fastcnn._kernels import _conv
-
-    if _conv.direct_simd() == "none":
-        pytest.skip("no AVX2/AVX-512 direct kernels on this CPU: every path is BLAS")
-    assert _expected_path(path, _conv) == _conv._weight_grad_path(
-        *_path_args(x_shape, w_shape, kwargs)
-    )
+    expected, _conv = _expected_path(path)
+    assert expected == _conv._weight_grad_path(*_path_args(x_shape, w_shape, kwargs))
     _backward_matches_reference(x_shape, w_shape, kwargs, rng)
 
 
@@ -410,13 +407,8 @@ INPUT_GRAD_PATH_CASES = [
 @needs_compiled
 @pytest.mark.parametrize(("path", "x_shape", "w_shape", "kwargs"), INPUT_GRAD_PATH_CASES)
 def test_conv2d_input_grad_paths(path, x_shape, w_shape, kwargs, rng):
-    from fastcnn._kernels import _conv
-
-    if _conv.direct_simd() == "none":
-        pytest.skip("no AVX2/AVX-512 direct kernels on this CPU: every path is BLAS")
-    assert _expected_path(path, _conv) == _conv._input_grad_path(
-        x_shape[0], *_path_args(x_shape, w_shape, kwargs)
-    )
+    expected, _conv = _expected_path(path)
+    assert expected == _conv._input_grad_path(x_shape[0], *_path_args(x_shape, w_shape, kwargs))
     _backward_matches_reference(x_shape, w_shape, kwargs, rng)
 
 
