@@ -1,10 +1,12 @@
 """Optimizers (SGD, Adam) and learning-rate schedules, updating parameters in place.
 
 An optimizer works on a list of ``(param, grad)`` array pairs, the list returned by
-:meth:`fastcnn.Sequential.parameters`. Layers allocate both arrays once and overwrite
-them in place, so the optimizer binds to the list on the first ``step`` and keeps its
-per-parameter state (momentum, Adam moments) for as long as it sees the same arrays:
-passing the same optimizer to several ``fit`` calls continues training where it stopped.
+:meth:`fastcnn.Sequential.parameters`. It binds to the list on the first ``step`` and
+keeps its per-parameter state (momentum, Adam moments) by position in that list, as
+PyTorch's ``state_dict`` does: a later list of the same layout (as many pairs, the same
+shapes and dtypes) continues it, even with other arrays (a copied, pickled or
+joblib-loaded model), so passing the same optimizer to several ``fit`` calls continues
+training where it stopped. A list of another layout starts fresh state.
 
 The update rules are PyTorch's (``torch.optim.SGD`` and ``torch.optim.Adam`` with default
 flags), so results can be compared step by step. SGD and Adam update every parameter in
@@ -63,25 +65,47 @@ class Optimizer:
         self.lr = _check_number(lr, "lr")
         self.n_steps = 0
         self._params: list[tuple[np.ndarray, np.ndarray]] | None = None
-        self._source: object = None  # the list last passed in, to skip re-checking it
         self._state: list[dict[str, Any]] = []
         self._lists: tuple | None = None  # _arrays' lists, for the pairs bound last
 
     def bind(self, params_and_grads: ParamsAndGrads) -> Optimizer:
         """Attach to a list of ``(param, grad)`` pairs; returns self.
 
-        Keeps the optimizer state when the list holds the same arrays as before (e.g. the
-        same model's ``parameters()`` on a later ``fit``); resets it otherwise.
+        Keeps the optimizer state when the list has the layout of the one bound before
+        (as many pairs, each param of the same shape and dtype as the one at its
+        position): e.g. the same model's ``parameters()`` on a later ``fit``, or an
+        unpickled copy's. Resets it otherwise.
         """
         pairs = self._check_params(params_and_grads)
-        self._source = params_and_grads
-        if self._params is not None and len(pairs) == len(self._params):
-            if all(p is q and g is h for (p, g), (q, h) in zip(pairs, self._params, strict=True)):
-                return self
+        if not self._same_layout(pairs):
+            self._state = [{} for _ in pairs]
+            self.n_steps = 0
         self._params = pairs
-        self._state = [{} for _ in pairs]
-        self.n_steps = 0
         return self
+
+    def _same_layout(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> bool:
+        old = self._params
+        return (
+            old is not None
+            and len(old) == len(pairs)
+            and all(
+                p.shape == q.shape and p.dtype == q.dtype
+                for (p, _), (q, _) in zip(pairs, old, strict=True)
+            )
+        )
+
+    def _holds_bound_pairs(self, params_and_grads: ParamsAndGrads) -> bool:
+        """Whether the list holds exactly the bound arrays, in order: a cheap identity
+        check per step, so pairs added to or replaced in a list already seen are bound."""
+        old = self._params
+        if old is None or len(params_and_grads) != len(old):
+            return False
+        for item, (param, grad) in zip(params_and_grads, old, strict=True):
+            if type(item) is not tuple or len(item) != 2:
+                return False
+            if item[0] is not param or item[1] is not grad:
+                return False
+        return True
 
     def _arrays(self) -> tuple[list[np.ndarray], list[np.ndarray], object]:
         """The bound params and grads as two lists, and the backend to update them with:
@@ -103,7 +127,7 @@ class Optimizer:
         params_and_grads : list of (param, grad) pairs, optional
             Binds to this list first (see :meth:`bind`); defaults to the bound list.
         """
-        if params_and_grads is not None and params_and_grads is not self._source:
+        if params_and_grads is not None and not self._holds_bound_pairs(params_and_grads):
             self.bind(params_and_grads)
         if self._params is None:
             raise RuntimeError(

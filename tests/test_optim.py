@@ -2,6 +2,7 @@
 against numpy's bit for bit, in-place updates, errors."""
 
 import math
+import pickle
 import tracemalloc
 
 import numpy as np
@@ -10,6 +11,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 import fastcnn
 from fastcnn import _backend
+from fastcnn.models import digits_cnn
 from fastcnn.optim import SGD, Adam, CosineAnnealingLR, StepLR
 
 needs_compiled = pytest.mark.skipif(
@@ -231,10 +233,76 @@ def test_state_survives_a_new_list_of_the_same_arrays():
     opt.step([(p, g)])  # a new list object, same arrays: momentum continues
     assert opt.n_steps == 2
     assert_allclose(p, [1.0 - 0.1 - 0.19])
-    q = np.array([1.0])
-    opt.step([(q, g)])  # other arrays: fresh state
+
+
+def test_state_is_kept_by_position_when_the_arrays_are_replaced():
+    """State belongs to a position in the parameter list, as in PyTorch's state_dict: new
+    arrays of the same shapes and dtypes (a copied or unpickled model) continue it."""
+    p, g = np.array([1.0]), np.array([1.0])
+    opt = SGD(lr=0.1, momentum=0.9)
+    opt.step([(p, g)])
+    q, h = np.array([1.0]), np.array([1.0])
+    opt.step([(q, h)])
+    assert opt.n_steps == 2
+    assert_allclose(q, [1.0 - 0.19])  # the momentum of the first step carried over
+    assert_allclose(p, [0.9])  # the old array is no longer updated
+
+
+@pytest.mark.parametrize(
+    "shape, dtype, count",
+    [((2,), np.float64, 1), ((1,), np.float32, 1), ((1,), np.float64, 2)],
+    ids=["shape", "dtype", "count"],
+)
+def test_a_list_of_another_layout_starts_fresh_state(shape, dtype, count):
+    p, g = np.array([1.0]), np.array([1.0])
+    opt = SGD(lr=0.1, momentum=0.9)
+    opt.step([(p, g)])
+    changed = [(np.ones(shape, dtype), np.ones(shape, dtype)) for _ in range(count)]
+    opt.step(changed)
     assert opt.n_steps == 1
-    assert_allclose(q, [0.9])
+    for param, _ in changed:
+        assert_allclose(param, 0.9)  # one step from fresh momentum: 1 - 0.1 * 1
+
+
+@pytest.mark.parametrize("make", [lambda: SGD(lr=0.1, momentum=0.9), lambda: Adam(lr=0.1)],
+                         ids=["SGD", "Adam"])  # fmt: skip
+def test_pairs_added_or_replaced_in_the_same_list_are_updated(make):
+    """Regression (issue 20, defect 11): step(lst) skipped re-binding when given the same
+    list object, so pairs appended or replaced in place were never updated."""
+    opt = make()
+    lst = [(np.array([1.0]), np.array([1.0]))]
+    opt.step(lst)
+    lst.append((np.array([5.0, 5.0]), np.array([1.0, 1.0])))
+    opt.step(lst)
+    assert (lst[1][0] < 5.0).all()
+    lst[0] = (np.array([3.0]), np.array([1.0]))
+    opt.step(lst)
+    assert lst[0][0][0] < 3.0
+
+
+def test_a_pickled_model_continues_its_optimizer_through_joblib(tmp_path):
+    """Regression (issue 20, defect 11): joblib.dump/load breaks array identity between the
+    model and its optimizer, and the next fit silently restarted Adam."""
+    joblib = pytest.importorskip("joblib", reason="joblib comes with scikit-learn")
+    X = np.random.default_rng(0).random((40, 1, 8, 8)).astype(np.float32)
+    y = np.arange(40) % 3
+    model = digits_cnn(random_state=0)
+    model.fit(X, y, epochs=2, batch_size=10, optimizer=Adam(1e-3), random_state=0, verbose=0)
+    assert model.optimizer.n_steps == 8
+    for restored in (joblib_round_trip(joblib, model, tmp_path), pickle_round_trip(model)):
+        restored.fit(X, y, epochs=1, batch_size=10, random_state=1, verbose=0)
+        assert restored.optimizer.n_steps == 12
+        first = {id(p) for p, _ in restored.parameters()}
+        assert {id(p) for p, _ in restored.optimizer._params} == first
+
+
+def joblib_round_trip(joblib, model, tmp_path):
+    joblib.dump(model, tmp_path / "model.joblib")
+    return joblib.load(tmp_path / "model.joblib")
+
+
+def pickle_round_trip(model):
+    return pickle.loads(pickle.dumps(model))
 
 
 def test_bind_then_step_without_arguments():
