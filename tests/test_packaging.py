@@ -113,6 +113,8 @@ def check_wheel_files(names: list[str]) -> None:
     assert compiled == stubs, f"compiled modules {sorted(compiled)} vs stubs {sorted(stubs)}"
     assert "fastcnn/py.typed" in package
     assert "fastcnn/__init__.py" in package
+    licences = [n for n in names if re.fullmatch(r"fastcnn-[^/]+\.dist-info/licenses/LICENSE", n)]
+    assert licences, "the BSD-3-Clause licence requires its notice in the wheel"
     scaffolding = [n for n in package if SCAFFOLDING.search(n)]
     assert not scaffolding, f"build inputs or by-products in the wheel: {scaffolding}"
     allowed_top = re.compile(r"(fastcnn|fastcnn\.libs|fastcnn-[^/]+\.dist-info)/")
@@ -178,6 +180,7 @@ def test_sdist_ships_sources_and_no_generated_files():
     names = {m.split("/", 1)[1] for m in members if "/" in m}
     required = {
         "PKG-INFO",
+        "LICENSE",
         "pyproject.toml",
         "setup.py",
         "MANIFEST.in",
