@@ -95,8 +95,11 @@ class BuildExt(build_ext):
             compiler_directives=directives,
             annotate=_flag("FASTCNN_ANNOTATE"),
             force=debug,
+            nthreads=os.cpu_count() or 1,
         )
         super().finalize_options()
+        if self.parallel is None:  # compile the modules side by side unless told (-j N)
+            self.parallel = os.cpu_count() or 1
 
     def build_extensions(self):
         cflags, lflags = _openmp_flags(self.compiler)
@@ -104,7 +107,13 @@ class BuildExt(build_ext):
         if self.compiler.compiler_type == "msvc":
             opt = ["/Od", "/Zi"] if debug else ["/O2"]
         else:
-            opt = ["-O0", "-g"] if debug else ["-O3"]
+            # Python's own CFLAGS carry -g: release modules would be four-fifths debug info.
+            opt = ["-O0", "-g"] if debug else ["-O3", "-g0"]
+        print(
+            f"fastcnn: compiling {len(self.extensions)} kernel modules "
+            f"({'debug' if debug else 'release'}: {' '.join(opt + cflags)}), "
+            f"{self.parallel or 1} at a time; this takes a minute or two"
+        )
         for ext in self.extensions:
             if self.compiler.compiler_type != "msvc":
                 ext.extra_compile_args += EXTRA_FLAGS.get(ext.name.rsplit(".", 1)[-1], [])
