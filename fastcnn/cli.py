@@ -324,6 +324,9 @@ def _train(args, start: float) -> int:
         plot_start = time.perf_counter()
         written = _write_plots(args.plot, model, history, X_test, y_test)
         print(f"plots ({time.perf_counter() - plot_start:.2f} s): {', '.join(written)}")
+    if history.interrupted:  # the shell convention for a Ctrl-C: 128 + SIGINT
+        print(f"{_PROG} train: interrupted; the results above are of the partly trained model")
+        return 130
     return 0
 
 

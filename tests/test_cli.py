@@ -1,8 +1,10 @@
 """The fastcnn command: the main job end to end on a tiny budget, delegation, bad arguments."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -231,3 +233,32 @@ def test_train_help_documents_plot(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "--plot DIR" in out and "history.png" in out and "confusion.png" in out
     assert "test split is also evaluated after every epoch" in out
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_real_ctrl_c_saves_the_partial_model_and_exits_130(tmp_path):
+    """A SIGINT during training: the model trained so far is evaluated and saved, stdout
+    says the run was interrupted, and the exit status is 130 as for any interrupted
+    command, so a calling script does not take the run for a finished one."""
+    path = tmp_path / "partial.npz"
+    argv = ["train", "--epochs", "1000", "--max-train", "200", "--save", str(path)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastcnn", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for line in proc.stdout:  # the header is printed just before training starts
+            if "epoch(s)" in line:
+                break
+        time.sleep(1.0)  # into the first epochs
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "stopping after the current batch" in err
+    assert "training interrupted" in out and "train: interrupted" in out
+    assert f"model saved to {path}" in out
+    assert fastcnn.load(path).predict(np.zeros((2, 1, 8, 8), np.float32)).shape == (2,)
