@@ -529,6 +529,14 @@ default='digits_cnn'
         Returns
         -------
         self : CNNClassifier
+
+        Raises
+        ------
+        KeyboardInterrupt
+            On Ctrl-C, after the current batch: the estimator is left fitted with the
+            network trained so far (it predicts and can be fitted again), and the
+            interrupt goes on to the caller, so that a grid search or pipeline stops
+            instead of scoring a half-trained model.
         """
         return self._fit(X, y, classes=None, incremental=False)
 
@@ -598,7 +606,7 @@ default='digits_cnn'
 
         n_before = self.n_iter_
         with self._backend_context():
-            self.model_.fit(
+            history = self.model_.fit(
                 X,
                 y_encoded,
                 epochs=epochs,
@@ -614,6 +622,13 @@ default='digits_cnn'
         if monitor.best_state is not None:
             self.model_.load_state_dict(monitor.best_state)
         self._optimizer = optimizer
+        if history.interrupted:
+            # Usable, as scikit-learn's MLP and Keras leave it, but never taken for a
+            # finished fit: a search or pipeline around it must stop too.
+            raise KeyboardInterrupt(
+                f"{type(self).__name__}.fit was interrupted after {self.n_iter_} epoch(s); "
+                "the estimator holds the network trained so far"
+            )
         return self
 
     def _validation_split(self, X, y, seed: int):

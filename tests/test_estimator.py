@@ -1,6 +1,8 @@
 """CNNClassifier: scikit-learn's estimator checks and the ways users combine estimators."""
 
+import os
 import pickle
+import signal
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ import fastcnn
 from fastcnn import CNNClassifier
 from fastcnn.datasets import load_digits
 from fastcnn.layers import Conv2D, Dense, Flatten, ReLU
+from fastcnn.optim import Adam
 
 # Checks that cannot pass for the default (float32) estimator, with the reason.
 EXPECTED_FAILED_CHECKS = {
@@ -399,3 +402,32 @@ def test_same_seed_same_float64_model_on_both_backends(small):
         for name in ("cython", "numpy")
     ]
     np.testing.assert_allclose(proba[0], proba[1], rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.skipif(
+    signal.getsignal(signal.SIGINT) is not signal.default_int_handler,
+    reason="fit only takes over SIGINT from Python's default handler",
+)
+def test_ctrl_c_leaves_a_usable_estimator_and_stops_a_grid_search(small, monkeypatch):
+    """A real SIGINT during fit: the estimator keeps the network trained so far and the
+    interrupt reaches the caller, so GridSearchCV does not score a half-trained model and
+    carry on (scikit-learn's MLP and Keras behave so)."""
+    X, _, y, _ = small
+    original = Adam.step
+
+    def step(self, params=None):
+        original(self, params)
+        if self.n_steps == 3:  # a Ctrl-C arriving during batch 3
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(Adam, "step", step)
+    clf = CNNClassifier(max_iter=5, batch_size=16, random_state=0)
+    with pytest.raises(KeyboardInterrupt, match="interrupted after 0 epoch"):
+        clf.fit(X, y)
+    assert clf.predict(X[:7]).shape == (7,)  # usable as it is
+    search = GridSearchCV(CNNClassifier(max_iter=3, batch_size=16), {"alpha": [0.0, 1e-4]}, cv=2)
+    with pytest.raises(KeyboardInterrupt):
+        search.fit(X, y)
+    assert not hasattr(search, "cv_results_")
+    monkeypatch.undo()
+    assert clf.fit(X, y).n_iter_ == 5  # and trainable again
