@@ -17,6 +17,7 @@ Everything heavy (scikit-learn, the model stack) is imported when a subcommand r
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import sys
 import time
@@ -75,7 +76,20 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
+class _HelpFormatter(argparse.HelpFormatter):
+    """Append each option's default to its help once: never where the help already gives
+    it in words, nor for a default of None (nothing chosen) or a flag's False."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False
+        if "(default" in text or unset or action.default == argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The ``fastcnn`` parser, and its command parsers by name."""
     parser = argparse.ArgumentParser(
         prog=_PROG,
         description="fastcnn: convolutional neural networks, fast on the CPU.",
@@ -93,9 +107,14 @@ def _parser() -> argparse.ArgumentParser:
             "stratified with random_state 42. MNIST: the standard 60,000/10,000 split "
             "(needs network access or a local copy; see fastcnn.datasets.load_mnist)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
-    train.add_argument("--model", choices=("digits_cnn", "lenet5"), default="digits_cnn")
+    train.add_argument(
+        "--model",
+        choices=("digits_cnn", "lenet5"),
+        default="digits_cnn",
+        help="the network: a small CNN for 8x8 digits, or LeCun's LeNet-5 for 28x28 images",
+    )
     train.add_argument(
         "--dataset",
         choices=("digits", "mnist"),
@@ -108,7 +127,9 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="passes over the training set (default: 15 on digits, 5 on MNIST)",
     )
-    train.add_argument("--batch-size", type=_int_at_least(1), default=64)
+    train.add_argument(
+        "--batch-size", type=_int_at_least(1), default=64, help="images per gradient step"
+    )
     train.add_argument(
         "--lr",
         type=_positive_float,
@@ -178,7 +199,7 @@ def _parser() -> argparse.ArgumentParser:
             add_help=False,
             description=f"All arguments are passed on; see 'fastcnn {name} --help'.",
         )
-    return parser
+    return parser, {"train": train}
 
 
 # ---------------------------------------------------------------------------------------
@@ -378,6 +399,17 @@ def _write_plots(directory: str, model, history, X_test, y_test) -> list[str]:
 # Entry point
 
 
+def _unknown_options(parser: argparse.ArgumentParser, unknown: list[str]) -> None:
+    """Exit through ``parser.error`` naming the unknown arguments, with the closest
+    option for a misspelt one."""
+    options = [opt for action in parser._actions for opt in action.option_strings]
+    message = f"unrecognized arguments: {' '.join(unknown)}"
+    close = difflib.get_close_matches(unknown[0].split("=")[0], options, n=1)
+    if unknown[0].startswith("-") and close:
+        message += f" (did you mean {close[0]}?)"
+    parser.error(message)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``fastcnn`` command line; returns the exit status.
 
@@ -401,9 +433,11 @@ def main(argv: list[str] | None = None) -> int:
         module = import_module(_DELEGATES[argv[0]])
         return int(module.main(argv[1:]) or 0)
 
-    parser = _parser()
+    parser, commands = _parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # reported by the command's parser: its usage, not the top level's
+            _unknown_options(commands.get(args.command, parser), unknown)
     except SystemExit as exc:  # --help exits 0, bad options 2: return, not exit
         return int(exc.code or 0)
     if args.version:

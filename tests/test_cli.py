@@ -1,6 +1,7 @@
 """The fastcnn command: the main job end to end on a tiny budget, delegation, bad arguments."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -233,6 +234,26 @@ def test_train_help_documents_plot(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "--plot DIR" in out and "history.png" in out and "confusion.png" in out
     assert "test split is also evaluated after every epoch" in out
+
+
+def test_train_help_gives_every_option_help_and_each_default_once(capsys):
+    assert cli.main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    options = out.split("options:", 1)[1]
+    entries = re.split(r"\n  (?=-)", options.strip())
+    for entry in entries:
+        name, *text = entry.split(None, 2 if entry.startswith("-q") else 1)
+        assert text and len(" ".join(text).split()) > 1, f"{name} has no help text"
+        assert entry.count("(default") <= 1, entry
+    assert "(default: None)" not in out and "(default: False)" not in out
+    assert "(default: 64)" in out and "(default: 0)" in out  # --batch-size, --seed
+
+
+def test_a_misspelt_option_shows_the_train_usage_and_the_closest_option(capsys):
+    assert cli.main(["train", "--epohcs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "usage: fastcnn train" in err
+    assert "unrecognized arguments: --epohcs 3 (did you mean --epochs?)" in err
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
