@@ -1,6 +1,7 @@
 """CNNClassifier: scikit-learn's estimator checks and the ways users combine estimators."""
 
 import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -399,3 +400,48 @@ def test_same_seed_same_float64_model_on_both_backends(small):
         for name in ("cython", "numpy")
     ]
     np.testing.assert_allclose(proba[0], proba[1], rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("default", ["cython", "numpy"])
+def test_the_backend_parameter_applies_only_to_the_fitting_thread(small, default, monkeypatch):
+    # CNNClassifier(backend=...) once switched the whole process while it fit: every other
+    # thread ran on that backend meanwhile (and could be left on it).
+    if "cython" not in fastcnn.available_backends():
+        pytest.skip("compiled backend not available")
+    from fastcnn import _backend, estimator
+
+    other = "numpy" if default == "cython" else "cython"
+    inside, checked = threading.Event(), threading.Event()
+    seen = {}
+    on_epoch_end = estimator._TrainingMonitor.on_epoch_end
+
+    def pause_in_fit(self, epoch, logs):
+        seen.setdefault("fit", fastcnn.get_backend())
+        inside.set()
+        assert checked.wait(30)
+        return on_epoch_end(self, epoch, logs)
+
+    monkeypatch.setattr(estimator._TrainingMonitor, "on_epoch_end", pause_in_fit)
+    X_train, _, y_train, _ = small
+    clf = CNNClassifier(max_iter=1, random_state=0, backend=other)
+    previous = fastcnn.get_backend()
+    fastcnn.set_backend(default)
+    try:
+        fitter = threading.Thread(target=clf.fit, args=(X_train[:64], y_train[:64]))
+        fitter.start()
+        assert inside.wait(60)
+        seen["other thread"] = fastcnn.get_backend()
+        seen["other thread runs compiled ops"] = _backend.current() is _backend._compiled
+        checked.set()
+        fitter.join(60)
+        seen["after"] = fastcnn.get_backend()
+    finally:
+        checked.set()
+        fastcnn.set_backend(previous)
+    assert seen == {
+        "fit": other,
+        "other thread": default,
+        "other thread runs compiled ops": default == "cython",
+        "after": default,
+    }
+    assert clf.n_iter_ == 1

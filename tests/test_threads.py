@@ -80,6 +80,13 @@ def _pool_grad(x):
     return y * 2, idx
 
 
+def _on(backend_name, fn, *args):
+    """``fn(*args)`` on ``backend_name``: a pool's worker threads do not inherit the
+    submitting thread's ``use_backend`` block (the selection is per thread)."""
+    with fastcnn.use_backend(backend_name):
+        return fn(*args)
+
+
 def _assert_same(got, expected, what):
     assert got.keys() == expected.keys(), what
     for key in expected:
@@ -100,7 +107,7 @@ def test_concurrent_calls_equal_serial_calls(backend_name, dtype):
         order = [name for name in jobs for _ in range(repeats)]
         np.random.default_rng(1).shuffle(order)
         with ThreadPoolExecutor(max_workers=6) as pool:
-            results = list(pool.map(lambda name: (name, jobs[name]()), order))
+            results = list(pool.map(lambda name: (name, _on(backend_name, jobs[name])), order))
     assert len(results) == 6 * repeats
     for name, result in results:
         _assert_same(result, serial[name], name)
@@ -171,8 +178,8 @@ def test_blas_thread_count_is_restored_after_concurrent_kernels():
     x, w = _shared_inputs(np.float32)
     jobs = _jobs(x, w)
     fastcnn.set_num_threads(2)
-    with fastcnn.use_backend("cython"), ThreadPoolExecutor(max_workers=4) as pool:
-        list(pool.map(lambda name: jobs[name](), [name for name in jobs for _ in range(6)]))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda name: _on("cython", jobs[name]), [n for n in jobs for _ in range(6)]))
     assert blas_threads() == before
 
 
@@ -281,8 +288,8 @@ def test_two_models_training_in_two_threads_do_not_interfere(backend_name):
     with fastcnn.use_backend(backend_name):
         serial = [_train(0, Adam(1e-2)), _train(10, SGD(0.05, momentum=0.9))]
         with ThreadPoolExecutor(max_workers=2) as pool:
-            a = pool.submit(_train, 0, Adam(1e-2))
-            b = pool.submit(_train, 10, SGD(0.05, momentum=0.9))
+            a = pool.submit(_on, backend_name, _train, 0, Adam(1e-2))
+            b = pool.submit(_on, backend_name, _train, 10, SGD(0.05, momentum=0.9))
             parallel = [a.result(), b.result()]
     (_, _, _, (a0, a1)), (_, _, _, (b0, b1)) = parallel
     assert min(a1, b1) > max(a0, b0)  # the two trainings did run at the same time
