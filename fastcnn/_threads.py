@@ -15,20 +15,38 @@ from functools import cache
 
 _num_threads: int | None = None
 
+# The most threads fastcnn runs. Any count is accepted by OpenMP, but libgomp keeps one
+# record per new thread on the calling thread's stack and then starts every thread:
+# 10**6 overflowed the stack and crashed the first kernel (issue 20, defect 4), and long
+# before that a count exhausts the process or memory limits. No real use runs more than
+# a few threads per core (more only slow the kernels down), so the limit, 8 per logical
+# CPU and at least 256, is never hit on purpose yet small enough to start: 256 threads
+# take about 25 kB of stack and start in well under a second. OMP_THREAD_LIMIT is not
+# part of it: libgomp itself caps every team at that limit, so a larger request is safe.
+MAX_THREADS = max(256, 8 * (os.cpu_count() or 1))
+
 
 @cache  # the OpenMP runtime reads OMP_NUM_THREADS once, at start-up, and so do we
 def _default_num_threads() -> int:
     try:
         from fastcnn._kernels import _openmp
     except ImportError:
-        pass
+        # Without the extension no OpenMP runtime says what OMP_NUM_THREADS asks for.
+        env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+        n = int(env) if env.isdigit() else os.cpu_count() or 1
     else:
         # omp_get_max_threads honours OMP_NUM_THREADS (and is 1 without OpenMP).
-        return max(1, int(_openmp.max_threads()))
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.split(",")[0].strip().isdigit():
-        return max(1, int(env.split(",")[0]))
-    return os.cpu_count() or 1
+        n = int(_openmp.max_threads())
+    if n > MAX_THREADS:
+        warnings.warn(
+            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} asks for more threads "
+            f"than fastcnn runs, so its kernels use {MAX_THREADS} threads "
+            "(fastcnn.set_num_threads changes this)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return MAX_THREADS
+    return max(1, n)
 
 
 def get_num_threads() -> int:
@@ -44,8 +62,16 @@ def set_num_threads(n: int | None) -> None:
     Parameters
     ----------
     n : int or None
-        A positive thread count, or None to return to the default
-        (``OMP_NUM_THREADS`` when set, else the number of cores).
+        A thread count from 1 to ``fastcnn._threads.MAX_THREADS`` (8 per logical CPU,
+        at least 256), or None to return to the default (``OMP_NUM_THREADS`` when set,
+        else the number of cores).
+
+    Raises
+    ------
+    TypeError
+        If ``n`` is neither an int nor None.
+    ValueError
+        If ``n`` is below 1 or above the limit.
     """
     global _num_threads
     if n is None:
@@ -55,6 +81,11 @@ def set_num_threads(n: int | None) -> None:
         raise TypeError(f"n must be a positive int or None, got {type(n).__name__}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    if n > MAX_THREADS:
+        raise ValueError(
+            f"n must be <= {MAX_THREADS} (8 threads per logical CPU, at least 256: more "
+            f"cannot all be started and only slow the kernels down), got {n}"
+        )
     _num_threads = int(n)
 
 

@@ -366,6 +366,65 @@ def test_set_num_threads_rejects_bad_values(value, error, pattern, restore_threa
     assert fastcnn.get_num_threads() == 2
 
 
+def test_set_num_threads_refuses_more_threads_than_the_machine_can_start(restore_threads):
+    # 10**6 was accepted, and the next kernel died in GOMP_parallel (libgomp puts one
+    # record per thread on the caller's stack). The limit is 8 per logical CPU, at least 256.
+    limit = max(256, 8 * (os.cpu_count() or 1))
+    fastcnn.set_num_threads(2)
+    for n in (limit + 1, 10**6, 2**63):
+        with pytest.raises(ValueError, match=rf"n must be <= {limit} .*, got {n}$"):
+            fastcnn.set_num_threads(n)
+        assert fastcnn.get_num_threads() == 2
+    fastcnn.set_num_threads(limit)
+    assert fastcnn.get_num_threads() == limit
+
+
+@needs_compiled
+def test_the_thread_limit_is_one_the_kernels_can_run_on():
+    result = run_json(
+        """
+        import json
+        import numpy as np
+        import fastcnn, fastcnn.functional as F
+        from fastcnn import _threads
+        fastcnn.set_num_threads(_threads.MAX_THREADS)
+        x = np.ones((300, 1, 8, 8), np.float32)
+        y = F.conv2d(F.tanh(x), np.ones((2, 1, 3, 3), np.float32))
+        print(json.dumps([fastcnn.get_num_threads(), float(y.min()), float(y.max())]))
+        """
+    )
+    t = float(np.tanh(np.float32(1)))
+    assert result[0] == max(256, 8 * (os.cpu_count() or 1))
+    assert result[1:] == pytest.approx([9 * t, 9 * t], rel=1e-6)
+
+
+@pytest.mark.parametrize("omp", ["1000000", "2147483647"])
+def test_an_absurd_omp_num_threads_is_clamped_with_a_warning(omp):
+    # OpenMP accepts any count at start-up; fastcnn's first kernel then crashed.
+    result = run_json(
+        """
+        import json, warnings
+        import numpy as np
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import fastcnn, fastcnn.functional as F
+            n = fastcnn.get_num_threads()
+            y = F.tanh(np.ones(1 << 16, np.float32))
+        print(json.dumps({"n": n, "y": float(y.sum()),
+                          "warnings": [str(w.message) for w in caught]}))
+        """,
+        OMP_NUM_THREADS=omp,
+    )
+    limit = max(256, 8 * (os.cpu_count() or 1))
+    if COMPILED and not OPENMP:  # OpenMP's own default (1) is used, OMP_NUM_THREADS unread
+        assert result["n"] == 1 and result["warnings"] == []
+        return
+    assert result["n"] == limit
+    assert result["y"] == pytest.approx((1 << 16) * float(np.tanh(np.float32(1))), rel=1e-5)
+    assert len(result["warnings"]) == 1, result["warnings"]
+    assert re.search(rf"OMP_NUM_THREADS={omp} .* {limit} threads", result["warnings"][0])
+
+
 def _thread_problem(dtype):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((5, 4, 9, 8)).astype(dtype)  # odd batch: uneven split
