@@ -278,7 +278,7 @@ def _after_fork_in_child() -> None:
     global _blas_lock, _blas_depth, _num_threads, _forked_after_team
     _blas_lock = threading.Lock()
     openmp = sys.modules.get("fastcnn._kernels._openmp")  # never imported: no team ran
-    if openmp is not None and openmp.team_started():
+    if openmp is not None and openmp.openmp_enabled() and openmp.team_started():
         _forked_after_team = True
         _num_threads = 1
     if _blas_depth:

@@ -668,6 +668,7 @@ def test_a_forked_child_runs_the_kernels_without_hanging():
 def test_a_child_forked_before_any_team_may_use_threads():
     # Nothing to inherit: such a child (a server's worker forked after loading a model,
     # say) keeps the default and may start teams of its own.
+    _openmp()
     report = _run_fork_script(
         """
 def child():
