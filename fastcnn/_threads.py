@@ -9,11 +9,23 @@ from __future__ import annotations
 import ctypes
 import numbers
 import os
+import sys
 import threading
 import warnings
 from functools import cache
 
 _num_threads: int | None = None
+_forked_after_team = False  # in a child forked after a team ran: see _after_fork_in_child
+
+# The most threads fastcnn runs. Any count is accepted by OpenMP, but libgomp keeps one
+# record per new thread on the calling thread's stack and then starts every thread:
+# 10**6 overflowed the stack and crashed the first kernel (issue 20, defect 4), and long
+# before that a count exhausts the process or memory limits. No real use runs more than
+# a few threads per core (more only slow the kernels down), so the limit, 8 per logical
+# CPU and at least 256, is never hit on purpose yet small enough to start: 256 threads
+# take about 25 kB of stack and start in well under a second. OMP_THREAD_LIMIT is not
+# part of it: libgomp itself caps every team at that limit, so a larger request is safe.
+MAX_THREADS = max(256, 8 * (os.cpu_count() or 1))
 
 
 @cache  # the OpenMP runtime reads OMP_NUM_THREADS once, at start-up, and so do we
@@ -21,18 +33,28 @@ def _default_num_threads() -> int:
     try:
         from fastcnn._kernels import _openmp
     except ImportError:
-        pass
+        # Without the extension no OpenMP runtime says what OMP_NUM_THREADS asks for.
+        env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+        n = int(env) if env.isdigit() else os.cpu_count() or 1
     else:
         # omp_get_max_threads honours OMP_NUM_THREADS (and is 1 without OpenMP).
-        return max(1, int(_openmp.max_threads()))
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.split(",")[0].strip().isdigit():
-        return max(1, int(env.split(",")[0]))
-    return os.cpu_count() or 1
+        n = int(_openmp.max_threads())
+    if n > MAX_THREADS:
+        warnings.warn(
+            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} asks for more threads "
+            f"than fastcnn runs, so its kernels use {MAX_THREADS} threads "
+            "(fastcnn.set_num_threads changes this)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return MAX_THREADS
+    return max(1, n)
 
 
 def get_num_threads() -> int:
-    """Number of threads the compiled kernels use (default: ``OMP_NUM_THREADS`` or all cores)."""
+    """Number of threads the compiled kernels use (default: ``OMP_NUM_THREADS`` or all
+    cores; 1 in a process forked after they had run on several, see :func:`set_num_threads`).
+    """
     if _num_threads is None:
         return _default_num_threads()
     return _num_threads
@@ -41,21 +63,58 @@ def get_num_threads() -> int:
 def set_num_threads(n: int | None) -> None:
     """Set the number of threads the compiled kernels use.
 
+    The count is process-wide: it applies to the kernels of every Python thread.
+
+    In a process forked (``os.fork``, a ``multiprocessing`` pool with the ``'fork'``
+    start method) after the compiled kernels had run on several threads, the kernels run
+    on one thread: OpenMP cannot start threads in such a child (it would wait for the
+    parent's, forever). There ``None`` and 1 are accepted and larger counts raise a
+    RuntimeError; start such workers with the ``'spawn'`` or ``'forkserver'`` method to
+    use several threads in each.
+
     Parameters
     ----------
     n : int or None
-        A positive thread count, or None to return to the default
-        (``OMP_NUM_THREADS`` when set, else the number of cores).
+        A thread count from 1 to ``fastcnn._threads.MAX_THREADS`` (8 per logical CPU,
+        at least 256), or None to return to the default (``OMP_NUM_THREADS`` when set,
+        else the number of cores; 1 in a forked child as above).
+
+    Raises
+    ------
+    TypeError
+        If ``n`` is neither an int nor None.
+    ValueError
+        If ``n`` is below 1 or above the limit.
+    RuntimeError
+        If ``n`` is above 1 in a forked child as above.
     """
     global _num_threads
-    if n is None:
-        _num_threads = None
-        return
+    if n is not None:
+        n = _checked_count(n)
+    if _forked_after_team and (n is None or n > 1):
+        if n is not None:
+            raise RuntimeError(
+                f"cannot run fastcnn's kernels on {n} threads in a process forked after "
+                "they had run on several threads: OpenMP's threads do not survive a fork "
+                "and a team would wait for them forever, so this process runs them on 1 "
+                "thread. To use threads in worker processes, start them with the 'spawn' "
+                "or 'forkserver' method (multiprocessing.get_context('forkserver'))"
+            )
+        n = 1
+    _num_threads = n
+
+
+def _checked_count(n) -> int:
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise TypeError(f"n must be a positive int or None, got {type(n).__name__}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    _num_threads = int(n)
+    if n > MAX_THREADS:
+        raise ValueError(
+            f"n must be <= {MAX_THREADS} (8 threads per logical CPU, at least 256: more "
+            f"cannot all be started and only slow the kernels down), got {n}"
+        )
+    return int(n)
 
 
 # BLAS threads. OpenMP threads that each call a multi-threaded BLAS would oversubscribe the
@@ -192,3 +251,46 @@ class blas_threads:
                 for knob, saved in zip(_blas_knobs_once(), _blas_saved, strict=True):
                     if knob.get() != saved:
                         knob.set(saved)
+
+
+# Fork. libgomp keeps, per thread that started a team, a pool of worker threads that it
+# reuses for the next team; a forked child inherits the forking thread's pool but none of
+# its threads, and its first team of 2+ threads waits for them forever (libgomp does not
+# support fork; issue 20, defect 3). A team of one thread never touches the pool, so a
+# child of a process that ran a team runs every kernel on one thread (each passes
+# get_num_threads() to its parallel regions) and refuses more (set_num_threads). A child
+# of a process that never ran a team has no pool to inherit and is left alone.
+#
+# The BLAS pinning state must be whole in the child: the lock is held across the fork, so
+# no other thread is half-way through a change, and the child gets a fresh lock. Kernels
+# of other threads that had BLAS pinned do not exist in the child: their pin is undone.
+
+
+def _before_fork() -> None:
+    _blas_lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _blas_lock.release()
+
+
+def _after_fork_in_child() -> None:
+    global _blas_lock, _blas_depth, _num_threads, _forked_after_team
+    _blas_lock = threading.Lock()
+    openmp = sys.modules.get("fastcnn._kernels._openmp")  # never imported: no team ran
+    if openmp is not None and openmp.openmp_enabled() and openmp.team_started():
+        _forked_after_team = True
+        _num_threads = 1
+    if _blas_depth:
+        _blas_depth = 0
+        for knob, saved in zip(_blas_knobs or [], _blas_saved, strict=False):
+            if knob.get() != saved:
+                knob.set(saved)
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )

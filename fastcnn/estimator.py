@@ -171,6 +171,8 @@ default='digits_cnn'
         Precision of the weights and of the computation.
     backend : {'cython', 'numpy'} or None, default=None
         Backend for fit and predict; None uses the active one (:func:`fastcnn.get_backend`).
+        It applies to the thread that calls them only (:func:`fastcnn.use_backend`):
+        other threads keep their own backend meanwhile.
 
     Attributes
     ----------

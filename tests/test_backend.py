@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import os
 import re
 import subprocess
 import sys
 import textwrap
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -362,6 +366,65 @@ def test_set_num_threads_rejects_bad_values(value, error, pattern, restore_threa
     assert fastcnn.get_num_threads() == 2
 
 
+def test_set_num_threads_refuses_more_threads_than_the_machine_can_start(restore_threads):
+    # 10**6 was accepted, and the next kernel died in GOMP_parallel (libgomp puts one
+    # record per thread on the caller's stack). The limit is 8 per logical CPU, at least 256.
+    limit = max(256, 8 * (os.cpu_count() or 1))
+    fastcnn.set_num_threads(2)
+    for n in (limit + 1, 10**6, 2**63):
+        with pytest.raises(ValueError, match=rf"n must be <= {limit} .*, got {n}$"):
+            fastcnn.set_num_threads(n)
+        assert fastcnn.get_num_threads() == 2
+    fastcnn.set_num_threads(limit)
+    assert fastcnn.get_num_threads() == limit
+
+
+@needs_compiled
+def test_the_thread_limit_is_one_the_kernels_can_run_on():
+    result = run_json(
+        """
+        import json
+        import numpy as np
+        import fastcnn, fastcnn.functional as F
+        from fastcnn import _threads
+        fastcnn.set_num_threads(_threads.MAX_THREADS)
+        x = np.ones((300, 1, 8, 8), np.float32)
+        y = F.conv2d(F.tanh(x), np.ones((2, 1, 3, 3), np.float32))
+        print(json.dumps([fastcnn.get_num_threads(), float(y.min()), float(y.max())]))
+        """
+    )
+    t = float(np.tanh(np.float32(1)))
+    assert result[0] == max(256, 8 * (os.cpu_count() or 1))
+    assert result[1:] == pytest.approx([9 * t, 9 * t], rel=1e-6)
+
+
+@pytest.mark.parametrize("omp", ["1000000", "2147483647"])
+def test_an_absurd_omp_num_threads_is_clamped_with_a_warning(omp):
+    # OpenMP accepts any count at start-up; fastcnn's first kernel then crashed.
+    result = run_json(
+        """
+        import json, warnings
+        import numpy as np
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import fastcnn, fastcnn.functional as F
+            n = fastcnn.get_num_threads()
+            y = F.tanh(np.ones(1 << 16, np.float32))
+        print(json.dumps({"n": n, "y": float(y.sum()),
+                          "warnings": [str(w.message) for w in caught]}))
+        """,
+        OMP_NUM_THREADS=omp,
+    )
+    limit = max(256, 8 * (os.cpu_count() or 1))
+    if COMPILED and not OPENMP:  # OpenMP's own default (1) is used, OMP_NUM_THREADS unread
+        assert result["n"] == 1 and result["warnings"] == []
+        return
+    assert result["n"] == limit
+    assert result["y"] == pytest.approx((1 << 16) * float(np.tanh(np.float32(1))), rel=1e-5)
+    assert len(result["warnings"]) == 1, result["warnings"]
+    assert re.search(rf"OMP_NUM_THREADS={omp} .* {limit} threads", result["warnings"][0])
+
+
 def _thread_problem(dtype):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((5, 4, 9, 8)).astype(dtype)  # odd batch: uneven split
@@ -440,3 +503,153 @@ def test_omp_num_threads_is_honoured(omp):
         OMP_NUM_THREADS=omp,
     )
     assert result == {"default": int(omp), "override": 2, "corner": 4.0, "centre": 9.0}
+
+
+# ---------------------------------------------------------------------------------------
+# The selection is per thread and per context: use_backend scopes only its own
+
+
+def _other(name: str) -> str:
+    return "numpy" if name == "cython" else "cython"
+
+
+def _impl(name: str):
+    return _backend._compiled if name == "cython" else _backend._reference_module()
+
+
+def _in_thread(target, *args) -> threading.Thread:
+    thread = threading.Thread(target=target, args=args, daemon=True)
+    thread.start()
+    return thread
+
+
+def _wait(event: threading.Event) -> None:
+    assert event.wait(30), "the other thread did not get there in 30 s"
+
+
+@needs_compiled
+@pytest.mark.parametrize("default", ["cython", "numpy"])
+def test_interleaved_use_backend_exits_leave_the_default(default, restore_backend):
+    # A enters, B enters, A exits, B exits. With one process-wide selection B saved A's
+    # backend as "previous" and restored it last, leaving the process on it for good.
+    fastcnn.set_backend(default)
+    block = _other(default)
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with fastcnn.use_backend(block):
+            a_in.set()
+            _wait(b_in)
+        seen["a after"] = fastcnn.get_backend()
+        a_out.set()
+
+    def b():
+        _wait(a_in)
+        with fastcnn.use_backend(block):
+            b_in.set()
+            _wait(a_out)
+            seen["b inside, a gone"] = (fastcnn.get_backend(), _backend.current())
+        seen["b after"] = fastcnn.get_backend()
+
+    threads = [_in_thread(a), _in_thread(b)]
+    for thread in threads:
+        thread.join(60)
+    assert seen == {
+        "a after": default,
+        "b inside, a gone": (block, _impl(block)),
+        "b after": default,
+    }
+    assert fastcnn.get_backend() == default
+    assert _backend.current() is _impl(default)
+
+
+@needs_compiled
+@pytest.mark.parametrize("default", ["cython", "numpy"])
+def test_a_thread_outside_any_block_keeps_the_default(default, restore_backend, monkeypatch):
+    fastcnn.set_backend(default)
+    block = _other(default)
+    inside, checked = threading.Event(), threading.Event()
+    calls = []
+    for name in ("cython", "numpy"):
+        impl = _impl(name)
+        original = impl.avg_pool2d_forward
+
+        def spy(*args, _name=name, _original=original):
+            calls.append((threading.current_thread().name, _name))
+            return _original(*args)
+
+        monkeypatch.setattr(impl, "avg_pool2d_forward", spy)
+
+    def in_block():
+        with fastcnn.use_backend(block):
+            inside.set()
+            _wait(checked)
+            F.avg_pool2d(np.ones((1, 1, 2, 2)), 2)
+
+    worker = _in_thread(in_block)
+    _wait(inside)
+    try:
+        assert fastcnn.get_backend() == default
+        F.avg_pool2d(np.ones((1, 1, 2, 2)), 2)
+    finally:
+        checked.set()
+        worker.join(60)
+    assert calls == [("MainThread", default), (worker.name, block)]
+
+
+@needs_compiled
+def test_a_copied_context_carries_the_block_into_other_threads(restore_backend):
+    # Threads start in a context of their own (the default); copy_context().run is the
+    # way to hand a block's backend to a pool's tasks.
+    fastcnn.set_backend("cython")
+    with fastcnn.use_backend("numpy"), ThreadPoolExecutor(max_workers=2) as pool:
+        plain = pool.submit(fastcnn.get_backend).result()
+        copied = pool.submit(contextvars.copy_context().run, fastcnn.get_backend).result()
+    assert (plain, copied) == ("cython", "numpy")
+
+
+@needs_compiled
+def test_asyncio_tasks_each_keep_their_own_backend(restore_backend):
+    fastcnn.set_backend("cython")
+
+    async def in_block(inside, done):
+        with fastcnn.use_backend("numpy"):
+            inside.set()
+            await done.wait()
+            return fastcnn.get_backend(), _backend.current()
+
+    async def main():
+        inside, done = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(in_block(inside, done))
+        await inside.wait()
+        outside = fastcnn.get_backend(), _backend.current()
+        done.set()
+        return outside, await task
+
+    outside, inside = asyncio.run(main())
+    assert outside == ("cython", _backend._compiled)
+    assert inside == ("numpy", _backend._reference_module())
+    assert fastcnn.get_backend() == "cython"
+
+
+@needs_compiled
+def test_set_backend_inside_a_block_switches_it_and_sets_the_default(restore_backend):
+    # set_backend sets the process default and, inside a use_backend block, the block's
+    # backend too (the caller sees what it set); leaving the block returns the thread to
+    # what it had before it: an outer block's backend, else the new default.
+    fastcnn.set_backend("cython")
+    seen = []
+    with fastcnn.use_backend("cython"):
+        with fastcnn.use_backend("cython"):
+            fastcnn.set_backend("numpy")
+            seen.append(fastcnn.get_backend())
+            seen.append(_in_thread_result(fastcnn.get_backend))
+        seen.append(fastcnn.get_backend())  # the outer block's backend
+    seen.append(fastcnn.get_backend())  # the new default
+    assert seen == ["numpy", "numpy", "cython", "numpy"]
+
+
+def _in_thread_result(fn):
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(fn).result()

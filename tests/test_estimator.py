@@ -3,6 +3,7 @@
 import os
 import pickle
 import signal
+import threading
 
 import numpy as np
 import pytest
@@ -431,3 +432,48 @@ def test_ctrl_c_leaves_a_usable_estimator_and_stops_a_grid_search(small, monkeyp
     assert not hasattr(search, "cv_results_")
     monkeypatch.undo()
     assert clf.fit(X, y).n_iter_ == 5  # and trainable again
+
+
+@pytest.mark.parametrize("default", ["cython", "numpy"])
+def test_the_backend_parameter_applies_only_to_the_fitting_thread(small, default, monkeypatch):
+    # CNNClassifier(backend=...) once switched the whole process while it fit: every other
+    # thread ran on that backend meanwhile (and could be left on it).
+    if "cython" not in fastcnn.available_backends():
+        pytest.skip("compiled backend not available")
+    from fastcnn import _backend, estimator
+
+    other = "numpy" if default == "cython" else "cython"
+    inside, checked = threading.Event(), threading.Event()
+    seen = {}
+    on_epoch_end = estimator._TrainingMonitor.on_epoch_end
+
+    def pause_in_fit(self, epoch, logs):
+        seen.setdefault("fit", fastcnn.get_backend())
+        inside.set()
+        assert checked.wait(30)
+        return on_epoch_end(self, epoch, logs)
+
+    monkeypatch.setattr(estimator._TrainingMonitor, "on_epoch_end", pause_in_fit)
+    X_train, _, y_train, _ = small
+    clf = CNNClassifier(max_iter=1, random_state=0, backend=other)
+    previous = fastcnn.get_backend()
+    fastcnn.set_backend(default)
+    try:
+        fitter = threading.Thread(target=clf.fit, args=(X_train[:64], y_train[:64]))
+        fitter.start()
+        assert inside.wait(60)
+        seen["other thread"] = fastcnn.get_backend()
+        seen["other thread runs compiled ops"] = _backend.current() is _backend._compiled
+        checked.set()
+        fitter.join(60)
+        seen["after"] = fastcnn.get_backend()
+    finally:
+        checked.set()
+        fastcnn.set_backend(previous)
+    assert seen == {
+        "fit": other,
+        "other thread": default,
+        "other thread runs compiled ops": default == "cython",
+        "after": default,
+    }
+    assert clf.n_iter_ == 1

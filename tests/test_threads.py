@@ -7,6 +7,7 @@ exactly the serial one (the kernels are deterministic for a given thread count),
 kernels must release the GIL so other Python threads keep running meanwhile.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -80,6 +81,13 @@ def _pool_grad(x):
     return y * 2, idx
 
 
+def _on(backend_name, fn, *args):
+    """``fn(*args)`` on ``backend_name``: a pool's worker threads do not inherit the
+    submitting thread's ``use_backend`` block (the selection is per thread)."""
+    with fastcnn.use_backend(backend_name):
+        return fn(*args)
+
+
 def _assert_same(got, expected, what):
     assert got.keys() == expected.keys(), what
     for key in expected:
@@ -100,7 +108,7 @@ def test_concurrent_calls_equal_serial_calls(backend_name, dtype):
         order = [name for name in jobs for _ in range(repeats)]
         np.random.default_rng(1).shuffle(order)
         with ThreadPoolExecutor(max_workers=6) as pool:
-            results = list(pool.map(lambda name: (name, jobs[name]()), order))
+            results = list(pool.map(lambda name: (name, _on(backend_name, jobs[name])), order))
     assert len(results) == 6 * repeats
     for name, result in results:
         _assert_same(result, serial[name], name)
@@ -171,8 +179,8 @@ def test_blas_thread_count_is_restored_after_concurrent_kernels():
     x, w = _shared_inputs(np.float32)
     jobs = _jobs(x, w)
     fastcnn.set_num_threads(2)
-    with fastcnn.use_backend("cython"), ThreadPoolExecutor(max_workers=4) as pool:
-        list(pool.map(lambda name: jobs[name](), [name for name in jobs for _ in range(6)]))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda name: _on("cython", jobs[name]), [n for n in jobs for _ in range(6)]))
     assert blas_threads() == before
 
 
@@ -281,8 +289,8 @@ def test_two_models_training_in_two_threads_do_not_interfere(backend_name):
     with fastcnn.use_backend(backend_name):
         serial = [_train(0, Adam(1e-2)), _train(10, SGD(0.05, momentum=0.9))]
         with ThreadPoolExecutor(max_workers=2) as pool:
-            a = pool.submit(_train, 0, Adam(1e-2))
-            b = pool.submit(_train, 10, SGD(0.05, momentum=0.9))
+            a = pool.submit(_on, backend_name, _train, 0, Adam(1e-2))
+            b = pool.submit(_on, backend_name, _train, 10, SGD(0.05, momentum=0.9))
             parallel = [a.result(), b.result()]
     (_, _, _, (a0, a1)), (_, _, _, (b0, b1)) = parallel
     assert min(a1, b1) > max(a0, b0)  # the two trainings did run at the same time
@@ -552,3 +560,216 @@ print("ok")
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "ok"
+
+
+# ---------------------------------------------------------------------------------------
+# Forked children: libgomp cannot start threads in a child of a process that ran a team
+#
+# The child inherits the forking thread's OpenMP thread pool but not its threads, and its
+# first parallel region of 2+ threads waits for them forever. Each check runs in a fresh
+# interpreter whose parent kills a child that does not finish, so that a regression fails
+# instead of hanging the suite.
+
+_FORK_PRELUDE = """
+import json, os, sys, time, traceback
+import numpy as np
+import fastcnn, fastcnn.functional as F
+
+rng = np.random.default_rng(0)
+x = rng.standard_normal((8, 16, 32, 32)).astype(np.float32)
+w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+
+
+def kernels():
+    # A conv (direct and BLAS paths), its backward, pooling and an element-wise op:
+    # every one large enough to take a team of 2 threads.
+    y = F.conv2d(x, w, padding=1)
+    gx, gw, gb = F.conv2d_backward(y, x, w, padding=1)
+    return [y, gx, gw, F.max_pool2d(y, 2)[0], F.tanh(y)]
+
+
+def child_report():
+    got = kernels()
+    same = all(np.allclose(a, b, rtol=1e-4, atol=1e-3) for a, b in zip(got, expected))
+    report = {"same": bool(same), "threads": fastcnn.get_num_threads()}
+    try:
+        fastcnn.set_num_threads(2)
+    except RuntimeError as exc:
+        report["set_2"] = str(exc)
+    fastcnn.set_num_threads(None)
+    report["after_none"] = fastcnn.get_num_threads()
+    fastcnn.set_num_threads(1)
+    report["still_same"] = bool(np.allclose(kernels()[0], expected[0], rtol=1e-4, atol=1e-3))
+    return report
+
+
+def in_forked_child(fn):
+    # fn()'s JSON result in a forked child, or {"hung": ...} if it does not finish.
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            out = json.dumps(fn())
+        except BaseException:
+            out = json.dumps({"error": traceback.format_exc()})
+        os.write(write, out.encode())
+        os._exit(0)
+    os.close(write)
+    deadline = time.monotonic() + 60
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            return {"hung": "the forked child did not finish in 60 s"}
+        time.sleep(0.05)
+    return json.loads(os.read(read, 1 << 16).decode())
+"""
+
+
+_START_A_TEAM = """
+fastcnn.set_num_threads(2)
+expected = kernels()  # the parent's team of 2 threads is started here
+"""
+
+
+def _run_fork_script(body: str, start_a_team: bool = True) -> list:
+    code = _FORK_PRELUDE + (_START_A_TEAM if start_a_team else "") + body
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240
+        )
+    except subprocess.TimeoutExpired as exc:  # the script's own timeout did not fire
+        pytest.fail(f"the fork script hung: {exc.stderr}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _check_child_report(report):
+    assert "hung" not in report and "error" not in report, report
+    assert report["same"] and report["still_same"], report
+    assert report["threads"] == 1 and report["after_none"] == 1, report
+    message = report.get("set_2", "")
+    assert "forked" in message and "'spawn'" in message and "'forkserver'" in message, report
+
+
+@needs_compiled
+def test_a_forked_child_runs_the_kernels_without_hanging():
+    _openmp()
+    reports = _run_fork_script(
+        "print(json.dumps([in_forked_child(child_report), fastcnn.get_num_threads()]))"
+    )
+    _check_child_report(reports[0])
+    assert reports[1] == 2  # the parent keeps its threads
+
+
+@needs_compiled
+def test_a_child_forked_before_any_team_may_use_threads():
+    # Nothing to inherit: such a child (a server's worker forked after loading a model,
+    # say) keeps the default and may start teams of its own.
+    _openmp()
+    report = _run_fork_script(
+        """
+def child():
+    default = fastcnn.get_num_threads()
+    fastcnn.set_num_threads(2)
+    y = kernels()[0]
+    from fastcnn._kernels import _openmp
+    return {"default": default, "threads": fastcnn.get_num_threads(),
+            "team": _openmp.team_started(), "y": float(y.sum())}
+
+fastcnn.set_num_threads(1)
+before = F.conv2d(x, w, padding=1)  # one thread: no team
+report = in_forked_child(child)
+report["expected y"] = float(before.sum())
+print(json.dumps([report]))
+""",
+        start_a_team=False,
+    ).pop()
+    assert report.get("hung") is None and report.get("error") is None, report
+    assert report["threads"] == 2 and report["team"] is True, report
+    assert report["y"] == pytest.approx(report["expected y"], rel=1e-4)
+    assert report["default"] == 1  # the parent's setting, unchanged
+
+
+@needs_compiled
+def test_a_fork_pool_runs_the_kernels_without_hanging():
+    _openmp()
+    reports = _run_fork_script(
+        """
+import multiprocessing
+
+
+def job(_):
+    return child_report()
+
+
+if __name__ == "__main__":
+    pool = multiprocessing.get_context("fork").Pool(2)
+    try:
+        reports = pool.map_async(job, range(4)).get(timeout=60)
+    except multiprocessing.TimeoutError:
+        reports = [{"hung": "the pool's workers did not finish in 60 s"}]
+    finally:
+        pool.terminate()
+        pool.join()
+    print(json.dumps(reports))
+"""
+    )
+    assert len(reports) == 4, reports
+    for report in reports:
+        _check_child_report(report)
+
+
+@needs_compiled
+def test_a_fork_leaves_the_blas_pinning_whole_in_the_child():
+    # At the fork one thread holds the pinning lock and another runs a kernel with BLAS
+    # pinned to one thread. Neither exists in the child: the lock must be free there, and
+    # BLAS back at the count it had outside kernels.
+    pytest.importorskip("threadpoolctl", reason="threadpoolctl not installed")
+    reports = _run_fork_script(
+        """
+import threading
+from fastcnn import _threads
+
+def blas_counts():
+    return [knob.get() for knob in _threads._blas_knobs_once()]
+
+before = blas_counts()
+holding, pinned, done = threading.Event(), threading.Event(), threading.Event()
+
+def hold_the_lock():
+    with _threads._blas_lock:
+        holding.set()
+        time.sleep(0.3)  # the fork waits for it
+
+def run_pinned():
+    with _threads.blas_threads(1):
+        pinned.set()
+        done.wait()
+
+threads = [threading.Thread(target=run_pinned), threading.Thread(target=hold_the_lock)]
+threads[0].start(); pinned.wait()
+threads[1].start(); holding.wait()
+
+def child():
+    free = _threads._blas_lock.acquire(timeout=5)
+    _threads._blas_lock.release() if free else None
+    return {"lock free": free, "depth": _threads._blas_depth, "blas": blas_counts(),
+            "same": bool(np.allclose(kernels()[0], expected[0], rtol=1e-4, atol=1e-3))}
+
+report = in_forked_child(child)
+parent_pinned = blas_counts()
+done.set()
+for t in threads:
+    t.join()
+print(json.dumps([report, {"before": before, "parent pinned": parent_pinned,
+                           "parent after": blas_counts()}]))
+"""
+    )
+    child, parent = reports
+    assert child == {"lock free": True, "depth": 0, "blas": parent["before"], "same": True}
+    assert parent["parent after"] == parent["before"]
+    if parent["before"] and max(parent["before"]) > 1:  # else pinning is not observable
+        assert parent["parent pinned"] == [1] * len(parent["before"])

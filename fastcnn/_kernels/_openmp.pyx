@@ -41,6 +41,20 @@ cdef extern from *:
     static void fastcnn_store_released(double t) {
         *(volatile double*) &fastcnn_released_at = t; }
     #endif
+    /* Set once a parallel region of 2+ threads has run (in any thread): from then on a
+       forked child must not start OpenMP threads (see fastcnn._threads). */
+    static int fastcnn_team_started = 0;
+    #if defined(__GNUC__) || defined(__clang__)
+    static int fastcnn_load_team_started(void) {
+        return __atomic_load_n(&fastcnn_team_started, __ATOMIC_RELAXED); }
+    static void fastcnn_store_team_started(void) {
+        __atomic_store_n(&fastcnn_team_started, 1, __ATOMIC_RELAXED); }
+    #else
+    static int fastcnn_load_team_started(void) {
+        return *(volatile int*) &fastcnn_team_started; }
+    static void fastcnn_store_team_started(void) {
+        *(volatile int*) &fastcnn_team_started = 1; }
+    #endif
     #ifndef FASTCNN_DEBUG_BUILD
     #define FASTCNN_DEBUG_BUILD 0
     #endif
@@ -65,6 +79,8 @@ cdef extern from *:
     double fastcnn_now() noexcept nogil
     double fastcnn_load_released() noexcept nogil
     void fastcnn_store_released(double t) noexcept nogil
+    int fastcnn_load_team_started() noexcept nogil
+    void fastcnn_store_team_started() noexcept nogil
 
 
 # Seconds after a release during which the team counts as warm; 0 turns warm reuse off.
@@ -82,8 +98,13 @@ cdef int team_size(Py_ssize_t work, Py_ssize_t min_work, int n_threads) noexcept
 
 
 cdef void team_released(int threads) noexcept nogil:
-    if threads > 1 and warm_window > 0:
-        fastcnn_store_released(fastcnn_now())
+    if threads > 1:
+        # Every kernel calls this after each parallel region, in the thread that ran it:
+        # the flag is set before that thread can fork, which is when a child would hang.
+        if not fastcnn_load_team_started():
+            fastcnn_store_team_started()
+        if warm_window > 0:
+            fastcnn_store_released(fastcnn_now())
 
 
 def openmp_enabled() -> bool:
@@ -94,6 +115,11 @@ def openmp_enabled() -> bool:
 def max_threads() -> int:
     """OpenMP's default team size (honours OMP_NUM_THREADS); 1 without OpenMP."""
     return fastcnn_max_threads()
+
+
+def team_started() -> bool:
+    """True once a kernel has run a parallel region on 2 or more threads."""
+    return bool(fastcnn_load_team_started())
 
 
 def build_info() -> dict:
