@@ -265,7 +265,10 @@ def _train(args, start: float) -> int:
             )
         fastcnn.set_backend(args.backend)
     if args.threads is not None:
-        fastcnn.set_num_threads(args.threads)
+        try:
+            fastcnn.set_num_threads(args.threads)
+        except (ValueError, RuntimeError) as exc:  # too many, or in a forked child
+            raise _CLIError(f"--threads {args.threads}: {exc}") from None
     if args.save is not None:  # fail now, not after the training
         directory = os.path.dirname(os.path.abspath(args.save))
         if not os.path.isdir(directory):

@@ -146,13 +146,17 @@ def test_concurrent_callers_never_share_a_result(backend, rng):
 
     def work():
         try:
-            for _ in range(50):
-                a, b = F.tanh(x), F.tanh(x)
-                assert not np.shares_memory(a, b)
-                np.testing.assert_allclose(a, expected, **tol(np.float32))
-                a[...] = np.nan  # would show up in another thread's result if shared
+            with fastcnn.use_backend(backend):  # the selection is per thread
+                _tanh_pairs()
         except Exception as exc:  # reported in the main thread
             errors.append(exc)
+
+    def _tanh_pairs():
+        for _ in range(50):
+            a, b = F.tanh(x), F.tanh(x)
+            assert not np.shares_memory(a, b)
+            np.testing.assert_allclose(a, expected, **tol(np.float32))
+            a[...] = np.nan  # would show up in another thread's result if shared
 
     threads = [threading.Thread(target=work) for _ in range(4)]
     for t in threads:

@@ -249,6 +249,13 @@ def test_train_help_gives_every_option_help_and_each_default_once(capsys):
     assert "(default: 64)" in out and "(default: 0)" in out  # --batch-size, --seed
 
 
+def test_an_impossible_thread_count_is_an_error_not_a_traceback(capsys):
+    assert cli.main([*TINY, "--threads", "1000000"]) == 1
+    err = capsys.readouterr().err
+    assert "fastcnn train: error: --threads 1000000: n must be <=" in err
+    assert "Traceback" not in err
+
+
 def test_a_misspelt_option_shows_the_train_usage_and_the_closest_option(capsys):
     assert cli.main(["train", "--epohcs", "3"]) == 2
     err = capsys.readouterr().err
