@@ -28,17 +28,30 @@ _forked_after_team = False  # in a child forked after a team ran: see _after_for
 MAX_THREADS = max(256, 8 * (os.cpu_count() or 1))
 
 
-@cache  # the OpenMP runtime reads OMP_NUM_THREADS once, at start-up, and so do we
-def _default_num_threads() -> int:
+@cache
+def _openmp():
+    """The compiled OpenMP helpers, or None without the extension."""
     try:
-        from fastcnn._kernels import _openmp
+        from fastcnn._kernels import _openmp as module
     except ImportError:
+        return None
+    return module
+
+
+@cache  # the OpenMP runtime reads OMP_NUM_THREADS once, at start-up, and so do we
+def _initial_max_threads() -> int:
+    # omp_get_max_threads honours OMP_NUM_THREADS (and is 1 without OpenMP).
+    return int(_openmp().max_threads())
+
+
+@cache
+def _default_num_threads() -> int:
+    if _openmp() is None:
         # Without the extension no OpenMP runtime says what OMP_NUM_THREADS asks for.
         env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
         n = int(env) if env.isdigit() else os.cpu_count() or 1
     else:
-        # omp_get_max_threads honours OMP_NUM_THREADS (and is 1 without OpenMP).
-        n = int(_openmp.max_threads())
+        n = _initial_max_threads()
     if n > MAX_THREADS:
         warnings.warn(
             f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} asks for more threads "
@@ -51,13 +64,32 @@ def _default_num_threads() -> int:
     return max(1, n)
 
 
-def get_num_threads() -> int:
-    """Number of threads the compiled kernels use (default: ``OMP_NUM_THREADS`` or all
-    cores; 1 in a process forked after they had run on several, see :func:`set_num_threads`).
+def _lowered_openmp_limit() -> int | None:
+    """The calling thread's OpenMP thread limit, where something lowered it since start-up.
+
+    threadpoolctl's ``threadpool_limits`` (and scikit-learn and joblib through it) limit
+    OpenMP by calling ``omp_set_num_threads`` in the calling thread; the kernels pass an
+    explicit team size, so fastcnn reads that limit on every call and honours it as a
+    cap. A limit raised above the start-up value caps nothing.
     """
-    if _num_threads is None:
-        return _default_num_threads()
-    return _num_threads
+    module = _openmp()
+    if module is None:
+        return None
+    limit = int(module.max_threads())
+    return limit if limit < _initial_max_threads() else None
+
+
+def get_num_threads() -> int:
+    """Number of threads the compiled kernels use.
+
+    The count set by :func:`set_num_threads`, else ``OMP_NUM_THREADS`` or all cores;
+    at most the OpenMP limit that ``threadpoolctl.threadpool_limits`` sets for the
+    calling thread; 1 in a process forked after the kernels had run on several
+    (see :func:`set_num_threads`).
+    """
+    n = _default_num_threads() if _num_threads is None else _num_threads
+    limit = _lowered_openmp_limit()
+    return n if limit is None else min(n, limit)
 
 
 def set_num_threads(n: int | None) -> None:

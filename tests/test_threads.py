@@ -773,3 +773,34 @@ print(json.dumps([report, {"before": before, "parent pinned": parent_pinned,
     assert parent["parent after"] == parent["before"]
     if parent["before"] and max(parent["before"]) > 1:  # else pinning is not observable
         assert parent["parent pinned"] == [1] * len(parent["before"])
+
+
+# ---------------------------------------------------------------------------------------
+# threadpoolctl
+
+
+@pytest.mark.skipif(
+    "cython" not in fastcnn.available_backends()
+    or not fastcnn._backend._compiled.openmp.openmp_enabled(),
+    reason="threadpoolctl limits OpenMP runtimes; this build has none",
+)
+@pytest.mark.parametrize("user_api", [None, "openmp"])
+def test_threadpoolctl_limits_reach_the_kernels(user_api):
+    """threadpool_limits (scikit-learn's and joblib's tool) once did not reach fastcnn:
+    the count was cached at import (issue 22, item 4)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    fastcnn.set_num_threads(2)
+    try:
+        with threadpoolctl.threadpool_limits(limits=1, user_api=user_api):
+            assert fastcnn.get_num_threads() == 1
+            x = np.ones((8, 4, 16, 16), np.float32)
+            w = np.ones((4, 4, 3, 3), np.float32)
+            with fastcnn.use_backend("cython"):
+                np.testing.assert_allclose(F.conv2d(x, w, padding=1)[0, 0, 5, 5], 36.0)
+        assert fastcnn.get_num_threads() == 2
+        with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+            assert fastcnn.get_num_threads() == 2  # BLAS limits are not OpenMP's
+        with threadpoolctl.threadpool_limits(limits=64):
+            assert fastcnn.get_num_threads() == 2  # a limit caps, it never raises
+    finally:
+        fastcnn.set_num_threads(None)
