@@ -325,8 +325,9 @@ def max_pool2d_forward(
 ) -> None:
     """2-D max pooling with argmax indices.
 
-    Padding never wins. Within a window, the first NaN in row-major order is selected
-    if there is one, otherwise the first maximum. A window whose in-bounds elements are
+    Padding never wins. Within a window, the last NaN in row-major order is selected
+    if there is one (PyTorch's CPU rule, ``(v > max) || isnan(v)``), otherwise the first
+    maximum. A window whose in-bounds elements are
     all ``-inf`` selects its first in-bounds element.
 
     Parameters
@@ -352,12 +353,17 @@ def max_pool2d_forward(
     win = _windows(xp, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w, dil_h, dil_w)
     win = win.reshape(N, C, out_h, out_w, kernel_h * kernel_w)
 
-    # np.argmax returns the first NaN if any, else the first maximum: exactly the scan
-    # rule, except that a -inf padding cell ahead of in-bounds -inf values would tie and
-    # win. That can only happen when the maximum is -inf, and then the rule picks the
-    # first in-bounds tap, so that case is patched below.
+    # np.argmax returns the first maximum: the scan rule, except that a -inf padding cell
+    # ahead of in-bounds -inf values would tie and win. That can only happen when the
+    # maximum is -inf, and then the rule picks the first in-bounds tap, so that case is
+    # patched below. np.argmax also returns the first NaN, where the rule wants the last
+    # (padding is never NaN): patched below too.
     tap = np.argmax(win, axis=-1)
     out[...] = np.take_along_axis(win, tap[..., None], axis=-1)[..., 0]
+    has_nan = np.isnan(out)
+    if has_nan.any():
+        last_nan = win.shape[-1] - 1 - np.argmax(np.isnan(win[..., ::-1]), axis=-1)
+        tap = np.where(has_nan, last_nan, tap)
 
     valid = (
         _in_bounds_taps(out_h, kernel_h, stride_h, pad_h, dil_h, H)[:, None, :, None]

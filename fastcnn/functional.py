@@ -440,7 +440,8 @@ def max_pool2d(
     indices : int64 ndarray of shape (N, C, H_out, W_out)
         Flat index ``h * W + w`` of each maximum in its (H, W) input plane, as PyTorch's
         ``return_indices=True``. Ties go to the first maximum in row-major window order;
-        a NaN in the window is selected (the first one), so NaN propagates.
+        a NaN in the window is selected (the last one, as PyTorch's CPU kernel), so NaN
+        propagates.
 
     Shapes
     ------

@@ -31,9 +31,9 @@ cdef inline Py_ssize_t max_ssize(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
 
 
 cdef inline bint better(floating v, floating m) noexcept nogil:
-    # Strict '>' keeps the first of tied maxima; the first NaN wins and then sticks,
-    # because nothing compares greater than NaN.
-    return v > m or (v != v and m == m)
+    # PyTorch's CPU rule, (v > max) || isnan(v): strict '>' keeps the first of tied
+    # maxima, and every NaN replaces the running max, so the last NaN of a window wins.
+    return v > m or v != v
 
 
 cdef inline floating larger(floating a, floating b) noexcept nogil:
@@ -45,8 +45,9 @@ cdef void max_plane_2x2(const floating* x, floating* out, long long* idx,
     # The common 2x2, stride 2, unpadded case, every window inside the plane. Which of
     # four random values wins is a coin toss that a branch predictor loses half the time,
     # so the maximum is found branch-free and then located by equality, first match in
-    # row-major order (the same tie rule). Windows holding a NaN, rare, take the general
-    # rule; the value is read back from the chosen position, which keeps the sign of zero.
+    # row-major order (the same tie rule). Windows holding a NaN, rare, pick the last NaN
+    # (better()'s rule); the value is read back from the chosen position, which keeps the
+    # sign of zero.
     cdef Py_ssize_t oh, ow, best, is_a, is_b, is_c
     cdef const floating* r0
     cdef const floating* r1
@@ -60,7 +61,7 @@ cdef void max_plane_2x2(const floating* x, floating* out, long long* idx,
             c = r1[2 * ow]
             d = r1[2 * ow + 1]
             if (a != a) | (b != b) | (c != c) | (d != d):
-                best = 0 if a != a else (1 if b != b else (w if c != c else w + 1))
+                best = w + 1 if d != d else (w if c != c else (1 if b != b else 0))
             else:
                 m = larger(larger(a, b), larger(c, d))
                 # first of a, b, c, d equal to m, in arithmetic rather than branches
