@@ -387,7 +387,7 @@ def max_pool2d_backward(
     indices: IndexArray,
     grad_x: FloatArray,
     n_threads: int,
-) -> None:
+) -> int:
     """Route each output gradient back to the input element that won its window.
 
     Parameters
@@ -400,19 +400,28 @@ def max_pool2d_backward(
         Overwritten with the input gradient; overlapping windows accumulate.
     n_threads : int
         Ignored by this backend.
+
+    Returns
+    -------
+    int
+        How many indices lay outside ``[0, H*W)``; they are skipped.
     """
     N, C, H, W = grad_x.shape
+    # One private copy, checked and used alike: another thread may write the caller's
+    # array meanwhile (numpy releases the GIL in its loops).
+    indices = np.array(indices, dtype=np.int64)
     grad_x[...] = 0
+    keep = ((indices >= 0) & (indices < H * W)).reshape(-1)
     plane = np.arange(N * C, dtype=np.int64).reshape(N, C, 1, 1) * (H * W)
     target = (plane + indices).reshape(-1)
     values = grad_out.reshape(-1)
-    # -1 marks a window with no in-bounds element: it has nowhere to send its gradient.
-    keep = (indices >= 0).reshape(-1)
-    if not keep.all():
+    bad = keep.size - int(np.count_nonzero(keep))
+    if bad:
         target = target[keep]
         values = values[keep]
     # np.add.at (unlike fancy-index +=) accumulates repeated targets.
     np.add.at(grad_x.reshape(-1), target, values)
+    return bad
 
 
 # --------------------------------------------------------------------------------------

@@ -493,18 +493,28 @@ def max_pool2d_backward(
     if grad_out.size == 0:
         return np.zeros(shape, dtype=grad_out.dtype)
     grad_x = _buffers.empty(shape, dtype=grad_out.dtype)  # the kernel zeroes each plane it fills
-    plane = shape[2] * shape[3]
-    low, high = indices.min(), indices.max()
-    if low < 0 or high >= plane:
-        raise ValueError(
-            f"indices must lie in [0, H*W) = [0, {plane}) for input_shape {shape}, "
-            f"got values in [{low}, {high}]"
-        )
-    _backend.current().max_pool2d_backward(
+    # The kernel checks each index as it reads it, skips and counts those outside the
+    # plane: a check here first could not see a change another thread makes in between.
+    bad = _backend.current().max_pool2d_backward(
         contiguous(grad_out), contiguous(indices.astype(np.int64, copy=False)), grad_x,
         _threads.get_num_threads(),
     )  # fmt: skip
+    if bad:
+        raise _indices_out_of_range(indices, bad, shape)
     return grad_x
+
+
+def _indices_out_of_range(indices: np.ndarray, bad: int, shape: tuple) -> ValueError:
+    """The error for ``bad`` indices outside the (H, W) plane of ``shape``."""
+    plane = shape[2] * shape[3]
+    expected = f"indices must lie in [0, H*W) = [0, {plane}) for input_shape {shape}"
+    low, high = indices.min(), indices.max()
+    if low < 0 or high >= plane:
+        return ValueError(f"{expected}, got values in [{low}, {high}]")
+    return ValueError(
+        f"{expected}, but {bad} of them lay outside it during the call "
+        "(changed by another thread?)"
+    )
 
 
 def _check_avg(
