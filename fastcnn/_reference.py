@@ -622,11 +622,19 @@ def tanh_backward(grad_out: np.ndarray, y: np.ndarray, grad_x: np.ndarray, n_thr
 
 
 def sigmoid_forward(x: np.ndarray, out: np.ndarray, n_threads: int) -> None:
-    """``out = 0.5 * tanh(x / 2) + 0.5``: the logistic function, with no overflow."""
-    np.multiply(x, 0.5, out=out)
-    np.tanh(out, out=out)
-    out *= 0.5
-    out += 0.5
+    """``out = 1 / (1 + exp(-x))``, as ``e / (1 + e)`` for x < 0, ``1 / (1 + e)`` else.
+
+    With ``e = exp(-|x|)`` in (0, 1] nothing overflows, and a small output keeps its
+    relative precision: each step rounds once, for a few ulp in all (``0.5 * tanh(x / 2)
+    + 0.5`` loses it all for x < 0, where 0.5 cancels).
+    """
+    negative = x < 0
+    np.abs(x, out=out)
+    np.negative(out, out=out)
+    np.exp(out, out=out)
+    numerator = np.where(negative, out, 1)
+    out += 1
+    np.divide(numerator, out, out=out)
 
 
 def sigmoid_backward(

@@ -722,7 +722,9 @@ def tanh_backward(grad_out: np.ndarray, y: np.ndarray) -> np.ndarray:
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """Logistic function ``1 / (1 + exp(-x))`` element-wise.
 
-    Computed as ``0.5 * tanh(x / 2) + 0.5``, which never overflows.
+    Computed as ``e / (1 + e)`` for ``x < 0`` and ``1 / (1 + e)`` otherwise, with
+    ``e = exp(-|x|)``: it never overflows and is accurate to a few units in the last
+    place over the whole range, small outputs (large negative x) included.
 
     Parameters
     ----------
@@ -737,6 +739,10 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 def sigmoid_backward(grad_out: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Gradient of :func:`sigmoid` from its output: ``grad_out * y * (1 - y)``.
+
+    Accurate to a few units in the last place where ``y <= 1/2`` (``x <= 0``). Where
+    ``y`` rounds to 1 (``x`` above about 17 in float32, 37 in float64) the gradient is
+    0, as in PyTorch, which computes it from the output in the same way.
 
     Parameters
     ----------
