@@ -470,7 +470,10 @@ def max_pool2d_backward(
     ----------
     grad_out : ndarray of shape (N, C, H_out, W_out)
     indices : int64 ndarray of shape (N, C, H_out, W_out)
-        The indices returned by :func:`max_pool2d`.
+        The indices returned by :func:`max_pool2d`. One outside ``[0, H*W)`` raises
+        ``ValueError``; the kernel checks each as it reads it, so an array another
+        thread writes during the call can give wrong gradients or that error, never a
+        write outside ``grad_x``.
     input_shape : (N, C, H, W)
         Shape of the pooled input.
 
