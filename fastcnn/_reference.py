@@ -325,8 +325,9 @@ def max_pool2d_forward(
 ) -> None:
     """2-D max pooling with argmax indices.
 
-    Padding never wins. Within a window, the first NaN in row-major order is selected
-    if there is one, otherwise the first maximum. A window whose in-bounds elements are
+    Padding never wins. Within a window, the last NaN in row-major order is selected
+    if there is one (PyTorch's CPU rule, ``(v > max) || isnan(v)``), otherwise the first
+    maximum. A window whose in-bounds elements are
     all ``-inf`` selects its first in-bounds element.
 
     Parameters
@@ -352,12 +353,17 @@ def max_pool2d_forward(
     win = _windows(xp, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w, dil_h, dil_w)
     win = win.reshape(N, C, out_h, out_w, kernel_h * kernel_w)
 
-    # np.argmax returns the first NaN if any, else the first maximum: exactly the scan
-    # rule, except that a -inf padding cell ahead of in-bounds -inf values would tie and
-    # win. That can only happen when the maximum is -inf, and then the rule picks the
-    # first in-bounds tap, so that case is patched below.
+    # np.argmax returns the first maximum: the scan rule, except that a -inf padding cell
+    # ahead of in-bounds -inf values would tie and win. That can only happen when the
+    # maximum is -inf, and then the rule picks the first in-bounds tap, so that case is
+    # patched below. np.argmax also returns the first NaN, where the rule wants the last
+    # (padding is never NaN): patched below too.
     tap = np.argmax(win, axis=-1)
     out[...] = np.take_along_axis(win, tap[..., None], axis=-1)[..., 0]
+    has_nan = np.isnan(out)
+    if has_nan.any():
+        last_nan = win.shape[-1] - 1 - np.argmax(np.isnan(win[..., ::-1]), axis=-1)
+        tap = np.where(has_nan, last_nan, tap)
 
     valid = (
         _in_bounds_taps(out_h, kernel_h, stride_h, pad_h, dil_h, H)[:, None, :, None]
@@ -381,7 +387,7 @@ def max_pool2d_backward(
     indices: IndexArray,
     grad_x: FloatArray,
     n_threads: int,
-) -> None:
+) -> int:
     """Route each output gradient back to the input element that won its window.
 
     Parameters
@@ -394,19 +400,28 @@ def max_pool2d_backward(
         Overwritten with the input gradient; overlapping windows accumulate.
     n_threads : int
         Ignored by this backend.
+
+    Returns
+    -------
+    int
+        How many indices lay outside ``[0, H*W)``; they are skipped.
     """
     N, C, H, W = grad_x.shape
+    # One private copy, checked and used alike: another thread may write the caller's
+    # array meanwhile (numpy releases the GIL in its loops).
+    indices = np.array(indices, dtype=np.int64)
     grad_x[...] = 0
+    keep = ((indices >= 0) & (indices < H * W)).reshape(-1)
     plane = np.arange(N * C, dtype=np.int64).reshape(N, C, 1, 1) * (H * W)
     target = (plane + indices).reshape(-1)
     values = grad_out.reshape(-1)
-    # -1 marks a window with no in-bounds element: it has nowhere to send its gradient.
-    keep = (indices >= 0).reshape(-1)
-    if not keep.all():
+    bad = keep.size - int(np.count_nonzero(keep))
+    if bad:
         target = target[keep]
         values = values[keep]
     # np.add.at (unlike fancy-index +=) accumulates repeated targets.
     np.add.at(grad_x.reshape(-1), target, values)
+    return bad
 
 
 # --------------------------------------------------------------------------------------
@@ -607,11 +622,19 @@ def tanh_backward(grad_out: np.ndarray, y: np.ndarray, grad_x: np.ndarray, n_thr
 
 
 def sigmoid_forward(x: np.ndarray, out: np.ndarray, n_threads: int) -> None:
-    """``out = 0.5 * tanh(x / 2) + 0.5``: the logistic function, with no overflow."""
-    np.multiply(x, 0.5, out=out)
-    np.tanh(out, out=out)
-    out *= 0.5
-    out += 0.5
+    """``out = 1 / (1 + exp(-x))``, as ``e / (1 + e)`` for x < 0, ``1 / (1 + e)`` else.
+
+    With ``e = exp(-|x|)`` in (0, 1] nothing overflows, and a small output keeps its
+    relative precision: each step rounds once, for a few ulp in all (``0.5 * tanh(x / 2)
+    + 0.5`` loses it all for x < 0, where 0.5 cancels).
+    """
+    negative = x < 0
+    np.abs(x, out=out)
+    np.negative(out, out=out)
+    np.exp(out, out=out)
+    numerator = np.where(negative, out, 1)
+    out += 1
+    np.divide(numerator, out, out=out)
 
 
 def sigmoid_backward(

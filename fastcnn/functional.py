@@ -440,7 +440,8 @@ def max_pool2d(
     indices : int64 ndarray of shape (N, C, H_out, W_out)
         Flat index ``h * W + w`` of each maximum in its (H, W) input plane, as PyTorch's
         ``return_indices=True``. Ties go to the first maximum in row-major window order;
-        a NaN in the window is selected (the first one), so NaN propagates.
+        a NaN in the window is selected (the last one, as PyTorch's CPU kernel), so NaN
+        propagates.
 
     Shapes
     ------
@@ -469,7 +470,10 @@ def max_pool2d_backward(
     ----------
     grad_out : ndarray of shape (N, C, H_out, W_out)
     indices : int64 ndarray of shape (N, C, H_out, W_out)
-        The indices returned by :func:`max_pool2d`.
+        The indices returned by :func:`max_pool2d`. One outside ``[0, H*W)`` raises
+        ``ValueError``; the kernel checks each as it reads it, so an array another
+        thread writes during the call can give wrong gradients or that error, never a
+        write outside ``grad_x``.
     input_shape : (N, C, H, W)
         Shape of the pooled input.
 
@@ -492,18 +496,28 @@ def max_pool2d_backward(
     if grad_out.size == 0:
         return np.zeros(shape, dtype=grad_out.dtype)
     grad_x = _buffers.empty(shape, dtype=grad_out.dtype)  # the kernel zeroes each plane it fills
-    plane = shape[2] * shape[3]
-    low, high = indices.min(), indices.max()
-    if low < 0 or high >= plane:
-        raise ValueError(
-            f"indices must lie in [0, H*W) = [0, {plane}) for input_shape {shape}, "
-            f"got values in [{low}, {high}]"
-        )
-    _backend.current().max_pool2d_backward(
+    # The kernel checks each index as it reads it, skips and counts those outside the
+    # plane: a check here first could not see a change another thread makes in between.
+    bad = _backend.current().max_pool2d_backward(
         contiguous(grad_out), contiguous(indices.astype(np.int64, copy=False)), grad_x,
         _threads.get_num_threads(),
     )  # fmt: skip
+    if bad:
+        raise _indices_out_of_range(indices, bad, shape)
     return grad_x
+
+
+def _indices_out_of_range(indices: np.ndarray, bad: int, shape: tuple) -> ValueError:
+    """The error for ``bad`` indices outside the (H, W) plane of ``shape``."""
+    plane = shape[2] * shape[3]
+    expected = f"indices must lie in [0, H*W) = [0, {plane}) for input_shape {shape}"
+    low, high = indices.min(), indices.max()
+    if low < 0 or high >= plane:
+        return ValueError(f"{expected}, got values in [{low}, {high}]")
+    return ValueError(
+        f"{expected}, but {bad} of them lay outside it during the call "
+        "(changed by another thread?)"
+    )
 
 
 def _check_avg(
@@ -711,7 +725,9 @@ def tanh_backward(grad_out: np.ndarray, y: np.ndarray) -> np.ndarray:
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """Logistic function ``1 / (1 + exp(-x))`` element-wise.
 
-    Computed as ``0.5 * tanh(x / 2) + 0.5``, which never overflows.
+    Computed as ``e / (1 + e)`` for ``x < 0`` and ``1 / (1 + e)`` otherwise, with
+    ``e = exp(-|x|)``: it never overflows and is accurate to a few units in the last
+    place over the whole range, small outputs (large negative x) included.
 
     Parameters
     ----------
@@ -726,6 +742,10 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 def sigmoid_backward(grad_out: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Gradient of :func:`sigmoid` from its output: ``grad_out * y * (1 - y)``.
+
+    Accurate to a few units in the last place where ``y <= 1/2`` (``x <= 0``). Where
+    ``y`` rounds to 1 (``x`` above about 17 in float32, 37 in float64) the gradient is
+    0, as in PyTorch, which computes it from the output in the same way.
 
     Parameters
     ----------

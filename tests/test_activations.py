@@ -106,6 +106,52 @@ def test_float32_tanh_is_accurate_to_a_few_ulp(backend):
     assert np.all(np.abs(F.tanh(x)) <= 1)
 
 
+def _sigmoid_exact(x):
+    """sigmoid and its derivative in extended precision, from the float inputs ``x``."""
+    if np.finfo(np.longdouble).eps > 1e-18:
+        pytest.skip("np.longdouble is no wider than float64 here: no exact reference")
+    x = x.astype(np.longdouble)
+    e = np.exp(-np.abs(x))  # in (0, 1]: no overflow
+    y = np.where(x < 0, e, 1) / (1 + e)
+    return y, e / ((1 + e) * (1 + e))
+
+
+def _ulp_error(got, exact, dtype):
+    ulp = np.spacing(np.abs(exact).astype(dtype)).astype(np.longdouble)
+    return np.abs(got.astype(np.longdouble) - exact) / ulp
+
+
+def _sigmoid_sweep(dtype):
+    # Down to where the output underflows to 0 (through the subnormals), up to where it
+    # rounds to 1, densest around 0.
+    low = -105.0 if dtype == np.float32 else -746.0
+    return np.concatenate([
+        np.linspace(low, 40, 400_001),
+        np.linspace(-2, 2, 100_001),
+        -np.geomspace(1e-30, -low, 20_001),
+    ]).astype(dtype)  # fmt: skip
+
+
+def test_sigmoid_is_accurate_to_a_few_ulp(backend, dtype):
+    # Relative precision all the way down: 0.5 * tanh(x / 2) + 0.5 lost it for x < 0,
+    # where the output is small (float32: 2e-4 relative at -10, 0 from -17.3 on).
+    x = _sigmoid_sweep(dtype)
+    exact, _ = _sigmoid_exact(x)
+    error = _ulp_error(F.sigmoid(x), exact, dtype)
+    assert error.max() <= 4, f"max error {float(error.max()):.2f} ulp at x={x[error.argmax()]}"
+
+
+def test_sigmoid_backward_keeps_relative_precision_for_negative_inputs(backend, dtype):
+    # From y alone: y * (1 - y) is accurate where y < 1/2 (1 - y has no cancellation).
+    # For large positive x, y rounds to 1 and the gradient to 0, as in PyTorch.
+    x = _sigmoid_sweep(dtype)
+    x = x[x <= 0]
+    _, exact = _sigmoid_exact(x)
+    grad = F.sigmoid_backward(np.ones_like(x), F.sigmoid(x))
+    error = _ulp_error(grad, exact, dtype)
+    assert error.max() <= 5, f"max error {float(error.max()):.2f} ulp at x={x[error.argmax()]}"
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_special_values(backend, dtype, name):
     forward = OPS[name][0]

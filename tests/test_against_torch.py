@@ -1,9 +1,9 @@
 """Both backends against ``torch.nn.functional``: forward values and autograd gradients.
 
 PyTorch is the semantic reference the issue names (conv2d, max_pool2d with
-``return_indices=True``, avg_pool2d). Inputs are random normals, so max pooling has no
-ties and no NaN: PyTorch's CPU kernel picks the *last* NaN of a window while fastcnn
-documents the first, so NaN indices are checked in test_functional.py instead.
+``return_indices=True``, avg_pool2d). Inputs are random normals, plus max pooling over
+small integers (ties) with NaNs at random places: PyTorch's CPU kernel picks the last
+NaN of a window, and so must fastcnn.
 """
 
 from __future__ import annotations
@@ -166,6 +166,33 @@ def test_max_pool2d_matches_torch(x_shape, kwargs, backend, dtype, rng):
     np.testing.assert_array_equal(idx, tidx.numpy())
     assert idx.dtype == np.int64
 
+    r = rng.standard_normal(y.shape).astype(dtype)
+    ty.backward(torch.from_numpy(r))
+    assert_close(F.max_pool2d_backward(r, idx, x.shape), tx.grad.numpy(), dtype)
+
+
+# The compiled kernel's 2x2 stride-2 path, then windows of every other kind.
+NAN_POOL_CASES = [
+    ((2, 3, 6, 8), {"kernel_size": 2}),
+    ((1, 2, 7, 5), {"kernel_size": 2}),
+    ((1, 2, 7, 5), {"kernel_size": 2, "ceil_mode": True}),
+    *_pool_cases(40, 14, dilation=True),
+]
+
+
+@pytest.mark.parametrize("nan_fraction", [0.1, 0.5])
+@pytest.mark.parametrize(("x_shape", "kwargs"), NAN_POOL_CASES, ids=case_id)
+def test_max_pool2d_nan_and_tie_indices_match_torch(x_shape, kwargs, nan_fraction, backend, dtype):
+    # Windows holding several NaNs, and ties: the same values and the same indices as
+    # PyTorch, so the gradient goes to the same place.
+    rng = np.random.default_rng(sum(x_shape) + int(100 * nan_fraction))
+    x = rng.integers(0, 3, x_shape).astype(dtype)
+    x[rng.random(x_shape) < nan_fraction] = np.nan
+    tx = tensor(x)
+    ty, tidx = TF.max_pool2d(tx, **kwargs, return_indices=True)
+    y, idx = F.max_pool2d(x, **kwargs)
+    np.testing.assert_array_equal(y, ty.detach().numpy())  # NaN where NaN
+    np.testing.assert_array_equal(idx, tidx.numpy())
     r = rng.standard_normal(y.shape).astype(dtype)
     ty.backward(torch.from_numpy(r))
     assert_close(F.max_pool2d_backward(r, idx, x.shape), tx.grad.numpy(), dtype)

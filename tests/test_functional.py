@@ -792,30 +792,36 @@ def test_max_pool2d_ties_go_to_first_maximum(backend, dtype):
     np.testing.assert_array_equal(idx[0, 0], [[0, 1]])
 
 
-def test_max_pool2d_nan_propagates_with_first_nan_index(backend, dtype):
+def test_max_pool2d_nan_propagates_with_last_nan_index(backend, dtype):
+    # PyTorch's CPU rule, (v > max) || isnan(v): a NaN replaces anything, so the last NaN
+    # of a window in row-major order wins and the gradient goes there.
     nan = np.nan
     x = np.array(
         [
             [1, nan, 7, 2],
             [nan, 5, 3, nan],
-            [9, 1, 2, 0],
-            [4, 3, 1, nan],
+            [nan, nan, 2, 0],
+            [nan, nan, 1, nan],
         ],
         dtype,
     )[None, None]
-    y, idx = F.max_pool2d(x, 2)
-    assert np.isnan(y[0, 0, 0, 0]) and idx[0, 0, 0, 0] == 1  # first of two NaNs
-    assert np.isnan(y[0, 0, 0, 1]) and idx[0, 0, 0, 1] == 7  # NaN after a larger value
-    assert y[0, 0, 1, 0] == 9 and idx[0, 0, 1, 0] == 8
-    assert np.isnan(y[0, 0, 1, 1]) and idx[0, 0, 1, 1] == 15  # NaN in the last position
-    # with padding and overlap
-    x = np.array([[0, 1, 2], [3, nan, 5], [6, 7, 8]], dtype)[None, None]
+    y, idx = F.max_pool2d(x, 2)  # the 2x2, stride-2 path
+    assert np.all(np.isnan(y))
+    np.testing.assert_array_equal(idx[0, 0], [[4, 7], [13, 15]])
+    # the general path: padding, overlapping windows, three NaNs
+    x = np.array([[nan, 1, 2], [3, nan, 5], [6, 7, nan]], dtype)[None, None]
     y, idx = F.max_pool2d(x, 3, stride=1, padding=1)
     assert np.all(np.isnan(y))
-    assert np.all(idx == 4)
-    # the gradient goes to the NaN
+    np.testing.assert_array_equal(idx[0, 0], [[4, 4, 4], [4, 8, 8], [4, 8, 8]])
     g = F.max_pool2d_backward(np.ones_like(y), idx, x.shape)
-    np.testing.assert_array_equal(g[0, 0], [[0, 0, 0], [0, 9, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(g[0, 0], [[0, 0, 0], [0, 5, 0], [0, 0, 4]])
+    # ceil_mode windows clipped at the edge, and dilation
+    y, idx = F.max_pool2d(x, 2, ceil_mode=True)
+    np.testing.assert_array_equal(idx[0, 0], [[4, 5], [7, 8]])
+    x = np.arange(25, dtype=dtype).reshape(1, 1, 5, 5)
+    x[0, 0, ::2, ::2] = nan  # every tap of the corner windows, none of the others
+    y, idx = F.max_pool2d(x, 2, stride=1, dilation=2)
+    np.testing.assert_array_equal(idx[0, 0], [[12, 13, 14], [17, 18, 19], [22, 23, 24]])
 
 
 def test_max_pool2d_all_minus_inf_windows(backend, dtype):

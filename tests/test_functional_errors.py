@@ -468,6 +468,76 @@ def test_max_pool_backward_wrong_ndim(backend):
         F.max_pool2d_backward(y[0], idx[0], x.shape)
 
 
+def _pool_kernels(name):
+    """The module whose max_pool2d_backward a backend runs, or a skip."""
+    if name == "numpy":
+        from fastcnn import _reference
+
+        return _reference
+    if name not in fastcnn.available_backends():
+        pytest.skip(f"compiled extension not importable: {fastcnn.backend_import_error()}")
+    from fastcnn._kernels import _pool
+
+    return _pool
+
+
+@pytest.mark.parametrize("name", ["numpy", "cython"])
+def test_max_pool_backward_kernel_checks_every_index_itself(name, dtype):
+    # functional validates the indices first, but another thread may change the caller's
+    # array after that (issue 20, defect 2): the kernel must skip and count an index
+    # outside [0, H*W) rather than write there. Called directly, past the validation,
+    # into a grad_x with guard cells either side, where an unchecked write would land.
+    pool = _pool_kernels(name)
+    shape, guard = (2, 3, 4, 5), 64
+    memory = np.full(int(np.prod(shape)) + 2 * guard, 7.0, dtype)
+    grad_x = memory[guard:-guard].reshape(shape)
+    indices = np.arange(2 * 3 * 2 * 2, dtype=np.int64).reshape(2, 3, 2, 2) % 20
+    grad_out = np.ones(indices.shape, dtype)
+    bad = [(0, 0, 0, 0, -1), (0, 0, 1, 1, -guard), (1, 2, 0, 1, 20), (1, 2, 1, 0, 20 + guard - 1)]
+    for n, c, h, w, value in bad:
+        indices[n, c, h, w] = value
+    expected = np.zeros(shape, dtype)
+    for n, c in np.ndindex(2, 3):
+        for i in indices[n, c].reshape(-1):
+            if 0 <= i < 20:
+                expected[n, c].flat[i] += 1
+    assert pool.max_pool2d_backward(grad_out, indices, grad_x, 2) == len(bad)
+    np.testing.assert_array_equal(grad_x, expected)
+    np.testing.assert_array_equal(memory[:guard], 7.0)
+    np.testing.assert_array_equal(memory[-guard:], 7.0)
+    # one more, far outside any mapping, and both int64 extremes (negatives wrap to huge)
+    for value in (2**40, -(2**40), np.iinfo(np.int64).max, np.iinfo(np.int64).min):
+        indices[0, 1, 0, 0] = value
+        assert pool.max_pool2d_backward(grad_out, indices, grad_x, 2) == len(bad) + 1
+    # and valid indices report nothing
+    assert pool.max_pool2d_backward(grad_out, indices % 20, grad_x, 2) == 0
+
+
+def test_max_pool_backward_indices_changed_during_the_call(backend, monkeypatch):
+    # The kernel's count surfaces as the validation's ValueError, which also says so when
+    # the indices lie in range again by the time it is raised.
+    x, y, idx = _max_problem()
+    idx = idx.copy()
+    kernels = fastcnn._backend.current()
+    real = kernels.max_pool2d_backward
+
+    def changing(grad_out, indices, grad_x, n_threads):
+        saved = indices[0, 0, 0, 0]
+        indices[0, 0, 0, 0] = 30  # H*W, in the caller's own array: nothing copied it
+        try:
+            return real(grad_out, indices, grad_x, n_threads)
+        finally:
+            indices[0, 0, 0, 0] = saved
+
+    monkeypatch.setattr(kernels, "max_pool2d_backward", changing)
+    pattern = (
+        rf"indices must lie in \[0, H\*W\) = \[0, 30\) for input_shape {esc(x.shape)}, "
+        r"but 1 of them lay outside it during the call \(changed by another thread\?\)"
+    )
+    with pytest.raises(ValueError, match=pattern):
+        F.max_pool2d_backward(y, idx, x.shape)
+
+
 # ---------------------------------------------------------------------------------------
 # Nothing crashes the interpreter
 
@@ -551,3 +621,69 @@ def test_nasty_inputs_do_not_crash_the_interpreter(backend_name, tmp_path):
         assert results[name] in ("raised ValueError", "raised TypeError"), (name, results[name])
     for name in ("conv_zero_spatial", "conv_all_nan_inf", "pool_all_nan", "zero_strides"):
         assert results[name] == "ok", (name, results[name])
+
+
+STRESS_SCRIPT = r"""
+import sys
+import threading
+import numpy as np
+import fastcnn
+import fastcnn.functional as F
+
+fastcnn.set_backend(sys.argv[1])
+sys.setswitchinterval(1e-5)
+x = np.random.default_rng(0).standard_normal((16, 32, 32, 32))
+y, idx = F.max_pool2d(x, 2)
+expected = F.max_pool2d_backward(y, idx, x.shape)
+flat = idx.reshape(-1)
+stop = threading.Event()
+
+
+def flip():
+    # One index, far outside the plane between two statements: a thread switch (at the
+    # loop's end) leaves it valid, so a check before the kernel would usually pass.
+    k = flat.size // 2
+    valid = int(flat[k])
+    while not stop.is_set():
+        flat[k] = 2**40
+        flat[k] = valid
+
+
+writer = threading.Thread(target=flip)
+writer.start()
+outcomes = {"ok": 0, "refused": 0}
+try:
+    for _ in range(int(sys.argv[2])):
+        try:
+            got = F.max_pool2d_backward(y, idx, x.shape)
+        except ValueError as exc:
+            assert "indices must lie in" in str(exc), exc
+            outcomes["refused"] += 1
+        else:
+            np.testing.assert_array_equal(got, expected)
+            outcomes["ok"] += 1
+finally:
+    stop.set()
+    writer.join()
+print(outcomes)
+print("DONE")
+"""
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "cython"])
+def test_indices_changed_by_another_thread_never_crash(backend_name, tmp_path):
+    # Issue 20, defect 2: a thread writing the indices while max_pool2d_backward runs. In
+    # a subprocess, so that a crash fails this test instead of killing pytest.
+    if backend_name not in fastcnn.available_backends():
+        pytest.skip("compiled extension not importable")
+    script = tmp_path / "stress.py"
+    script.write_text(STRESS_SCRIPT)
+    iterations = "300" if backend_name == "cython" else "30"
+    proc = subprocess.run(
+        [sys.executable, str(script), backend_name, iterations],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"exit code {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert proc.stdout.splitlines()[-1] == "DONE", proc.stdout + proc.stderr

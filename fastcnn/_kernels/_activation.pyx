@@ -6,17 +6,18 @@ Every function works on flat, C-contiguous buffers: the caller passes ``x.reshap
 The array is cut into one contiguous block per thread; below ``MIN_PARALLEL`` elements
 one thread does it all, since waking a team costs more than the work, unless the team is
 still awake from the last kernel (``_openmp.team_size``). The loops are
-simple enough for the C compiler to vectorize. float32 tanh runs on the branch-free,
-runtime-dispatched AVX-512/AVX2 version in ``activation.h``, split over the threads and
-bit-identical on every instruction set (on one thread it is about 1.4x slower than
-numpy's own float32 tanh on an AVX-512 CPU, which needs the GIL and one thread). float64
-tanh and sigmoid use numpy's own (SIMD) tanh, on one thread: libm's ``tanh`` is over ten
-times slower, too slow even split over threads.
+simple enough for the C compiler to vectorize. float32 tanh and sigmoid (float32 and
+float64) run on the branch-free, runtime-dispatched AVX-512/AVX2 versions in
+``activation.h``, split over the threads and bit-identical on every instruction set (on
+one thread tanh is about 1.4x slower than numpy's own float32 tanh on an AVX-512 CPU,
+which needs the GIL and one thread). float64 tanh uses numpy's own (SIMD) tanh, on one
+thread: libm's ``tanh`` is over ten times slower, too slow even split over threads.
 
 The formulas are the numpy backend's, so both backends agree on special values: NaN
 propagates through every forward; ReLU's gradient is a select (0 where the output is
-<= 0, the incoming gradient elsewhere, as PyTorch); sigmoid is computed as
-``0.5 * tanh(x / 2) + 0.5``, which never overflows.
+<= 0, the incoming gradient elsewhere, as PyTorch); sigmoid is ``e / (1 + e)`` for
+x < 0 and ``1 / (1 + e)`` otherwise, with ``e = exp(-|x|)``: it never overflows and
+keeps its relative precision where the output is small.
 """
 
 import numpy as np
@@ -28,6 +29,8 @@ from fastcnn._kernels._openmp cimport team_released, team_size
 
 cdef extern from "activation.h":
     void fastcnn_tanhf_array(const float* x, float* y, Py_ssize_t n) noexcept nogil
+    void fastcnn_sigmoidf_array(const float* x, float* y, Py_ssize_t n) noexcept nogil
+    void fastcnn_sigmoid_array(const double* x, double* y, Py_ssize_t n) noexcept nogil
 
 cdef enum:
     MIN_PARALLEL = 1 << 15
@@ -38,14 +41,9 @@ cdef enum Op:
     TANH
     SIGMOID
 
-cdef enum:
-    SIGMOID_BLOCK = 256  # stack scratch for x / 2, so tanh never runs in place
-
-
 cdef void forward_block(Op op, const floating* x, floating* y, Py_ssize_t n) noexcept nogil:
-    # float64 tanh and sigmoid never get here (see the module docstring).
-    cdef Py_ssize_t i, j, m
-    cdef float half[SIGMOID_BLOCK]
+    # float64 tanh never gets here (see the module docstring).
+    cdef Py_ssize_t i
     if op == RELU:
         for i in range(n):
             # NaN > 0 is false; the second test keeps NaN, as np.maximum does.
@@ -54,16 +52,9 @@ cdef void forward_block(Op op, const floating* x, floating* y, Py_ssize_t n) noe
         if op == TANH:
             fastcnn_tanhf_array(x, y, n)
         else:
-            # In place, the vectorized tanh would take its scalar path (GCC's alias check).
-            j = 0
-            while j < n:
-                m = n - j if n - j < SIGMOID_BLOCK else SIGMOID_BLOCK
-                for i in range(m):
-                    half[i] = x[j + i] * 0.5
-                fastcnn_tanhf_array(half, y + j, m)
-                for i in range(m):
-                    y[j + i] = y[j + i] * 0.5 + 0.5
-                j += m
+            fastcnn_sigmoidf_array(x, y, n)
+    elif op == SIGMOID:
+        fastcnn_sigmoid_array(x, y, n)
 
 
 cdef void backward_block(Op op, const floating* g, const floating* y, floating* gx,
@@ -131,14 +122,7 @@ def tanh_backward(const floating[::1] grad_out, const floating[::1] y,
 
 def sigmoid_forward(const floating[::1] x, floating[::1] out, int n_threads):
     """See BACKEND_API.md. Writes every element of ``out``."""
-    cdef object y
-    if floating is double:
-        y = np.asarray(out)
-        np.multiply(x, 0.5, out=y)
-        np.tanh(y, out=y)
-        y *= 0.5
-        y += 0.5
-    elif x.shape[0]:
+    if x.shape[0]:
         with nogil:
             run(SIGMOID, &x[0], NULL, &out[0], x.shape[0], n_threads)
 

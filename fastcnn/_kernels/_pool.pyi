@@ -20,7 +20,7 @@ def max_pool2d_backward(
     indices: NDArray[np.int64],
     grad_x: NDArray[np.floating],
     n_threads: int,
-) -> None: ...
+) -> int: ...
 def avg_pool2d_forward(
     x: NDArray[np.floating],
     out: NDArray[np.floating],

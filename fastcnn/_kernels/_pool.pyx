@@ -6,6 +6,10 @@ Every (n, c) plane is independent, so the kernels run one OpenMP ``prange`` over
 N*C planes and make a single pass over each: max pooling writes each output and its
 argmax index together, and the backward passes scatter into a plane that only the
 current thread touches, so overlapping windows accumulate without atomics.
+
+The max-pool backward reads the caller's index array without the GIL, after the
+caller last looked at it, so it checks each index itself as it reads it (one compare)
+and counts, rather than writes, those outside the plane.
 """
 
 from cython cimport floating
@@ -14,6 +18,18 @@ from libc.math cimport INFINITY
 from libc.string cimport memset
 
 from fastcnn._kernels._openmp cimport team_released, team_size
+
+
+cdef extern from *:
+    """
+    /* One read of an index the caller may change at any time: the bound check and the
+       write use the same value (a plain read may legally be repeated by the compiler). */
+    static inline long long fastcnn_read_index(const long long *p)
+    {
+        return *(const volatile long long *)p;
+    }
+    """
+    long long read_index "fastcnn_read_index"(const long long* p) noexcept nogil
 
 
 cdef enum:
@@ -31,9 +47,9 @@ cdef inline Py_ssize_t max_ssize(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
 
 
 cdef inline bint better(floating v, floating m) noexcept nogil:
-    # Strict '>' keeps the first of tied maxima; the first NaN wins and then sticks,
-    # because nothing compares greater than NaN.
-    return v > m or (v != v and m == m)
+    # PyTorch's CPU rule, (v > max) || isnan(v): strict '>' keeps the first of tied
+    # maxima, and every NaN replaces the running max, so the last NaN of a window wins.
+    return v > m or v != v
 
 
 cdef inline floating larger(floating a, floating b) noexcept nogil:
@@ -45,8 +61,9 @@ cdef void max_plane_2x2(const floating* x, floating* out, long long* idx,
     # The common 2x2, stride 2, unpadded case, every window inside the plane. Which of
     # four random values wins is a coin toss that a branch predictor loses half the time,
     # so the maximum is found branch-free and then located by equality, first match in
-    # row-major order (the same tie rule). Windows holding a NaN, rare, take the general
-    # rule; the value is read back from the chosen position, which keeps the sign of zero.
+    # row-major order (the same tie rule). Windows holding a NaN, rare, pick the last NaN
+    # (better()'s rule); the value is read back from the chosen position, which keeps the
+    # sign of zero.
     cdef Py_ssize_t oh, ow, best, is_a, is_b, is_c
     cdef const floating* r0
     cdef const floating* r1
@@ -60,7 +77,7 @@ cdef void max_plane_2x2(const floating* x, floating* out, long long* idx,
             c = r1[2 * ow]
             d = r1[2 * ow + 1]
             if (a != a) | (b != b) | (c != c) | (d != d):
-                best = 0 if a != a else (1 if b != b else (w if c != c else w + 1))
+                best = w + 1 if d != d else (w if c != c else (1 if b != b else 0))
             else:
                 m = larger(larger(a, b), larger(c, d))
                 # first of a, b, c, d equal to m, in arithmetic rather than branches
@@ -221,26 +238,38 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
         team_released(threads)
 
 
+cdef Py_ssize_t max_plane_backward(const floating* go, const long long* idx, floating* gx,
+                                   Py_ssize_t n_out, Py_ssize_t plane) noexcept nogil:
+    # Returns how many indices lay outside [0, plane); those are skipped. Compared as
+    # unsigned, a negative index is a huge one: one compare covers both ends.
+    cdef Py_ssize_t o, bad = 0
+    cdef long long i
+    memset(gx, 0, plane * sizeof(floating))
+    for o in range(n_out):
+        i = read_index(idx + o)
+        if <unsigned long long> i < <unsigned long long> plane:
+            gx[i] += go[o]
+        else:
+            bad += 1
+    return bad
+
+
 def max_pool2d_backward(const floating[:, :, :, ::1] grad_out,
                         const long long[:, :, :, ::1] indices,
                         floating[:, :, :, ::1] grad_x, int n_threads):
-    """See BACKEND_API.md. Overwrites ``grad_x``; indices must lie in [0, H*W)."""
-    cdef Py_ssize_t planes = grad_x.shape[0] * grad_x.shape[1], p, o
+    """See BACKEND_API.md. Overwrites ``grad_x``; returns how many indices lay outside
+    [0, H*W) (skipped)."""
+    cdef Py_ssize_t planes = grad_x.shape[0] * grad_x.shape[1], p, bad = 0
     cdef Py_ssize_t plane = grad_x.shape[2] * grad_x.shape[3]
     cdef Py_ssize_t n_out = grad_out.shape[2] * grad_out.shape[3]
-    cdef const floating* go
-    cdef const long long* idx
-    cdef floating* gx
     cdef int threads = team_size(planes * plane, MIN_PARALLEL_ELEMENTS, n_threads)
     with nogil:
         for p in prange(planes, num_threads=threads, schedule="static"):
-            go = &grad_out[0, 0, 0, 0] + p * n_out
-            idx = &indices[0, 0, 0, 0] + p * n_out
-            gx = &grad_x[0, 0, 0, 0] + p * plane
-            memset(gx, 0, plane * sizeof(floating))
-            for o in range(n_out):
-                gx[idx[o]] += go[o]
+            bad += max_plane_backward(&grad_out[0, 0, 0, 0] + p * n_out,
+                                      &indices[0, 0, 0, 0] + p * n_out,
+                                      &grad_x[0, 0, 0, 0] + p * plane, n_out, plane)
         team_released(threads)
+    return bad
 
 
 def avg_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
