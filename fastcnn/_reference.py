@@ -730,6 +730,13 @@ def softmax_cross_entropy(
     """Mean of ``log(sum(exp(shifted))) - shifted[y]`` over the rows, with ``shifted`` the
     logits minus their row maximum; ``grad = (softmax(logits) - one_hot(y)) / N``."""
     n = logits.shape[0]
+    y = np.array(y, dtype=np.intp)  # private: numpy indexes without the GIL, so another
+    bad = np.count_nonzero((y < 0) | (y >= logits.shape[1]))  # thread may not change it
+    if bad:
+        raise ValueError(
+            f"{bad} label(s) of y are not class indices in [0, {logits.shape[1]}): y changed "
+            "while the loss read it (another thread wrote it)"
+        )
     rows = np.arange(n)
     shifted = logits - logits.max(axis=1, keepdims=True)
     np.exp(shifted, out=grad)

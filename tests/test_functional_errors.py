@@ -687,3 +687,65 @@ def test_indices_changed_by_another_thread_never_crash(backend_name, tmp_path):
     )
     assert proc.returncode == 0, f"exit code {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     assert proc.stdout.splitlines()[-1] == "DONE", proc.stdout + proc.stderr
+
+
+LOSS_STRESS_SCRIPT = r"""
+import sys
+import threading
+import numpy as np
+import fastcnn
+from fastcnn.losses import softmax_cross_entropy
+
+fastcnn.set_backend(sys.argv[1])
+sys.setswitchinterval(1e-5)
+logits = np.random.default_rng(0).standard_normal((4096, 10))
+y = np.arange(4096, dtype=np.intp) % 10  # int64 labels: the loss reads them in place
+expected = softmax_cross_entropy(logits, y)
+stop = threading.Event()
+
+
+def flip():
+    k = y.size // 2
+    while not stop.is_set():
+        y[k] = 2**40
+        y[k] = 3
+
+
+writer = threading.Thread(target=flip)
+writer.start()
+outcomes = {"ok": 0, "refused": 0}
+try:
+    for _ in range(int(sys.argv[2])):
+        try:
+            loss, grad = softmax_cross_entropy(logits, y)
+        except ValueError as exc:
+            assert "class indices in [0, 10)" in str(exc), exc
+            outcomes["refused"] += 1
+        else:
+            outcomes["ok"] += 1
+finally:
+    stop.set()
+    writer.join()
+print(outcomes)
+print("DONE")
+"""
+
+
+@pytest.mark.parametrize("backend_name", ["cython", "numpy"])
+def test_labels_changed_by_another_thread_never_crash_the_loss(backend_name, tmp_path):
+    # The compiled loss checked the labels with the GIL held, then read them again
+    # without it: a label changed in between was used as an index (a write far outside
+    # the gradient). In a subprocess, so that a crash fails this test instead of pytest.
+    if backend_name not in fastcnn.available_backends():
+        pytest.skip("compiled extension not importable")
+    script = tmp_path / "loss_stress.py"
+    script.write_text(LOSS_STRESS_SCRIPT)
+    iterations = "2000" if backend_name == "cython" else "200"
+    proc = subprocess.run(
+        [sys.executable, str(script), backend_name, iterations],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"exit code {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert proc.stdout.splitlines()[-1] == "DONE", proc.stdout + proc.stderr

@@ -45,12 +45,30 @@ cdef double row_loss(const floating* x, Py_ssize_t label, floating* grad, Py_ssi
     return <double> ((logf(total) if floating is float else log(total)) - shifted)
 
 
+cdef extern from *:
+    """
+    /* One read of a label the caller may change at any time: the bound check and the
+       indexing use the same value (a plain read may legally be repeated). */
+    static inline Py_ssize_t fastcnn_read_label(const Py_ssize_t *p)
+    {
+        return *(const volatile Py_ssize_t *)p;
+    }
+    """
+    Py_ssize_t read_label "fastcnn_read_label"(const Py_ssize_t* p) noexcept nogil
+
+
 cdef double all_rows(const floating* x, const Py_ssize_t* y, floating* grad, Py_ssize_t n,
-                     Py_ssize_t c) noexcept nogil:
-    cdef Py_ssize_t i
+                     Py_ssize_t c, Py_ssize_t* bad) noexcept nogil:
+    """The summed loss of the rows; a row whose label is out of range (changed by another
+    thread since the caller's check) is skipped and counted in ``bad``."""
+    cdef Py_ssize_t i, label
     cdef double total = 0
     for i in range(n):
-        total += row_loss(x + i * c, y[i], grad + i * c, c, <floating> n)
+        label = read_label(&y[i])
+        if <size_t> label >= <size_t> c:  # negative labels wrap to huge ones
+            bad[0] += 1
+            continue
+        total += row_loss(x + i * c, label, grad + i * c, c, <floating> n)
     return total
 
 
@@ -70,13 +88,19 @@ def softmax_cross_entropy(const floating[:, ::1] logits, const Py_ssize_t[::1] y
     if n == 0:
         return float("nan")
     cdef double* result = &total
+    cdef Py_ssize_t bad = 0
     cdef int t, threads = team_size(0, 1, n_threads)  # no work to split: 1 unless warm
     with nogil:
         if threads == 1:
-            total = all_rows(&logits[0, 0], &y[0], &grad[0, 0], n, c)
+            total = all_rows(&logits[0, 0], &y[0], &grad[0, 0], n, c, &bad)
         else:
             for t in prange(threads, num_threads=threads, schedule="static"):
                 if t == 0:  # through a pointer: a variable set in a prange is lastprivate
-                    result[0] = all_rows(&logits[0, 0], &y[0], &grad[0, 0], n, c)
+                    result[0] = all_rows(&logits[0, 0], &y[0], &grad[0, 0], n, c, &bad)
             team_released(threads)
+    if bad:
+        raise ValueError(
+            f"{bad} label(s) of y are not class indices in [0, {c}): y changed while the "
+            "loss read it (another thread wrote it)"
+        )
     return total / n
