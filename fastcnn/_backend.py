@@ -116,14 +116,36 @@ def _initial_backend() -> str:
     if _compiled is None:
         warnings.warn(
             "fastcnn's compiled extension could not be imported, so the (much slower) "
-            f"numpy backend is used. Reason: {_compiled_error}. "
-            "Reinstall fastcnn (pip install --force-reinstall fastcnn) to get the "
-            "compiled kernels.",
+            f"numpy backend is used. Reason: {_compiled_error}. {_remedy()}",
             FastCNNWarning,
             stacklevel=3,
         )
         return "numpy"
     return "cython"
+
+
+def _source_tree() -> str | None:
+    """The checkout this fastcnn was imported from, if it is one whose kernels are not
+    built (Python started in the checkout's root finds the sources before the install)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(package)
+    kernels = os.listdir(os.path.join(package, "_kernels"))
+    has_sources = any(name.endswith(".pyx") for name in kernels)
+    built = any(name.endswith((".so", ".pyd")) for name in kernels)
+    if has_sources and not built and os.path.isfile(os.path.join(root, "setup.py")):
+        return root
+    return None
+
+
+def _remedy() -> str:
+    root = _source_tree()
+    if root is not None:
+        return (
+            f"This fastcnn is the source tree in {root}, whose kernels are not built: run "
+            "Python from another directory to use the installed fastcnn, or build this "
+            "tree in place with `pip install -e .`."
+        )
+    return "Reinstall fastcnn (pip install --force-reinstall fastcnn) to get the compiled kernels."
 
 
 # The selection has two levels. ``_default`` is the process's (FASTCNN_BACKEND, then

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -653,3 +654,27 @@ def test_set_backend_inside_a_block_switches_it_and_sets_the_default(restore_bac
 def _in_thread_result(fn):
     with ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(fn).result()
+
+
+def test_an_unbuilt_source_tree_is_named_with_advice_that_helps(tmp_path):
+    """Python started in a checkout's root imports the sources, whose kernels are not
+    built there: reinstalling cannot help, so the warning says what does."""
+    import shutil
+
+    package = Path(fastcnn.__file__).resolve().parent
+    tree = tmp_path / "checkout"
+    shutil.copytree(package, tree / "fastcnn", ignore=shutil.ignore_patterns("*.so", "*.pyd"))
+    (tree / "setup.py").write_text("# the checkout's build script\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("FASTCNN_BACKEND", "PYTHONPATH")}
+    proc = subprocess.run(
+        [sys.executable, "-W", "always", "-c", "import fastcnn; print(fastcnn.get_backend())"],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "numpy"
+    assert f"source tree in {tree}" in proc.stderr
+    assert "pip install -e ." in proc.stderr and "--force-reinstall" not in proc.stderr
