@@ -25,7 +25,9 @@ import fastcnn
 from fastcnn import _backend
 
 # The compiled modules every build has; any further one must come with its stub too.
-CORE_KERNELS = {"_activation", "_conv", "_linear", "_loss", "_memory", "_optim", "_pool", "_openmp"}
+CORE_KERNELS = {
+    "_activation", "_conv", "_linear", "_loss", "_memory", "_optim", "_pool", "_openmp",
+}  # fmt: skip
 KERNELS_DIR = Path(fastcnn.__file__).parent / "_kernels"
 COMPILED = _backend._compiled is not None
 needs_compiled = pytest.mark.skipif(
