@@ -335,6 +335,13 @@ class Sequential:
                 state[f"{i}.{name}"] = array
         return state
 
+    def _non_finite_state(self) -> str | None:
+        """Name of the first parameter or buffer holding NaN or infinity, else None."""
+        for name, array in self._state_arrays().items():
+            if not np.isfinite(array).all():
+                return name
+        return None
+
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of every parameter and buffer (BatchNorm statistics) by stable name."""
         return {name: array.copy() for name, array in self._state_arrays().items()}
@@ -607,8 +614,10 @@ class Sequential:
         Raises
         ------
         FloatingPointError
-            If the loss, or a parameter at the end of an epoch, becomes NaN or infinite
-            (training diverged); the message names the epoch and the learning rate.
+            If the loss, or at the end of an epoch any array of the model's state (a
+            parameter, or a buffer such as BatchNorm's running statistics, as
+            :meth:`state_dict` returns them), becomes NaN or infinite (training
+            diverged); the message names the array, the epoch and the learning rate.
 
         Notes
         -----
@@ -737,10 +746,12 @@ class Sequential:
                         bar.update(batch + 1, seen, metrics)
                         if stop.requested:
                             raise KeyboardInterrupt
-                    # The loss check cannot see the last step's update: check the weights.
-                    if not all(np.isfinite(p).all() for p, _ in params):
+                    # The loss check cannot see the last step's update, nor statistics
+                    # that only eval mode uses: check every parameter and buffer.
+                    bad = self._non_finite_state()
+                    if bad is not None:
                         raise FloatingPointError(
-                            f"training diverged: parameters became NaN or infinite in epoch "
+                            f"training diverged: {bad!r} became NaN or infinite in epoch "
                             f"{epoch + 1}/{epochs}, with learning rate "
                             f"{getattr(optimizer, 'lr', '?')}. Lower the learning rate or "
                             "scale the inputs (e.g. to [0, 1])."

@@ -273,6 +273,38 @@ def test_divergence_raises_with_epoch_and_learning_rate(rng):
         model.fit(X, y, epochs=5, batch_size=8, optimizer=SGD(lr=1e8), verbose=0)
 
 
+def _blow_up_batchnorm_statistics(dtype):
+    """A batch whose variance overflows the dtype: training mode normalizes it to finite
+    outputs (finite loss and weights) while the running variance becomes inf."""
+    rng = np.random.default_rng(0)
+    big = {np.dtype(np.float32): 1e20, np.dtype(np.float64): 1e200}[np.dtype(dtype)]
+    X = (rng.standard_normal((32, 2, 3, 3)) * big).astype(dtype)
+    assert np.isfinite(X).all()
+    model = Sequential(BatchNorm2D(2, dtype=dtype), Flatten(), Dense(18, 2, dtype=dtype, rng=0))
+    return model, X, rng.integers(0, 2, 32)
+
+
+def test_divergence_of_buffers_raises(backend, dtype):
+    # The documented check covers all state (parameters and buffers), not just weights.
+    model, X, y = _blow_up_batchnorm_statistics(dtype)
+    with np.errstate(all="ignore"), pytest.raises(
+        FloatingPointError, match=r"'0.running_var'.*epoch 1/2.*learning rate 0.1"
+    ):
+        model.fit(X, y, epochs=2, batch_size=8, optimizer=SGD(0.1), verbose=0)
+    assert model.history.epoch == []
+
+
+def test_divergence_of_batchnorm_statistics_in_digits_cnn_raises(digits):
+    # Issue 20's reproducer, on the default backend (the test above covers both; this
+    # run takes 12 s on numpy's). float32 only: in float64 the same run stays finite.
+    from fastcnn.models import digits_cnn
+
+    model = digits_cnn(random_state=10)
+    with np.errstate(all="ignore"), pytest.raises(FloatingPointError, match="running_var"):
+        model.fit(digits[0] * 100, digits[1], epochs=3, optimizer=SGD(1000.0), verbose=0,
+                  random_state=0)  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------
 # Ctrl-C
 
