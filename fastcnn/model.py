@@ -215,6 +215,41 @@ def _check_callbacks(callbacks) -> list:
 # The model
 
 
+class _LayerIndex(dict):
+    """``id(layer) -> layer`` for a model's layers, and the dtype of the first one that
+    has a dtype: what :meth:`Sequential.add` checks a new layer against.
+
+    Kept up to date by ``add``, so adding a layer costs O(1) and building a model of n
+    layers O(n); a scan of every layer per ``add`` made loading a file of 100,000 layers
+    take minutes (issue 20). It describes the list it was built for while that list has
+    the length and last layer it last saw; after other edits of ``model.layers`` it is
+    rebuilt. The values keep the layers alive, so an id in it is never reused.
+    """
+
+    def __init__(self, layers: list[Layer]) -> None:
+        super().__init__()
+        self.layers, self.count = layers, 0
+        self.last: Layer | None = None
+        self.dtype: np.dtype | None = None
+        for layer in layers:
+            self.note(layer)
+
+    def note(self, layer: Layer) -> None:
+        """Record ``layer``, just appended to the list."""
+        self[id(layer)] = self.last = layer
+        self.count = len(self.layers)
+        if self.dtype is None:
+            self.dtype = layer.dtype
+
+    def describes(self, layers: list[Layer]) -> bool:
+        count = len(layers)
+        return (
+            layers is self.layers
+            and count == self.count
+            and (count == 0 or layers[-1] is self.last)
+        )
+
+
 class Sequential:
     """A stack of layers applied in order, trained by backpropagation.
 
@@ -261,19 +296,33 @@ class Sequential:
         index = len(self.layers)
         if not isinstance(layer, Layer):
             raise TypeError(f"layer {index} must be a fastcnn Layer, got {type(layer).__name__}")
-        if any(layer is other for other in self.layers):
+        known = self._layer_index()
+        # The index only says "maybe" (it may predate an edit of `layers`): confirm.
+        if known.get(id(layer)) is layer and any(layer is other for other in self.layers):
             raise ValueError(
                 f"layer {index} ({layer!r}) is already in the model; a layer object keeps "
                 "its own forward state, so build a new one to use it twice"
             )
-        dtype = self.dtype if self._param_dtype() is not None else None
+        dtype = known.dtype
         if layer.dtype is not None and dtype is not None and layer.dtype != dtype:
             raise ValueError(
                 f"layer {index} ({layer!r}) has dtype {layer.dtype} but the model's other "
                 f"layers have dtype {dtype}; build every layer with the same dtype"
             )
         self.layers.append(layer)
+        known.note(layer)
         return self
+
+    def _layer_index(self) -> _LayerIndex:
+        index = self.__dict__.get("_index")
+        if index is None or not index.describes(self.layers):
+            index = self._index = _LayerIndex(self.layers)
+        return index
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_index", None)  # keyed by id(): meaningless in another process
+        return state
 
     # -- containers and introspection ---------------------------------------------------
 

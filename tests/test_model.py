@@ -467,6 +467,80 @@ def test_model_construction_errors():
         Sequential(relu, relu)
 
 
+class _ScanCounter(list):
+    """A layer list that fails once iterated over more than `limit` elements in all."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.limit, self.seen = limit, 0
+
+    def __iter__(self):
+        for item in super().__iter__():
+            self.seen += 1
+            if self.seen > self.limit:
+                raise AssertionError(f"more than {self.limit} layers visited: a scan per add")
+            yield item
+
+
+class _CountingReLU(ReLU):
+    """A parameter-free layer that counts (and caps) the reads of its dtype."""
+
+    reads = [0, 0]  # [count, limit]
+
+    @property
+    def dtype(self):
+        counter = _CountingReLU.reads
+        counter[0] += 1
+        if counter[0] > counter[1]:
+            raise AssertionError(f"more than {counter[1]} dtype reads: a scan per add")
+        return None
+
+
+N_LAYERS = 20_000
+
+
+def test_add_is_linear_in_the_layer_count(monkeypatch):
+    # Not a timer: a scan of every layer per add visits ~n**2 / 2 = 2e8 layers here.
+    monkeypatch.setattr(_CountingReLU, "reads", [0, 3 * N_LAYERS])
+    model = Sequential()
+    model.layers = _ScanCounter(limit=N_LAYERS)
+    for _ in range(N_LAYERS):
+        model.add(_CountingReLU())
+    assert len(model) == N_LAYERS
+    relu = model[N_LAYERS // 2]
+    with pytest.raises(ValueError, match=f"layer {N_LAYERS} .* already in the model"):
+        model.add(relu)  # still refused, after one scan that finds it
+
+
+def test_building_from_a_list_is_linear(monkeypatch):
+    layers = [_CountingReLU() for _ in range(N_LAYERS)]
+    monkeypatch.setattr(_CountingReLU, "reads", [0, 3 * N_LAYERS])
+    model = Sequential(layers)
+    assert len(model) == N_LAYERS and model.dtype == np.float32
+
+
+def test_layer_checks_follow_edits_of_the_layer_list():
+    dense, relu = Dense(2, 2), ReLU()
+    model = Sequential(dense, relu)
+    model.layers.pop()  # an edit that bypasses add()
+    model.add(relu)  # allowed again: it is no longer in the model
+    model.layers[1] = ReLU()  # replaced in place: same length, other last layer
+    model.add(relu)
+    with pytest.raises(ValueError, match="already in the model"):
+        model.add(dense)
+    model.layers[:] = []
+    model.add(Dense(2, 2, dtype=np.float64))  # the old float32 layer is gone
+    assert model.dtype == np.float64
+
+
+def test_pickled_model_still_refuses_a_layer_twice():
+    model = copy.deepcopy(Sequential(Dense(2, 2), ReLU()))
+    with pytest.raises(ValueError, match="already in the model"):
+        model.add(model[1])
+    with pytest.raises(ValueError, match="has dtype float64"):
+        model.add(Dense(2, 2, dtype=np.float64))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
