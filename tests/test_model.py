@@ -287,8 +287,9 @@ def _blow_up_batchnorm_statistics(dtype):
 def test_divergence_of_buffers_raises(backend, dtype):
     # The documented check covers all state (parameters and buffers), not just weights.
     model, X, y = _blow_up_batchnorm_statistics(dtype)
-    with np.errstate(all="ignore"), pytest.raises(
-        FloatingPointError, match=r"'0.running_var'.*epoch 1/2.*learning rate 0.1"
+    with (
+        np.errstate(all="ignore"),
+        pytest.raises(FloatingPointError, match=r"'0.running_var'.*epoch 1/2.*learning rate 0.1"),
     ):
         model.fit(X, y, epochs=2, batch_size=8, optimizer=SGD(0.1), verbose=0)
     assert model.history.epoch == []
