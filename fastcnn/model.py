@@ -949,6 +949,11 @@ class Sequential:
         specs = config.get("layers")
         if not isinstance(specs, list):
             raise ValueError("architecture has no 'layers' list")
+        if len(specs) > _MAX_FILE_LAYERS:  # before building any
+            raise ValueError(
+                f"the architecture has {len(specs):,} layers; a model file may hold at "
+                f"most {_MAX_FILE_LAYERS:,}"
+            )
         layers = []
         for i, spec in enumerate(specs):
             if not isinstance(spec, dict) or set(spec) != {"class", "config"}:
@@ -971,6 +976,11 @@ class Sequential:
         _atomic_savez(os.fspath(path), self._file_arrays())
 
     def _file_arrays(self) -> dict[str, np.ndarray]:
+        if len(self.layers) > _MAX_FILE_LAYERS:
+            raise ValueError(
+                f"the model has {len(self.layers):,} layers; a model file may hold at most "
+                f"{_MAX_FILE_LAYERS:,} (load would refuse this one)"
+            )
         try:
             architecture = json.dumps(self.get_config())
         except TypeError as exc:
@@ -1138,12 +1148,16 @@ def _atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
 #      declares against the size of the file itself;
 #   2. the small metadata entries (format version, architecture, a checkpoint's training
 #      state), each one capped;
-#   3. the layers, built under an allocation budget;
+#   3. the layers, at most _MAX_FILE_LAYERS of them, built under an allocation budget;
 #   4. the names of the array entries against those the architecture (and a checkpoint's
 #      optimizer state) implies, then each one's .npy header (shape, dtype) and the size
 #      the directory declares for it;
 #   5. only then the array data, with allow_pickle=False.
 
+#: Most layers a model file may hold. The deepest published CNNs have about a thousand
+#: (ResNet-1202); ten times that is far beyond any real model, yet small enough that a
+#: hostile file's architecture is cheap to refuse. Sequential itself takes any number.
+_MAX_FILE_LAYERS = 10_000
 #: Most bytes of a text entry (the architecture, a checkpoint's training state), stored
 #: as UTF-32: 4M characters, 400 per layer at the layer cap.
 _MAX_TEXT_BYTES = 16 << 20
@@ -1428,7 +1442,7 @@ def load(path: str | os.PathLike) -> Sequential:
     Nothing in the file is executed: arrays are read with ``allow_pickle=False`` and layers
     are rebuilt only from classes in :data:`fastcnn.layers.LAYER_REGISTRY`. Before any
     array data is read, the names, shapes and dtypes of the file's entries are checked
-    against its architecture, and the sizes they
+    against its architecture, which may have at most 10,000 layers, and the sizes they
     declare against the size of the file: a small crafted file cannot make us allocate
     or decompress more than a few times its own size.
 

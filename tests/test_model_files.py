@@ -494,6 +494,34 @@ def test_an_array_stored_twice_is_refused(saved, duplicate, match):
         load(saved)
 
 
+@pytest.mark.parametrize(
+    ("n_layers", "match"),
+    [
+        (10_001, "invalid architecture: the architecture has 10,001 layers.*at most 10,000"),
+        (100_000, "invalid architecture: the architecture has 100,000 layers.*at most 10,000"),
+        (1_000_000, "entry '__architecture__' holds a string of 132,000,168 bytes"),
+    ],
+    ids=["10001", "100000", "1000000"],
+)
+def test_too_many_layers_are_refused_before_building_any(tmp_path, monkeypatch, n_layers,
+                                                          match):  # fmt: skip
+    path = tmp_path / "deep.npz"
+    _write_zip(path, _architecture_entries([{"class": "ReLU", "config": {}}] * n_layers))
+    spy = BuildSpy(monkeypatch)
+    with pytest.raises(ValueError, match=r"deep.npz': " + match):
+        load(path)
+    assert spy.built == 0
+
+
+def test_a_file_at_the_layer_cap_loads(tmp_path):
+    path = tmp_path / "deep.npz"
+    Sequential([ReLU() for _ in range(10_000)]).save(path)
+    assert len(load(path)) == 10_000
+    with pytest.raises(ValueError, match=r"10,001 layers.*at most 10,000"):
+        Sequential([ReLU() for _ in range(10_001)]).save(path)
+    assert len(load(path)) == 10_000  # the previous file is intact
+
+
 def test_a_long_architecture_text_is_refused_unread(saved, monkeypatch):
     monkeypatch.setattr(model_module, "_MAX_TEXT_BYTES", 1000)
     spy = ReadSpy(monkeypatch)
