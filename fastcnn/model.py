@@ -387,11 +387,14 @@ class Sequential:
                 state[f"{i}.{name}"] = array
         return state
 
-    def _non_finite_state(self) -> str | None:
-        """Name of the first parameter or buffer holding NaN or infinity, else None."""
-        for name, array in self._state_arrays().items():
-            if not np.isfinite(array).all():
-                return name
+    def _non_finite_state(self) -> tuple[str, str] | None:
+        """``("parameters" or "buffers", name)`` of the first array of the model's state
+        that holds NaN or infinity, else None."""
+        for i, layer in enumerate(self.layers):
+            for kind, arrays in (("parameters", layer.params), ("buffers", layer.buffers)):
+                for name, array in arrays.items():
+                    if not np.isfinite(array).all():
+                        return kind, f"{i}.{name}"
         return None
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -803,10 +806,10 @@ class Sequential:
                     bad = self._non_finite_state()
                     if bad is not None:
                         raise FloatingPointError(
-                            f"training diverged: {bad!r} became NaN or infinite in epoch "
+                            f"training diverged: {bad[0]} became NaN or infinite in epoch "
                             f"{epoch + 1}/{epochs}, with learning rate "
-                            f"{getattr(optimizer, 'lr', '?')}. Lower the learning rate or "
-                            "scale the inputs (e.g. to [0, 1])."
+                            f"{getattr(optimizer, 'lr', '?')} (first: {bad[1]!r}). Lower the "
+                            "learning rate or scale the inputs (e.g. to [0, 1])."
                         )
                     train_time = time.perf_counter() - start
                     logs = {"loss": total_loss / seen}
