@@ -3,8 +3,9 @@
 Complements ``test_model.py`` (round trip, one truncation, pickles, architecture edits,
 one failing writer): every array name, shape and dtype fault; many truncations and
 random corruptions; crafted headers and architectures that would make us allocate
-terabytes; saves interrupted at every stage, in-process and by SIGKILL; and
-``fit(checkpoint=...)`` resuming to exactly the uninterrupted result.
+terabytes; zip bombs, arrays stored under two names and files of too many layers, all
+refused before any array data is read; saves interrupted at every stage, in-process and
+by SIGKILL; and ``fit(checkpoint=...)`` resuming to exactly the uninterrupted result.
 """
 
 import collections
