@@ -9,11 +9,14 @@ Model files are ``.npz`` archives holding only plain arrays: the architecture as
 string, a format version, and every weight and BatchNorm statistic under a stable name
 (``"0.weight"``, ``"3.running_var"``). They are loaded with ``allow_pickle=False`` and the
 layers are rebuilt only from :data:`fastcnn.layers.LAYER_REGISTRY`, so opening a model
-file can never execute code.
+file can never execute code; and what a file's entries declare is checked against its
+architecture before any array is read, so it cannot make us allocate or decompress much
+more than its own size (see "Reading model files" below).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import math
@@ -215,6 +218,41 @@ def _check_callbacks(callbacks) -> list:
 # The model
 
 
+class _LayerIndex(dict):
+    """``id(layer) -> layer`` for a model's layers, and the dtype of the first one that
+    has a dtype: what :meth:`Sequential.add` checks a new layer against.
+
+    Kept up to date by ``add``, so adding a layer costs O(1) and building a model of n
+    layers O(n); a scan of every layer per ``add`` made loading a file of 100,000 layers
+    take minutes (issue 20). It describes the list it was built for while that list has
+    the length and last layer it last saw; after other edits of ``model.layers`` it is
+    rebuilt. The values keep the layers alive, so an id in it is never reused.
+    """
+
+    def __init__(self, layers: list[Layer]) -> None:
+        super().__init__()
+        self.layers, self.count = layers, 0
+        self.last: Layer | None = None
+        self.dtype: np.dtype | None = None
+        for layer in layers:
+            self.note(layer)
+
+    def note(self, layer: Layer) -> None:
+        """Record ``layer``, just appended to the list."""
+        self[id(layer)] = self.last = layer
+        self.count = len(self.layers)
+        if self.dtype is None:
+            self.dtype = layer.dtype
+
+    def describes(self, layers: list[Layer]) -> bool:
+        count = len(layers)
+        return (
+            layers is self.layers
+            and count == self.count
+            and (count == 0 or layers[-1] is self.last)
+        )
+
+
 class Sequential:
     """A stack of layers applied in order, trained by backpropagation.
 
@@ -261,19 +299,33 @@ class Sequential:
         index = len(self.layers)
         if not isinstance(layer, Layer):
             raise TypeError(f"layer {index} must be a fastcnn Layer, got {type(layer).__name__}")
-        if any(layer is other for other in self.layers):
+        known = self._layer_index()
+        # The index only says "maybe" (it may predate an edit of `layers`): confirm.
+        if known.get(id(layer)) is layer and any(layer is other for other in self.layers):
             raise ValueError(
                 f"layer {index} ({layer!r}) is already in the model; a layer object keeps "
                 "its own forward state, so build a new one to use it twice"
             )
-        dtype = self.dtype if self._param_dtype() is not None else None
+        dtype = known.dtype
         if layer.dtype is not None and dtype is not None and layer.dtype != dtype:
             raise ValueError(
                 f"layer {index} ({layer!r}) has dtype {layer.dtype} but the model's other "
                 f"layers have dtype {dtype}; build every layer with the same dtype"
             )
         self.layers.append(layer)
+        known.note(layer)
         return self
+
+    def _layer_index(self) -> _LayerIndex:
+        index = self.__dict__.get("_index")
+        if index is None or not index.describes(self.layers):
+            index = self._index = _LayerIndex(self.layers)
+        return index
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_index", None)  # keyed by id(): meaningless in another process
+        return state
 
     # -- containers and introspection ---------------------------------------------------
 
@@ -334,6 +386,16 @@ class Sequential:
             for name, array in (*layer.params.items(), *layer.buffers.items()):
                 state[f"{i}.{name}"] = array
         return state
+
+    def _non_finite_state(self) -> tuple[str, str] | None:
+        """``("parameters" or "buffers", name)`` of the first array of the model's state
+        that holds NaN or infinity, else None."""
+        for i, layer in enumerate(self.layers):
+            for kind, arrays in (("parameters", layer.params), ("buffers", layer.buffers)):
+                for name, array in arrays.items():
+                    if not np.isfinite(array).all():
+                        return kind, f"{i}.{name}"
+        return None
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of every parameter and buffer (BatchNorm statistics) by stable name."""
@@ -607,8 +669,10 @@ class Sequential:
         Raises
         ------
         FloatingPointError
-            If the loss, or a parameter at the end of an epoch, becomes NaN or infinite
-            (training diverged); the message names the epoch and the learning rate.
+            If the loss, or at the end of an epoch any array of the model's state (a
+            parameter, or a buffer such as BatchNorm's running statistics, as
+            :meth:`state_dict` returns them), becomes NaN or infinite (training
+            diverged); the message names the array, the epoch and the learning rate.
 
         Notes
         -----
@@ -737,13 +801,15 @@ class Sequential:
                         bar.update(batch + 1, seen, metrics)
                         if stop.requested:
                             raise KeyboardInterrupt
-                    # The loss check cannot see the last step's update: check the weights.
-                    if not all(np.isfinite(p).all() for p, _ in params):
+                    # The loss check cannot see the last step's update, nor statistics
+                    # that only eval mode uses: check every parameter and buffer.
+                    bad = self._non_finite_state()
+                    if bad is not None:
                         raise FloatingPointError(
-                            f"training diverged: parameters became NaN or infinite in epoch "
+                            f"training diverged: {bad[0]} became NaN or infinite in epoch "
                             f"{epoch + 1}/{epochs}, with learning rate "
-                            f"{getattr(optimizer, 'lr', '?')}. Lower the learning rate or "
-                            "scale the inputs (e.g. to [0, 1])."
+                            f"{getattr(optimizer, 'lr', '?')} (first: {bad[1]!r}). Lower the "
+                            "learning rate or scale the inputs (e.g. to [0, 1])."
                         )
                     train_time = time.perf_counter() - start
                     logs = {"loss": total_loss / seen}
@@ -886,6 +952,11 @@ class Sequential:
         specs = config.get("layers")
         if not isinstance(specs, list):
             raise ValueError("architecture has no 'layers' list")
+        if len(specs) > _MAX_FILE_LAYERS:  # before building any
+            raise ValueError(
+                f"the architecture has {len(specs):,} layers; a model file may hold at "
+                f"most {_MAX_FILE_LAYERS:,}"
+            )
         layers = []
         for i, spec in enumerate(specs):
             if not isinstance(spec, dict) or set(spec) != {"class", "config"}:
@@ -908,6 +979,11 @@ class Sequential:
         _atomic_savez(os.fspath(path), self._file_arrays())
 
     def _file_arrays(self) -> dict[str, np.ndarray]:
+        if len(self.layers) > _MAX_FILE_LAYERS:
+            raise ValueError(
+                f"the model has {len(self.layers):,} layers; a model file may hold at most "
+                f"{_MAX_FILE_LAYERS:,} (load would refuse this one)"
+            )
         try:
             architecture = json.dumps(self.get_config())
         except TypeError as exc:
@@ -956,72 +1032,84 @@ class Sequential:
         _atomic_savez(path, arrays)
 
     def _resume(self, path: str, run: dict[str, Any]) -> int:
-        """Restore the state saved by :meth:`_save_checkpoint`; returns the epochs done."""
-        config, state, extra = _read_model_file(path)
+        """Restore the state saved by :meth:`_save_checkpoint`; returns the epochs done.
+
+        The file is read as :func:`load` reads one: its architecture must be this
+        model's, and its entries those that this model and its training state imply.
+        """
         where = f"checkpoint {path!r}"
-        if config != json.loads(json.dumps(self.get_config())):
-            raise ValueError(
-                f"{where} was written for a different architecture; delete it or pass "
-                "another checkpoint path to start afresh"
-            )
-        if _CKPT_KEY not in extra:
-            raise ValueError(f"{where} is a model file without training state (not a checkpoint)")
-        try:
-            meta = json.loads(str(extra[_CKPT_KEY]))
-            optimizer, rng = run["optimizer"], run["rng"]
-            for key in ("n_samples", "batch_size"):
-                if meta[key] != run[key]:
-                    raise ValueError(
-                        f"{where} was written for {key}={meta[key]}, got {key}={run[key]}; "
-                        "resume with the same data and batch size"
-                    )
-            saved = meta["optimizer"]
-            if saved["class"] != type(optimizer).__name__:
+        with _ModelFile(path) as file:
+            if file.config != json.loads(json.dumps(self.get_config())):
                 raise ValueError(
-                    f"{where} was written with a {saved['class']} optimizer, got {optimizer!r}"
+                    f"{where} was written for a different architecture; delete it or pass "
+                    "another checkpoint path to start afresh"
                 )
-            slots = saved["state"]
-            if len(slots) != len(optimizer._state):
-                raise ValueError(f"{where} holds optimizer state for {len(slots)} parameters")
-            restored = []
-            for i, ((param, _), kinds) in enumerate(zip(self.parameters(), slots, strict=True)):
-                slot = {}
-                for key, kind in kinds.items():
-                    if kind is None:
-                        slot[key] = None
-                        continue
-                    array = extra[f"{_CKPT_KEY}.optimizer.{i}.{key}"]
-                    if array.shape != param.shape or array.dtype.newbyteorder("=") != param.dtype:
-                        raise ValueError(
-                            f"{where}: optimizer state {i}.{key} must have shape "
-                            f"{param.shape} and dtype {param.dtype}, got {array.shape} "
-                            f"{array.dtype}"
-                        )
-                    slot[key] = array.astype(param.dtype)  # a fresh, writable copy
-                restored.append(slot)
-            dropouts = [layer for layer in self.layers if isinstance(layer, Dropout)]
-            schedulers = [cb for cb in run["callbacks"] if isinstance(cb, LRScheduler)]
-            if len(meta["dropout_rngs"]) != len(dropouts):
-                raise ValueError(f"{where} holds {len(meta['dropout_rngs'])} dropout generators")
-            rng.bit_generator.state = meta["rng"]
-            for layer, rng_state in zip(dropouts, meta["dropout_rngs"], strict=True):
-                layer.rng.bit_generator.state = rng_state
-            for scheduler, last_epoch in zip(schedulers, meta["schedulers"], strict=False):
-                scheduler.last_epoch = last_epoch
-            done = int(meta["epochs_done"])
-            history = run["history"]
-            history.history.update(meta["history"]["history"])
-            history.epoch[:] = meta["history"]["epoch"]
+            if file.meta is None:
+                raise ValueError(
+                    f"{where} is a model file without training state (not a checkpoint)"
+                )
+            try:
+                meta = file.meta
+                self._check_run(meta, run)
+                expected = _expected_arrays(self, meta)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"{where} cannot be resumed from: {exc}") from None
+            file.check(expected)
+            arrays = file.read(expected)
+        try:
+            restored = self._optimizer_state(meta["optimizer"]["state"], arrays)
+            done = self._restore_run(meta, run)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{where} cannot be resumed from: {exc}") from None
-        try:
-            self.load_state_dict(state)
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
+        self.load_state_dict({key: arrays[key] for key in self._state_arrays()})
+        optimizer, saved = run["optimizer"], meta["optimizer"]
         optimizer._state = restored
         optimizer.n_steps = int(saved["n_steps"])
         optimizer.lr = float(saved["lr"])
         return done
+
+    def _check_run(self, meta: dict[str, Any], run: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another run: other data, batch size or optimizer."""
+        for key in ("n_samples", "batch_size"):
+            if meta[key] != run[key]:
+                raise ValueError(
+                    f"it was written for {key}={meta[key]}, got {key}={run[key]}; "
+                    "resume with the same data and batch size"
+                )
+        optimizer, saved = run["optimizer"], meta["optimizer"]
+        if saved["class"] != type(optimizer).__name__:
+            raise ValueError(
+                f"it was written with a {saved['class']} optimizer, got {optimizer!r}"
+            )
+        if len(saved["state"]) != len(optimizer._state):
+            raise ValueError(f"it holds optimizer state for {len(saved['state'])} parameters")
+
+    def _optimizer_state(self, slots: list, arrays: dict[str, np.ndarray]) -> list[dict]:
+        """The optimizer's per-parameter state from a checkpoint's checked arrays."""
+        restored = []
+        for i, (kinds, (param, _)) in enumerate(zip(slots, self.parameters(), strict=True)):
+            slot: dict[str, Any] = {}
+            for key, kind in kinds.items():
+                array = arrays[f"{_CKPT_KEY}.optimizer.{i}.{key}"] if kind else None
+                slot[key] = None if array is None else array.astype(param.dtype)  # a copy
+            restored.append(slot)
+        return restored
+
+    def _restore_run(self, meta: dict[str, Any], run: dict[str, Any]) -> int:
+        """Restore the generators, schedulers and history; returns the epochs done."""
+        dropouts = [layer for layer in self.layers if isinstance(layer, Dropout)]
+        schedulers = [cb for cb in run["callbacks"] if isinstance(cb, LRScheduler)]
+        if len(meta["dropout_rngs"]) != len(dropouts):
+            raise ValueError(f"it holds {len(meta['dropout_rngs'])} dropout generators")
+        run["rng"].bit_generator.state = meta["rng"]
+        for layer, rng_state in zip(dropouts, meta["dropout_rngs"], strict=True):
+            layer.rng.bit_generator.state = rng_state
+        for scheduler, last_epoch in zip(schedulers, meta["schedulers"], strict=False):
+            scheduler.last_epoch = last_epoch
+        history = run["history"]
+        history.history.update(meta["history"]["history"])
+        history.epoch[:] = meta["history"]["epoch"]
+        return int(meta["epochs_done"])
 
 
 def _jsonable(value):
@@ -1054,113 +1142,312 @@ def _atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
                 os.close(dir_fd)
 
 
+# ---------------------------------------------------------------------------------------
+# Reading model files
+#
+# A file is read in an order that lets nothing in it cost more than the architecture it
+# declares needs (issue 20):
+#   1. the zip directory: every name once (no "k" beside "k.npy"), and the sizes it
+#      declares against the size of the file itself;
+#   2. the small metadata entries (format version, architecture, a checkpoint's training
+#      state), each one capped;
+#   3. the layers, at most _MAX_FILE_LAYERS of them, built under an allocation budget;
+#   4. the names of the array entries against those the architecture (and a checkpoint's
+#      optimizer state) implies, then each one's .npy header (shape, dtype) and the size
+#      the directory declares for it;
+#   5. only then the array data, with allow_pickle=False.
+
+#: Most layers a model file may hold. The deepest published CNNs have about a thousand
+#: (ResNet-1202); ten times that is far beyond any real model, yet small enough that a
+#: hostile file's architecture is cheap to refuse. Sequential itself takes any number.
+_MAX_FILE_LAYERS = 10_000
+#: Most bytes of a text entry (the architecture, a checkpoint's training state), stored
+#: as UTF-32: 4M characters, 400 per layer at the layer cap.
+_MAX_TEXT_BYTES = 16 << 20
+#: Most the entries may declare uncompressed: this many times the file's size, plus
+#: _EXPANSION_SLACK bytes. fastcnn stores arrays uncompressed (ratio 1) and deflate
+#: shrinks float weights by about 10%, but a deflated run of zeros expands a thousandfold:
+#: that is how a small file would ask for gigabytes.
+_MAX_EXPANSION = 8
+_EXPANSION_SLACK = 1 << 20
+#: Most optimizer arrays per parameter in a checkpoint (Adam keeps 2, SGD's momentum 1).
+_MAX_STATE_ARRAYS = 4
+#: Elements the layers may allocate beyond what the file's array entries declare, so that
+#: a merely mismatched file gets the precise "must have shape" message instead.
+_LOAD_SLACK = 1 << 22
+
 # What reading a damaged archive can raise: zipfile also raises NotImplementedError (a
 # flipped compression or flag field) and RuntimeError ("encrypted"), both RuntimeErrors.
 _READ_ERRORS = (
     ValueError, OSError, EOFError, KeyError, RuntimeError, OverflowError, zipfile.BadZipFile,
     zlib.error,
 )  # fmt: skip
+_META_KEYS = (_FORMAT_KEY, _ARCH_KEY, _CKPT_KEY)
+
+Expected = dict[str, tuple[Shape, np.dtype]]  # array name -> (shape, dtype)
 
 
-def _check_declared_size(archive: zipfile.ZipFile, key: str) -> None:
-    """Refuse an .npy entry whose header declares more (or less) data than it holds,
-    before numpy allocates the declared array."""
-    member = key + ".npy" if key + ".npy" in archive.namelist() else key
-    with archive.open(member) as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise ValueError(f"unsupported .npy format version {version}")
-        header = f.tell()
-    if dtype.hasobject:
-        return  # numpy refuses it (allow_pickle=False), and the caller says why
-    held = archive.getinfo(member).file_size - header
-    declared = math.prod(shape) * dtype.itemsize
-    if declared != held:
-        raise ValueError(
-            f"its header declares an array of shape {shape} and dtype {dtype} "
-            f"({declared:,} bytes) but it holds {held:,} bytes"
+class _ModelFile:
+    """A model file open for reading, in the order above; a context manager.
+
+    Opening reads steps 1 and 2: ``config`` (the architecture) and ``meta`` (a
+    checkpoint's training state, None in a plain model file). :meth:`build`,
+    :meth:`check` and :meth:`read` do steps 3 to 5.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._zip: zipfile.ZipFile | None = None
+        self._file = open(name, "rb")  # closed by close(), on error too
+        try:
+            self._zip = self._open_zip()
+            self._entries = self._directory()
+            self._check_sizes()
+            self._check_version()
+            self.config = self._json(_ARCH_KEY, "architecture")
+            self.meta = self._json(_CKPT_KEY, "training state") if self._has(_CKPT_KEY) else None
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> _ModelFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+        self._file.close()
+
+    def _has(self, key: str) -> bool:
+        return key in self._entries
+
+    # -- step 1: the zip directory ------------------------------------------------------
+
+    def _open_zip(self) -> zipfile.ZipFile:
+        magic = self._file.read(6)
+        self._file.seek(0)
+        if magic == b"\x93NUMPY":
+            raise ValueError(f"{self.name!r} is not a fastcnn model file: it holds a single array")
+        try:
+            return zipfile.ZipFile(self._file)
+        except _READ_ERRORS as exc:
+            what = (
+                "cannot be read as an .npz archive"
+                if magic.startswith(b"PK")
+                else "is not an .npz archive (fastcnn never loads pickled data)"
+            )
+            raise ValueError(
+                f"{self.name!r} is not a fastcnn model file: it {what} "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+
+    def _directory(self) -> dict[str, zipfile.ZipInfo]:
+        """Array name -> zip entry. An array stored twice, or as both ``k`` and ``k.npy``
+        (numpy's two spellings of one name), is refused: which one is read is undefined."""
+        infos = self._zip.infolist()
+        counts = collections.Counter(info.filename for info in infos)
+        entries: dict[str, zipfile.ZipInfo] = {}
+        for info in infos:
+            if counts[info.filename] > 1:
+                raise ValueError(
+                    f"{self.name!r}: the archive holds an entry named {info.filename!r} "
+                    f"{counts[info.filename]} times"
+                )
+            key = info.filename.removesuffix(".npy")
+            if key in entries:
+                first, second = sorted((entries[key].filename, info.filename))
+                raise ValueError(
+                    f"{self.name!r}: entries {first!r} and {second!r} both hold the array {key!r}"
+                )
+            entries[key] = info
+        if _FORMAT_KEY not in entries or _ARCH_KEY not in entries:
+            raise ValueError(
+                f"{self.name!r} is not a fastcnn model file: it has no {_FORMAT_KEY!r} / "
+                f"{_ARCH_KEY!r} entries (found {sorted(entries)[:10]})"
+            )
+        return entries
+
+    def _check_sizes(self) -> None:
+        """Refuse entries that declare more data than the file can hold: compressed, more
+        than its size; uncompressed, more than _MAX_EXPANSION times it (a zip bomb)."""
+        length = os.fstat(self._file.fileno()).st_size
+        infos = self._entries.values()
+        stored = sum(info.compress_size for info in infos)
+        if stored > length:
+            raise ValueError(
+                f"{self.name!r}: its entries declare {stored:,} bytes of data but the file "
+                f"has {length:,} bytes (truncated, or entries that overlap)"
+            )
+        total = sum(info.file_size for info in infos)
+        if total > _MAX_EXPANSION * length + _EXPANSION_SLACK:
+            key, largest = max(self._entries.items(), key=lambda item: item[1].file_size)
+            raise ValueError(
+                f"{self.name!r}: entry {key!r} declares {largest.file_size:,} bytes "
+                f"uncompressed, and all entries {total:,} bytes: more than {_MAX_EXPANSION} "
+                f"times the file's {length:,} bytes, which no model file needs (a zip bomb?)"
+            )
+
+    # -- step 2: the metadata -----------------------------------------------------------
+
+    def _check_version(self) -> None:
+        shape, dtype = self._header(_FORMAT_KEY)
+        if shape != () or dtype.kind not in "iu" or dtype.itemsize > 8:
+            raise ValueError(
+                f"{self.name!r}: malformed format version entry (shape {shape}, dtype {dtype})"
+            )
+        version = int(self._array(_FORMAT_KEY))
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"{self.name!r} uses model file format {version}; this fastcnn reads format "
+                f"{FORMAT_VERSION}"
+                + (" (it was written by a newer fastcnn)" if version > FORMAT_VERSION else "")
+            )
+
+    def _json(self, key: str, what: str) -> Any:
+        """The JSON document in the text entry ``key``."""
+        shape, dtype = self._header(key)
+        if shape != () or dtype.kind not in "US":
+            raise ValueError(f"{self.name!r}: the {what} entry is not a string")
+        if dtype.itemsize > _MAX_TEXT_BYTES:
+            raise ValueError(
+                f"{self.name!r}: entry {key!r} holds a string of {dtype.itemsize:,} bytes; a "
+                f"model file's {what} may take at most {_MAX_TEXT_BYTES:,}"
+            )
+        text = self._array(key).item()
+        try:
+            return json.loads(text.decode() if isinstance(text, bytes) else text)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise ValueError(f"{self.name!r}: invalid {what}: {exc}") from None
+
+    # -- steps 3 to 5: the layers and the arrays ----------------------------------------
+
+    def build(self) -> Sequential:
+        """The model of the architecture, freshly initialized. Its layers may allocate
+        little more than the array entries declare (checked in step 1)."""
+        declared = sum(
+            info.file_size for key, info in self._entries.items() if not key.startswith(_META_KEYS)
+        )
+        budget = declared // 4 + _LOAD_SLACK  # 4 bytes: float32, the smallest element
+        try:
+            with _allocation_budget(budget):
+                return Sequential.from_config(self.config)
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise ValueError(f"{self.name!r}: invalid architecture: {exc}") from None
+
+    def check(self, expected: Expected) -> None:
+        """Refuse unless the array entries are exactly ``expected``, each with that shape
+        and dtype (in either byte order) in its header. Reads the headers only."""
+        present = {key for key in self._entries if key not in _META_KEYS}
+        missing, extra = sorted(expected.keys() - present), sorted(present - expected.keys())
+        if missing or extra:
+            raise ValueError(
+                f"{self.name!r}: arrays do not match the architecture: missing {missing}, "
+                f"unexpected {extra}"
+            )
+        for key, (shape, dtype) in expected.items():
+            held_shape, held_dtype = self._header(key)
+            if held_shape != shape or held_dtype.newbyteorder("=") != dtype:
+                raise ValueError(
+                    f"{self.name!r}: array {key!r} must have shape {shape} and dtype {dtype}, "
+                    f"got {held_shape} {held_dtype}"
+                )
+
+    def read(self, keys: Iterable[str]) -> dict[str, np.ndarray]:
+        """The arrays ``keys``, which :meth:`check` has accepted."""
+        return {key: self._array(key) for key in keys}
+
+    # -- one entry ----------------------------------------------------------------------
+
+    def _corrupt(self, key: str, exc: BaseException) -> ValueError:
+        return ValueError(
+            f"{self.name!r}: entry {key!r} is truncated or corrupt ({type(exc).__name__}: {exc})"
         )
 
-
-def _read_model_file(name: str) -> tuple[Any, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(architecture config, model arrays, checkpoint entries) of a model file.
-
-    Checks the container, the format version and that nothing is pickled; the arrays are
-    not yet checked against the architecture.
-    """
-    try:
-        archive = np.load(name, allow_pickle=False)
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        raise  # about the path, not the content: the standard errors say it best
-    except _READ_ERRORS as exc:
-        raise ValueError(
-            f"{name!r} is not a fastcnn model file: it cannot be read as an .npz archive "
-            f"({type(exc).__name__}: {exc})"
-        ) from exc
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{name!r} is not a fastcnn model file: it holds a single array")
-    with archive:
-        files = set(archive.files)
-        if _FORMAT_KEY not in files or _ARCH_KEY not in files:
-            raise ValueError(
-                f"{name!r} is not a fastcnn model file: it has no {_FORMAT_KEY!r} / "
-                f"{_ARCH_KEY!r} entries (found {sorted(files)[:10]})"
-            )
-
-        def read(key: str) -> np.ndarray:
-            try:
-                _check_declared_size(archive.zip, key)
-                return archive[key]
-            except _READ_ERRORS as exc:
-                if "allow_pickle" in str(exc):
-                    raise ValueError(
-                        f"{name!r}: entry {key!r} holds pickled Python objects; fastcnn "
-                        "never loads those (unpickling can execute code)"
-                    ) from exc
-                raise ValueError(
-                    f"{name!r}: entry {key!r} is truncated or corrupt ({type(exc).__name__}: "
-                    f"{exc})"
-                ) from exc
-
-        version = read(_FORMAT_KEY)
-        if version.shape != () or version.dtype.kind not in "iu":
-            raise ValueError(f"{name!r}: malformed format version entry {version!r}")
-        if int(version) != FORMAT_VERSION:
-            raise ValueError(
-                f"{name!r} uses model file format {int(version)}; this fastcnn reads format "
-                f"{FORMAT_VERSION}"
-                + (" (it was written by a newer fastcnn)" if int(version) > FORMAT_VERSION else "")
-            )
-        architecture = read(_ARCH_KEY)
-        if architecture.shape != () or architecture.dtype.kind not in "US":
-            raise ValueError(f"{name!r}: the architecture entry is not a string")
+    def _header(self, key: str) -> tuple[Shape, np.dtype]:
+        """Shape and dtype in the .npy header of entry ``key``, which must describe exactly
+        the size the zip directory declares for it. Reads the header only."""
+        info = self._entries[key]
         try:
-            text = architecture.item()
-            config = json.loads(text.decode() if isinstance(text, bytes) else text)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise ValueError(f"{name!r}: invalid architecture: {exc}") from None
-        # Read (and so check) every array before building the layers the file names.
-        entries = {key: read(key) for key in sorted(files - {_FORMAT_KEY, _ARCH_KEY})}
-    state = {k: v for k, v in entries.items() if not k.startswith(_CKPT_KEY)}
-    extra = {k: v for k, v in entries.items() if k.startswith(_CKPT_KEY)}
-    return config, state, extra
+            with self._zip.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f"unsupported .npy format version {version}")
+                header = f.tell()
+        except _READ_ERRORS as exc:
+            raise self._corrupt(key, exc) from exc
+        if dtype.hasobject:
+            raise ValueError(
+                f"{self.name!r}: entry {key!r} holds pickled Python objects; fastcnn never "
+                "loads those (unpickling can execute code)"
+            )
+        held = info.file_size - header
+        declared = math.prod(shape) * dtype.itemsize
+        if declared != held:
+            raise self._corrupt(
+                key,
+                ValueError(
+                    f"its header declares an array of shape {shape} and dtype {dtype} "
+                    f"({declared:,} bytes) but it holds {held:,} bytes"
+                ),
+            )
+        return shape, dtype
+
+    def _array(self, key: str) -> np.ndarray:
+        """The array in entry ``key``, whose header :meth:`_header` has accepted."""
+        try:
+            with self._zip.open(self._entries[key]) as f:
+                return np.lib.format.read_array(f, allow_pickle=False)
+        except _READ_ERRORS as exc:
+            raise self._corrupt(key, exc) from exc
 
 
-_LOAD_SLACK = 1 << 22  # elements
+def _expected_arrays(model: Sequential, meta: dict[str, Any] | None) -> Expected:
+    """The arrays a file of ``model`` holds: its state, and with a checkpoint's training
+    state ``meta`` the optimizer arrays that declares."""
+    expected = {name: (a.shape, a.dtype) for name, a in model._state_arrays().items()}
+    if meta is None:
+        return expected
+    try:
+        slots = meta["optimizer"]["state"]
+    except (KeyError, TypeError):
+        raise ValueError("the training state has no optimizer state") from None
+    params = model.parameters()
+    if not isinstance(slots, list) or len(slots) != len(params):
+        count = len(slots) if isinstance(slots, list) else repr(slots)[:50]
+        raise ValueError(
+            f"it holds optimizer state for {count} parameters, the architecture has {len(params)}"
+        )
+    for i, (slot, (param, _)) in enumerate(zip(slots, params, strict=True)):
+        kinds = slot.values() if isinstance(slot, dict) else None
+        if kinds is None or any(kind not in ("array", None) for kind in kinds):
+            raise ValueError(f"malformed optimizer state for parameter {i}: {str(slot)[:100]}")
+        keys = [key for key, kind in slot.items() if kind == "array"]
+        if len(keys) > _MAX_STATE_ARRAYS:
+            raise ValueError(
+                f"the training state declares {len(keys)} arrays for parameter {i}; an "
+                f"optimizer keeps at most {_MAX_STATE_ARRAYS} per parameter"
+            )
+        for key in keys:
+            expected[f"{_CKPT_KEY}.optimizer.{i}.{key}"] = (param.shape, param.dtype)
+    return expected
 
 
 def load(path: str | os.PathLike) -> Sequential:
     """Load a model written by :meth:`Sequential.save` (or a ``fit`` checkpoint).
 
     Nothing in the file is executed: arrays are read with ``allow_pickle=False`` and layers
-    are rebuilt only from classes in :data:`fastcnn.layers.LAYER_REGISTRY`. The layers may
-    allocate little more than the arrays the file stores (and array headers must match
-    the data that follows them), so a small crafted file cannot make us allocate
-    enormous layers.
+    are rebuilt only from classes in :data:`fastcnn.layers.LAYER_REGISTRY`. Before any
+    array data is read, the names, shapes and dtypes of the file's entries are checked
+    against its architecture, which may have at most 10,000 layers, and the sizes they
+    declare against the size of the file: a small crafted file cannot make us allocate
+    or decompress more than a few times its own size.
 
     Raises
     ------
@@ -1169,18 +1456,18 @@ def load(path: str | os.PathLike) -> Sequential:
     ValueError
         If the file is not a fastcnn model, is truncated or corrupt, contains a pickled
         object, has an unsupported format version, or its arrays do not match its
-        architecture (names, shapes, dtypes). The message names the file and the problem.
+        architecture (names, shapes, dtypes), or it declares more data than it can hold
+        (a zip bomb). The message names the file and the problem.
     """
     name = os.fspath(path)
-    config, state, _ = _read_model_file(name)
-    # The layers may allocate what the file stores, plus some slack so that a merely
-    # mismatched file gets load_state_dict's precise message instead.
-    budget = sum(array.size for array in state.values()) + _LOAD_SLACK
-    try:
-        with _allocation_budget(budget):
-            model = Sequential.from_config(config)
-    except (ValueError, TypeError, RecursionError) as exc:
-        raise ValueError(f"{name!r}: invalid architecture: {exc}") from None
+    with _ModelFile(name) as file:
+        model = file.build()
+        try:
+            expected = _expected_arrays(model, file.meta)
+        except ValueError as exc:
+            raise ValueError(f"{name!r}: invalid training state: {exc}") from None
+        file.check(expected)
+        state = file.read(model._state_arrays())  # a checkpoint's optimizer state is not
     try:
         model.load_state_dict(state)
     except ValueError as exc:

@@ -271,6 +271,43 @@ def test_divergence_raises_with_epoch_and_learning_rate(rng):
         model.fit(X, y, epochs=5, batch_size=8, optimizer=SGD(lr=1e8), verbose=0)
 
 
+def _blow_up_batchnorm_statistics(dtype):
+    """A batch whose variance overflows the dtype: training mode normalizes it to finite
+    outputs (finite loss and weights) while the running variance becomes inf."""
+    rng = np.random.default_rng(0)
+    big = {np.dtype(np.float32): 1e20, np.dtype(np.float64): 1e200}[np.dtype(dtype)]
+    X = (rng.standard_normal((32, 2, 3, 3)) * big).astype(dtype)
+    assert np.isfinite(X).all()
+    model = Sequential(BatchNorm2D(2, dtype=dtype), Flatten(), Dense(18, 2, dtype=dtype, rng=0))
+    return model, X, rng.integers(0, 2, 32)
+
+
+def test_divergence_of_buffers_raises(backend, dtype):
+    # The documented check covers all state (parameters and buffers), not just weights.
+    model, X, y = _blow_up_batchnorm_statistics(dtype)
+    with (
+        np.errstate(all="ignore"),
+        pytest.raises(
+            FloatingPointError,
+            match=r"buffers became NaN or infinite in epoch 1/2, with learning rate 0.1 "
+            r"\(first: '0.running_var'\)",
+        ),
+    ):
+        model.fit(X, y, epochs=2, batch_size=8, optimizer=SGD(0.1), verbose=0)
+    assert model.history.epoch == []
+
+
+def test_divergence_of_batchnorm_statistics_in_digits_cnn_raises(digits):
+    # Issue 20's reproducer, on the default backend (the test above covers both; this
+    # run takes 12 s on numpy's). float32 only: in float64 the same run stays finite.
+    from fastcnn.models import digits_cnn
+
+    model = digits_cnn(random_state=10)
+    with np.errstate(all="ignore"), pytest.raises(FloatingPointError, match="running_var"):
+        model.fit(digits[0] * 100, digits[1], epochs=3, optimizer=SGD(1000.0), verbose=0,
+                  random_state=0)  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------
 # Ctrl-C
 
@@ -431,6 +468,80 @@ def test_model_construction_errors():
     relu = ReLU()
     with pytest.raises(ValueError, match="already in the model"):
         Sequential(relu, relu)
+
+
+class _ScanCounter(list):
+    """A layer list that fails once iterated over more than `limit` elements in all."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.limit, self.seen = limit, 0
+
+    def __iter__(self):
+        for item in super().__iter__():
+            self.seen += 1
+            if self.seen > self.limit:
+                raise AssertionError(f"more than {self.limit} layers visited: a scan per add")
+            yield item
+
+
+class _CountingReLU(ReLU):
+    """A parameter-free layer that counts (and caps) the reads of its dtype."""
+
+    reads = [0, 0]  # [count, limit]
+
+    @property
+    def dtype(self):
+        counter = _CountingReLU.reads
+        counter[0] += 1
+        if counter[0] > counter[1]:
+            raise AssertionError(f"more than {counter[1]} dtype reads: a scan per add")
+        return None
+
+
+N_LAYERS = 20_000
+
+
+def test_add_is_linear_in_the_layer_count(monkeypatch):
+    # Not a timer: a scan of every layer per add visits ~n**2 / 2 = 2e8 layers here.
+    monkeypatch.setattr(_CountingReLU, "reads", [0, 3 * N_LAYERS])
+    model = Sequential()
+    model.layers = _ScanCounter(limit=N_LAYERS)
+    for _ in range(N_LAYERS):
+        model.add(_CountingReLU())
+    assert len(model) == N_LAYERS
+    relu = model[N_LAYERS // 2]
+    with pytest.raises(ValueError, match=f"layer {N_LAYERS} .* already in the model"):
+        model.add(relu)  # still refused, after one scan that finds it
+
+
+def test_building_from_a_list_is_linear(monkeypatch):
+    layers = [_CountingReLU() for _ in range(N_LAYERS)]
+    monkeypatch.setattr(_CountingReLU, "reads", [0, 3 * N_LAYERS])
+    model = Sequential(layers)
+    assert len(model) == N_LAYERS and model.dtype == np.float32
+
+
+def test_layer_checks_follow_edits_of_the_layer_list():
+    dense, relu = Dense(2, 2), ReLU()
+    model = Sequential(dense, relu)
+    model.layers.pop()  # an edit that bypasses add()
+    model.add(relu)  # allowed again: it is no longer in the model
+    model.layers[1] = ReLU()  # replaced in place: same length, other last layer
+    model.add(relu)
+    with pytest.raises(ValueError, match="already in the model"):
+        model.add(dense)
+    model.layers[:] = []
+    model.add(Dense(2, 2, dtype=np.float64))  # the old float32 layer is gone
+    assert model.dtype == np.float64
+
+
+def test_pickled_model_still_refuses_a_layer_twice():
+    model = copy.deepcopy(Sequential(Dense(2, 2), ReLU()))
+    with pytest.raises(ValueError, match="already in the model"):
+        model.add(model[1])
+    with pytest.raises(ValueError, match="has dtype float64"):
+        model.add(Dense(2, 2, dtype=np.float64))
 
 
 @pytest.mark.parametrize(

@@ -3,17 +3,22 @@
 Complements ``test_model.py`` (round trip, one truncation, pickles, architecture edits,
 one failing writer): every array name, shape and dtype fault; many truncations and
 random corruptions; crafted headers and architectures that would make us allocate
-terabytes; saves interrupted at every stage, in-process and by SIGKILL; and
-``fit(checkpoint=...)`` resuming to exactly the uninterrupted result.
+terabytes; zip bombs, arrays stored under two names and files of too many layers, all
+refused before any array data is read; saves interrupted at every stage, in-process and
+by SIGKILL; and ``fit(checkpoint=...)`` resuming to exactly the uninterrupted result.
 """
 
+import collections
 import errno
+import io
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
+import warnings
 import zipfile
 
 import numpy as np
@@ -312,6 +317,220 @@ def test_crafted_metadata_entries_are_refused(saved, key):
     _write_raw_entry(saved, arrays, {key: b"raw bytes, not an array"})
     with pytest.raises(ValueError, match=rf"entry '{key}' is truncated or corrupt"):
         load(saved)
+
+
+# ---------------------------------------------------------------------------------------
+# Zip bombs, ambiguous names, too many layers (issue 20, defects 6 to 8)
+#
+# Hostile files are built here by hand with zipfile: no binary blobs in the repository.
+
+
+def _npy(array) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.asanyarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _zeros_npy(shape, descr="<f4"):
+    """An .npy entry of zeros, as chunks (a deflated 64 MiB of it is a 64 kB file)."""
+    yield _npy_header(shape, descr)
+    left = int(np.prod(shape)) * np.dtype(descr).itemsize
+    while left:
+        yield bytes(min(left, 1 << 20))
+        left -= min(left, 1 << 20)
+
+
+def _write_zip(path, entries, deflate=()):
+    """Write `entries`, (zip name, bytes or chunks) pairs, in order; a name may repeat.
+    Those named in `deflate` are compressed, the rest stored (as np.savez does)."""
+    with warnings.catch_warnings(), zipfile.ZipFile(path, "w") as archive:
+        warnings.simplefilter("ignore", UserWarning)  # "Duplicate name"
+        for name, data in entries:
+            info = zipfile.ZipInfo(name)
+            if name in deflate:
+                info.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(info, "w") as f:
+                for chunk in [data] if isinstance(data, bytes) else data:
+                    f.write(chunk)
+
+
+def _entries(path):
+    """(zip name, raw bytes) of every entry of a file."""
+    with zipfile.ZipFile(path) as archive:
+        return [(info.filename, archive.read(info)) for info in archive.infolist()]
+
+
+def _architecture_entries(layers):
+    config = {"kind": "fastcnn.Sequential", "layers": layers}
+    return [
+        ("__fastcnn_format__.npy", _npy(np.array(1))),
+        ("__architecture__.npy", _npy(np.array(json.dumps(config)))),
+    ]
+
+
+class ReadSpy:
+    """Counts the bytes read from each zip entry (by every reader, numpy's included)."""
+
+    def __init__(self, monkeypatch):
+        self.bytes = collections.Counter()
+        real = zipfile.ZipExtFile.read
+
+        def read(f, n=-1):
+            data = real(f, n)
+            self.bytes[f.name] += len(data)
+            return data
+
+        monkeypatch.setattr(zipfile.ZipExtFile, "read", read)
+
+
+class BuildSpy:
+    """Counts the layers built from a file's architecture."""
+
+    def __init__(self, monkeypatch):
+        self.built = 0
+        real = model_module.layer_from_config
+
+        def build(name, config):
+            self.built += 1
+            return real(name, config)
+
+        monkeypatch.setattr(model_module, "layer_from_config", build)
+
+
+HEADER_BYTES = 1024  # what reading one .npy header may take; array data is not read
+
+
+# Deflated zeros: 512 KiB stay within what the file's size allows and are refused by
+# name; 64 MiB (a 64 kB file) are refused by size. Either way the entry is never opened.
+BOMBS = {
+    "512KiB": ((128, 1024), r"arrays do not match .*unexpected \['{extra}'\]"),
+    "64MiB": ((16, 1 << 20), r"entry '{extra}' declares 67,108,992 bytes uncompressed"),
+}
+
+
+@pytest.mark.parametrize("bomb", sorted(BOMBS))
+@pytest.mark.parametrize("extra", ["bomb", "7.weight", "__checkpoint__.optimizer.0.exp_avg"])
+def test_an_extra_deflated_entry_is_refused_unread(saved, monkeypatch, extra, bomb):
+    shape, match = BOMBS[bomb]
+    entries = [*_entries(saved), (extra + ".npy", _zeros_npy(shape))]
+    _write_zip(saved, entries, deflate={extra + ".npy"})
+    assert saved.stat().st_size < 100_000
+    spy = ReadSpy(monkeypatch)
+    with pytest.raises(ValueError, match=r"good.npz': " + match.format(extra=extra)):
+        load(saved)
+    assert spy.bytes[extra + ".npy"] == 0
+    assert sum(spy.bytes.values()) < 20_000  # the metadata and no array data
+
+
+def test_a_bomb_the_architecture_asks_for_is_refused_before_building(tmp_path, monkeypatch):
+    # Honest entries of the declared sizes: Dense(4096, 4096) needs 64 MiB of zeros, which
+    # deflate to 64 kB. Nothing but the metadata is read and no layer is built.
+    path = tmp_path / "bomb.npz"
+    dense = {"class": "Dense", "config": {"in_features": 4096, "out_features": 4096}}
+    entries = [
+        *_architecture_entries([dense]),
+        ("0.weight.npy", _zeros_npy((4096, 4096))),
+        ("0.bias.npy", _npy(np.zeros(4096, np.float32))),
+    ]
+    _write_zip(path, entries, deflate={"0.weight.npy"})
+    reads, builds = ReadSpy(monkeypatch), BuildSpy(monkeypatch)
+    with pytest.raises(ValueError, match=r"bomb.npz': entry '0.weight' declares 67,108,992 "):
+        load(path)
+    assert builds.built == 0 and reads.bytes["0.weight.npy"] == 0
+
+
+def test_a_compressed_model_file_loads(saved):
+    # fastcnn writes entries stored; np.savez_compressed's deflated ones load as well.
+    arrays = _contents(saved)
+    with open(saved, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    _assert_same_state(load(saved), small_model())
+
+
+def _forge_declared_size(path, member, size):
+    """Overwrite the uncompressed size of `member` in the zip's central directory."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"PK\x01\x02")
+    while at >= 0:
+        name_length = struct.unpack_from("<H", data, at + 28)[0]
+        if data[at + 46 : at + 46 + name_length] == member.encode():
+            struct.pack_into("<I", data, at + 24, size)
+            path.write_bytes(bytes(data))
+            return
+        at = data.find(b"PK\x01\x02", at + 4)
+    raise AssertionError(f"{member} not found")
+
+
+@pytest.mark.parametrize(
+    ("size", "match"),
+    [
+        (128 + 108 + 4, r"truncated or corrupt.*\(108 bytes\) but it holds 112 bytes"),
+        (1 << 30, r"declares 1,073,741,824 bytes uncompressed"),
+    ],
+    ids=["4-bytes-more", "1-GiB"],
+)
+def test_a_declared_size_other_than_the_header_implies_is_refused(saved, monkeypatch, size,
+                                                                   match):  # fmt: skip
+    _forge_declared_size(saved, "0.weight.npy", size)
+    spy = ReadSpy(monkeypatch)
+    with pytest.raises(ValueError, match=r"good.npz'.* entry '0.weight'.*" + match):
+        load(saved)
+    assert spy.bytes["0.weight.npy"] < HEADER_BYTES
+
+
+@pytest.mark.parametrize(
+    ("duplicate", "match"),
+    [
+        (("0.weight", _npy(np.ones((3, 1, 3, 3), np.float32))), "'0.weight' and '0.weight.npy'"),
+        (("0.weight", _npy_header((10**6, 10**6)) + bytes(64)), "'0.weight' and '0.weight.npy'"),
+        (("0.weight.npy", _npy(np.ones((3, 1, 3, 3), np.float32))), "'0.weight.npy' 2 times"),
+        (("__architecture__", _npy(np.array("{}"))), "'__architecture__' and '__architecture"),
+        (("__fastcnn_format__.npy", _npy(np.array(1))), "'__fastcnn_format__.npy' 2 times"),
+    ],
+    ids=["k-and-k.npy", "k-forged-4TB", "same-name", "architecture", "format"],
+)
+def test_an_array_stored_twice_is_refused(saved, duplicate, match):
+    _write_zip(saved, [*_entries(saved), duplicate])
+    with pytest.raises(ValueError, match=r"good.npz'.*" + match):
+        load(saved)
+
+
+@pytest.mark.parametrize(
+    ("n_layers", "match"),
+    [
+        (10_001, "invalid architecture: the architecture has 10,001 layers.*at most 10,000"),
+        (100_000, "invalid architecture: the architecture has 100,000 layers.*at most 10,000"),
+        (1_000_000, "entry '__architecture__' holds a string of 132,000,168 bytes"),
+    ],
+    ids=["10001", "100000", "1000000"],
+)
+def test_too_many_layers_are_refused_before_building_any(tmp_path, monkeypatch, n_layers,
+                                                          match):  # fmt: skip
+    path = tmp_path / "deep.npz"
+    _write_zip(path, _architecture_entries([{"class": "ReLU", "config": {}}] * n_layers))
+    spy = BuildSpy(monkeypatch)
+    with pytest.raises(ValueError, match=r"deep.npz': " + match):
+        load(path)
+    assert spy.built == 0
+
+
+def test_a_file_at_the_layer_cap_loads(tmp_path):
+    path = tmp_path / "deep.npz"
+    Sequential([ReLU() for _ in range(10_000)]).save(path)
+    assert len(load(path)) == 10_000
+    with pytest.raises(ValueError, match=r"10,001 layers.*at most 10,000"):
+        Sequential([ReLU() for _ in range(10_001)]).save(path)
+    assert len(load(path)) == 10_000  # the previous file is intact
+
+
+def test_a_long_architecture_text_is_refused_unread(saved, monkeypatch):
+    monkeypatch.setattr(model_module, "_MAX_TEXT_BYTES", 1000)
+    spy = ReadSpy(monkeypatch)
+    with pytest.raises(
+        ValueError, match=r"entry '__architecture__' holds a string of 2,800 bytes"
+    ):
+        load(saved)
+    assert spy.bytes["__architecture__.npy"] < HEADER_BYTES
 
 
 # ---------------------------------------------------------------------------------------
@@ -722,3 +941,62 @@ def test_checkpoint_must_be_a_checkpoint(tmp_path, data):
 
     with pytest.raises(TypeError, match="checkpoint needs a fastcnn.optim optimizer"):
         small_model().fit(*data, optimizer=Custom(), checkpoint=tmp_path / "c.npz", **FIT)
+
+
+@pytest.fixture
+def checkpoint(tmp_path, data):
+    path = tmp_path / "ckpt.npz"
+    small_model().fit(*data, optimizer=Adam(1e-2), checkpoint=path, **{**FIT, "epochs": 1})
+    return path
+
+
+def _load_and_resume(path, data):
+    """Both readers of a checkpoint: load() and fit(checkpoint=...)."""
+    yield lambda: load(path)
+    yield lambda: small_model().fit(*data, optimizer=Adam(1e-2), checkpoint=path, **FIT)
+
+
+@pytest.mark.parametrize("bomb", sorted(BOMBS))
+@pytest.mark.parametrize("extra", ["__checkpoint__.optimizer.0.evil", "__checkpoint__.x"])
+def test_checkpoint_entries_the_state_does_not_declare_are_refused_unread(
+    checkpoint, data, monkeypatch, extra, bomb
+):
+    shape, match = BOMBS[bomb]
+    entries = [*_entries(checkpoint), (extra + ".npy", _zeros_npy(shape))]
+    _write_zip(checkpoint, entries, deflate={extra + ".npy"})
+    spy = ReadSpy(monkeypatch)
+    for read in _load_and_resume(checkpoint, data):
+        with pytest.raises(ValueError, match=r"ckpt.npz': " + match.format(extra=extra)):
+            read()
+    assert spy.bytes[extra + ".npy"] == 0
+
+
+@pytest.mark.parametrize(
+    ("shape", "descr"), [((300, 300), "<f4"), ((3, 1, 3, 3), "<f8"), ((1, 3, 1, 3, 3), "<f4")]
+)
+def test_checkpoint_optimizer_state_of_another_shape_is_refused_unread(
+    checkpoint, data, monkeypatch, shape, descr
+):
+    key = "__checkpoint__.optimizer.0.exp_avg"
+    entries = [(n, b) for n, b in _entries(checkpoint) if n != key + ".npy"]
+    _write_zip(checkpoint, [*entries, (key + ".npy", _zeros_npy(shape, descr))],
+               deflate={key + ".npy"})  # fmt: skip
+    spy = ReadSpy(monkeypatch)
+    for read in _load_and_resume(checkpoint, data):
+        with pytest.raises(
+            ValueError, match=rf"ckpt.npz'.*'{key}' must have shape \(3, 1, 3, 3\) and dtype"
+        ):
+            read()
+    assert spy.bytes[key + ".npy"] < 2 * HEADER_BYTES
+
+
+def test_checkpoint_state_declaring_too_many_arrays_is_refused(checkpoint, data):
+    arrays = _contents(checkpoint)
+    meta = json.loads(str(arrays["__checkpoint__"]))
+    meta["optimizer"]["state"][0] = {f"k{i}": "array" for i in range(100)}
+    arrays["__checkpoint__"] = np.array(json.dumps(meta))
+    arrays.update({f"__checkpoint__.optimizer.0.k{i}": arrays["0.weight"] for i in range(100)})
+    _rewrite(checkpoint, arrays)
+    for read in _load_and_resume(checkpoint, data):
+        with pytest.raises(ValueError, match=r"ckpt.npz'.*100 arrays for parameter 0"):
+            read()
