@@ -1122,7 +1122,11 @@ def _atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
     # os.open with mode 0o666 lets the umask decide the permissions, as for a plain open().
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as exc:  # name the caller's path, not the hidden temporary file
+        reason = f"no directory {directory!r}" if not os.path.isdir(directory) else exc.strerror
+        raise type(exc)(exc.errno, f"cannot save to {path!r}: {reason}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)

@@ -1000,3 +1000,15 @@ def test_checkpoint_state_declaring_too_many_arrays_is_refused(checkpoint, data)
     for read in _load_and_resume(checkpoint, data):
         with pytest.raises(ValueError, match=r"ckpt.npz'.*100 arrays for parameter 0"):
             read()
+
+
+def test_a_save_into_a_missing_folder_names_the_callers_path(tmp_path):
+    """The error named the hidden temporary file (.m.npz.<hex>.tmp) the atomic save writes
+    first, a path the user never gave."""
+    path = tmp_path / "missing" / "m.npz"
+    with pytest.raises(FileNotFoundError) as info:
+        Sequential(Dense(2, 2, rng=0)).save(path)
+    message = str(info.value)
+    assert f"cannot save to {str(path)!r}" in message
+    assert f"no directory {str(path.parent)!r}" in message
+    assert ".tmp" not in message
