@@ -149,3 +149,62 @@ def test_mse_and_get_loss_errors():
     assert get_loss("mse") is mse
     with pytest.raises(ValueError, match="loss must be one of"):
         get_loss("hinge")
+
+
+# ---------------------------------------------------------------------------------------
+# Sample weights: each sample's loss is multiplied by its weight, the sum divided by N
+
+
+def test_weighted_cross_entropy_hand_computed(dtype, backend):
+    logits = np.array([[0.0, 0.0], [1.0, 2.0], [3.0, 0.0]], dtype)
+    y = np.array([0, 1, 1])
+    w = np.array([2.0, 0.5, 0.0])
+    loss, grad = softmax_cross_entropy(logits, y, sample_weight=w)
+    row_losses = [math.log(2), math.log(1 + math.exp(-1)), 3 + math.log(1 + math.exp(-3))]
+    assert loss == pytest.approx(float(np.dot(w, row_losses)) / 3, rel=1e-6)
+    p = 1 / (1 + math.exp(-1))
+    assert grad.dtype == dtype
+    expected = [[-2 * 0.5 / 3, 2 * 0.5 / 3], [0.5 * (1 - p) / 3, 0.5 * (p - 1) / 3], [0, 0]]
+    assert_allclose(grad, expected, rtol=1e-5, atol=1e-7)
+    logits64 = logits.astype(np.float64)
+    numeric = numerical_grad(lambda: softmax_cross_entropy(logits64, y, w)[0], logits64)
+    assert_allclose(grad, numeric, rtol=1e-4, atol=1e-6)
+
+
+def test_unit_weights_change_nothing(rng, dtype, backend):
+    logits = rng.standard_normal((6, 4)).astype(dtype)
+    y = rng.integers(0, 4, 6)
+    plain = softmax_cross_entropy(logits, y)
+    weighted = softmax_cross_entropy(logits, y, sample_weight=np.ones(6))
+    assert weighted[0] == pytest.approx(plain[0], rel=1e-6)
+    assert_allclose(weighted[1], plain[1], **tol(dtype))
+    pred, target = rng.standard_normal((6, 3)).astype(dtype), rng.standard_normal((6, 3))
+    assert mse(pred, target, sample_weight=np.ones(6))[0] == pytest.approx(mse(pred, target)[0])
+
+
+def test_weighted_mse_hand_computed_and_gradient(dtype, rng):
+    pred = np.array([[1.0, 2.0], [3.0, 4.0]], dtype)
+    target = np.array([[1.0, 0.0], [0.0, 4.0]])
+    loss, grad = mse(pred, target, sample_weight=np.array([3.0, 1.0]))
+    assert loss == pytest.approx((3 * 4 + 1 * 9) / 4)
+    assert grad.dtype == dtype
+    assert_allclose(grad, [[0, 3 * 1], [1.5, 0]])
+    p, t, w = rng.standard_normal((3, 2)), rng.standard_normal((3, 2)), rng.random(3)
+    numeric = numerical_grad(lambda: mse(p, t, sample_weight=w)[0], p)
+    assert_allclose(mse(p, t, sample_weight=w)[1], numeric, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("w", "error", "match"),
+    [
+        (np.ones(2), ValueError, r"sample_weight must have shape \(3,\)"),
+        (np.array([1.0, -1.0, 1.0]), ValueError, "non-negative"),
+        (np.array([1.0, np.nan, 1.0]), ValueError, "finite"),
+        (np.array(["a", "b", "c"]), TypeError, "real numbers"),
+    ],
+)
+def test_sample_weight_errors(w, error, match):
+    with pytest.raises(error, match=match):
+        softmax_cross_entropy(np.zeros((3, 2)), np.array([0, 1, 0]), sample_weight=w)
+    with pytest.raises(error, match=match):
+        mse(np.zeros((3, 2)), np.zeros((3, 2)), sample_weight=w)
