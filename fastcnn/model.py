@@ -1069,7 +1069,7 @@ def _normalized_weights(w: np.ndarray) -> np.ndarray:
     averages, over an epoch, to ``sum(w * loss) / sum(w)`` (scikit-learn's weighted mean)."""
     mean = float(w.mean())
     if mean <= 0.0:
-        raise ValueError("sample_weight must have a positive sum, got all weights 0")
+        raise ValueError("sample_weight must have a positive sum, got all weights zero")
     return w / mean
 
 

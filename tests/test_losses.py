@@ -286,5 +286,5 @@ def test_fit_sample_weight_errors(rng):
     model = _tiny_model(np.float32)
     with pytest.raises(ValueError, match=r"sample_weight must have shape \(4,\)"):
         model.fit(X, y, verbose=0, sample_weight=np.ones(3))
-    with pytest.raises(ValueError, match="positive sum"):
+    with pytest.raises(ValueError, match="positive sum, got all weights zero"):
         model.fit(X, y, verbose=0, sample_weight=np.zeros(4))
