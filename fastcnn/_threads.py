@@ -6,6 +6,8 @@ Kept apart from ``_backend`` because the compiled kernels import ``blas_threads`
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import numbers
 import os
@@ -14,6 +16,11 @@ import warnings
 from functools import cache
 
 _num_threads: int | None = None
+# A cap on the default count for the current thread or task only (limit_default_threads):
+# a context variable, so that tasks in other threads of the process are not affected.
+_default_cap: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "fastcnn_default_cap", default=None
+)
 
 
 @cache  # the OpenMP runtime reads OMP_NUM_THREADS once, at start-up, and so do we
@@ -34,8 +41,22 @@ def _default_num_threads() -> int:
 def get_num_threads() -> int:
     """Number of threads the compiled kernels use (default: ``OMP_NUM_THREADS`` or all cores)."""
     if _num_threads is None:
-        return _default_num_threads()
+        cap = _default_cap.get()
+        default = _default_num_threads()
+        return default if cap is None else min(default, cap)
     return _num_threads
+
+
+@contextlib.contextmanager
+def limit_default_threads(n: int):
+    """Within the body, in this thread or task only, cap the default thread count at
+    ``n``; a count set with :func:`set_num_threads` is the user's and is kept. For work
+    that shares the cores with siblings, e.g. a task in a dask worker (see estimator)."""
+    token = _default_cap.set(max(1, int(n)))
+    try:
+        yield
+    finally:
+        _default_cap.reset(token)
 
 
 def set_num_threads(n: int | None) -> None:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import numbers
+import os
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -32,7 +34,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y, column_or_1d
 
 import fastcnn
-from fastcnn import models
+from fastcnn import _threads, models
 from fastcnn._backend import FastCNNWarning
 from fastcnn.layers import BatchNorm2D, Dropout, Layer
 from fastcnn.losses import _check_sample_weight
@@ -59,6 +61,46 @@ _COLOR_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: the channel counts a channels-la
 def _seed(random_state) -> int:
     """One int seed from scikit-learn's ``random_state`` (None, int or RandomState)."""
     return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+
+
+def _cores() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _dask_worker_share() -> int | None:
+    """Cores per task slot when called from a task of a dask ``distributed`` worker, else
+    None. A worker runs up to ``nthreads`` tasks at once, and workers started in-process
+    (``LocalCluster(processes=False)``) share this process's cores, so each task gets the
+    cores divided by all the slots here. Worker processes started by a nanny also get
+    ``OMP_NUM_THREADS=1`` (distributed's ``distributed.nanny.pre-spawn-environ``), which
+    fastcnn's default honours: the lower of the two wins."""
+    distributed = sys.modules.get("distributed")  # never import it: no worker without it
+    if distributed is None:
+        return None
+    try:
+        worker = distributed.get_worker()
+    except (ValueError, AttributeError):  # not inside a worker's task
+        return None
+    workers = list(getattr(type(worker), "_instances", ())) or [worker]
+    # The task slots: WorkerState.nthreads (distributed >= 2022.11), else Worker.nthreads.
+    slots = sum(
+        max(1, int(getattr(getattr(w, "state", w), "nthreads", None) or 1)) for w in workers
+    )
+    return max(1, _cores() // slots)
+
+
+def _task_threads():
+    """Context for fit and predict: inside a dask worker's task, fastcnn's default thread
+    count is capped at the task's share of the cores (no oversubscription); elsewhere, and
+    after ``fastcnn.set_num_threads``, nothing changes."""
+    share = _dask_worker_share()
+    if share is None:
+        return contextlib.nullcontext()
+    return _threads.limit_default_threads(share)
 
 
 def _ndim_of(X) -> int:
@@ -740,7 +782,7 @@ default='digits_cnn'
         callbacks.append(monitor)
 
         n_before = self.n_iter_
-        with self._backend_context():
+        with self._backend_context(), _task_threads():
             history = self.model_.fit(
                 X,
                 y_encoded,
@@ -823,14 +865,14 @@ default='digits_cnn'
         """
         check_is_fitted(self)
         X = self._validate_X(X, reset=False)
-        with self._backend_context():
+        with self._backend_context(), _task_threads():
             return self.model_.predict_proba(X)
 
     def predict_log_proba(self, X) -> np.ndarray:
         """Logarithm of :meth:`predict_proba` (computed stably from the logits)."""
         check_is_fitted(self)
         X = self._validate_X(X, reset=False)
-        with self._backend_context():
+        with self._backend_context(), _task_threads():
             logits = self.model_.decision_function(X)
         shifted = logits - logits.max(axis=1, keepdims=True)
         return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
@@ -839,5 +881,5 @@ default='digits_cnn'
         """Most probable class of each sample, as labels from ``classes_``."""
         check_is_fitted(self)
         X = self._validate_X(X, reset=False)
-        with self._backend_context():
+        with self._backend_context(), _task_threads():
             return self.classes_[self.model_.predict(X)]
