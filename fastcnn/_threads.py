@@ -13,6 +13,7 @@ import numbers
 import os
 import threading
 import warnings
+from collections.abc import Iterator
 from functools import cache
 
 _num_threads: int | None = None
@@ -48,7 +49,7 @@ def get_num_threads() -> int:
 
 
 @contextlib.contextmanager
-def limit_default_threads(n: int):
+def limit_default_threads(n: int) -> Iterator[None]:
     """Within the body, in this thread or task only, cap the default thread count at
     ``n``; a count set with :func:`set_num_threads` is the user's and is kept. For work
     that shares the cores with siblings, e.g. a task in a dask worker (see estimator)."""

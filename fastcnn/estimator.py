@@ -93,7 +93,7 @@ def _dask_worker_share() -> int | None:
     return max(1, _cores() // slots)
 
 
-def _task_threads():
+def _task_threads() -> contextlib.AbstractContextManager[None]:
     """Context for fit and predict: inside a dask worker's task, fastcnn's default thread
     count is capped at the task's share of the cores (no oversubscription); elsewhere, and
     after ``fastcnn.set_num_threads``, nothing changes."""
