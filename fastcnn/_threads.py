@@ -6,12 +6,15 @@ Kept apart from ``_backend`` because the compiled kernels import ``blas_threads`
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import numbers
 import os
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
 from functools import cache
 
 _num_threads: int | None = None
@@ -36,6 +39,13 @@ def _openmp():
     except ImportError:
         return None
     return module
+
+
+# A cap on the default count for the current thread or task only (limit_default_threads):
+# a context variable, so that tasks in other threads of the process are not affected.
+_default_cap: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "fastcnn_default_cap", default=None
+)
 
 
 @cache  # the OpenMP runtime reads OMP_NUM_THREADS once, at start-up, and so do we
@@ -82,14 +92,31 @@ def _lowered_openmp_limit() -> int | None:
 def get_num_threads() -> int:
     """Number of threads the compiled kernels use.
 
-    The count set by :func:`set_num_threads`, else ``OMP_NUM_THREADS`` or all cores;
-    at most the OpenMP limit that ``threadpoolctl.threadpool_limits`` sets for the
-    calling thread; 1 in a process forked after the kernels had run on several
-    (see :func:`set_num_threads`).
+    The count set by :func:`set_num_threads`, else ``OMP_NUM_THREADS`` or all cores
+    (capped, inside :func:`limit_default_threads`, for the calling thread or task); at
+    most the OpenMP limit that ``threadpoolctl.threadpool_limits`` sets for the calling
+    thread; 1 in a process forked after the kernels had run on several (see
+    :func:`set_num_threads`).
     """
-    n = _default_num_threads() if _num_threads is None else _num_threads
+    if _num_threads is None:
+        cap = _default_cap.get()
+        n = _default_num_threads() if cap is None else min(_default_num_threads(), cap)
+    else:
+        n = _num_threads
     limit = _lowered_openmp_limit()
     return n if limit is None else min(n, limit)
+
+
+@contextlib.contextmanager
+def limit_default_threads(n: int) -> Iterator[None]:
+    """Within the body, in this thread or task only, cap the default thread count at
+    ``n``; a count set with :func:`set_num_threads` is the user's and is kept. For work
+    that shares the cores with siblings, e.g. a task in a dask worker (see estimator)."""
+    token = _default_cap.set(max(1, int(n)))
+    try:
+        yield
+    finally:
+        _default_cap.reset(token)
 
 
 def set_num_threads(n: int | None) -> None:

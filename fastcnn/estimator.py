@@ -6,11 +6,12 @@ validated in ``fit``, learned attributes end in ``_``, ``fit`` returns ``self``.
 works in ``Pipeline``, ``cross_val_score`` and ``GridSearchCV`` (also with ``n_jobs``: a
 fitted estimator pickles, weights included), and passes ``check_estimator``.
 
-Input can be images, (n, H, W) or (n, C, H, W), or flat rows (n, n_features). Flat rows
-are reshaped to ``image_shape`` when it is given; otherwise to a square (1, s, s) image
-when ``n_features == s * s`` (8x8 digits, 28x28 MNIST), and else to a (1, 1, n_features)
-strip, which the default architecture handles like a 1-D signal. Labels can be of any
-type (strings, non-contiguous integers); they are encoded to 0..n_classes-1 internally.
+Input can be images, (n, H, W), (n, C, H, W) or, with ``data_format="channels_last"``,
+(n, H, W, C), or flat rows (n, n_features). Flat rows are reshaped to ``image_shape`` when
+it is given; otherwise to a square (1, s, s) image when ``n_features == s * s`` (8x8
+digits, 28x28 MNIST), and else to a (1, 1, n_features) strip, which the default
+architecture handles like a 1-D signal. Labels can be of any type (strings,
+non-contiguous integers); they are encoded to 0..n_classes-1 internally.
 
 This module imports scikit-learn; ``fastcnn`` itself imports it only on first use of
 ``fastcnn.CNNClassifier``.
@@ -21,6 +22,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import numbers
+import os
+import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -30,8 +34,10 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y, column_or_1d
 
 import fastcnn
-from fastcnn import models
+from fastcnn import _threads, models
+from fastcnn._backend import FastCNNWarning
 from fastcnn.layers import BatchNorm2D, Dropout, Layer
+from fastcnn.losses import _check_sample_weight
 from fastcnn.model import Sequential
 from fastcnn.optim import SGD, Adam, CosineAnnealingLR
 
@@ -48,6 +54,8 @@ __all__ = ["CNNClassifier"]
 _ARCHITECTURES = {"digits_cnn": models.digits_cnn, "lenet5": models.lenet5}
 _FLOAT_DTYPES = {"float32": np.float32, "float64": np.float64}
 _NO_Y = object()  # "no y given" (predict), as opposed to y=None passed to fit
+_DATA_FORMATS = ("channels_first", "channels_last")
+_COLOR_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: the channel counts a channels-last image shows
 
 
 def _seed(random_state) -> int:
@@ -55,10 +63,87 @@ def _seed(random_state) -> int:
     return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
 
 
-def _image_shape_of(n_features: int, image_shape) -> tuple[int, int, int]:
-    """Shape (C, H, W) one flat row of ``n_features`` values is reshaped to."""
+def _cores() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _dask_worker_share() -> int | None:
+    """Cores per task slot when called from a task of a dask ``distributed`` worker, else
+    None. A worker runs up to ``nthreads`` tasks at once, and workers started in-process
+    (``LocalCluster(processes=False)``) share this process's cores, so each task gets the
+    cores divided by all the slots here. Worker processes started by a nanny also get
+    ``OMP_NUM_THREADS=1`` (distributed's ``distributed.nanny.pre-spawn-environ``), which
+    fastcnn's default honours: the lower of the two wins."""
+    distributed = sys.modules.get("distributed")  # never import it: no worker without it
+    if distributed is None:
+        return None
+    try:
+        worker = distributed.get_worker()
+    except (ValueError, AttributeError):  # not inside a worker's task
+        return None
+    workers = list(getattr(type(worker), "_instances", ())) or [worker]
+    # The task slots: WorkerState.nthreads (distributed >= 2022.11), else Worker.nthreads.
+    slots = sum(
+        max(1, int(getattr(getattr(w, "state", w), "nthreads", None) or 1)) for w in workers
+    )
+    return max(1, _cores() // slots)
+
+
+def _task_threads() -> contextlib.AbstractContextManager[None]:
+    """Context for fit and predict: inside a dask worker's task, fastcnn's default thread
+    count is capped at the task's share of the cores (no oversubscription); elsewhere, and
+    after ``fastcnn.set_num_threads``, nothing changes."""
+    share = _dask_worker_share()
+    if share is None:
+        return contextlib.nullcontext()
+    return _threads.limit_default_threads(share)
+
+
+def _ndim_of(X) -> int:
+    """Number of dimensions of ``X`` as an array; 2 for what scikit-learn's checks handle."""
+    if isinstance(X, np.ndarray):
+        return X.ndim
+    if hasattr(X, "iloc") or hasattr(X, "tocsr") or hasattr(X, "format"):
+        return 2  # DataFrame or sparse: scikit-learn's checks deal with them
+    try:
+        return np.asarray(X).ndim
+    except (TypeError, ValueError):  # e.g. ragged lists: let check_array report it
+        return 2
+
+
+def _warn_if_channels_last(shape: tuple[int, ...]) -> None:
+    """Warn when channels-first (n, C, H, W) input looks like channels-last (n, H, W, C):
+    the last axis is a colour-channel count, axis 1 is not, and read channels-first the
+    images would be strips narrower than they are high (square feature maps, such as
+    (n, 16, 4, 4), stay quiet)."""
+    axis1, height, last = shape[1], shape[2], shape[3]
+    if last in _COLOR_CHANNELS and axis1 not in _COLOR_CHANNELS and min(axis1, height) > last:
+        warnings.warn(
+            f"X has shape {tuple(shape)}: its last axis looks like the colour channels of "
+            f"(n, H, W, C) images, but data_format='channels_first' reads it as {axis1} "
+            f"channels of {shape[2]}x{last} images; pass data_format='channels_last', or "
+            "transpose X to (n, C, H, W)",
+            FastCNNWarning,
+            stacklevel=5,
+        )
+
+
+def _image_shape_of(
+    n_features: int, image_shape, data_format: str = "channels_first"
+) -> tuple[int, int, int]:
+    """Shape (C, H, W) one flat row of ``n_features`` values is reshaped to; a 3-tuple
+    ``image_shape`` is in ``data_format`` order, (C, H, W) or (H, W, C)."""
     if image_shape is not None:
-        shape = (1, *image_shape) if len(image_shape) == 2 else tuple(image_shape)
+        if len(image_shape) == 2:
+            shape = (1, *image_shape)
+        elif data_format == "channels_last":
+            shape = (image_shape[2], image_shape[0], image_shape[1])
+        else:
+            shape = tuple(image_shape)
         if int(np.prod(shape)) != n_features:
             raise ValueError(
                 f"image_shape={tuple(image_shape)} holds {int(np.prod(shape))} values, but X "
@@ -126,10 +211,24 @@ default='digits_cnn'
         layers is used as given. Whatever the source, ``fit`` works on a copy and
         re-initializes every parameter from ``random_state``; the model must output
         ``n_classes`` logits.
-    image_shape : (H, W) or (C, H, W), default=None
-        Shape of one image when ``X`` is given flat, as (n_samples, C * H * W). None:
-        square images (1, s, s) when ``n_features == s * s``, else (1, 1, n_features).
-        Ignored for image-shaped ``X``.
+    image_shape : (H, W), (C, H, W) or (H, W, C), default=None
+        Shape of one image when ``X`` is given flat, as (n_samples, C * H * W); a 3-tuple
+        is in ``data_format`` order. None: square images (1, s, s) when
+        ``n_features == s * s``, else (1, 1, n_features). Ignored for image-shaped ``X``.
+        Flat input with ``image_shape`` is also the way to train on dask arrays with
+        dask-ml's ``Incremental`` and ``ParallelPostFit``, which expect 2-D arrays.
+    data_format : {'channels_first', 'channels_last'}, default='channels_first'
+        Axis order of 4-D ``X`` (and of a 3-tuple ``image_shape``): (n, C, H, W), as
+        PyTorch and fastcnn's layers take it, or (n, H, W, C), as Keras, PIL and
+        scikit-image give it; channels-last input is transposed once to the network's
+        (n, C, H, W). With 'channels_first', ``fit`` warns (``FastCNNWarning``) when the
+        last axis of 4-D ``X`` looks like colour channels (1, 3 or 4) and axis 1 does not:
+        such images would be read as axis-1 channels of thin strips.
+    rescale : float or None, default=None
+        Factor the input is multiplied by, after conversion to ``dtype``, in ``fit`` and
+        at prediction, e.g. ``1/255`` for 8-bit images in 0..255 (networks train best on
+        inputs of order 1). None leaves the values as they are; ``fit`` then warns
+        (``FastCNNWarning``) on uint8 or uint16 input with values above 1.
     max_iter : int, default=15
         Number of epochs (passes over the training data) in ``fit``; fewer when the
         stopping rule below ends training early.
@@ -144,6 +243,11 @@ default='digits_cnn'
         Momentum of ``optimizer='sgd'`` (Nesterov).
     alpha : float, default=0.0
         L2 penalty (weight decay) on the parameters.
+    class_weight : dict, 'balanced' or None, default=None
+        Weight of each class's samples in the loss, ``{label: weight}`` (classes not
+        named weigh 1); 'balanced' gives ``n_samples / (n_classes * np.bincount(y))``, as
+        scikit-learn computes it, and is not available to ``partial_fit``. Multiplies
+        the ``sample_weight`` of ``fit``.
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the training data (stratified), stop when the
         validation accuracy has not improved by ``tol`` for ``n_iter_no_change`` epochs,
@@ -214,6 +318,8 @@ default='digits_cnn'
         architecture: str | Callable | Sequential | Sequence[Layer] = "digits_cnn",
         *,
         image_shape: tuple[int, ...] | None = None,
+        data_format: str = "channels_first",
+        rescale: float | None = None,
         max_iter: int = 15,
         batch_size: int = 64,
         optimizer: str = "adam",
@@ -221,6 +327,7 @@ default='digits_cnn'
         learning_rate: str = "cosine",
         momentum: float = 0.9,
         alpha: float = 0.0,
+        class_weight: dict | str | None = None,
         early_stopping: bool = False,
         validation_fraction: float = 0.1,
         n_iter_no_change: int = 10,
@@ -234,6 +341,8 @@ default='digits_cnn'
     ) -> None:
         self.architecture = architecture
         self.image_shape = image_shape
+        self.data_format = data_format
+        self.rescale = rescale
         self.max_iter = max_iter
         self.batch_size = batch_size
         self.optimizer = optimizer
@@ -241,6 +350,7 @@ default='digits_cnn'
         self.learning_rate = learning_rate
         self.momentum = momentum
         self.alpha = alpha
+        self.class_weight = class_weight
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
@@ -298,6 +408,12 @@ default='digits_cnn'
         choice("optimizer", ("adam", "sgd"))
         choice("learning_rate", ("cosine", "constant"))
         choice("dtype", ("float32", "float64", np.float32, np.float64))
+        choice("data_format", _DATA_FORMATS)
+        if self.rescale is not None:
+            real("rescale", 0.0, np.inf, low_open=True, high_open=True)
+        cw = self.class_weight
+        if not (cw is None or (isinstance(cw, str) and cw == "balanced") or isinstance(cw, dict)):
+            raise ValueError(f"class_weight must be None, 'balanced' or a dict, got {cw!r}")
         for name in ("early_stopping", "shuffle", "warm_start"):
             if not isinstance(getattr(self, name), bool | np.bool_):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
@@ -345,62 +461,105 @@ default='digits_cnn'
 
     def _validate_X(self, X, y=_NO_Y, *, reset: bool):
         """Validate ``X`` (and ``y``); return X as (n, C, H, W) in the model dtype."""
-        dtype = self._np_dtype
         with_y = y is not _NO_Y
-        if isinstance(X, np.ndarray):
-            ndim = X.ndim
-        elif hasattr(X, "iloc") or hasattr(X, "tocsr") or hasattr(X, "format"):
-            ndim = 2  # DataFrame or sparse: scikit-learn's checks deal with them
-        else:
-            try:
-                ndim = np.asarray(X).ndim
-            except (TypeError, ValueError):  # e.g. ragged lists: let check_array report it
-                ndim = 2
+        raw_dtype = getattr(X, "dtype", None)  # before conversion: 8-bit images, say
+        ndim = _ndim_of(X)
         if ndim <= 2:
-            # Tabular or flat images: scikit-learn's own checks, n_features_in_ and
-            # feature_names_in_ included (they also reject 1-D X, sparse, NaN, ...).
-            if with_y:
-                X, y = _sk_validate_data(self, X, y, reset=reset, dtype=dtype, order="C")
-            else:
-                X = _sk_validate_data(self, X, reset=reset, dtype=dtype, order="C")
-            n_features = X.shape[1]
-            if reset:
-                shape = _image_shape_of(n_features, self.image_shape)
-            else:
-                shape = self.image_shape_  # n_features was checked against n_features_in_
-            images = X.reshape(X.shape[0], *shape)
+            images, y, shape = self._flat_to_images(X, y, with_y, reset)
         elif ndim in (3, 4):
-            kwargs = {"allow_nd": True, "dtype": dtype, "order": "C"}
-            if not with_y:
-                X = check_array(X, **kwargs)
-            elif y is None:
-                raise ValueError(
-                    f"This {type(self).__name__} estimator requires y to be passed, but the "
-                    "target y is None."
-                )
-            else:
-                X, y = check_X_y(X, y, **kwargs)
-            images = X[:, None] if X.ndim == 3 else X
-            shape = images.shape[1:]
-            if reset:
-                self.n_features_in_ = int(np.prod(shape))
-                if hasattr(self, "feature_names_in_"):
-                    del self.feature_names_in_
-            elif tuple(shape) != tuple(self.image_shape_):
-                raise ValueError(
-                    f"X has images of shape {tuple(shape)} (as (C, H, W)), but "
-                    f"{type(self).__name__} was fitted on images of shape "
-                    f"{tuple(self.image_shape_)}"
-                )
+            images, y, shape = self._nd_to_images(X, y, with_y, reset)
         else:
             raise ValueError(
                 "X must be 2-D (n_samples, n_features), 3-D (n_samples, H, W) or 4-D "
-                f"(n_samples, C, H, W), got an array with {ndim} dimensions"
+                f"(n_samples, C, H, W) or (n_samples, H, W, C), got an array with {ndim} "
+                "dimensions"
             )
         if reset:
             self.image_shape_ = tuple(int(s) for s in shape)
+            self._warn_if_unscaled(raw_dtype, images)
+        if self.rescale is not None:
+            images = images * images.dtype.type(self.rescale)  # a copy: X stays the user's
         images = np.ascontiguousarray(images)
         return (images, y) if with_y else images
+
+    def _flat_to_images(self, X, y, with_y: bool, reset: bool):
+        # Tabular or flat images: scikit-learn's own checks, n_features_in_ and
+        # feature_names_in_ included (they also reject 1-D X, sparse, NaN, ...).
+        kwargs = {"reset": reset, "dtype": self._np_dtype, "order": "C"}
+        if with_y:
+            X, y = _sk_validate_data(self, X, y, **kwargs)
+        else:
+            X = _sk_validate_data(self, X, **kwargs)
+        if reset:
+            shape = _image_shape_of(X.shape[1], self.image_shape, self.data_format)
+        else:
+            shape = self.image_shape_  # n_features was checked against n_features_in_
+        if self.data_format == "channels_last":
+            channels, height, width = shape
+            images = X.reshape(X.shape[0], height, width, channels).transpose(0, 3, 1, 2)
+        else:
+            images = X.reshape(X.shape[0], *shape)
+        return images, y, shape
+
+    def _nd_to_images(self, X, y, with_y: bool, reset: bool):
+        kwargs = {"allow_nd": True, "dtype": self._np_dtype, "order": "C"}
+        if not with_y:
+            X = check_array(X, **kwargs)
+        elif y is None:
+            raise ValueError(
+                f"This {type(self).__name__} estimator requires y to be passed, but the "
+                "target y is None."
+            )
+        else:
+            X, y = check_X_y(X, y, **kwargs)
+        if X.ndim == 3:
+            images = X[:, None]
+        elif self.data_format == "channels_last":
+            images = X.transpose(0, 3, 1, 2)
+        else:
+            images = X
+            if reset:
+                _warn_if_channels_last(X.shape)
+        shape = images.shape[1:]
+        if reset:
+            self.n_features_in_ = int(np.prod(shape))
+            if hasattr(self, "feature_names_in_"):
+                del self.feature_names_in_
+        elif tuple(shape) != tuple(self.image_shape_):
+            raise ValueError(
+                f"X has images of shape {tuple(shape)} (as (C, H, W)), but "
+                f"{type(self).__name__} was fitted on images of shape "
+                f"{tuple(self.image_shape_)}{self._one_image_hint(X.shape)}"
+            )
+        return images, y, shape
+
+    def _one_image_hint(self, shape: tuple[int, ...]) -> str:
+        """Advice for one image given without its batch axis (``clf.predict(X[0])``)."""
+        channels, height, width = self.image_shape_
+        if self.data_format == "channels_last":
+            one = (height, width, channels)
+        else:
+            one = (channels, height, width)
+        if tuple(shape) != one:
+            return ""
+        return (
+            f"; X looks like one image of shape {one}: add the batch axis, e.g. X[None] "
+            "(or X[np.newaxis]), to pass a batch of one"
+        )
+
+    def _warn_if_unscaled(self, raw_dtype, images: np.ndarray) -> None:
+        if self.rescale is not None or raw_dtype not in (np.uint8, np.uint16):
+            return
+        high = float(images.max()) if images.size else 0.0
+        if high > 1:
+            warnings.warn(
+                f"X is {np.dtype(raw_dtype).name} with values up to {high:g} and "
+                f"rescale=None, so {type(self).__name__} trains on the raw values, which "
+                "slows or stops learning; pass rescale=1/255 (or 1/max) to scale the "
+                "input to [0, 1]",
+                FastCNNWarning,
+                stacklevel=4,
+            )
 
     # -- the network --------------------------------------------------------------------
 
@@ -517,16 +676,23 @@ default='digits_cnn'
                 batch_size += 1
         return batch_size
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Train the network on ``(X, y)`` for up to ``max_iter`` epochs.
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features), (n_samples, H, W) or \
-(n_samples, C, H, W)
-            Flat rows are reshaped to images as described for ``image_shape``.
+        X : array-like of shape (n_samples, n_features), (n_samples, H, W), \
+(n_samples, C, H, W) or (n_samples, H, W, C)
+            Flat rows are reshaped to images as described for ``image_shape``; 4-D
+            images are read in ``data_format`` order.
         y : array-like of shape (n_samples,)
             Class labels of any type.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weight of each sample's loss (scikit-learn's convention;
+            multiplied by ``class_weight``). The training loss is the weighted mean
+            ``sum(w * loss) / sum(w)``; with ``batch_size >= n_samples`` an integer weight
+            acts as repeating the sample (in smaller batches, in expectation). The
+            validation score of ``early_stopping`` is unweighted.
 
         Returns
         -------
@@ -540,9 +706,9 @@ default='digits_cnn'
             interrupt goes on to the caller, so that a grid search or pipeline stops
             instead of scoring a half-trained model.
         """
-        return self._fit(X, y, classes=None, incremental=False)
+        return self._fit(X, y, classes=None, incremental=False, sample_weight=sample_weight)
 
-    def partial_fit(self, X, y, classes=None):
+    def partial_fit(self, X, y, classes=None, sample_weight=None):
         """One epoch over ``(X, y)``, continuing from the current state.
 
         Parameters
@@ -553,6 +719,8 @@ default='digits_cnn'
         classes : array-like of shape (n_classes,), default=None
             All the classes that will ever appear in ``y``; required on the first call
             (when the estimator is not fitted yet), ignored afterwards.
+        sample_weight : array-like of shape (n_samples,), default=None
+            As for :meth:`fit`.
 
         Returns
         -------
@@ -563,10 +731,16 @@ default='digits_cnn'
                 "classes must be passed on the first call to partial_fit (all the labels "
                 "y will ever contain)"
             )
-        return self._fit(X, y, classes=classes, incremental=True)
+        return self._fit(X, y, classes=classes, incremental=True, sample_weight=sample_weight)
 
-    def _fit(self, X, y, *, classes, incremental: bool):
+    def _fit(self, X, y, *, classes, incremental: bool, sample_weight=None):
         self._check_params()
+        if incremental and isinstance(self.class_weight, str):
+            raise ValueError(
+                "class_weight='balanced' is not available to partial_fit, which sees one "
+                "chunk of the data at a time; pass the weights as a dict {label: weight}, "
+                "computed once with sklearn.utils.class_weight.compute_class_weight"
+            )
         continuing = hasattr(self, "model_") and (incremental or self.warm_start)
         if continuing:
             X, y = self._validate_X(X, y, reset=False)
@@ -585,11 +759,14 @@ default='digits_cnn'
                     f"y has {labels.tolist()}"
                 )
         y_encoded = self._encode(y)
+        weights = self._sample_weights(sample_weight, y_encoded)
 
         epochs = 1 if incremental else self.max_iter
         X_val = y_val = None
         if self.early_stopping and not incremental:
-            X, X_val, y_encoded, y_val = self._validation_split(X, y_encoded, seed)
+            X, X_val, y_encoded, y_val, weights = self._validation_split(
+                X, y_encoded, weights, seed
+            )
             if self.validation_scores_ is None:  # first fit with early stopping
                 self.validation_scores_ = []
                 self.best_validation_score_ = -np.inf
@@ -607,7 +784,7 @@ default='digits_cnn'
         callbacks.append(monitor)
 
         n_before = self.n_iter_
-        with self._backend_context():
+        with self._backend_context(), _task_threads():
             history = self.model_.fit(
                 X,
                 y_encoded,
@@ -619,6 +796,7 @@ default='digits_cnn'
                 random_state=int(rng.integers(2**31)),
                 verbose=int(self.verbose),
                 callbacks=callbacks,
+                sample_weight=weights,
             )
         self.t_ += X.shape[0] * (self.n_iter_ - n_before)
         if monitor.best_state is not None:
@@ -633,22 +811,50 @@ default='digits_cnn'
             )
         return self
 
-    def _validation_split(self, X, y, seed: int):
+    def _sample_weights(self, sample_weight, y_encoded: np.ndarray) -> np.ndarray | None:
+        """Each sample's weight: ``sample_weight`` times its class's weight, or None."""
+        n = y_encoded.shape[0]
+        weights = None if sample_weight is None else _check_sample_weight(sample_weight, n)
+        if self.class_weight is None:
+            return weights
+        per_class = np.ones(len(self.classes_))
+        if isinstance(self.class_weight, dict):
+            for label, value in self.class_weight.items():
+                named = self.classes_ == label
+                if not np.any(named):
+                    raise ValueError(
+                        f"class_weight has a weight for {label!r}, which is not one of the "
+                        f"classes {self.classes_[:20].tolist()}"
+                    )
+                per_class[named] = value
+        else:  # 'balanced', scikit-learn's formula over the classes y holds
+            counts = np.bincount(y_encoded, minlength=len(self.classes_))
+            present = counts > 0
+            per_class[present] = n / (np.count_nonzero(present) * counts[present])
+        by_sample = per_class[y_encoded]
+        if weights is not None:
+            by_sample *= weights
+        return _check_sample_weight(by_sample, n)  # also the dict's values
+
+    def _validation_split(self, X, y, weights, seed: int):
         from sklearn.model_selection import train_test_split
 
+        index = np.arange(X.shape[0])
         try:
-            parts = train_test_split(
-                X, y, test_size=self.validation_fraction, random_state=seed, stratify=y
+            train, val = train_test_split(
+                index, test_size=self.validation_fraction, random_state=seed, stratify=y
             )
         except ValueError:  # a class too small to stratify: split at random
-            parts = train_test_split(X, y, test_size=self.validation_fraction, random_state=seed)
-        X_train, X_val, y_train, y_val = parts
-        if X_train.shape[0] < 1 or X_val.shape[0] < 1:
+            train, val = train_test_split(
+                index, test_size=self.validation_fraction, random_state=seed
+            )
+        if train.shape[0] < 1 or val.shape[0] < 1:
             raise ValueError(
                 f"early_stopping with validation_fraction={self.validation_fraction} needs "
                 f"more than {X.shape[0]} sample(s)"
             )
-        return X_train, X_val, y_train, y_val
+        train_weights = None if weights is None else weights[train]
+        return X[train], X[val], y[train], y[val], train_weights
 
     # -- inference ----------------------------------------------------------------------
 
@@ -661,14 +867,14 @@ default='digits_cnn'
         """
         check_is_fitted(self)
         X = self._validate_X(X, reset=False)
-        with self._backend_context():
+        with self._backend_context(), _task_threads():
             return self.model_.predict_proba(X)
 
     def predict_log_proba(self, X) -> np.ndarray:
         """Logarithm of :meth:`predict_proba` (computed stably from the logits)."""
         check_is_fitted(self)
         X = self._validate_X(X, reset=False)
-        with self._backend_context():
+        with self._backend_context(), _task_threads():
             logits = self.model_.decision_function(X)
         shifted = logits - logits.max(axis=1, keepdims=True)
         return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
@@ -677,5 +883,5 @@ default='digits_cnn'
         """Most probable class of each sample, as labels from ``classes_``."""
         check_is_fitted(self)
         X = self._validate_X(X, reset=False)
-        with self._backend_context():
+        with self._backend_context(), _task_threads():
             return self.classes_[self.model_.predict(X)]

@@ -41,8 +41,8 @@ from fastcnn.layers import (
     _allocation_budget,
     layer_from_config,
 )
-from fastcnn.losses import get_loss, softmax, softmax_cross_entropy
-from fastcnn.optim import Adam, LRScheduler, Optimizer
+from fastcnn.losses import _check_sample_weight, get_loss, softmax, softmax_cross_entropy
+from fastcnn.optim import SGD, Adam, LRScheduler, Optimizer
 
 __all__ = ["FORMAT_VERSION", "History", "Sequential", "load"]
 
@@ -545,7 +545,8 @@ class Sequential:
             raise TypeError(f"{name} must hold real numbers, got dtype {X.dtype}")
         if X.ndim < 2:
             raise ValueError(
-                f"{name} must be a batch of samples of shape (n_samples, ...), got shape {X.shape}"
+                f"{name} must be a batch of samples of shape (n_samples, ...), got shape "
+                f"{X.shape}{self._one_sample_hint(X.shape, name)}"
             )
         if X.shape[0] == 0:
             raise ValueError(f"{name} has 0 samples, shape {X.shape}")
@@ -556,8 +557,23 @@ class Sequential:
         try:
             out_shape = self.output_shape(X.shape[1:])
         except ValueError as exc:
-            raise ValueError(f"{name} of shape {X.shape} does not fit the model: {exc}") from None
+            raise ValueError(
+                f"{name} of shape {X.shape} does not fit the model: "
+                f"{exc}{self._one_sample_hint(X.shape, name)}"
+            ) from None
         return X, out_shape
+
+    def _one_sample_hint(self, shape: Shape, name: str) -> str:
+        """Advice for a single sample given without its batch axis (``model.predict(X[0])``):
+        when ``shape`` itself is a shape the model accepts per sample."""
+        try:
+            self.output_shape(tuple(shape))
+        except ValueError:
+            return ""
+        return (
+            f"; {name} looks like one sample of shape {tuple(shape)}: add the batch axis, "
+            f"e.g. {name}[None] (or {name}[np.newaxis]), to pass a batch of one"
+        )
 
     def _check_y(self, y, n: int, out_shape: Shape, classification: bool, name: str = "y"):
         y = np.asarray(y)
@@ -617,6 +633,7 @@ class Sequential:
         verbose: int = 1,
         callbacks=None,
         checkpoint: str | os.PathLike | None = None,
+        sample_weight=None,
     ) -> History:
         """Train with minibatch gradient descent; returns the per-epoch :class:`History`.
 
@@ -630,9 +647,11 @@ class Sequential:
         epochs : int, default 10
         batch_size : int, default 32
             The last batch of an epoch may be smaller.
-        optimizer : Optimizer or None
+        optimizer : Optimizer, {'adam', 'sgd'} or None
             Updated in place and kept (as ``self.optimizer``) so the next ``fit`` can
-            continue with its state. None: the previous fit's optimizer, else ``Adam(1e-3)``.
+            continue with its state. A name makes a new one with the class defaults
+            (``Adam()``, ``SGD()``), as :class:`~fastcnn.CNNClassifier` names them. None:
+            the previous fit's optimizer, else ``Adam(1e-3)``.
         loss : {'cross_entropy', 'mse'} or callable, default 'cross_entropy'
             A callable takes ``(output, y_batch)`` and returns ``(loss, grad_output)``.
             Cross-entropy works on logits: the model ends with a Dense layer, no softmax.
@@ -661,6 +680,13 @@ class Sequential:
             same arguments ends with exactly the model of an uninterrupted run (with
             ``validation_split``, pass ``random_state`` so the split is the same). The
             file is kept when training ends; ``epochs`` counts the epochs already done.
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative weight of each sample's loss, shuffled and batched with it. The
+            weights are divided by their mean over the training samples, so the reported
+            loss is the weighted average ``sum(w * loss) / sum(w)`` and, in a batch that
+            holds every sample, a weight of 2 acts as the sample given twice. A callable
+            ``loss`` is then called as ``loss(output, y_batch, sample_weight=w_batch)``.
+            Validation scores are unweighted.
 
         Returns
         -------
@@ -697,6 +723,13 @@ class Sequential:
             raise ValueError("give either validation_data or validation_split, not both")
         if optimizer is None:
             optimizer = self.optimizer if self.optimizer is not None else Adam(1e-3)
+        elif isinstance(optimizer, str):
+            if optimizer not in _OPTIMIZER_NAMES:
+                raise ValueError(
+                    f"optimizer must be one of {sorted(_OPTIMIZER_NAMES)} or a fastcnn.optim "
+                    f"optimizer, got {optimizer!r}"
+                )
+            optimizer = _OPTIMIZER_NAMES[optimizer]()
         elif not callable(getattr(optimizer, "step", None)):
             raise TypeError(
                 f"optimizer must be a fastcnn.optim optimizer (with a step method), got "
@@ -714,6 +747,7 @@ class Sequential:
 
         X, out_shape = self._check_X(X)
         y = self._check_y(y, X.shape[0], out_shape, classification)
+        w = None if sample_weight is None else _check_sample_weight(sample_weight, X.shape[0])
         if isinstance(random_state, np.random.RandomState):  # scikit-learn's convention
             random_state = int(random_state.randint(2**31))
         try:
@@ -734,6 +768,7 @@ class Sequential:
             order = rng.permutation(X.shape[0])
             val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
             X, X_val, y, y_val = X[train_idx], X[val_idx], y[train_idx], y[val_idx]
+            w = None if w is None else w[train_idx]
         elif validation_data is not None:
             if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
                 raise TypeError("validation_data must be a pair (X_val, y_val)")
@@ -746,6 +781,8 @@ class Sequential:
                 if isinstance(layer, Dropout):
                     layer.rng = np.random.default_rng(rng.integers(2**63))
 
+        if w is not None:
+            w = _normalized_weights(w)
         params = self.parameters()
         if callable(getattr(optimizer, "bind", None)):
             optimizer.bind(params)
@@ -776,13 +813,13 @@ class Sequential:
                     total_loss, correct, seen = 0.0, 0, 0
                     for batch in range(n_batches):
                         lo, hi = batch * batch_size, min(n, (batch + 1) * batch_size)
-                        if order is None:
-                            xb, yb = X[lo:hi], y[lo:hi]
-                        else:
-                            idx = order[lo:hi]
-                            xb, yb = X[idx], y[idx]
+                        idx = slice(lo, hi) if order is None else order[lo:hi]
+                        xb, yb = X[idx], y[idx]
                         out = self._forward(xb, True)
-                        batch_loss, grad = loss_fn(out, yb)
+                        if w is None:
+                            batch_loss, grad = loss_fn(out, yb)
+                        else:
+                            batch_loss, grad = loss_fn(out, yb, sample_weight=w[idx])
                         if not math.isfinite(batch_loss):
                             raise FloatingPointError(
                                 f"training diverged: the loss became {batch_loss} at epoch "
@@ -1110,6 +1147,18 @@ class Sequential:
         history.history.update(meta["history"]["history"])
         history.epoch[:] = meta["history"]["epoch"]
         return int(meta["epochs_done"])
+
+
+_OPTIMIZER_NAMES = {"adam": Adam, "sgd": SGD}  # the names CNNClassifier(optimizer=) takes
+
+
+def _normalized_weights(w: np.ndarray) -> np.ndarray:
+    """Sample weights divided by their mean: a batch loss ``sum(w_b * loss_b) / n_b`` then
+    averages, over an epoch, to ``sum(w * loss) / sum(w)`` (scikit-learn's weighted mean)."""
+    mean = float(w.mean())
+    if mean <= 0.0:
+        raise ValueError("sample_weight must have a positive sum, got all weights zero")
+    return w / mean
 
 
 def _jsonable(value):

@@ -34,10 +34,23 @@ EXPECTED_FAILED_CHECKS = {
 }
 
 
+# Like scikit-learn's SGD and MLP estimators: the loss is weighted, but the default
+# network's BatchNorm2D normalizes with the batch's mean and variance, in which a
+# repeated sample counts twice and a weighted one once (a zero-weight one still counts),
+# and Dropout draws a mask per sample. The weighted loss itself is equivalent to repeats:
+# tests/test_losses.py::test_integer_weights_equal_repeated_samples.
+SAMPLE_WEIGHT_CHECKS = {
+    "check_sample_weight_equivalence_on_dense_data": (
+        "sample_weight is not equivalent to removing/repeating samples in BatchNorm's "
+        "batch statistics and Dropout's masks"
+    ),
+}
+
+
 def _expected_failed_checks(estimator):
     if estimator.dtype == "float32":
-        return EXPECTED_FAILED_CHECKS
-    return {}
+        return {**EXPECTED_FAILED_CHECKS, **SAMPLE_WEIGHT_CHECKS}
+    return SAMPLE_WEIGHT_CHECKS
 
 
 @parametrize_with_checks(
@@ -477,3 +490,186 @@ def test_the_backend_parameter_applies_only_to_the_fitting_thread(small, default
         "after": default,
     }
     assert clf.n_iter_ == 1
+
+
+# ---------------------------------------------------------------------------------------
+# Conventions Sequential shares with the estimator
+
+
+@pytest.mark.parametrize("name, cls", [("adam", "Adam"), ("sgd", "SGD")])
+def test_sequential_fit_takes_the_estimators_optimizer_names(small, name, cls):
+    X_train, _, y_train, _ = small
+    model = fastcnn.models.digits_cnn(10, 1, input_size=(8, 8), random_state=0)
+    model.fit(X_train[:64], y_train[:64], epochs=1, optimizer=name, verbose=0)
+    assert type(model.optimizer).__name__ == cls and model.optimizer.n_steps == 2
+    with pytest.raises(ValueError, match=r"optimizer must be one of \['adam', 'sgd'\]"):
+        model.fit(X_train[:64], y_train[:64], optimizer="rmsprop", verbose=0)
+
+
+def test_one_image_without_its_batch_axis_is_explained(small):
+    X_train, X_test, y_train, _ = small
+    model = fastcnn.models.digits_cnn(10, 1, input_size=(8, 8), random_state=0)
+    with pytest.raises(ValueError, match=r"one sample of shape \(1, 8, 8\).*X\[None\]"):
+        model.predict(X_test[0])
+    assert model.predict(X_test[0][None]).shape == (1,)
+    # For the estimator, a single-channel (1, 8, 8) is also a batch of one (n, H, W)
+    # image, which it always accepted; with more channels the shape is unambiguous.
+    rgb_train, rgb_test = (np.repeat(X[:, :, :, :, None], 3, axis=4) for X in (X_train, X_test))
+    for data_format, to_format in [
+        ("channels_first", lambda X: X[:, 0].transpose(0, 3, 1, 2)),
+        ("channels_last", lambda X: X[:, 0]),
+    ]:
+        clf = CNNClassifier(max_iter=1, random_state=0, data_format=data_format)
+        clf.fit(to_format(rgb_train[:100]), y_train[:100])
+        one = to_format(rgb_test)[0]
+        with pytest.raises(ValueError, match=r"one image of shape .*X\[None\]"):
+            clf.predict(one)
+        assert clf.predict(one[None]).shape == (1,)
+
+
+# ---------------------------------------------------------------------------------------
+# Input conventions: data_format, rescale, sample and class weights
+
+
+def _rgb(X):
+    """Three different channels from grey digits, (n, 3, 8, 8)."""
+    return np.concatenate([X, X[:, :, ::-1], X.transpose(0, 1, 3, 2)], axis=1)
+
+
+@pytest.mark.parametrize("to_rgb", [False, True], ids=["grey", "rgb"])
+def test_both_data_formats_give_the_same_model(small, to_rgb):
+    X_train, X_test, y_train, _ = small
+    if to_rgb:
+        X_train, X_test = _rgb(X_train), _rgb(X_test)
+    last = {name: X.transpose(0, 2, 3, 1) for name, X in [("train", X_train), ("test", X_test)]}
+    first = CNNClassifier(max_iter=2, random_state=0).fit(X_train, y_train)
+    second = CNNClassifier(max_iter=2, random_state=0, data_format="channels_last")
+    second.fit(last["train"], y_train)
+    assert second.image_shape_ == first.image_shape_ == X_train.shape[1:]
+    np.testing.assert_array_equal(second.predict_proba(last["test"]), first.predict_proba(X_test))
+    for (a, _), (b, _) in zip(first.model_.parameters(), second.model_.parameters(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Flat rows in channels-last order, with image_shape given as (H, W, C).
+    flat = CNNClassifier(
+        max_iter=2, random_state=0, data_format="channels_last", image_shape=last["test"].shape[1:]
+    ).fit(last["train"].reshape(len(X_train), -1), y_train)
+    np.testing.assert_array_equal(
+        flat.predict_proba(last["test"].reshape(len(X_test), -1)), first.predict_proba(X_test)
+    )
+
+
+def test_channels_last_shape_warns_with_channels_first(small, recwarn):
+    X_train, _, y_train, _ = small
+    X, y = X_train[:40], y_train[:40]
+    with pytest.warns(fastcnn.FastCNNWarning, match=r"\(40, 8, 8, 1\).*data_format='channels_l"):
+        CNNClassifier(max_iter=1).fit(X.transpose(0, 2, 3, 1), y)
+    with pytest.warns(fastcnn.FastCNNWarning, match="8 channels of 8x3 images"):
+        CNNClassifier(max_iter=1).fit(_rgb(X).transpose(0, 2, 3, 1), y)
+    recwarn.clear()
+    for X_ok, data_format in [
+        (X, "channels_first"),  # (n, 1, 8, 8)
+        (_rgb(X), "channels_first"),  # (n, 3, 8, 8)
+        (X[:, 0], "channels_first"),  # (n, 8, 8)
+        (X.reshape(40, 64), "channels_first"),  # flat
+        (np.zeros((40, 16, 4, 4), np.float32), "channels_first"),  # 16 feature maps
+        (X.transpose(0, 2, 3, 1), "channels_last"),
+    ]:
+        CNNClassifier(max_iter=1, data_format=data_format).fit(X_ok, y)
+    assert not [w for w in recwarn if issubclass(w.category, fastcnn.FastCNNWarning)]
+
+
+def test_rescale_and_the_warning_for_raw_8_bit_images(small, recwarn):
+    X_train, X_test, y_train, _ = small
+    as_uint8 = (X_train * 255).round().astype(np.uint8)  # digits come in [0, 1]
+    with pytest.warns(fastcnn.FastCNNWarning, match=r"uint8 with values up to 255.*rescale=1/255"):
+        CNNClassifier(max_iter=1, random_state=0).fit(as_uint8, y_train)
+    recwarn.clear()
+    scaled = CNNClassifier(max_iter=2, random_state=0, rescale=1 / 255).fit(as_uint8, y_train)
+    assert not [w for w in recwarn if issubclass(w.category, fastcnn.FastCNNWarning)]
+    by_hand = CNNClassifier(max_iter=2, random_state=0)
+    by_hand.fit(as_uint8.astype(np.float32) * np.float32(1 / 255), y_train)
+    test_uint8 = (X_test * 255).round().astype(np.uint8)
+    np.testing.assert_allclose(
+        scaled.predict_proba(test_uint8),
+        by_hand.predict_proba(test_uint8.astype(np.float32) * np.float32(1 / 255)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    assert as_uint8.max() == 255  # the caller's array is left as it was
+
+
+def test_sample_weight_of_ones_changes_nothing(small):
+    X_train, X_test, y_train, _ = small
+    plain = CNNClassifier(max_iter=2, random_state=0).fit(X_train, y_train)
+    ones = CNNClassifier(max_iter=2, random_state=0)
+    ones.fit(X_train, y_train, sample_weight=np.ones(len(y_train)))
+    np.testing.assert_array_equal(ones.predict_proba(X_test), plain.predict_proba(X_test))
+
+
+def _tiny_float64_layers(input_shape, n_classes):
+    c, h, w = input_shape
+    conv = Conv2D(c, 4, 3, padding=1, dtype=np.float64)
+    return [conv, ReLU(), Flatten(), Dense(4 * h * w, n_classes, dtype=np.float64)]
+
+
+def test_integer_sample_weights_equal_repeated_samples():
+    """One batch of everything, plain SGD, no BatchNorm or Dropout: weight k acts as the
+    sample given k times (scikit-learn's convention)."""
+    X, y = load_digits()
+    X, y = X[:60], y[:60]
+    weights = np.random.default_rng(0).integers(1, 4, len(y))
+    params = dict(
+        architecture=_tiny_float64_layers, max_iter=3, batch_size=1000, optimizer="sgd",
+        momentum=0.0, learning_rate="constant", learning_rate_init=0.05, dtype="float64",
+        random_state=0,
+    )  # fmt: skip
+    weighted = CNNClassifier(**params).fit(X, y, sample_weight=weights)
+    repeated = CNNClassifier(**params).fit(X.repeat(weights, axis=0), y.repeat(weights))
+    np.testing.assert_allclose(
+        weighted.predict_proba(X), repeated.predict_proba(X), rtol=1e-9, atol=1e-12
+    )
+    np.testing.assert_allclose(weighted.loss_curve_, repeated.loss_curve_, rtol=1e-10)
+
+
+def test_class_weight_balanced_and_dict_follow_scikit_learn(small):
+    from sklearn.utils.class_weight import compute_sample_weight
+
+    X_train, X_test, y_train, _ = small
+    X, y = X_train[:300], np.where(y_train[:300] < 3, y_train[:300], 3)  # imbalanced
+    balanced = CNNClassifier(max_iter=2, random_state=0, class_weight="balanced").fit(X, y)
+    by_weights = CNNClassifier(max_iter=2, random_state=0)
+    by_weights.fit(X, y, sample_weight=compute_sample_weight("balanced", y))
+    np.testing.assert_allclose(
+        balanced.predict_proba(X_test), by_weights.predict_proba(X_test), rtol=1e-5, atol=1e-6
+    )
+    # A dict, times sample_weight; labels as the user gives them.
+    labels = np.array(["a", "b", "c", "d"])[y]
+    sw = np.linspace(0.5, 2.0, len(y))
+    as_dict = CNNClassifier(max_iter=2, random_state=0, class_weight={"a": 3.0, "d": 0.5})
+    as_dict.fit(X, labels, sample_weight=sw)
+    by_hand = CNNClassifier(max_iter=2, random_state=0)
+    by_hand.fit(X, labels, sample_weight=sw * np.choose(y, [3.0, 1.0, 1.0, 0.5]))
+    np.testing.assert_allclose(
+        as_dict.predict_proba(X_test), by_hand.predict_proba(X_test), rtol=1e-5, atol=1e-6
+    )
+    with pytest.raises(ValueError, match="class_weight has a weight for 'e'"):
+        CNNClassifier(class_weight={"e": 2.0}).fit(X, labels)
+    with pytest.raises(ValueError, match="'balanced' is not available to partial_fit"):
+        CNNClassifier(class_weight="balanced").partial_fit(X, y, classes=np.arange(4))
+    CNNClassifier(class_weight={0: 2.0}).partial_fit(X[:50], y[:50], classes=np.arange(4))
+
+
+def test_new_parameters_round_trip_and_are_validated(small):
+    X_train, _, y_train, _ = small
+    clf = CNNClassifier(data_format="channels_last", rescale=1 / 255, class_weight="balanced")
+    assert clone(clf).get_params() == clf.get_params()
+    for params, match in [
+        ({"data_format": "NHWC"}, "data_format must be one of"),
+        ({"rescale": 0.0}, r"rescale must be a float in \(0.0, inf\)"),
+        ({"rescale": "1/255"}, "rescale must be a float"),
+        ({"class_weight": "auto"}, "class_weight must be None, 'balanced' or a dict"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            CNNClassifier(**params).fit(X_train[:20], y_train[:20])
+    with pytest.raises(ValueError, match=r"sample_weight must have shape \(20,\)"):
+        CNNClassifier().fit(X_train[:20], y_train[:20], sample_weight=np.ones(3))

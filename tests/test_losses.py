@@ -10,7 +10,9 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 import fastcnn
 from fastcnn import _backend
+from fastcnn.layers import Conv2D, Dense, Flatten, ReLU
 from fastcnn.losses import get_loss, log_softmax, mse, softmax, softmax_cross_entropy
+from fastcnn.optim import SGD
 
 
 def test_cross_entropy_hand_computed(dtype, backend):
@@ -149,3 +151,140 @@ def test_mse_and_get_loss_errors():
     assert get_loss("mse") is mse
     with pytest.raises(ValueError, match="loss must be one of"):
         get_loss("hinge")
+
+
+# ---------------------------------------------------------------------------------------
+# Sample weights: each sample's loss is multiplied by its weight, the sum divided by N
+
+
+def test_weighted_cross_entropy_hand_computed(dtype, backend):
+    logits = np.array([[0.0, 0.0], [1.0, 2.0], [3.0, 0.0]], dtype)
+    y = np.array([0, 1, 1])
+    w = np.array([2.0, 0.5, 0.0])
+    loss, grad = softmax_cross_entropy(logits, y, sample_weight=w)
+    row_losses = [math.log(2), math.log(1 + math.exp(-1)), 3 + math.log(1 + math.exp(-3))]
+    assert loss == pytest.approx(float(np.dot(w, row_losses)) / 3, rel=1e-6)
+    p = 1 / (1 + math.exp(-1))
+    assert grad.dtype == dtype
+    expected = [[-2 * 0.5 / 3, 2 * 0.5 / 3], [0.5 * (1 - p) / 3, 0.5 * (p - 1) / 3], [0, 0]]
+    assert_allclose(grad, expected, rtol=1e-5, atol=1e-7)
+    logits64 = logits.astype(np.float64)
+    numeric = numerical_grad(lambda: softmax_cross_entropy(logits64, y, w)[0], logits64)
+    assert_allclose(grad, numeric, rtol=1e-4, atol=1e-6)
+
+
+def test_unit_weights_change_nothing(rng, dtype, backend):
+    logits = rng.standard_normal((6, 4)).astype(dtype)
+    y = rng.integers(0, 4, 6)
+    plain = softmax_cross_entropy(logits, y)
+    weighted = softmax_cross_entropy(logits, y, sample_weight=np.ones(6))
+    assert weighted[0] == pytest.approx(plain[0], rel=1e-6)
+    assert_allclose(weighted[1], plain[1], **tol(dtype))
+    pred, target = rng.standard_normal((6, 3)).astype(dtype), rng.standard_normal((6, 3))
+    assert mse(pred, target, sample_weight=np.ones(6))[0] == pytest.approx(mse(pred, target)[0])
+
+
+def test_weighted_mse_hand_computed_and_gradient(dtype, rng):
+    pred = np.array([[1.0, 2.0], [3.0, 4.0]], dtype)
+    target = np.array([[1.0, 0.0], [0.0, 4.0]])
+    loss, grad = mse(pred, target, sample_weight=np.array([3.0, 1.0]))
+    assert loss == pytest.approx((3 * 4 + 1 * 9) / 4)
+    assert grad.dtype == dtype
+    assert_allclose(grad, [[0, 3 * 1], [1.5, 0]])
+    p, t, w = rng.standard_normal((3, 2)), rng.standard_normal((3, 2)), rng.random(3)
+    numeric = numerical_grad(lambda: mse(p, t, sample_weight=w)[0], p)
+    assert_allclose(mse(p, t, sample_weight=w)[1], numeric, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("w", "error", "match"),
+    [
+        (np.ones(2), ValueError, r"sample_weight must have shape \(3,\)"),
+        (np.array([1.0, -1.0, 1.0]), ValueError, "non-negative"),
+        (np.array([1.0, np.nan, 1.0]), ValueError, "finite"),
+        (np.array(["a", "b", "c"]), TypeError, "real numbers"),
+    ],
+)
+def test_sample_weight_errors(w, error, match):
+    with pytest.raises(error, match=match):
+        softmax_cross_entropy(np.zeros((3, 2)), np.array([0, 1, 0]), sample_weight=w)
+    with pytest.raises(error, match=match):
+        mse(np.zeros((3, 2)), np.zeros((3, 2)), sample_weight=w)
+
+
+# ---------------------------------------------------------------------------------------
+# Sample weights in Sequential.fit
+
+
+def _tiny_model(dtype, seed=0):
+    return fastcnn.Sequential(
+        Conv2D(1, 2, 3, dtype=dtype, rng=seed),
+        ReLU(),
+        Flatten(),
+        Dense(2 * 4 * 4, 3, dtype=dtype, rng=seed),
+    )
+
+
+def _images(rng, n, dtype):
+    return rng.standard_normal((n, 1, 6, 6)).astype(dtype), rng.integers(0, 3, n)
+
+
+def test_fit_reports_the_weighted_mean_loss(dtype, backend, rng):
+    X, y = _images(rng, 7, dtype)
+    w = rng.random(7) * 3
+    model = _tiny_model(dtype)
+    logits = model.decision_function(X).astype(np.float64)
+    per_sample = -log_softmax(logits)[np.arange(7), y]
+    history = model.fit(
+        X, y, epochs=1, batch_size=7, optimizer=SGD(0.1), verbose=0, sample_weight=w
+    )
+    # One batch of everything: the loss is taken before the step, at the initial weights.
+    expected = float(np.dot(w, per_sample) / w.sum())
+    assert history.history["loss"][0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_integer_weights_equal_repeated_samples(dtype, backend, rng):
+    """Plain SGD, one batch of everything: weight 2 and the sample given twice take the
+    same step (the weights are normalized by their mean, the batch loss by N)."""
+    X, y = _images(rng, 5, dtype)
+    weighted, repeated = _tiny_model(dtype), _tiny_model(dtype)
+    w = np.array([2, 1, 1, 3, 1])
+    weighted.fit(X, y, 1, 5, SGD(0.5), shuffle=False, verbose=0, sample_weight=w)
+    idx = np.repeat(np.arange(5), w)
+    repeated.fit(X[idx], y[idx], 1, len(idx), SGD(0.5), shuffle=False, verbose=0)
+    for (a, _), (b, _) in zip(weighted.parameters(), repeated.parameters(), strict=True):
+        assert_allclose(a, b, **tol(dtype))
+    # Zero weights leave a sample out, however many batches.
+    dropped = _tiny_model(dtype)
+    w0 = np.array([1, 1, 0, 1, 1])
+    dropped.fit(X, y, 1, 5, SGD(0.5), shuffle=False, verbose=0, sample_weight=w0)
+    keep = _tiny_model(dtype)
+    keep.fit(X[w0 > 0], y[w0 > 0], 1, 4, SGD(0.5), shuffle=False, verbose=0)
+    for (a, _), (b, _) in zip(dropped.parameters(), keep.parameters(), strict=True):
+        assert_allclose(a, b, **tol(dtype))
+
+
+def test_weights_follow_their_samples_through_shuffling_and_splits(rng):
+    X, y = _images(rng, 12, np.float64)
+    w = rng.random(12) + 0.5
+    order = rng.permutation(12)
+    models = [_tiny_model(np.float64) for _ in range(2)]
+    models[0].fit(X, y, 2, 12, SGD(0.1), random_state=0, verbose=0, sample_weight=w)
+    models[1].fit(
+        X[order], y[order], 2, 12, SGD(0.1), random_state=0, verbose=0, sample_weight=w[order]
+    )
+    for (a, _), (b, _) in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert_allclose(a, b, rtol=1e-10, atol=1e-12)  # one batch: the order is immaterial
+    history = _tiny_model(np.float64).fit(
+        X, y, 1, 4, validation_split=0.25, random_state=0, verbose=0, sample_weight=w
+    )
+    assert "val_loss" in history.history
+
+
+def test_fit_sample_weight_errors(rng):
+    X, y = _images(rng, 4, np.float32)
+    model = _tiny_model(np.float32)
+    with pytest.raises(ValueError, match=r"sample_weight must have shape \(4,\)"):
+        model.fit(X, y, verbose=0, sample_weight=np.ones(3))
+    with pytest.raises(ValueError, match="positive sum, got all weights zero"):
+        model.fit(X, y, verbose=0, sample_weight=np.zeros(4))
