@@ -1,31 +1,33 @@
 """Sphinx configuration of fastcnn's documentation site.
 
-Build (from the repository root, after ``pip install ".[docs]"``):
+Build, from the repository root, after ``pip install ".[docs]"``:
 
-    python -m sphinx -W -n -b html docs docs/_build/html
+    make -C docs html
 
+which runs ``python -m sphinx -b html -W -n --keep-going . _build/html`` in docs/:
 ``-W`` makes every warning an error and ``-n`` (nitpicky) reports every cross-reference
-that does not resolve. The API pages document the installed fastcnn (import it from
-anywhere but the checkout root, or the source tree without compiled kernels is found
-first); the gallery runs examples/ on a tiny budget.
+that does not resolve. The API pages document the fastcnn that ``import fastcnn`` finds
+from docs/, the installed one; the gallery runs examples/ on a tiny budget.
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import fastcnn
 
 DOCS = Path(__file__).resolve().parent
 if fastcnn.backend_import_error() is not None:
-    # A source tree without built kernels (python -m sphinx puts the current directory
-    # first on sys.path): its API is the same, but the gallery would time the numpy
-    # fallback, and benchmark_vs_numpy.py fails without the compiled backend.
+    # Typically the source tree, found first because Sphinx was started in the checkout
+    # root (python -m puts the current directory first on sys.path). Its API is the same,
+    # but the gallery would time the numpy fallback, and benchmark_vs_numpy.py fails
+    # without the compiled backend.
     raise RuntimeError(
         f"the docs need a fastcnn with its compiled kernels, but {fastcnn.__file__} has "
-        f'none ({fastcnn.backend_import_error()}): pip install ".[docs]" and build '
-        "from the repository root or any directory without a fastcnn/ source tree"
+        f'none ({fastcnn.backend_import_error()}): pip install ".[docs]", then build '
+        "with `make -C docs html` (Sphinx started in docs/, not in the checkout root)"
     )
 sys.path.insert(0, str(DOCS / "_ext"))  # gallery_helpers
 
@@ -38,7 +40,6 @@ version = ".".join(release.split(".")[:2])
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
-    "sphinx.ext.doctest",
     "numpydoc",
     "sphinx_gallery.gen_gallery",
 ]
@@ -64,6 +65,44 @@ autodoc_member_order = "bysource"
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
 numpydoc_xref_param_type = False
+
+# numpydoc reports what it cannot parse (an unknown section, a bad underline) as a Python
+# warning, not a Sphinx one, and drops the text: make it an error so -W is complete.
+warnings.filterwarnings("error", category=UserWarning, module="numpydoc")
+# Except the Shapes sections, which _shapes_to_notes below moves into Notes before numpydoc
+# renders a docstring; numpydoc's signature hook also parses the raw docstring, for the
+# signature only.
+warnings.filterwarnings("ignore", message="Unknown section Shapes", category=UserWarning)
+
+
+def _shapes_to_notes(app, what, name, obj, options, lines: list[str]) -> None:
+    """Render a docstring's "Shapes" section at the head of its Notes.
+
+    fastcnn's docstrings give each op's and layer's output-size formula in a section of
+    its own (as PyTorch's do), which numpydoc does not know and would drop. Runs before
+    numpydoc (priority 400 < its 500) on the lines autodoc extracted.
+    """
+    headings = [
+        i
+        for i in range(len(lines) - 1)
+        if lines[i].strip() and set(lines[i + 1].strip()) == {"-"} and not lines[i][0].isspace()
+    ]
+    titles = {lines[i].strip(): i for i in headings}
+    if "Shapes" not in titles:
+        return
+    start = titles["Shapes"]
+    end = next((i for i in headings if i > start), len(lines))
+    body = lines[start + 2 : end]
+    while body and not body[-1].strip():
+        body.pop()
+    del lines[start:end]
+    paragraph = [f"**Shapes.** {body[0]}", *body[1:], ""] if body else []
+    if "Notes" in titles:
+        at = titles["Notes"] + 2 - (end - start if titles["Notes"] > start else 0)
+        lines[at:at] = paragraph
+    else:
+        lines[start:start] = ["Notes", "-----", *paragraph]
+
 
 # -- nitpicky: every internal reference must resolve -------------------------------------
 # No intersphinx: the build must work offline (CI reaches PyPI only), so references to
@@ -157,4 +196,5 @@ def _skip_member(app, what, name, obj, skip, options):
 
 def setup(app):
     app.connect("autodoc-skip-member", _skip_member)
+    app.connect("autodoc-process-docstring", _shapes_to_notes, priority=400)
     app.connect("env-check-consistency", _check_api_coverage)
