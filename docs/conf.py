@@ -106,13 +106,17 @@ def _shapes_to_notes(app, what, name, obj, options, lines: list[str]) -> None:
 
 # -- nitpicky: every internal reference must resolve -------------------------------------
 # No intersphinx: the build must work offline (CI reaches PyPI only), so references to
-# other projects' objects cannot resolve. Only those are ignored here, by their package
-# prefix, as they appear in signatures' type hints and in base classes; a reference to a
-# fastcnn name that does not resolve is still an error.
+# other projects' objects and to the standard library cannot resolve. Only those are
+# ignored here, by their package name, as they appear in type hints, base classes and
+# docstrings; a reference to a fastcnn name that does not resolve is still an error.
+_EXTERNAL = (
+    "numpy|np|npt|scipy|sklearn|matplotlib|threadpoolctl|joblib|dask|distributed|dask_ml"
+    "|torch|os|pathlib|collections|typing|types|contextvars|threading|concurrent|asyncio"
+    "|multiprocessing|signal|warnings"
+)
 nitpick_ignore_regex = [
-    ("py:func", r"(numpy|scipy|sklearn|matplotlib)\..*"),
-    ("py:class", r"(numpy|np|npt|numpy\.typing|numpy\.random|scipy|sklearn|matplotlib)\..*"),
-    ("py:class", r"(os\.PathLike|pathlib\.Path|collections\.abc\..*|typing\..*)"),
+    (r"py:.*", rf"({_EXTERNAL})(\..*)?"),
+    # numpy's names as the annotations spell them, unqualified.
     ("py:class", r"ndarray|ArrayLike|NDArray|DTypeLike"),
     # matplotlib's Figure: fastcnn.plotting imports it only under TYPE_CHECKING, so where
     # an annotation cannot be evaluated (it also names fastcnn classes imported that way)
