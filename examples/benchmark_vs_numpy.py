@@ -1,10 +1,14 @@
-"""How much faster are the compiled kernels than plain numpy? Time them and see.
+"""
+Compiled kernels against plain numpy
+====================================
+
+How much faster are the compiled kernels than plain numpy? Time them and see.
 
 fastcnn has two backends behind the same ops: compiled Cython kernels (the default) and a
 pure-numpy reference written to be obviously right. This times a training step's worth of
 work, forward and backward, for a few convolutions and a max pooling on both backends
 (median of ``--repeats`` runs after a warm-up run), prints the speedup and checks that
-both backends computed the same numbers.
+both backends computed the same numbers::
 
     python examples/benchmark_vs_numpy.py              # a few seconds
     python examples/benchmark_vs_numpy.py --quick      # smaller shapes, for a smoke test

@@ -1,11 +1,13 @@
-"""Classic image filters, computed by a convolution layer's op, checked against SciPy.
+"""
+Classic image filters with conv2d, checked against SciPy
+========================================================
 
 Before CNNs learned their kernels, image processing set them by hand. This applies four
 such 3x3 kernels (sharpen, horizontal edges, vertical edges, box blur) to a photo that
 ships with scikit-learn, with one call to ``fastcnn.functional.conv2d``: the four kernels
 are the four output channels of a single convolution, just as in a conv layer. Each
 result is compared with ``scipy.signal.correlate2d``, then the photo and the four filtered
-versions are drawn side by side into a PNG (headless, no window opens).
+versions are drawn side by side into a PNG (headless, no window opens)::
 
     python examples/classic_filters.py                      # writes classic_filters.png
     python examples/classic_filters.py --out filters.png --downsample 2

@@ -1,4 +1,6 @@
-"""LeNet-5 on MNIST: the classic convolutional network on the classic data set.
+"""
+LeNet-5 on MNIST
+================
 
 ``fastcnn.models.lenet5()`` builds the network (two 5x5 conv + tanh + average-pooling
 stages, then dense layers of 120 and 84 units). ``fastcnn.datasets.load_mnist()`` fetches
@@ -8,7 +10,7 @@ a Keras-style ``mnist.npz`` placed in the data directory.
 
 Without network access and without a cached copy there is nothing to train on: the
 script then says so, explains how to get the data, and exits with status 69
-(``EX_UNAVAILABLE`` in BSD's sysexits.h), no traceback.
+(``EX_UNAVAILABLE`` in BSD's sysexits.h), no traceback::
 
     python examples/lenet5_mnist.py                             # 3 epochs on all 60,000
     python examples/lenet5_mnist.py --epochs 1 --max-train 5000 # a quick look

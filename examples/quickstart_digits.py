@@ -1,10 +1,12 @@
-"""Quick start: train a small CNN on handwritten digits and print its test accuracy.
+"""
+Quick start: a small CNN on handwritten digits
+==============================================
 
 The data is scikit-learn's 8x8 digits (1,797 images, bundled with scikit-learn, so this
 runs offline). The model is two conv -> ReLU -> max-pool blocks and a dense layer, written
 out layer by layer so you can see the whole network.
 
-Run it from a checkout or anywhere fastcnn is installed:
+Run it from a checkout or anywhere fastcnn is installed::
 
     python examples/quickstart_digits.py               # 10 epochs, a few seconds
     python examples/quickstart_digits.py --epochs 2    # quicker, a little less accurate

@@ -1,9 +1,13 @@
-"""fastcnn.CNNClassifier inside a scikit-learn Pipeline, tuned with GridSearchCV.
+"""
+CNNClassifier in a scikit-learn Pipeline, tuned with GridSearchCV
+=================================================================
 
 CNNClassifier is a regular scikit-learn estimator, so the usual tools work unchanged:
 here a Pipeline turns the flat 64-pixel rows of scikit-learn's digits into 8x8 images in
 [0, 1] and feeds them to the CNN, and GridSearchCV picks the learning rate and the batch
 size by cross-validation on the training set. The test set is touched once, at the end.
+
+Run it::
 
     python examples/sklearn_pipeline.py                        # 3-fold CV, 8 epochs a fit
     python examples/sklearn_pipeline.py --max-iter 2 --cv 2   # a quick run

@@ -93,7 +93,7 @@ def get_num_threads() -> int:
     """Number of threads the compiled kernels use.
 
     The count set by :func:`set_num_threads`, else ``OMP_NUM_THREADS`` or all cores
-    (capped, inside :func:`limit_default_threads`, for the calling thread or task); at
+    (capped, inside ``limit_default_threads``, for the calling thread or task); at
     most the OpenMP limit that ``threadpoolctl.threadpool_limits`` sets for the calling
     thread; 1 in a process forked after the kernels had run on several (see
     :func:`set_num_threads`).

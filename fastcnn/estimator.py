@@ -288,7 +288,7 @@ default='digits_cnn'
         (C, H, W) of the network input.
     n_features_in_ : int
         Values per sample, C * H * W.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape ``(n_features_in_,)``
         Column names, when fit on a DataFrame with string column names.
     loss_curve_ : list of float
         Mean training loss of every epoch.

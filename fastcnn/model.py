@@ -46,7 +46,7 @@ from fastcnn.optim import SGD, Adam, LRScheduler, Optimizer
 
 __all__ = ["FORMAT_VERSION", "History", "Sequential", "load"]
 
-#: Version of the model file layout written by :meth:`Sequential.save`.
+#: Version of the model file layout written by :meth:`fastcnn.Sequential.save`.
 FORMAT_VERSION = 1
 _FORMAT_KEY = "__fastcnn_format__"
 _ARCH_KEY = "__architecture__"
@@ -898,7 +898,7 @@ class Sequential:
 
         Returns
         -------
-        ndarray of shape (n_samples, *output_shape), the model dtype
+        ndarray of shape ``(n_samples, *output_shape)``, the model dtype
         """
         batch_size = _check_int(batch_size, "batch_size", 1)
         X, out_shape = self._check_X(X, convert=False)
