@@ -671,16 +671,19 @@ print("DONE")
 
 
 @pytest.mark.parametrize("backend_name", ["numpy", "cython"])
-def test_indices_changed_by_another_thread_never_crash(backend_name, tmp_path):
+def test_indices_changed_by_another_thread_never_crash(backend_name):
     # Issue 20, defect 2: a thread writing the indices while max_pool2d_backward runs. In
     # a subprocess, so that a crash fails this test instead of killing pytest.
+    run_stress_script(STRESS_SCRIPT, backend_name, 300 if backend_name == "cython" else 30)
+
+
+def run_stress_script(code: str, backend_name: str, iterations: int) -> None:
+    """Run a race script (argv: backend, iterations) in a subprocess, so that a crash fails
+    the calling test instead of killing pytest; it must finish by printing DONE."""
     if backend_name not in fastcnn.available_backends():
         pytest.skip("compiled extension not importable")
-    script = tmp_path / "stress.py"
-    script.write_text(STRESS_SCRIPT)
-    iterations = "300" if backend_name == "cython" else "30"
     proc = subprocess.run(
-        [sys.executable, str(script), backend_name, iterations],
+        [sys.executable, "-c", code, backend_name, str(iterations)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -732,20 +735,8 @@ print("DONE")
 
 
 @pytest.mark.parametrize("backend_name", ["cython", "numpy"])
-def test_labels_changed_by_another_thread_never_crash_the_loss(backend_name, tmp_path):
+def test_labels_changed_by_another_thread_never_crash_the_loss(backend_name):
     # The compiled loss checked the labels with the GIL held, then read them again
     # without it: a label changed in between was used as an index (a write far outside
     # the gradient). In a subprocess, so that a crash fails this test instead of pytest.
-    if backend_name not in fastcnn.available_backends():
-        pytest.skip("compiled extension not importable")
-    script = tmp_path / "loss_stress.py"
-    script.write_text(LOSS_STRESS_SCRIPT)
-    iterations = "2000" if backend_name == "cython" else "200"
-    proc = subprocess.run(
-        [sys.executable, str(script), backend_name, iterations],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, f"exit code {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    assert proc.stdout.splitlines()[-1] == "DONE", proc.stdout + proc.stderr
+    run_stress_script(LOSS_STRESS_SCRIPT, backend_name, 2000 if backend_name == "cython" else 200)
