@@ -32,6 +32,22 @@ gradients), allocated once per call, so scratch grows with the thread count and 
 chunk size, never with the batch. The partial gradients are summed after the parallel
 loop in a fixed order, so results do not depend on scheduling.
 
+Special values
+--------------
+A product reaches an output exactly when the numpy backend (fastcnn/_reference.py) forms
+it, so NaN and infinities land where they land there and in PyTorch: the forward pass and
+the weight gradient multiply the zero padding of x like any pixel (0 * inf is NaN there
+too), the input gradient sums only the (output, tap) pairs that read a pixel of x, and
+the spare parts of the kernels' own layouts (junk columns, channels, taps, positions and
+samples padded to a block) never reach an output. Dropping a padded block's results is
+enough where the products are all that is wrong; where a kernel adds zeros times an
+operand into kept sums (the wide layout's junk columns, grad_out's padding in the direct
+input gradient), that is exact only for finite operands: the BLAS wide path clears or
+skips its junk columns, and conv2d_backward scans the weights (for the direct input
+gradient) and x (for the wide weight-gradient kernel) with fastcnn_all_finite (simd.h),
+a pass over memory before the multiply-adds, and sends a call with a non-finite operand
+to BLAS. tests/test_numerics.py holds the cases, on every kernel the planner picks.
+
 All parallelism comes from OpenMP: BLAS is pinned to one thread while a kernel runs
 (``fastcnn._threads.blas_threads``). The products here are small or skinny, and letting
 a threaded BLAS split them (alone, or inside OpenMP threads) was measured to be several
@@ -91,6 +107,10 @@ cdef extern from "direct_conv.h":
                        Py_ssize_t k_pad, const float* dy, Py_ssize_t dy_stride,
                        Py_ssize_t cog_pad, Py_ssize_t q_pad, Py_ssize_t ns,
                        float* dw) noexcept nogil
+
+cdef extern from "simd.h":
+    bint fastcnn_all_finite_f32(const float* p, Py_ssize_t n) noexcept nogil
+    bint fastcnn_all_finite_f64(const double* p, Py_ssize_t n) noexcept nogil
 
 cdef extern from "scratch.h":
     void* fastcnn_scratch_take(size_t n) noexcept nogil
@@ -247,17 +267,38 @@ cdef void im2col_wide(const floating* xp, const Geometry* g, floating* col,
 
 cdef void col2im_wide_add(const floating* dcol, Py_ssize_t ld, const Geometry* g,
                           floating* dxp) noexcept nogil:
-    # Adjoint of im2col_wide. Junk columns carry zero gradient, so adding them is harmless.
-    cdef Py_ssize_t c, i, j, t
+    # Adjoint of im2col_wide, over the real columns only: a junk column of dcol is the
+    # weights times a zero gradient, NaN where a weight is infinite, and it would land
+    # on a real pixel of the next row (see "Special values" above).
+    cdef Py_ssize_t c, i, j, oh, ow
     cdef floating* dst
-    cdef const floating* src = dcol
+    cdef const floating* src
     for c in range(g.cg):
         for i in range(g.kh):
             for j in range(g.kw):
                 dst = dxp + (c * g.hp + i * g.dh) * g.wp + j * g.dw
-                for t in range(g.q):
-                    dst[t] += src[t]
-                src += ld
+                src = dcol + ((c * g.kh + i) * g.kw + j) * ld
+                for oh in range(g.h_out):
+                    for ow in range(g.w_out):
+                        dst[ow] += src[ow]
+                    dst += g.wp
+                    src += g.wp
+
+
+cdef void zero_junk_columns(floating* col, Py_ssize_t ld, const Geometry* g) noexcept nogil:
+    # Clear the junk columns of one sample's im2col_wide block (k rows, ld apart). They
+    # hold real pixels of the next row, which the weight gradient would multiply by the
+    # junk columns' zero output gradient: NaN where such a pixel is not finite.
+    cdef Py_ssize_t r, oh, ow
+    cdef floating* row
+    if g.wp == g.w_out:
+        return
+    for r in range(g.k):
+        row = col + r * ld
+        for oh in range(g.h_out):
+            for ow in range(g.w_out, g.wp):
+                row[ow] = 0
+            row += g.wp
 
 
 cdef void forward_chunk_wide(const floating* x, const floating* weight,
@@ -321,6 +362,7 @@ cdef void backward_chunk_wide(const floating* grad_out, const floating* x,
             for s in range(ns):
                 pad_plane(x + s * x_stride + grp * g.cg * g.h * g.w, g, xp)
                 im2col_wide(xp, g, col + s * g.q, ld)
+                zero_junk_columns(col + s * g.q, ld, g)
             gemm(&BLAS, False, True, <int> g.cog, <int> g.k, <int> ld,
                  1, dy, <int> ld, col, <int> ld,
                  1, grad_weight + grp * g.cog * g.k, <int> g.k)
@@ -459,10 +501,11 @@ cdef int plan_direct(DirectPlan* plan, const float* weight, const Geometry* g,
                      bint skip_padding_rows) except -1:
     # Fills plan; on success the caller releases it with free_plan. skip_padding_rows:
     # leave out, per block of positions, the kernel rows that read only padding rows.
-    # That skips products with zero, which changes nothing unless a weight is infinite
-    # (0 * inf is NaN): so it is only asked for where PyTorch skips them too, and it
-    # keeps the wide or the row-vector kernel (rows_pay decides). Otherwise the lanes
-    # kernel is used where it pays.
+    # That skips products with zero, which changes nothing for finite weights: it is
+    # asked for by the input gradient only, whose padding the numpy backend never
+    # multiplies and which runs here only with finite weights (see "Special values"),
+    # and it keeps the wide or the row-vector kernel (rows_pay decides). Otherwise the
+    # lanes kernel is used where it pays.
     cdef Py_ssize_t tb, grp, co, r, b, v, n_blocks, i_lo, i_hi, lanes, nv, oh0, oh1
     plan.level = fastcnn_direct_level()
     plan.lanes = not skip_padding_rows and lanes_forward_pays(g)
@@ -1479,7 +1522,15 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
                            &gw_view[0, 0, 0, 0] if want_w else NULL, gb_ptr, n_batch,
                            n_threads, &g)
             return
+        # The direct input gradient multiplies grad_out's zero padding by the weights,
+        # and the wide weight gradient the junk positions' zero gradient by pixels of x:
+        # exact only where those are finite; BLAS takes the calls where they are not
+        # (see "Special values" above).
+        if direct_x and not fastcnn_all_finite_f32(&weight[0, 0, 0, 0], weight.size):
+            direct_x = False
         w_kernel = weight_grad_kernel(&g) if want_w else WGRAD_BLAS
+        if w_kernel == WGRAD_WIDE and not fastcnn_all_finite_f32(x_ptr, x.size):
+            w_kernel = WGRAD_BLAS
         direct_w = w_kernel != WGRAD_BLAS
         if w_kernel == WGRAD_LANES:
             weight_grad_lanes(x_ptr, &grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0],
