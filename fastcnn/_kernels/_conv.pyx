@@ -331,7 +331,9 @@ cdef void forward_chunk_wide(const floating* x, const floating* weight,
 cdef void gather_wide(const floating* grad_out, floating* dy, Py_ssize_t ld,
                       const Geometry* g) noexcept nogil:
     # One sample's output gradient (cog rows of one group) into the wide layout, zero in
-    # the junk columns so they contribute nothing.
+    # the junk columns. Zero times a pixel is not nothing when the pixel is infinite or
+    # NaN: the BLAS path clears the junk columns of x too (zero_junk_columns), the
+    # direct kernel runs only on finite x (see "Special values" above).
     cdef Py_ssize_t co, oh, ow
     cdef const floating* src
     cdef floating* dst

@@ -34,44 +34,47 @@ static int fastcnn_simd_level(void) { return 0; }
  * into sums that reach an output, which is exact only while the other factor is finite
  * (0 * inf is NaN); _conv scans the operands that would meet them and sends a call
  * with a non-finite one to a kernel that forms only the numpy backend's products (see
- * "Special values" in _conv.pyx). The scan reads the bits (an exponent of all ones),
- * OR-ed across the vector lanes: memory speed, an O(memory) pass before O(flops) work,
- * and no floating-point compare that a fast-math build could assume away.
+ * "Special values" in _conv.pyx). The scan reads the bits (an exponent of all ones):
+ * memory speed, an O(memory) pass before O(flops) work, and no floating-point compare
+ * that a fast-math build could assume away.
  */
-#define FASTCNN_ALL_FINITE_LOOP(UINT, EXP)                                                  \
+#define FASTCNN_ALL_FINITE_LOOP(UINT, SIGN, EXP_LSB)                                        \
     {                                                                                       \
-        UINT bad = 0;                                                                       \
+        /* |bits| + the exponent's lowest bit reaches the sign bit exactly when the      \
+         * exponent is all ones: three integer operations a vector, OR-ed up */           \
+        UINT acc = 0;                                                                       \
         for (ptrdiff_t i = 0; i < n; i++) {                                                 \
             UINT u;                                                                         \
             memcpy(&u, (const char *)p + i * sizeof(UINT), sizeof(UINT));                    \
-            bad |= (u & EXP) == EXP;                                                        \
+            acc |= (u & ~SIGN) + EXP_LSB;                                                   \
         }                                                                                   \
-        return bad == 0;                                                                    \
+        return (acc & SIGN) == 0;                                                           \
     }
-#define FASTCNN_ALL_FINITE(NAME, T, UINT, EXP)                                              \
-    static inline int NAME##_base(const T *p, ptrdiff_t n) FASTCNN_ALL_FINITE_LOOP(UINT, EXP) \
-    FASTCNN_ALL_FINITE_SIMD(NAME, T, UINT, EXP)                                             \
+#define FASTCNN_ALL_FINITE(NAME, T, UINT, SIGN, EXP_LSB)                                              \
+    static inline int NAME##_base(const T *p, ptrdiff_t n) FASTCNN_ALL_FINITE_LOOP(UINT, SIGN, EXP_LSB) \
+    FASTCNN_ALL_FINITE_SIMD(NAME, T, UINT, SIGN, EXP_LSB)                                             \
     static inline int NAME(const T *p, ptrdiff_t n)                                         \
     {                                                                                       \
         FASTCNN_ALL_FINITE_DISPATCH(NAME)                                                   \
         return NAME##_base(p, n);                                                           \
     }
 #if FASTCNN_X86_SIMD
-#define FASTCNN_ALL_FINITE_SIMD(NAME, T, UINT, EXP)                                         \
+#define FASTCNN_ALL_FINITE_SIMD(NAME, T, UINT, SIGN, EXP_LSB)                                         \
     __attribute__((target("avx512f"))) static inline int NAME##_avx512(const T *p,          \
-        ptrdiff_t n) FASTCNN_ALL_FINITE_LOOP(UINT, EXP)                                     \
+        ptrdiff_t n) FASTCNN_ALL_FINITE_LOOP(UINT, SIGN, EXP_LSB)                                     \
     __attribute__((target("avx2"))) static inline int NAME##_avx2(const T *p, ptrdiff_t n)  \
-        FASTCNN_ALL_FINITE_LOOP(UINT, EXP)
+        FASTCNN_ALL_FINITE_LOOP(UINT, SIGN, EXP_LSB)
 #define FASTCNN_ALL_FINITE_DISPATCH(NAME)                                                   \
     int level = fastcnn_simd_level();                                                       \
     if (level == 2) return NAME##_avx512(p, n);                                             \
     if (level == 1) return NAME##_avx2(p, n);
 #else
-#define FASTCNN_ALL_FINITE_SIMD(NAME, T, UINT, EXP)
+#define FASTCNN_ALL_FINITE_SIMD(NAME, T, UINT, SIGN, EXP_LSB)
 #define FASTCNN_ALL_FINITE_DISPATCH(NAME)
 #endif
-FASTCNN_ALL_FINITE(fastcnn_all_finite_f32, float, uint32_t, 0x7f800000u)
-FASTCNN_ALL_FINITE(fastcnn_all_finite_f64, double, uint64_t, 0x7ff0000000000000u)
+FASTCNN_ALL_FINITE(fastcnn_all_finite_f32, float, uint32_t, 0x80000000u, 0x00800000u)
+FASTCNN_ALL_FINITE(fastcnn_all_finite_f64, double, uint64_t, 0x8000000000000000u,
+                   0x0010000000000000u)
 #undef FASTCNN_ALL_FINITE
 #undef FASTCNN_ALL_FINITE_SIMD
 #undef FASTCNN_ALL_FINITE_DISPATCH
