@@ -43,10 +43,11 @@ samples padded to a block) never reach an output. Dropping a padded block's resu
 enough where the products are all that is wrong; where a kernel adds zeros times an
 operand into kept sums (the wide layout's junk columns, grad_out's padding in the direct
 input gradient), that is exact only for finite operands: the BLAS wide path clears or
-skips its junk columns, and conv2d_backward scans the weights (for the direct input
-gradient) and x (for the wide weight-gradient kernel) with fastcnn_all_finite (simd.h),
-a pass over memory before the multiply-adds, and sends a call with a non-finite operand
-to BLAS. tests/test_numerics.py holds the cases, on every kernel the planner picks.
+skips its junk columns; conv2d_backward scans the weights before the direct input
+gradient, and the wide weight-gradient kernel each padded plane of x as it makes it
+(fastcnn_all_finite_f32, simd.h: a pass over memory, not over the multiply-adds), and a
+call with a non-finite operand goes to BLAS. tests/test_numerics.py holds the cases, on
+every kernel the planner picks.
 
 All parallelism comes from OpenMP: BLAS is pinned to one thread while a kernel runs
 (``fastcnn._threads.blas_threads``). The products here are small or skinny, and letting
@@ -110,7 +111,6 @@ cdef extern from "direct_conv.h":
 
 cdef extern from "simd.h":
     bint fastcnn_all_finite_f32(const float* p, Py_ssize_t n) noexcept nogil
-    bint fastcnn_all_finite_f64(const double* p, Py_ssize_t n) noexcept nogil
 
 cdef extern from "scratch.h":
     void* fastcnn_scratch_take(size_t n) noexcept nogil
@@ -1184,6 +1184,9 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
     # gathered into the wide layout, dot products accumulated in registers across the
     # chunk (direct_conv.h), per-thread partials summed in thread order at the end. The
     # bias gradient (when grad_bias is not NULL) is summed from the rows being gathered.
+    # Returns 1, with neither gradient written, where x is not finite: the kernel's junk
+    # positions multiply pixels by a zero gradient (see "Special values"). Each padded
+    # plane is scanned as it is made, in the team and in cache.
     cdef int level = fastcnn_direct_level()
     cdef Py_ssize_t cb = fastcnn_wgrad_co_block(level), rb = fastcnn_wgrad_tap_block(level)
     cdef Py_ssize_t tb = fastcnn_direct_t_block(level)
@@ -1210,10 +1213,11 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
     cdef Py_ssize_t b, c, n0, m, grp, smp, co, r, t
     cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
     cdef Py_ssize_t* off = <Py_ssize_t*> malloc(k_pad * sizeof(Py_ssize_t))
+    cdef int* nonfinite = <int*> calloc(threads, sizeof(int))  # per thread: x not finite
     cdef float* scratch = NULL
     cdef float* base
     try:
-        if off == NULL:
+        if off == NULL or nonfinite == NULL:
             raise MemoryError("conv2d_backward: cannot allocate the tap offsets")
         scratch = <float*> take_scratch(threads, per_thread, sizeof(float), "conv2d_backward")
         tap_offsets(g, off, k_pad)
@@ -1232,6 +1236,9 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
                         for smp in range(m):
                             pad_plane(x + (n0 + smp) * x_stride + grp * g.cg * g.h * g.w, g,
                                       base + smp * xp_stride)
+                            if not fastcnn_all_finite_f32(base + smp * xp_stride,
+                                                          g.cg * g.hp * g.wp):
+                                nonfinite[threadid()] = 1
                             gather_wide(grad_out + (n0 + smp) * out_stride + grp * g.cog * g.p,
                                         base + ns * xp_stride + smp * dy_stride, q_pad, g)
                         fastcnn_wgrad(level, base, xp_stride, off, k_pad,
@@ -1240,12 +1247,16 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
                     if grad_bias != NULL:
                         add_bias_grad(grad_out + n0 * out_stride, base + off_gb, m, g)
             team_released(threads)
+            for t in range(threads):
+                if nonfinite[t]:
+                    return 1
             sum_weight_partials(scratch + ns * (xp_stride + dy_stride), k_pad, 1,
                                 cog_pad * k_pad, per_thread, threads, grad_weight, g)
             if grad_bias != NULL:
                 sum_partials(scratch + off_gb, per_thread, threads, grad_bias, g.c_out)
     finally:
         free(off)
+        free(nonfinite)
         fastcnn_scratch_give_back(scratch)
     return 0
 
@@ -1526,13 +1537,11 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
             return
         # The direct input gradient multiplies grad_out's zero padding by the weights,
         # and the wide weight gradient the junk positions' zero gradient by pixels of x:
-        # exact only where those are finite; BLAS takes the calls where they are not
-        # (see "Special values" above).
+        # exact only where those are finite, so BLAS takes the calls where they are not
+        # (the wide weight gradient checks x itself; see "Special values" above).
         if direct_x and not fastcnn_all_finite_f32(&weight[0, 0, 0, 0], weight.size):
             direct_x = False
         w_kernel = weight_grad_kernel(&g) if want_w else WGRAD_BLAS
-        if w_kernel == WGRAD_WIDE and not fastcnn_all_finite_f32(x_ptr, x.size):
-            w_kernel = WGRAD_BLAS
         direct_w = w_kernel != WGRAD_BLAS
         if w_kernel == WGRAD_LANES:
             weight_grad_lanes(x_ptr, &grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0],
@@ -1543,8 +1552,9 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
                 input_grad_direct(&grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0], gx_ptr,
                                   n_batch, n_threads, &g)
             if direct_w:
-                weight_grad_direct(x_ptr, &grad_out[0, 0, 0, 0], &gw_view[0, 0, 0, 0],
-                                   gb_ptr, n_batch, n_threads, &g)
+                direct_w = not weight_grad_direct(x_ptr, &grad_out[0, 0, 0, 0],
+                                                  &gw_view[0, 0, 0, 0], gb_ptr, n_batch,
+                                                  n_threads, &g)
         # done; what follows computes the remaining gradients
         want_x = want_x and not direct_x
         if direct_w:

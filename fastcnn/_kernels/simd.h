@@ -28,7 +28,7 @@ static int fastcnn_simd_level(void)
 static int fastcnn_simd_level(void) { return 0; }
 #endif
 
-/* Whether n floats (doubles) are all finite: no NaN and no infinity.
+/* Whether n floats are all finite: no NaN and no infinity.
  *
  * Rule: _conv's direct kernels and wide layout multiply zero padding and junk columns
  * into sums that reach an output, which is exact only while the other factor is finite
@@ -38,46 +38,35 @@ static int fastcnn_simd_level(void) { return 0; }
  * memory speed, an O(memory) pass before O(flops) work, and no floating-point compare
  * that a fast-math build could assume away.
  */
-#define FASTCNN_ALL_FINITE_LOOP(UINT, SIGN, EXP_LSB)                                        \
+#define FASTCNN_ALL_FINITE_BODY                                                             \
     {                                                                                       \
-        /* |bits| + the exponent's lowest bit reaches the sign bit exactly when the      \
-         * exponent is all ones: three integer operations a vector, OR-ed up */           \
-        UINT acc = 0;                                                                       \
+        /* |bits| + the exponent's lowest bit reaches the sign bit exactly when the         \
+         * exponent is all ones: three integer operations a vector, OR-ed up */             \
+        uint32_t acc = 0;                                                                   \
         for (ptrdiff_t i = 0; i < n; i++) {                                                 \
-            UINT u;                                                                         \
-            memcpy(&u, (const char *)p + i * sizeof(UINT), sizeof(UINT));                    \
-            acc |= (u & ~SIGN) + EXP_LSB;                                                   \
+            uint32_t u;                                                                     \
+            memcpy(&u, p + i, sizeof u);                                                    \
+            acc |= (u & 0x7fffffffu) + 0x00800000u;                                         \
         }                                                                                   \
-        return (acc & SIGN) == 0;                                                           \
-    }
-#define FASTCNN_ALL_FINITE(NAME, T, UINT, SIGN, EXP_LSB)                                              \
-    static inline int NAME##_base(const T *p, ptrdiff_t n) FASTCNN_ALL_FINITE_LOOP(UINT, SIGN, EXP_LSB) \
-    FASTCNN_ALL_FINITE_SIMD(NAME, T, UINT, SIGN, EXP_LSB)                                             \
-    static inline int NAME(const T *p, ptrdiff_t n)                                         \
-    {                                                                                       \
-        FASTCNN_ALL_FINITE_DISPATCH(NAME)                                                   \
-        return NAME##_base(p, n);                                                           \
+        return (acc & 0x80000000u) == 0;                                                    \
     }
 #if FASTCNN_X86_SIMD
-#define FASTCNN_ALL_FINITE_SIMD(NAME, T, UINT, SIGN, EXP_LSB)                                         \
-    __attribute__((target("avx512f"))) static inline int NAME##_avx512(const T *p,          \
-        ptrdiff_t n) FASTCNN_ALL_FINITE_LOOP(UINT, SIGN, EXP_LSB)                                     \
-    __attribute__((target("avx2"))) static inline int NAME##_avx2(const T *p, ptrdiff_t n)  \
-        FASTCNN_ALL_FINITE_LOOP(UINT, SIGN, EXP_LSB)
-#define FASTCNN_ALL_FINITE_DISPATCH(NAME)                                                   \
-    int level = fastcnn_simd_level();                                                       \
-    if (level == 2) return NAME##_avx512(p, n);                                             \
-    if (level == 1) return NAME##_avx2(p, n);
-#else
-#define FASTCNN_ALL_FINITE_SIMD(NAME, T, UINT, SIGN, EXP_LSB)
-#define FASTCNN_ALL_FINITE_DISPATCH(NAME)
+__attribute__((target("avx512f"))) static inline int fastcnn_all_finite_f32_avx512(
+    const float *p, ptrdiff_t n) FASTCNN_ALL_FINITE_BODY
+__attribute__((target("avx2"))) static inline int fastcnn_all_finite_f32_avx2(
+    const float *p, ptrdiff_t n) FASTCNN_ALL_FINITE_BODY
 #endif
-FASTCNN_ALL_FINITE(fastcnn_all_finite_f32, float, uint32_t, 0x80000000u, 0x00800000u)
-FASTCNN_ALL_FINITE(fastcnn_all_finite_f64, double, uint64_t, 0x8000000000000000u,
-                   0x0010000000000000u)
-#undef FASTCNN_ALL_FINITE
-#undef FASTCNN_ALL_FINITE_SIMD
-#undef FASTCNN_ALL_FINITE_DISPATCH
-#undef FASTCNN_ALL_FINITE_LOOP
+static inline int fastcnn_all_finite_f32_base(const float *p, ptrdiff_t n)
+    FASTCNN_ALL_FINITE_BODY
+static inline int fastcnn_all_finite_f32(const float *p, ptrdiff_t n)
+{
+#if FASTCNN_X86_SIMD
+    int level = fastcnn_simd_level();
+    if (level == 2) return fastcnn_all_finite_f32_avx512(p, n);
+    if (level == 1) return fastcnn_all_finite_f32_avx2(p, n);
+#endif
+    return fastcnn_all_finite_f32_base(p, n);
+}
+#undef FASTCNN_ALL_FINITE_BODY
 
 #endif
