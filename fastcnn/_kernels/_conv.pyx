@@ -44,7 +44,7 @@ enough where the products are all that is wrong; where a kernel adds zeros times
 operand into kept sums (the wide layout's junk columns, grad_out's padding in the direct
 input gradient), that is exact only for finite operands: the BLAS wide path clears or
 skips its junk columns; conv2d_backward scans the weights before the direct input
-gradient, and the wide weight-gradient kernel each padded plane of x as it makes it
+gradient, and the wide weight-gradient kernel each sample of x as it pads it
 (fastcnn_all_finite_f32, simd.h: a pass over memory, not over the multiply-adds), and a
 call with a non-finite operand goes to BLAS. tests/test_numerics.py holds the cases, on
 every kernel the planner picks.
@@ -1185,8 +1185,8 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
     # chunk (direct_conv.h), per-thread partials summed in thread order at the end. The
     # bias gradient (when grad_bias is not NULL) is summed from the rows being gathered.
     # Returns 1, with neither gradient written, where x is not finite: the kernel's junk
-    # positions multiply pixels by a zero gradient (see "Special values"). Each padded
-    # plane is scanned as it is made, in the team and in cache.
+    # positions multiply pixels by a zero gradient (see "Special values"). Each sample's
+    # planes are scanned right after they are padded, in the team and in cache.
     cdef int level = fastcnn_direct_level()
     cdef Py_ssize_t cb = fastcnn_wgrad_co_block(level), rb = fastcnn_wgrad_tap_block(level)
     cdef Py_ssize_t tb = fastcnn_direct_t_block(level)
@@ -1236,8 +1236,9 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
                         for smp in range(m):
                             pad_plane(x + (n0 + smp) * x_stride + grp * g.cg * g.h * g.w, g,
                                       base + smp * xp_stride)
-                            if not fastcnn_all_finite_f32(base + smp * xp_stride,
-                                                          g.cg * g.hp * g.wp):
+                            if not fastcnn_all_finite_f32(
+                                    x + (n0 + smp) * x_stride + grp * g.cg * g.h * g.w,
+                                    g.cg * g.h * g.w):
                                 nonfinite[threadid()] = 1
                             gather_wide(grad_out + (n0 + smp) * out_stride + grp * g.cog * g.p,
                                         base + ns * xp_stride + smp * dy_stride, q_pad, g)
