@@ -7,6 +7,7 @@ FloatingPointError naming the epoch and the learning rate instead of returning a
 that predicts NaN.
 """
 
+import itertools
 import math
 import re
 import warnings
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
+import fastcnn
 import fastcnn.functional as F
 from fastcnn.layers import (
     AvgPool2D,
@@ -108,6 +110,174 @@ def test_conv2d_backward_nan_inf_as_in_pytorch(case, backend, dtype, rng):
     assert_same_specials(gx, tx.grad.numpy().astype(dtype), "grad_x")
     assert_same_specials(gw, tw.grad.numpy().astype(dtype), "grad_weight")
     assert_same_specials(gb, tb.grad.numpy().astype(dtype), "grad_bias")
+
+
+# Special values against the numpy backend on every kernel the compiled backend may
+# choose. The rule (fastcnn/_kernels/_conv.pyx, "Special values"): a product reaches an
+# output exactly when the numpy backend forms it. The forward pass and the weight
+# gradient multiply the zero padding of x (0 * inf is NaN there too, as in PyTorch's
+# float64 path); the input gradient sums only the (output, tap) pairs that read x; and
+# the junk columns and padded channels, taps and samples of the compiled kernels' own
+# layouts never reach an output. The paths named are those of a float32 call on an
+# AVX-512 CPU (test_functional.py checks the planner); float64 takes im2col + BLAS, in
+# the wide layout at stride 1. (shapes, kwargs, forward/weight-gradient/input-gradient path)
+SPECIAL_PATH_CASES = [
+    ((1, 8, 6, 6), (8, 8, 3, 3), {"padding": 1}, "wide/wide/wide"),
+    ((1, 16, 7, 9), (24, 16, 3, 3), {"padding": 1}, "wide/wide/wide"),
+    ((2, 8, 6, 6), (8, 8, 3, 3), {}, "wide/wide/wide"),
+    ((2, 8, 7, 7), (8, 8, 5, 5), {"padding": 2}, "wide/wide/wide"),
+    ((2, 8, 7, 7), (8, 4, 3, 3), {"padding": 1, "groups": 2}, "wide/wide/wide"),
+    ((3, 6, 9, 5), (16, 6, 3, 3), {"padding": 1}, "lanes/lanes/wide"),
+    ((2, 8, 6, 16), (16, 8, 3, 3), {"padding": 1}, "rows/lanes/rows"),
+    ((2, 6, 5, 32), (20, 3, 3, 3), {"padding": 1, "groups": 2}, "rows/wide/rows"),
+    ((2, 4, 5, 16), (12, 2, 3, 3), {"padding": 1, "groups": 2}, "rows/blas/blas"),
+    ((2, 6, 12, 12), (12, 6, 3, 3), {"padding": 1, "dilation": (2, 3)}, "wide/lanes/wide"),
+    ((3, 1, 12, 12), (4, 1, 3, 3), {"padding": 1}, "wide/blas/wide"),
+    ((17, 3, 6, 6), (6, 3, 5, 5), {"padding": 1}, "wide/wide/batch"),
+    ((2, 3, 9, 8), (4, 3, 3, 3), {"stride": 2, "padding": 1}, "blas/blas/blas"),
+    ((2, 3, 6, 6), (4, 3, 1, 1), {}, "blas/blas/blas"),
+]
+SPECIAL_VALUES = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf, "denormal": "denormal"}
+
+
+def _special_spots(shape):
+    """Where a special value goes in an (N, C, H, W) operand: a corner, the middle of
+    the right edge (the column a wide row wraps into) and the interior."""
+    n, c, h, w = shape
+    return {
+        "corner": (n - 1, 0, 0, 0),
+        "edge": (n - 1, c - 1, h // 2, w - 1),
+        "interior": (0, c // 2, h // 2, w // 2),
+    }
+
+
+def _conv_outputs(x, w, b, grad, kwargs):
+    """conv2d and all three gradients on the active backend."""
+    return (F.conv2d(x, w, b, **kwargs), *F.conv2d_backward(grad, x, w, **kwargs))
+
+
+def _special_mismatches(case, operand, dtype, rng):
+    """(value, spot, output) triples where the compiled backend's specials or finite
+    values differ from the numpy backend's, one special value at a time."""
+    x_shape, w_shape, kwargs, _ = SPECIAL_PATH_CASES[case]
+    x = rng.uniform(0.5, 1.5, x_shape).astype(dtype)
+    w = rng.uniform(0.5, 1.5, w_shape).astype(dtype)
+    b = rng.uniform(0.5, 1.5, w_shape[0]).astype(dtype)
+    grad = rng.uniform(0.5, 1.5, F.conv2d(x, w, **kwargs).shape).astype(dtype)
+    arrays = {"x": x, "weight": w, "grad_out": grad}
+    target = arrays[operand]
+    bad = []
+    for (vname, value), (spot, idx) in itertools.product(
+        SPECIAL_VALUES.items(), _special_spots(target.shape).items()
+    ):
+        saved = target[idx]
+        target[idx] = np.finfo(dtype).smallest_normal / 8 if value == "denormal" else value
+        with fastcnn.use_backend("numpy"):
+            want = _conv_outputs(x, w, b, grad, kwargs)
+        with fastcnn.use_backend("cython"):
+            got = _conv_outputs(x, w, b, grad, kwargs)
+        target[idx] = saved
+        for name, g, e in zip(("y", "grad_x", "grad_weight", "grad_bias"), got, want, strict=True):
+            try:
+                assert_same_specials(g, e)
+            except AssertionError:
+                bad.append((vname, spot, name))
+    return bad
+
+
+@pytest.mark.skipif(
+    "cython" not in fastcnn.available_backends(), reason="compiled backend not built"
+)
+@pytest.mark.parametrize("operand", ["x", "weight", "grad_out"])
+@pytest.mark.parametrize(
+    "case", range(len(SPECIAL_PATH_CASES)), ids=lambda i: SPECIAL_PATH_CASES[i][3]
+)
+def test_conv2d_special_values_match_the_numpy_backend_on_every_path(case, operand, dtype, rng):
+    """NaN, +-inf and a denormal at a corner, an edge and the interior of each operand:
+    every output of the compiled backend has the numpy backend's NaN and infinities,
+    and finite values within tolerance."""
+    assert _special_mismatches(case, operand, dtype, rng) == []
+
+
+def test_special_path_cases_cover_every_float32_kernel():
+    """The cases above reach each kernel the planner can choose on this CPU."""
+    _conv = pytest.importorskip("fastcnn._kernels._conv", reason="compiled backend not built")
+    if _conv.direct_simd() != "avx512":
+        pytest.skip("the paths are listed for AVX-512; elsewhere some are not taken")
+    seen = set()
+    for x_shape, w_shape, kwargs, expected in SPECIAL_PATH_CASES:
+        if kwargs.get("stride", 1) != 1:
+            assert expected == "blas/blas/blas"
+            continue
+        pad = kwargs.get("padding", 0)
+        dil = kwargs.get("dilation", 1)
+        args = (*x_shape[1:], w_shape[0], *w_shape[2:], *np.broadcast_to(pad, 2),
+                *np.broadcast_to(dil, 2), kwargs.get("groups", 1))  # fmt: skip
+        args = tuple(int(a) for a in args)
+        paths = (
+            _conv._forward_path(*args),
+            _conv._weight_grad_path(*args),
+            _conv._input_grad_path(x_shape[0], *args),
+        )
+        assert "/".join(paths) == expected, (x_shape, w_shape, kwargs)
+        seen.update(
+            f"{kind}:{p}" for kind, p in zip(("fwd", "wgrad", "igrad"), paths, strict=True)
+        )
+    assert seen >= {
+        "fwd:lanes", "fwd:rows", "fwd:wide", "fwd:blas", "wgrad:lanes", "wgrad:wide",
+        "wgrad:blas", "igrad:batch", "igrad:rows", "igrad:wide", "igrad:blas",
+    }  # fmt: skip
+
+
+@pytest.mark.skipif(
+    "cython" not in fastcnn.available_backends(), reason="compiled backend not built"
+)
+@pytest.mark.parametrize("operand", ["x", "weight", "grad_out"])
+@pytest.mark.parametrize(
+    "case", range(len(SPECIAL_PATH_CASES)), ids=lambda i: SPECIAL_PATH_CASES[i][3]
+)
+def test_conv2d_denormals_are_not_flushed(case, operand, dtype):
+    """One denormal in an operand of zeros, the others ones: every sum is exact, so
+    both backends give the same bits, and the denormal survives the products (no
+    flush-to-zero or denormals-are-zero mode in the compiled kernels)."""
+    x_shape, w_shape, kwargs, _ = SPECIAL_PATH_CASES[case]
+    tiny = np.finfo(dtype).smallest_normal / 8
+    x, w = np.ones(x_shape, dtype), np.ones(w_shape, dtype)
+    grad = np.ones(F.conv2d(x, w, **kwargs).shape, dtype)
+    target = {"x": x, "weight": w, "grad_out": grad}[operand]
+    target[...] = 0
+    target[_special_spots(target.shape)["interior"]] = tiny
+    with fastcnn.use_backend("numpy"):
+        want = _conv_outputs(x, w, None, grad, kwargs)
+    with fastcnn.use_backend("cython"):
+        got = _conv_outputs(x, w, None, grad, kwargs)
+    for g, e in zip(got, want, strict=True):
+        assert_array_equal(g, e)
+    assert any(np.any((g != 0) & (np.abs(g) < 2 * tiny)) for g in got)
+
+
+def test_conv2d_backward_input_grad_ignores_padding_times_infinite_weight(backend, dtype):
+    """Issue 20, defect 9: grad_x[0, 0, 5, 0] sums the taps (1..2, 0..1) of 8 output
+    channels, 32 ones; the infinite tap (0, 0) only reaches it from an output row past
+    the last, which does not exist (PyTorch: 32.0)."""
+    x = np.ones((1, 8, 6, 6), dtype)
+    w = np.ones((8, 8, 3, 3), dtype)
+    w[0, 0, 0, 0] = np.inf
+    gx, _, _ = F.conv2d_backward(np.ones((1, 8, 6, 6), dtype), x, w, padding=1)
+    assert gx[0, 0, 5, 0] == 32.0
+    assert np.isinf(gx[0, 0, 0, 0]) and gx[0, 0, 0, 0] > 0
+
+
+def test_conv2d_backward_weight_grad_ignores_junk_times_nan_input(backend, dtype):
+    """Issue 20, defect 9: grad_weight[0, 0, 0, 2] pairs output (oh, ow) with input
+    (oh - 1, ow + 1): 6 rows x 8 columns of ones, 48; the NaN at column 0 is never read
+    by that tap (PyTorch: 48.0)."""
+    x = np.ones((1, 16, 7, 9), dtype)
+    x[0, 0, 3, 0] = np.nan
+    grad = np.ones((1, 24, 7, 9), dtype)
+    _, gw, _ = F.conv2d_backward(grad, x, np.ones((24, 16, 3, 3), dtype), padding=1)
+    assert gw[0, 0, 0, 2] == 48.0
+    assert np.isnan(gw[0, 0, 1, 1])
 
 
 POOL_CASES = [

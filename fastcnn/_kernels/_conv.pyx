@@ -32,6 +32,23 @@ gradients), allocated once per call, so scratch grows with the thread count and 
 chunk size, never with the batch. The partial gradients are summed after the parallel
 loop in a fixed order, so results do not depend on scheduling.
 
+Special values
+--------------
+A product reaches an output exactly when the numpy backend (fastcnn/_reference.py) forms
+it, so NaN and infinities land where they land there and in PyTorch: the forward pass and
+the weight gradient multiply the zero padding of x like any pixel (0 * inf is NaN there
+too), the input gradient sums only the (output, tap) pairs that read a pixel of x, and
+the spare parts of the kernels' own layouts (junk columns, channels, taps, positions and
+samples padded to a block) never reach an output. Dropping a padded block's results is
+enough where the products are all that is wrong; where a kernel adds zeros times an
+operand into kept sums (the wide layout's junk columns, grad_out's padding in the direct
+input gradient), that is exact only for finite operands: the BLAS wide path clears or
+skips its junk columns; conv2d_backward scans the weights before the direct input
+gradient, and the wide weight-gradient kernel each sample of x as it pads it
+(fastcnn_all_finite_f32, simd.h: a pass over memory, not over the multiply-adds), and a
+call with a non-finite operand goes to BLAS. tests/test_numerics.py holds the cases, on
+every kernel the planner picks.
+
 All parallelism comes from OpenMP: BLAS is pinned to one thread while a kernel runs
 (``fastcnn._threads.blas_threads``). The products here are small or skinny, and letting
 a threaded BLAS split them (alone, or inside OpenMP threads) was measured to be several
@@ -91,6 +108,9 @@ cdef extern from "direct_conv.h":
                        Py_ssize_t k_pad, const float* dy, Py_ssize_t dy_stride,
                        Py_ssize_t cog_pad, Py_ssize_t q_pad, Py_ssize_t ns,
                        float* dw) noexcept nogil
+
+cdef extern from "simd.h":
+    bint fastcnn_all_finite_f32(const float* p, Py_ssize_t n) noexcept nogil
 
 cdef extern from "scratch.h":
     void* fastcnn_scratch_take(size_t n) noexcept nogil
@@ -247,17 +267,38 @@ cdef void im2col_wide(const floating* xp, const Geometry* g, floating* col,
 
 cdef void col2im_wide_add(const floating* dcol, Py_ssize_t ld, const Geometry* g,
                           floating* dxp) noexcept nogil:
-    # Adjoint of im2col_wide. Junk columns carry zero gradient, so adding them is harmless.
-    cdef Py_ssize_t c, i, j, t
+    # Adjoint of im2col_wide, over the real columns only: a junk column of dcol is the
+    # weights times a zero gradient, NaN where a weight is infinite, and it would land
+    # on a real pixel of the next row (see "Special values" above).
+    cdef Py_ssize_t c, i, j, oh, ow
     cdef floating* dst
-    cdef const floating* src = dcol
+    cdef const floating* src
     for c in range(g.cg):
         for i in range(g.kh):
             for j in range(g.kw):
                 dst = dxp + (c * g.hp + i * g.dh) * g.wp + j * g.dw
-                for t in range(g.q):
-                    dst[t] += src[t]
-                src += ld
+                src = dcol + ((c * g.kh + i) * g.kw + j) * ld
+                for oh in range(g.h_out):
+                    for ow in range(g.w_out):
+                        dst[ow] += src[ow]
+                    dst += g.wp
+                    src += g.wp
+
+
+cdef void zero_junk_columns(floating* col, Py_ssize_t ld, const Geometry* g) noexcept nogil:
+    # Clear the junk columns of one sample's im2col_wide block (k rows, ld apart). They
+    # hold real pixels of the next row, which the weight gradient would multiply by the
+    # junk columns' zero output gradient: NaN where such a pixel is not finite.
+    cdef Py_ssize_t r, oh, ow
+    cdef floating* row
+    if g.wp == g.w_out:
+        return
+    for r in range(g.k):
+        row = col + r * ld
+        for oh in range(g.h_out):
+            for ow in range(g.w_out, g.wp):
+                row[ow] = 0
+            row += g.wp
 
 
 cdef void forward_chunk_wide(const floating* x, const floating* weight,
@@ -290,7 +331,9 @@ cdef void forward_chunk_wide(const floating* x, const floating* weight,
 cdef void gather_wide(const floating* grad_out, floating* dy, Py_ssize_t ld,
                       const Geometry* g) noexcept nogil:
     # One sample's output gradient (cog rows of one group) into the wide layout, zero in
-    # the junk columns so they contribute nothing.
+    # the junk columns. Zero times a pixel is not nothing when the pixel is infinite or
+    # NaN: the BLAS path clears the junk columns of x too (zero_junk_columns), the
+    # direct kernel runs only on finite x (see "Special values" above).
     cdef Py_ssize_t co, oh, ow
     cdef const floating* src
     cdef floating* dst
@@ -321,6 +364,7 @@ cdef void backward_chunk_wide(const floating* grad_out, const floating* x,
             for s in range(ns):
                 pad_plane(x + s * x_stride + grp * g.cg * g.h * g.w, g, xp)
                 im2col_wide(xp, g, col + s * g.q, ld)
+                zero_junk_columns(col + s * g.q, ld, g)
             gemm(&BLAS, False, True, <int> g.cog, <int> g.k, <int> ld,
                  1, dy, <int> ld, col, <int> ld,
                  1, grad_weight + grp * g.cog * g.k, <int> g.k)
@@ -459,10 +503,11 @@ cdef int plan_direct(DirectPlan* plan, const float* weight, const Geometry* g,
                      bint skip_padding_rows) except -1:
     # Fills plan; on success the caller releases it with free_plan. skip_padding_rows:
     # leave out, per block of positions, the kernel rows that read only padding rows.
-    # That skips products with zero, which changes nothing unless a weight is infinite
-    # (0 * inf is NaN): so it is only asked for where PyTorch skips them too, and it
-    # keeps the wide or the row-vector kernel (rows_pay decides). Otherwise the lanes
-    # kernel is used where it pays.
+    # That skips products with zero, which changes nothing for finite weights: it is
+    # asked for by the input gradient only, whose padding the numpy backend never
+    # multiplies and which runs here only with finite weights (see "Special values"),
+    # and it keeps the wide or the row-vector kernel (rows_pay decides). Otherwise the
+    # lanes kernel is used where it pays.
     cdef Py_ssize_t tb, grp, co, r, b, v, n_blocks, i_lo, i_hi, lanes, nv, oh0, oh1
     plan.level = fastcnn_direct_level()
     plan.lanes = not skip_padding_rows and lanes_forward_pays(g)
@@ -1139,6 +1184,9 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
     # gathered into the wide layout, dot products accumulated in registers across the
     # chunk (direct_conv.h), per-thread partials summed in thread order at the end. The
     # bias gradient (when grad_bias is not NULL) is summed from the rows being gathered.
+    # Returns 1, with neither gradient written, where x is not finite: the kernel's junk
+    # positions multiply pixels by a zero gradient (see "Special values"). Each sample's
+    # planes are scanned right after they are padded, in the team and in cache.
     cdef int level = fastcnn_direct_level()
     cdef Py_ssize_t cb = fastcnn_wgrad_co_block(level), rb = fastcnn_wgrad_tap_block(level)
     cdef Py_ssize_t tb = fastcnn_direct_t_block(level)
@@ -1165,10 +1213,11 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
     cdef Py_ssize_t b, c, n0, m, grp, smp, co, r, t
     cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
     cdef Py_ssize_t* off = <Py_ssize_t*> malloc(k_pad * sizeof(Py_ssize_t))
+    cdef int* nonfinite = <int*> calloc(threads, sizeof(int))  # per thread: x not finite
     cdef float* scratch = NULL
     cdef float* base
     try:
-        if off == NULL:
+        if off == NULL or nonfinite == NULL:
             raise MemoryError("conv2d_backward: cannot allocate the tap offsets")
         scratch = <float*> take_scratch(threads, per_thread, sizeof(float), "conv2d_backward")
         tap_offsets(g, off, k_pad)
@@ -1187,6 +1236,10 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
                         for smp in range(m):
                             pad_plane(x + (n0 + smp) * x_stride + grp * g.cg * g.h * g.w, g,
                                       base + smp * xp_stride)
+                            if not fastcnn_all_finite_f32(
+                                    x + (n0 + smp) * x_stride + grp * g.cg * g.h * g.w,
+                                    g.cg * g.h * g.w):
+                                nonfinite[threadid()] = 1
                             gather_wide(grad_out + (n0 + smp) * out_stride + grp * g.cog * g.p,
                                         base + ns * xp_stride + smp * dy_stride, q_pad, g)
                         fastcnn_wgrad(level, base, xp_stride, off, k_pad,
@@ -1195,12 +1248,16 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
                     if grad_bias != NULL:
                         add_bias_grad(grad_out + n0 * out_stride, base + off_gb, m, g)
             team_released(threads)
+            for t in range(threads):
+                if nonfinite[t]:
+                    return 1
             sum_weight_partials(scratch + ns * (xp_stride + dy_stride), k_pad, 1,
                                 cog_pad * k_pad, per_thread, threads, grad_weight, g)
             if grad_bias != NULL:
                 sum_partials(scratch + off_gb, per_thread, threads, grad_bias, g.c_out)
     finally:
         free(off)
+        free(nonfinite)
         fastcnn_scratch_give_back(scratch)
     return 0
 
@@ -1479,6 +1536,12 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
                            &gw_view[0, 0, 0, 0] if want_w else NULL, gb_ptr, n_batch,
                            n_threads, &g)
             return
+        # The direct input gradient multiplies grad_out's zero padding by the weights,
+        # and the wide weight gradient the junk positions' zero gradient by pixels of x:
+        # exact only where those are finite, so BLAS takes the calls where they are not
+        # (the wide weight gradient checks x itself; see "Special values" above).
+        if direct_x and not fastcnn_all_finite_f32(&weight[0, 0, 0, 0], weight.size):
+            direct_x = False
         w_kernel = weight_grad_kernel(&g) if want_w else WGRAD_BLAS
         direct_w = w_kernel != WGRAD_BLAS
         if w_kernel == WGRAD_LANES:
@@ -1490,8 +1553,9 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
                 input_grad_direct(&grad_out[0, 0, 0, 0], &weight[0, 0, 0, 0], gx_ptr,
                                   n_batch, n_threads, &g)
             if direct_w:
-                weight_grad_direct(x_ptr, &grad_out[0, 0, 0, 0], &gw_view[0, 0, 0, 0],
-                                   gb_ptr, n_batch, n_threads, &g)
+                direct_w = not weight_grad_direct(x_ptr, &grad_out[0, 0, 0, 0],
+                                                  &gw_view[0, 0, 0, 0], gb_ptr, n_batch,
+                                                  n_threads, &g)
         # done; what follows computes the remaining gradients
         want_x = want_x and not direct_x
         if direct_w:

@@ -19,6 +19,13 @@
  * all taps. Weights come packed as wpk[co_block][r][CB] (zero rows pad cog to cog_pad);
  * q_pad is a multiple of TB and the caller provides readable slack past each row.
  *
+ * The zero padding, the junk columns of the wide layout (t % wp >= w_out) and the
+ * positions past q take part in the products like data. Their sums are dropped, except
+ * where they meet a zero: padding in the forward pass (as in the numpy backend), the
+ * input gradient's padded output gradient and the weight gradient's zero output
+ * gradient at junk positions. 0 * inf is NaN, so _conv runs these two only on finite
+ * weights and x ("Special values" in _conv.pyx).
+ *
  * Code is generated for AVX-512 and AVX2+FMA with GCC/Clang vector extensions and
  * chosen at run time; elsewhere fastcnn_direct_level() is 0 and _conv uses im2col + BLAS.
  */
@@ -216,8 +223,9 @@ FASTCNN_DIRECT_KERNEL_1(fastcnn_direct_avx2_cb1, "avx2,fma", fastcnn_v8, 8, 2)
 /* Weight gradient in the same layout, summed over ns samples:
  *   dw[co * k_pad + r] += sum_s sum_t dy[s * dy_stride + co * q_pad + t] * xp[s * xp_stride + off[r] + t]
  * for co < cog_pad (a multiple of CB) and r < k_pad (a multiple of RB; padded taps repeat a
- * valid offset and are discarded by the caller). dy is zero in the junk columns, so they
- * add nothing. A CB x RB block of dot products stays in registers across all samples.
+ * valid offset and are discarded by the caller). dy is zero in the junk columns and past
+ * q, so they add nothing while x is finite (_conv scans it first: 0 * inf is NaN). A
+ * CB x RB block of dot products stays in registers across all samples.
  */
 #define FASTCNN_DIRECT_WGRAD_KERNEL(NAME, TARGET, VEC, LANES, CB, RB)                       \
     __attribute__((target(TARGET))) static void NAME(                                      \

@@ -7,6 +7,10 @@
 #ifndef FASTCNN_SIMD_H
 #define FASTCNN_SIMD_H
 
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(FASTCNN_NO_SIMD)
 #define FASTCNN_X86_SIMD 1
 static int fastcnn_simd_level(void)
@@ -23,5 +27,46 @@ static int fastcnn_simd_level(void)
 #define FASTCNN_X86_SIMD 0
 static int fastcnn_simd_level(void) { return 0; }
 #endif
+
+/* Whether n floats are all finite: no NaN and no infinity.
+ *
+ * Rule: _conv's direct kernels and wide layout multiply zero padding and junk columns
+ * into sums that reach an output, which is exact only while the other factor is finite
+ * (0 * inf is NaN); _conv scans the operands that would meet them and sends a call
+ * with a non-finite one to a kernel that forms only the numpy backend's products (see
+ * "Special values" in _conv.pyx). The scan reads the bits (an exponent of all ones):
+ * memory speed, an O(memory) pass before O(flops) work, and no floating-point compare
+ * that a fast-math build could assume away.
+ */
+#define FASTCNN_ALL_FINITE_BODY                                                             \
+    {                                                                                       \
+        /* |bits| + the exponent's lowest bit reaches the sign bit exactly when the         \
+         * exponent is all ones: three integer operations a vector, OR-ed up */             \
+        uint32_t acc = 0;                                                                   \
+        for (ptrdiff_t i = 0; i < n; i++) {                                                 \
+            uint32_t u;                                                                     \
+            memcpy(&u, p + i, sizeof u);                                                    \
+            acc |= (u & 0x7fffffffu) + 0x00800000u;                                         \
+        }                                                                                   \
+        return (acc & 0x80000000u) == 0;                                                    \
+    }
+#if FASTCNN_X86_SIMD
+__attribute__((target("avx512f"))) static inline int fastcnn_all_finite_f32_avx512(
+    const float *p, ptrdiff_t n) FASTCNN_ALL_FINITE_BODY
+__attribute__((target("avx2"))) static inline int fastcnn_all_finite_f32_avx2(
+    const float *p, ptrdiff_t n) FASTCNN_ALL_FINITE_BODY
+#endif
+static inline int fastcnn_all_finite_f32_base(const float *p, ptrdiff_t n)
+    FASTCNN_ALL_FINITE_BODY
+static inline int fastcnn_all_finite_f32(const float *p, ptrdiff_t n)
+{
+#if FASTCNN_X86_SIMD
+    int level = fastcnn_simd_level();
+    if (level == 2) return fastcnn_all_finite_f32_avx512(p, n);
+    if (level == 1) return fastcnn_all_finite_f32_avx2(p, n);
+#endif
+    return fastcnn_all_finite_f32_base(p, n);
+}
+#undef FASTCNN_ALL_FINITE_BODY
 
 #endif
