@@ -294,8 +294,7 @@ def test_max_pool2d_nan_inf_as_in_pytorch(case, backend, dtype, rng):
     y, idx = F.max_pool2d(x, **kwargs)
     ty, tidx = TF.max_pool2d(t(x), **kwargs, return_indices=True)
     assert_same_specials(y, ty, "max_pool2d")
-    # Indices agree except where PyTorch picks another of several NaNs: with one NaN
-    # per window (here) they agree everywhere.
+    # Indices agree everywhere, NaN included: the last NaN of a window, PyTorch's rule.
     assert_array_equal(idx, tidx.numpy())
     grad = _special(y.shape, dtype, rng, n=(1, 1, 1))
     tx = t(x, True)
