@@ -150,8 +150,8 @@ def _remedy() -> str:
 
 # The selection has two levels. ``_default`` is the process's (FASTCNN_BACKEND, then
 # set_backend). ``_scoped`` is a context variable that use_backend sets: every thread, and
-# every asyncio task, has its own value, so a block changes only its own thread or task
-# (issue 20, defect 5). Unset (None) means the process default.
+# every asyncio task, has its own value, so a block changes only its own thread or task.
+# Unset (None) means the process default.
 _default = _initial_backend()
 _scoped: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "fastcnn_backend", default=None

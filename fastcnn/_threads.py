@@ -22,7 +22,7 @@ _forked_after_team = False  # in a child forked after a team ran: see _after_for
 
 # The most threads fastcnn runs. Any count is accepted by OpenMP, but libgomp keeps one
 # record per new thread on the calling thread's stack and then starts every thread:
-# 10**6 overflowed the stack and crashed the first kernel (issue 20, defect 4), and long
+# 10**6 overflowed the stack and crashed the first kernel, and long
 # before that a count exhausts the process or memory limits. No real use runs more than
 # a few threads per core (more only slow the kernels down), so the limit, 8 per logical
 # CPU and at least 256, is never hit on purpose yet small enough to start: 256 threads
@@ -315,7 +315,7 @@ class blas_threads:
 # Fork. libgomp keeps, per thread that started a team, a pool of worker threads that it
 # reuses for the next team; a forked child inherits the forking thread's pool but none of
 # its threads, and its first team of 2+ threads waits for them forever (libgomp does not
-# support fork; issue 20, defect 3). A team of one thread never touches the pool, so a
+# support fork). A team of one thread never touches the pool, so a
 # child of a process that ran a team runs every kernel on one thread (each passes
 # get_num_threads() to its parallel regions) and refuses more (set_num_threads). A child
 # of a process that never ran a team has no pool to inherit and is left alone.

@@ -224,7 +224,7 @@ class _LayerIndex(dict):
 
     Kept up to date by ``add``, so adding a layer costs O(1) and building a model of n
     layers O(n); a scan of every layer per ``add`` made loading a file of 100,000 layers
-    take minutes (issue 20). It describes the list it was built for while that list has
+    take minutes. It describes the list it was built for while that list has
     the length and last layer it last saw; after other edits of ``model.layers`` it is
     rebuilt. The values keep the layers alive, so an id in it is never reused.
     """
@@ -1199,7 +1199,7 @@ def _atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
 # Reading model files
 #
 # A file is read in an order that lets nothing in it cost more than the architecture it
-# declares needs (issue 20):
+# declares needs:
 #   1. the zip directory: every name once (no "k" beside "k.npy"), and the sizes it
 #      declares against the size of the file itself;
 #   2. the small metadata entries (format version, architecture, a checkpoint's training

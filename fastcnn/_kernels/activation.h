@@ -18,7 +18,7 @@
  *   sigmoid(x) = e / (1 + e) for x < 0, 1 / (1 + e) for x >= 0,  e = exp(-|x|) in (0, 1]
  *
  * Nothing overflows and a small output (x < 0) keeps its relative precision, which
- * 0.5 * tanh(x / 2) + 0.5 loses (issue 20, defect 12). -|x| is clamped at -104, where
+ * 0.5 * tanh(x / 2) + 0.5 loses. -|x| is clamped at -104, where
  * e rounds to 0; 2^k, down to 2^-150 there, is applied as two normal factors so the
  * subnormal outputs round once.
  *
