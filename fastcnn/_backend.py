@@ -13,8 +13,86 @@ import os
 import types
 import warnings
 from collections.abc import Iterator
+from typing import Protocol, cast
+
+import numpy as np
 
 BACKENDS = ("cython", "numpy")
+
+
+class Backend(Protocol):
+    """The kernels a backend provides (``_kernels/BACKEND_API.md`` gives the contract).
+
+    ``fastcnn._reference`` (a module) and the compiled kernels' namespace both satisfy it.
+    Parameters are positional-only: callers pass them in order, and the two backends may
+    name them differently.
+    """
+
+    # fmt: off
+    def conv2d_forward(
+        self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, out: np.ndarray,
+        stride_h: int, stride_w: int, pad_h: int, pad_w: int, dil_h: int, dil_w: int,
+        groups: int, n_threads: int, /,
+    ) -> None: ...
+    def conv2d_backward(
+        self, grad_out: np.ndarray, x: np.ndarray, weight: np.ndarray,
+        grad_x: np.ndarray | None, grad_weight: np.ndarray | None, grad_bias: np.ndarray | None,
+        stride_h: int, stride_w: int, pad_h: int, pad_w: int, dil_h: int, dil_w: int,
+        groups: int, n_threads: int, /,
+    ) -> None: ...
+    def max_pool2d_forward(
+        self, x: np.ndarray, out: np.ndarray, indices: np.ndarray, kernel_h: int, kernel_w: int,
+        stride_h: int, stride_w: int, pad_h: int, pad_w: int, dil_h: int, dil_w: int,
+        n_threads: int, /,
+    ) -> None: ...
+    def max_pool2d_backward(
+        self, grad_out: np.ndarray, indices: np.ndarray, grad_x: np.ndarray, n_threads: int, /
+    ) -> int: ...
+    def avg_pool2d_forward(
+        self, x: np.ndarray, out: np.ndarray, kernel_h: int, kernel_w: int, stride_h: int,
+        stride_w: int, pad_h: int, pad_w: int, count_include_pad: bool, divisor_override: int,
+        n_threads: int, /,
+    ) -> None: ...
+    def avg_pool2d_backward(
+        self, grad_out: np.ndarray, grad_x: np.ndarray, kernel_h: int, kernel_w: int,
+        stride_h: int, stride_w: int, pad_h: int, pad_w: int, count_include_pad: bool,
+        divisor_override: int, n_threads: int, /,
+    ) -> None: ...
+    def linear_forward(
+        self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, out: np.ndarray,
+        n_threads: int, /,
+    ) -> None: ...
+    def linear_backward(
+        self, grad_out: np.ndarray, x: np.ndarray, weight: np.ndarray,
+        grad_x: np.ndarray | None, grad_weight: np.ndarray | None, grad_bias: np.ndarray | None,
+        n_threads: int, /,
+    ) -> None: ...
+    def relu_forward(self, x: np.ndarray, out: np.ndarray, n_threads: int, /) -> None: ...
+    def relu_backward(
+        self, grad_out: np.ndarray, y: np.ndarray, grad_x: np.ndarray, n_threads: int, /
+    ) -> None: ...
+    def tanh_forward(self, x: np.ndarray, out: np.ndarray, n_threads: int, /) -> None: ...
+    def tanh_backward(
+        self, grad_out: np.ndarray, y: np.ndarray, grad_x: np.ndarray, n_threads: int, /
+    ) -> None: ...
+    def sigmoid_forward(self, x: np.ndarray, out: np.ndarray, n_threads: int, /) -> None: ...
+    def sigmoid_backward(
+        self, grad_out: np.ndarray, y: np.ndarray, grad_x: np.ndarray, n_threads: int, /
+    ) -> None: ...
+    def sgd_update(
+        self, params: list[np.ndarray], grads: list[np.ndarray],
+        momentum_buffers: list[np.ndarray] | None, lr: float, momentum: float,
+        weight_decay: float, nesterov: bool, first: bool, n_threads: int, /,
+    ) -> None: ...
+    def adam_update(
+        self, params: list[np.ndarray], grads: list[np.ndarray], exp_avgs: list[np.ndarray],
+        exp_avg_sqs: list[np.ndarray], beta1: float, beta2: float, eps: float,
+        weight_decay: float, step_size: float, denom_scale: float, n_threads: int, /,
+    ) -> None: ...
+    def softmax_cross_entropy(
+        self, logits: np.ndarray, y: np.ndarray, grad: np.ndarray, n_threads: int, /
+    ) -> float: ...
+    # fmt: on
 
 
 class FastCNNWarning(UserWarning):
@@ -53,7 +131,7 @@ def _short_openmp_spin() -> Iterator[bool]:
         del os.environ["GOMP_SPINCOUNT"]
 
 
-def _import_compiled() -> tuple[types.SimpleNamespace | None, str | None]:
+def _import_compiled() -> tuple[Backend | None, str | None]:
     try:
         with _short_openmp_spin() as spin_known:
             from fastcnn._kernels import _activation, _conv, _linear, _loss, _openmp, _optim, _pool
@@ -84,14 +162,16 @@ def _import_compiled() -> tuple[types.SimpleNamespace | None, str | None]:
         softmax_cross_entropy=_loss.softmax_cross_entropy,
         openmp=_openmp,
     )
-    return namespace, None
+    # A SimpleNamespace's attributes are not known statically: the stubs of the modules
+    # it is built from are (each of those functions matches its Backend method).
+    return cast(Backend, namespace), None
 
 
 _compiled, _compiled_error = _import_compiled()
-_reference = None  # imported on first use: keeps `import fastcnn` light
+_reference: Backend | None = None  # imported on first use: keeps `import fastcnn` light
 
 
-def _reference_module():
+def _reference_module() -> Backend:
     global _reference
     if _reference is None:
         from fastcnn import _reference as ref
@@ -247,9 +327,10 @@ def use_backend(name: str) -> Iterator[str]:
             _scoped.set(None if token.old_value is token.MISSING else token.old_value)
 
 
-def current():
+def current() -> Backend:
     """The module-like object implementing the calling thread's backend's kernels."""
     # On every op's path: one ContextVar.get (~30 ns), no lock.
     if (_scoped.get() or _default) == "cython":
+        assert _compiled is not None  # _checked and _initial_backend allow "cython" only then
         return _compiled
     return _reference_module()

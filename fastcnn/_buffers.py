@@ -20,17 +20,19 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 try:
     from fastcnn._kernels import _memory
 except ImportError:  # no compiled extension: plain numpy arrays
-    _memory = None
+    # mypy types the name by the import (a module); without the extension it is None.
+    _memory = None  # type: ignore[assignment]
 
 # Total bytes of free blocks the allocator keeps (output_pool.h's default).
 MAX_TOTAL_BYTES = 64 << 20
 
 
-def empty(shape: int | tuple[int, ...], dtype) -> np.ndarray:
+def empty(shape: int | tuple[int, ...], dtype: DTypeLike) -> np.ndarray:
     """A new C-contiguous array like ``np.empty(shape, dtype)``; contents are undefined."""
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     if _memory is None:

@@ -6,15 +6,16 @@ import argparse
 import platform
 import sys
 import time
+from typing import Any
 
 from fastcnn import _backend, _threads
 
 
-def config() -> dict:
+def config() -> dict[str, Any]:
     """Version, backend, threads, OpenMP, BLAS and build flags, as a dict."""
     import fastcnn
 
-    info: dict = {
+    info: dict[str, Any] = {
         "fastcnn": fastcnn.__version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -27,9 +28,10 @@ def config() -> dict:
         info["compiled_extension"] = f"not available ({_backend.backend_import_error()})"
     else:
         info["compiled_extension"] = "available"
-        info["openmp"] = bool(compiled.openmp.openmp_enabled())
-        info["build"] = compiled.openmp.build_info()
-        from fastcnn._kernels import _conv
+        from fastcnn._kernels import _conv, _openmp
+
+        info["openmp"] = bool(_openmp.openmp_enabled())
+        info["build"] = _openmp.build_info()
 
         info["direct_conv_simd"] = _conv.direct_simd()
     try:

@@ -168,7 +168,7 @@ def _im2col(
     win = _windows(xp, out_h, out_w, kH, kW, stride_h, stride_w, dil_h, dil_w)
     win = win.reshape(N, groups, c_group, out_h, out_w, kH, kW)
     # Rows are output pixels, columns are (channel, ki, kj) in the weight's own order.
-    cols = win.transpose(1, 0, 3, 4, 2, 5, 6)
+    cols: FloatArray = win.transpose(1, 0, 3, 4, 2, 5, 6)
     return cols.reshape(groups, N * out_h * out_w, c_group * kH * kW)
 
 
@@ -415,7 +415,7 @@ def max_pool2d_backward(
     plane = np.arange(N * C, dtype=np.int64).reshape(N, C, 1, 1) * (H * W)
     target = (plane + indices).reshape(-1)
     values = grad_out.reshape(-1)
-    bad = keep.size - int(np.count_nonzero(keep))
+    bad: int = keep.size - int(np.count_nonzero(keep))
     if bad:
         target = target[keep]
         values = values[keep]

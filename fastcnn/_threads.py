@@ -13,9 +13,11 @@ import numbers
 import os
 import sys
 import threading
+import types
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
+from typing import Any
 
 _num_threads: int | None = None
 _forked_after_team = False  # in a child forked after a team ran: see _after_fork_in_child
@@ -32,7 +34,7 @@ MAX_THREADS = max(256, 8 * (os.cpu_count() or 1))
 
 
 @cache
-def _openmp():
+def _openmp() -> types.ModuleType | None:
     """The compiled OpenMP helpers, or None without the extension."""
     try:
         from fastcnn._kernels import _openmp as module
@@ -51,7 +53,9 @@ _default_cap: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 @cache  # the OpenMP runtime reads OMP_NUM_THREADS once, at start-up, and so do we
 def _initial_max_threads() -> int:
     # omp_get_max_threads honours OMP_NUM_THREADS (and is 1 without OpenMP).
-    return int(_openmp().max_threads())
+    module = _openmp()
+    assert module is not None, "called only where the extension imported"
+    return int(module.max_threads())
 
 
 @cache
@@ -163,9 +167,10 @@ def set_num_threads(n: int | None) -> None:
     _num_threads = n
 
 
-def _checked_count(n) -> int:
+def _checked_count(n: object) -> int:
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise TypeError(f"n must be a positive int or None, got {type(n).__name__}")
+    n = int(n)  # the same value: numbers.Integral declares no comparisons with int
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if n > MAX_THREADS:
@@ -183,11 +188,12 @@ def _checked_count(n) -> int:
 _blas_lock = threading.Lock()
 _blas_depth = 0
 _blas_saved: list[int] = []
-_blas_controllers: list | None = None
-_blas_knobs: list | None = None
+# threadpoolctl's LibController objects (threadpoolctl is untyped: Any).
+_blas_controllers: list[Any] | None = None
+_blas_knobs: list[_ControllerKnob | _OpenBLASKnob] | None = None
 
 
-def _blas_libraries() -> list:
+def _blas_libraries() -> list[Any]:
     """threadpoolctl controllers for the BLAS that scipy's ``cython_blas`` (our GEMM) uses.
 
     numpy usually bundles a BLAS of its own; leaving that one alone keeps its thread pool
@@ -221,11 +227,12 @@ def _blas_libraries() -> list:
 class _ControllerKnob:
     """A BLAS's thread count through its threadpoolctl controller (any BLAS)."""
 
-    def __init__(self, lib) -> None:
+    def __init__(self, lib: Any) -> None:
         self.lib = lib
 
     def get(self) -> int:
-        return self.lib.num_threads
+        n: int = self.lib.num_threads
+        return n
 
     def set(self, n: int) -> None:
         # threadpoolctl 3.8 lets only one Python thread (the first to set it) change a
@@ -248,11 +255,11 @@ class _OpenBLASKnob:
     product; through ctypes, with the lock, about 3 us.
     """
 
-    def __init__(self, get, set_) -> None:
+    def __init__(self, get: Callable[[], int], set_: Callable[[int], None]) -> None:
         self.get, self.set = get, set_
 
     @classmethod
-    def of(cls, lib) -> _OpenBLASKnob | None:
+    def of(cls, lib: Any) -> _OpenBLASKnob | None:
         # OpenMP-threaded OpenBLAS keeps per-thread limits, which only the controller's
         # omp_* route honours; other BLAS have other entry points.
         if (
@@ -260,7 +267,8 @@ class _OpenBLASKnob:
             or getattr(lib, "threading_layer", None) != "pthreads"
         ):
             return None
-        dynlib = getattr(lib, "dynlib", None)
+        # A ctypes.CDLL, or None (indexing it raises the TypeError caught below).
+        dynlib: Any = getattr(lib, "dynlib", None)
         for prefix in ("", "scipy_"):  # the names threadpoolctl 3.8 looks for
             for suffix in ("", "64_", "_64"):
                 try:  # indexing makes new function objects, not threadpoolctl's cached ones
@@ -274,7 +282,7 @@ class _OpenBLASKnob:
         return None
 
 
-def _blas_knobs_once() -> list:
+def _blas_knobs_once() -> list[_ControllerKnob | _OpenBLASKnob]:
     global _blas_knobs
     if _blas_knobs is None:
         _blas_knobs = [_OpenBLASKnob.of(lib) or _ControllerKnob(lib) for lib in _blas_libraries()]
@@ -302,7 +310,7 @@ class blas_threads:
                 if count != self.n:
                     knob.set(self.n)
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         global _blas_depth
         with _blas_lock:
             _blas_depth -= 1

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import TypeGuard
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -19,7 +21,7 @@ MAX_ELEMENTS = 2**62
 MAX_BLAS_DIM = 2**31 - 1
 
 
-def as_float_array(value, name: str, ndim: int | None = None) -> np.ndarray:
+def as_float_array(value: ArrayLike, name: str, ndim: int | None = None) -> np.ndarray:
     """Return ``value`` as an ndarray of float32/float64, checking its rank."""
     array = np.asarray(value)
     if array.dtype.kind == "f" and not array.dtype.isnative:
@@ -52,7 +54,7 @@ def contiguous(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def short_repr(value, limit: int = 80) -> str:
+def short_repr(value: object, limit: int = 80) -> str:
     """``repr`` for error messages: an array by its shape and dtype, anything long cut."""
     if isinstance(value, np.ndarray):
         return f"an array of shape {value.shape} and dtype {value.dtype}"
@@ -60,13 +62,13 @@ def short_repr(value, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def is_int(value) -> bool:
+def is_int(value: object) -> TypeGuard[numbers.Integral]:
     if type(value) is int:  # the common case, without the ABC machinery (3x faster)
         return True
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def pair(value, name: str, minimum: int) -> tuple[int, int]:
+def pair(value: object, name: str, minimum: int) -> tuple[int, int]:
     """Normalize an int or an (h, w) pair of ints, each >= ``minimum``."""
     if type(value) is tuple and len(value) == 2:  # what layers pass: checked fast
         h, w = value
@@ -107,7 +109,7 @@ def pool_output_size(
 
 
 def conv_padding(
-    padding, kernel: tuple[int, int], dilation: tuple[int, int], stride: tuple[int, int]
+    padding: object, kernel: tuple[int, int], dilation: tuple[int, int], stride: tuple[int, int]
 ) -> tuple[tuple[int, int], tuple[int, int]]:
     """Resolve ``'valid'``, ``'same'``, an int or a pair to ((top, bottom), (left, right)).
 

@@ -13,6 +13,7 @@ import urllib.error
 from http.client import HTTPException
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["DatasetUnavailableError", "load_digits", "load_mnist"]
 
@@ -49,7 +50,11 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
-def _mnist_from_npz(path: str):
+# (X_train, y_train), (X_test, y_test)
+_Split = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def _mnist_from_npz(path: str) -> _Split:
     # The layout Keras downloads: x_train (60000, 28, 28) uint8, y_train, x_test, y_test.
     with np.load(path, allow_pickle=False) as data:
         missing = {"x_train", "y_train", "x_test", "y_test"} - set(data.files)
@@ -62,8 +67,10 @@ def _mnist_from_npz(path: str):
     return _mnist_arrays(*arrays)
 
 
-def _mnist_arrays(x_train, y_train, x_test, y_test):
-    def images(x):
+def _mnist_arrays(
+    x_train: ArrayLike, y_train: ArrayLike, x_test: ArrayLike, y_test: ArrayLike
+) -> _Split:
+    def images(x: ArrayLike) -> np.ndarray:
         x = np.asarray(x)
         if x.shape[1:] not in ((784,), (28, 28), (1, 28, 28)):
             raise ValueError(f"MNIST images must be 28x28, got array of shape {x.shape}")
@@ -79,8 +86,8 @@ def _mnist_arrays(x_train, y_train, x_test, y_test):
 
 
 def load_mnist(
-    data_home: str | os.PathLike | None = None,
-) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    data_home: str | os.PathLike[str] | None = None,
+) -> _Split:
     """MNIST, 70,000 28x28 handwritten digits, in the usual 60,000/10,000 train/test split.
 
     Looks first for ``<data_home>/mnist.npz`` (the file ``keras.datasets.mnist`` downloads:

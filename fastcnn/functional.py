@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from fastcnn import _backend, _buffers, _threads
 from fastcnn._validation import (
@@ -68,7 +69,14 @@ class _Conv(NamedTuple):
     extra: tuple[int, int]  # bottom/right rows/columns padded here, cropped from grad_x
 
 
-def _check_conv(x, weight, stride, padding, dilation, groups) -> _Conv:
+def _check_conv(
+    x: ArrayLike,
+    weight: ArrayLike,
+    stride: IntPair,
+    padding: IntPair | str,
+    dilation: IntPair,
+    groups: int,
+) -> _Conv:
     x = as_float_array(x, "x", 4)
     weight = as_float_array(weight, "weight", 4)
     same_dtype(x, weight, "x", "weight")
@@ -131,7 +139,7 @@ def _zero(*gradients: np.ndarray | None) -> None:
             gradient.fill(0)
 
 
-def _kernel_args(conv: _Conv) -> tuple[int, ...]:
+def _kernel_args(conv: _Conv) -> tuple[int, int, int, int, int, int, int]:
     return (*conv.stride, *conv.pad, *conv.dilation, conv.groups)
 
 
@@ -251,7 +259,7 @@ def conv2d_backward(
 # Fully connected
 
 
-def _check_linear(x, weight) -> tuple[np.ndarray, np.ndarray]:
+def _check_linear(x: ArrayLike, weight: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     x = as_float_array(x, "x", 2)
     weight = as_float_array(weight, "weight", 2)
     same_dtype(x, weight, "x", "weight")
@@ -349,7 +357,7 @@ class _Pool(NamedTuple):
     out_shape: tuple[int, int, int, int]
 
 
-def _check_input_shape(input_shape) -> tuple[int, int, int, int]:
+def _check_input_shape(input_shape: object) -> tuple[int, int, int, int]:
     if not isinstance(input_shape, tuple | list | np.ndarray) or not all(
         is_int(s) for s in input_shape
     ):
@@ -362,10 +370,18 @@ def _check_input_shape(input_shape) -> tuple[int, int, int, int]:
         raise ValueError(
             f"input_shape must be 4 non-negative sizes (N, C, H, W), got {short_repr(input_shape)}"
         )
-    return shape  # type: ignore[return-value]
+    return shape
 
 
-def _check_pool(shape, kernel_size, stride, padding, dilation, ceil_mode, name) -> _Pool:
+def _check_pool(
+    shape: tuple[int, ...],
+    kernel_size: IntPair,
+    stride: IntPair | None,
+    padding: IntPair,
+    dilation: IntPair,
+    ceil_mode: bool,
+    name: str,
+) -> _Pool:
     kernel = pair(kernel_size, "kernel_size", 1)
     stride = kernel if stride is None else pair(stride, "stride", 1)
     pad = pair(padding, "padding", 0)
@@ -507,7 +523,7 @@ def max_pool2d_backward(
     return grad_x
 
 
-def _indices_out_of_range(indices: np.ndarray, bad: int, shape: tuple) -> ValueError:
+def _indices_out_of_range(indices: np.ndarray, bad: int, shape: tuple[int, ...]) -> ValueError:
     """The error for ``bad`` indices outside the (H, W) plane of ``shape``."""
     plane = shape[2] * shape[3]
     expected = f"indices must lie in [0, H*W) = [0, {plane}) for input_shape {shape}"
@@ -520,9 +536,19 @@ def _indices_out_of_range(indices: np.ndarray, bad: int, shape: tuple) -> ValueE
     )
 
 
+# kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, count_include_pad, divisor
+_AvgArgs = tuple[int, int, int, int, int, int, bool, int]
+
+
 def _check_avg(
-    shape, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
-):
+    shape: tuple[int, ...],
+    kernel_size: IntPair,
+    stride: IntPair | None,
+    padding: IntPair,
+    ceil_mode: bool,
+    count_include_pad: bool,
+    divisor_override: int | None,
+) -> tuple[_Pool, _AvgArgs]:
     pool = _check_pool(shape, kernel_size, stride, padding, 1, ceil_mode, "avg_pool2d")
     if divisor_override is None:
         divisor = 0
@@ -634,7 +660,7 @@ def avg_pool2d_backward(
 # Activations
 
 
-def _activation(kernel: str, x) -> np.ndarray:
+def _activation(kernel: str, x: ArrayLike) -> np.ndarray:
     x = as_float_array(x, "x")
     out = _buffers.empty(x.shape, dtype=x.dtype)
     getattr(_backend.current(), kernel)(
@@ -643,7 +669,7 @@ def _activation(kernel: str, x) -> np.ndarray:
     return out
 
 
-def _activation_backward(kernel: str, grad_out, y) -> np.ndarray:
+def _activation_backward(kernel: str, grad_out: ArrayLike, y: ArrayLike) -> np.ndarray:
     y = as_float_array(y, "y")
     grad_out = as_float_array(grad_out, "grad_out")
     same_dtype(y, grad_out, "y", "grad_out")

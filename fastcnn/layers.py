@@ -25,9 +25,10 @@ import math
 import numbers
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 import fastcnn.functional as F
 from fastcnn._validation import conv_output_size, conv_padding, pair, pool_output_size
@@ -59,7 +60,7 @@ RngLike = int | np.random.Generator | None
 # Argument checks shared by the constructors
 
 
-def _check_dtype(dtype) -> np.dtype:
+def _check_dtype(dtype: DTypeLike) -> np.dtype:
     try:
         resolved = np.dtype(dtype)
     except TypeError:
@@ -71,20 +72,24 @@ def _check_dtype(dtype) -> np.dtype:
 
 def _check_rng(rng: RngLike) -> np.random.Generator:
     """None -> fresh entropy; int -> seeded Generator; a Generator is used (and advanced)."""
-    if rng is None or (isinstance(rng, numbers.Integral) and not isinstance(rng, bool)):
-        return np.random.default_rng(rng)
+    if rng is None:
+        return np.random.default_rng()
+    if isinstance(rng, numbers.Integral) and not isinstance(rng, bool):
+        return np.random.default_rng(int(rng))
     if isinstance(rng, np.random.Generator):
         return rng
     raise TypeError(f"rng must be None, an int seed or a numpy.random.Generator, got {rng!r}")
 
 
-def _check_positive_int(value, name: str) -> int:
+def _check_positive_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return int(value)
 
 
-def _check_float(value, name: str, low: float, high: float, *, high_open: bool = False) -> float:
+def _check_float(
+    value: object, name: str, low: float, high: float, *, high_open: bool = False
+) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a float, got {value!r}")
     value = float(value)
@@ -95,7 +100,7 @@ def _check_float(value, name: str, low: float, high: float, *, high_open: bool =
     return value
 
 
-def _check_bool(value, name: str) -> bool:
+def _check_bool(value: object, name: str) -> bool:
     if not isinstance(value, bool | np.bool_):
         raise TypeError(f"{name} must be a bool, got {value!r}")
     return bool(value)
@@ -266,7 +271,7 @@ class Layer:
             self._output_shape(x.shape[1:], x.shape, batched=True)
             self._checked_shape = x.shape
 
-    def _saved(self, key: str):
+    def _saved(self, key: str) -> Any:
         try:
             return self._cache[key]
         except KeyError:
@@ -288,7 +293,11 @@ class Layer:
 class _WeightBias(Layer):
     """A layer with a ``weight`` and an optional ``bias`` (out_features,) parameter."""
 
-    def _init_weight_bias(self, weight_shape: Shape, bias, dtype, rng: RngLike) -> None:
+    dtype: np.dtype  # always set: float32 or float64
+
+    def _init_weight_bias(
+        self, weight_shape: Shape, bias: bool, dtype: DTypeLike, rng: RngLike
+    ) -> None:
         self.dtype = _check_dtype(dtype)
         self.use_bias = _check_bool(bias, "bias")
         self.rng = _check_rng(rng)
@@ -352,7 +361,7 @@ class Conv2D(_WeightBias):
         groups: int = 1,
         bias: bool = True,
         *,
-        dtype=np.float32,
+        dtype: DTypeLike = np.float32,
         rng: RngLike = None,
     ) -> None:
         super().__init__()
@@ -485,7 +494,7 @@ class Dense(_WeightBias):
         out_features: int,
         bias: bool = True,
         *,
-        dtype=np.float32,
+        dtype: DTypeLike = np.float32,
         rng: RngLike = None,
     ) -> None:
         super().__init__()
@@ -570,8 +579,15 @@ class BatchNorm2D(Layer):
     Input (N, C, H, W), output the same.
     """
 
+    dtype: np.dtype  # always set: float32 or float64
+
     def __init__(
-        self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, *, dtype=np.float32
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        *,
+        dtype: DTypeLike = np.float32,
     ) -> None:
         super().__init__()
         self.num_features = _check_positive_int(num_features, "num_features")
@@ -617,7 +633,7 @@ class BatchNorm2D(Layer):
             scale = (self.gamma * inv_std).reshape(1, c, 1, 1)
             shift = (self.beta - self.running_mean * self.gamma * inv_std).reshape(1, c, 1, 1)
             self._cache.update(training=False, x=x, inv_std=inv_std)
-            y = x * scale
+            y: np.ndarray = x * scale
             y += shift
             return y
         count = x.size // c
@@ -656,10 +672,11 @@ class BatchNorm2D(Layer):
         np.einsum("nchw,nchw->c", grad_out, xhat, out=dgamma)
         scale = (self.gamma * inv_std).reshape(1, c, 1, 1)
         if not training:  # statistics are constants: a per-channel affine map
-            return grad_out * scale
+            affine: np.ndarray = grad_out * scale
+            return affine
         # dx = gamma * inv_std * (g - mean(g) - xhat * mean(g * xhat)), per channel.
         count = grad_out.size // c
-        grad_x = xhat * (-dgamma / count).reshape(1, c, 1, 1)
+        grad_x: np.ndarray = xhat * (-dgamma / count).reshape(1, c, 1, 1)
         grad_x += grad_out
         grad_x -= (dbeta / count).reshape(1, c, 1, 1)
         grad_x *= scale
@@ -690,7 +707,14 @@ class BatchNorm2D(Layer):
 
 
 class _Pool2D(Layer):
-    def _pool_output(self, shape, received, batched, dilation, ceil_mode) -> Shape:
+    def _pool_output(
+        self,
+        shape: Shape,
+        received: Shape,
+        batched: bool,
+        dilation: tuple[int, int],
+        ceil_mode: bool,
+    ) -> Shape:
         if len(shape) != 3:
             raise self._shape_error("(C, H, W)", received, batched)
         size = [
@@ -712,7 +736,9 @@ class _Pool2D(Layer):
             )
         return (shape[0], size[0], size[1])
 
-    def _check_pool_args(self, kernel_size, stride, padding) -> None:
+    def _check_pool_args(
+        self, kernel_size: IntPair, stride: IntPair | None, padding: IntPair
+    ) -> None:
         self.kernel_size = pair(kernel_size, "kernel_size", 1)
         self.stride = self.kernel_size if stride is None else pair(stride, "stride", 1)
         self.padding = pair(padding, "padding", 0)
@@ -833,7 +859,7 @@ class AvgPool2D(_Pool2D):
             divisor_override = _check_positive_int(divisor_override, "divisor_override")
         self.divisor_override = divisor_override
 
-    def _args(self) -> tuple:
+    def _args(self) -> tuple[IntPair, IntPair, IntPair, bool, bool, int | None]:
         return (
             self.kernel_size, self.stride, self.padding, self.ceil_mode,
             self.count_include_pad, self.divisor_override,
@@ -880,8 +906,8 @@ class AvgPool2D(_Pool2D):
 class _Activation(Layer):
     """An element-wise op whose gradient needs only its output: a pair of functional ops."""
 
-    _op: Callable[[np.ndarray], np.ndarray]
-    _op_backward: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    _op: ClassVar[Callable[[np.ndarray], np.ndarray]]
+    _op_backward: ClassVar[Callable[[np.ndarray, np.ndarray], np.ndarray]]
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self._check_input(x)
@@ -951,7 +977,8 @@ class Flatten(Layer):
         return x.reshape(x.shape[0], -1)
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        return grad_out.reshape(self._saved("input_shape"))
+        shape: Shape = self._saved("input_shape")
+        return grad_out.reshape(shape)
 
     def _output_shape(self, shape: Shape, received: Shape, batched: bool) -> Shape:
         if len(shape) < 1:
@@ -988,10 +1015,11 @@ class Dropout(Layer):
         if self.p < 1.0:
             mask *= 1.0 / (1.0 - self.p)
         self._cache["mask"] = mask
-        return x * mask
+        out: np.ndarray = x * mask
+        return out
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        mask = self._saved("mask")
+        mask: np.ndarray | None = self._saved("mask")
         return grad_out if mask is None else grad_out * mask
 
     def get_config(self) -> dict[str, Any]:

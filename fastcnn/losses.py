@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from fastcnn import _backend, _threads
 from fastcnn._validation import FLOAT_DTYPES
@@ -25,7 +26,7 @@ __all__ = ["LOSSES", "get_loss", "log_softmax", "mse", "softmax", "softmax_cross
 LossFunction = Callable[..., tuple[float, np.ndarray]]
 
 
-def _check_logits(logits, name: str = "logits") -> np.ndarray:
+def _check_logits(logits: ArrayLike, name: str = "logits") -> np.ndarray:
     logits = np.asarray(logits)
     if logits.dtype.kind != "f":
         raise TypeError(f"{name} must be a float array, got dtype {logits.dtype}")
@@ -34,7 +35,7 @@ def _check_logits(logits, name: str = "logits") -> np.ndarray:
     return logits
 
 
-def _check_sample_weight(sample_weight, n: int) -> np.ndarray:
+def _check_sample_weight(sample_weight: ArrayLike, n: int) -> np.ndarray:
     """Validate per-sample weights: shape (n,), real, finite, non-negative; as float64."""
     w = np.asarray(sample_weight)
     if w.dtype.kind not in "biuf":
@@ -52,7 +53,7 @@ def _check_sample_weight(sample_weight, n: int) -> np.ndarray:
 def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     """``log(softmax(logits))`` computed stably (log-sum-exp with the max subtracted)."""
     logits = np.asarray(logits)
-    shifted = logits - logits.max(axis=axis, keepdims=True)
+    shifted: np.ndarray = logits - logits.max(axis=axis, keepdims=True)
     shifted -= np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
     return shifted
 
@@ -72,7 +73,7 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     """
     logits = np.asarray(logits)
     # exp of (logits - max) is in (0, 1]: nothing overflows, and the max term is exactly 1.
-    e = np.exp(logits - logits.max(axis=axis, keepdims=True))
+    e: np.ndarray = np.exp(logits - logits.max(axis=axis, keepdims=True))
     e /= e.sum(axis=axis, keepdims=True)
     return e
 

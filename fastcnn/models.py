@@ -8,8 +8,10 @@ cast, so a seed gives the same initial weights on either backend and for either 
 from __future__ import annotations
 
 import numbers
+from typing import TypeVar
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from fastcnn.layers import (
     AvgPool2D,
@@ -29,39 +31,43 @@ from fastcnn.model import Sequential
 
 __all__ = ["digits_cnn", "lenet5"]
 
+_T = TypeVar("_T")
+# Seeds as scikit-learn takes them: None, an int, a Generator or a RandomState.
+SeedLike = int | np.random.Generator | np.random.RandomState | None
+
 _ACTIVATIONS = {"tanh": Tanh, "relu": ReLU, "sigmoid": Sigmoid, "leaky_relu": LeakyReLU}
 _POOLINGS = {"avg": AvgPool2D, "max": MaxPool2D}
 
 
-def _rng(random_state) -> np.random.Generator:
+def _rng(random_state: object) -> np.random.Generator:
     if isinstance(random_state, np.random.Generator):
         return random_state
     if isinstance(random_state, np.random.RandomState):  # scikit-learn's convention
         return np.random.default_rng(int(random_state.randint(2**31)))
-    if random_state is None or (
-        isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool)
-    ):
-        return np.random.default_rng(random_state)
+    if random_state is None:
+        return np.random.default_rng()
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        return np.random.default_rng(int(random_state))
     raise TypeError(
         "random_state must be None, an int, a numpy Generator or RandomState, got "
         f"{random_state!r}"
     )
 
 
-def _positive_int(value, name: str) -> int:
+def _positive_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return int(value)
 
 
-def _size_pair(value, name: str) -> tuple[int, int]:
+def _size_pair(value: object, name: str) -> tuple[int, int]:
     if isinstance(value, tuple | list) and len(value) == 2:
         return _positive_int(value[0], name), _positive_int(value[1], name)
     size = _positive_int(value, name)
     return size, size
 
 
-def _choice(value, name: str, options: dict):
+def _choice(value: str, name: str, options: dict[str, _T]) -> _T:
     if value not in options:
         raise ValueError(f"{name} must be one of {sorted(options)}, got {value!r}")
     return options[value]
@@ -78,8 +84,8 @@ def lenet5(
     pooling: str = "avg",
     input_size: int | tuple[int, int] = 28,
     *,
-    dtype=np.float32,
-    random_state=None,
+    dtype: DTypeLike = np.float32,
+    random_state: SeedLike = None,
 ) -> Sequential:
     """LeNet-5 (LeCun et al., 1998) as it is usually rebuilt today.
 
@@ -146,8 +152,8 @@ def digits_cnn(
     in_channels: int = 1,
     input_size: int | tuple[int, int] = 8,
     *,
-    dtype=np.float32,
-    random_state=None,
+    dtype: DTypeLike = np.float32,
+    random_state: SeedLike = None,
 ) -> Sequential:
     """A small CNN for 8x8 digit images (scikit-learn's ``load_digits``).
 

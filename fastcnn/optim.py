@@ -21,19 +21,23 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
 from fastcnn import _backend, _threads
+from fastcnn._validation import is_int
 
 __all__ = ["SGD", "Adam", "CosineAnnealingLR", "LRScheduler", "Optimizer", "StepLR"]
 
 ParamsAndGrads = Sequence[tuple[np.ndarray, np.ndarray]]
+_Lists = tuple[
+    list[tuple[np.ndarray, np.ndarray]] | None, list[np.ndarray], list[np.ndarray], bool
+]
 
 
-def _check_number(value, name: str, *, low: float = 0.0, high: float = math.inf) -> float:
+def _check_number(value: object, name: str, *, low: float = 0.0, high: float = math.inf) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a float, got {value!r}")
     value = float(value)
@@ -66,7 +70,8 @@ class Optimizer:
         self.n_steps = 0
         self._params: list[tuple[np.ndarray, np.ndarray]] | None = None
         self._state: list[dict[str, Any]] = []
-        self._lists: tuple | None = None  # _arrays' lists, for the pairs bound last
+        # _arrays' lists, for the pairs bound last: (those pairs, params, grads, all flat)
+        self._lists: _Lists | None = None
 
     def bind(self, params_and_grads: ParamsAndGrads) -> Optimizer:
         """Attach to a list of ``(param, grad)`` pairs; returns self.
@@ -107,7 +112,7 @@ class Optimizer:
                 return False
         return True
 
-    def _arrays(self) -> tuple[list[np.ndarray], list[np.ndarray], object]:
+    def _arrays(self) -> tuple[list[np.ndarray], list[np.ndarray], _backend.Backend]:
         """The bound params and grads as two lists, and the backend to update them with:
         the active one, or numpy's when an array is not C-contiguous (the compiled
         updates need flat arrays; numpy's work on any layout)."""
@@ -158,7 +163,7 @@ class Optimizer:
         return f"{type(self).__name__}({args})"
 
     @staticmethod
-    def _check_params(params_and_grads) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _check_params(params_and_grads: Iterable[Any]) -> list[tuple[np.ndarray, np.ndarray]]:
         pairs = []
         for i, item in enumerate(params_and_grads):
             try:
@@ -367,7 +372,7 @@ class StepLR(LRScheduler):
 
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1) -> None:
         super().__init__(optimizer)
-        if isinstance(step_size, bool) or not isinstance(step_size, numbers.Integral):
+        if not is_int(step_size):
             raise TypeError(f"step_size must be a positive int, got {step_size!r}")
         if step_size < 1:
             raise ValueError(f"step_size must be a positive int, got {step_size!r}")
@@ -395,7 +400,7 @@ class CosineAnnealingLR(LRScheduler):
 
     def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0) -> None:  # noqa: N803
         super().__init__(optimizer)
-        if isinstance(T_max, bool) or not isinstance(T_max, numbers.Integral):
+        if not is_int(T_max):
             raise TypeError(f"T_max must be a positive int, got {T_max!r}")
         if T_max < 1:
             raise ValueError(f"T_max must be a positive int, got {T_max!r}")
