@@ -21,6 +21,14 @@ import difflib
 import math
 import sys
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported when a subcommand runs (see above)
+    import numpy as np
+
+    from fastcnn.model import History, Sequential
+    from fastcnn.optim import Optimizer
 
 __all__ = ["main"]
 
@@ -45,7 +53,7 @@ class _CLIError(Exception):
 # Argument parsing
 
 
-def _int_at_least(minimum: int):
+def _int_at_least(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -206,7 +214,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
 # The train command
 
 
-def _load_data(args):
+def _load_data(
+    args: argparse.Namespace,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
     """Return ``(X_train, y_train, X_test, y_test, description)``."""
     import numpy as np
 
@@ -224,7 +234,7 @@ def _load_data(args):
         if args.model == "lenet5":
             # LeNet-5 wants 28x28: the way MNIST frames a 20x20 digit in a 28x28 image,
             # each 8x8 digit becomes 24x24 (every pixel repeated 3x3) with a 2-pixel border.
-            def upscale(images):
+            def upscale(images: np.ndarray) -> np.ndarray:
                 big = images.repeat(3, axis=2).repeat(3, axis=3)
                 return np.pad(big, ((0, 0), (0, 0), (2, 2), (2, 2)))
 
@@ -249,7 +259,7 @@ def _load_data(args):
     return X_train, y_train, X_test, y_test, f"{args.dataset} ({split})"
 
 
-def _train(args, start: float) -> int:
+def _train(args: argparse.Namespace, start: float) -> int:
     import os
 
     import numpy as np
@@ -285,6 +295,7 @@ def _train(args, start: float) -> int:
     input_shape = X_train.shape[1:]
     builder = models.digits_cnn if args.model == "digits_cnn" else models.lenet5
     model = builder(n_classes, input_shape[0], input_size=input_shape[1:], random_state=args.seed)
+    optimizer: Optimizer
     if args.optimizer == "adam":
         optimizer = Adam(lr)
     else:
@@ -375,7 +386,13 @@ def _prepare_plot_dir(directory: str) -> None:
         raise _CLIError(f"--plot: cannot write into the directory {directory!r}")
 
 
-def _write_plots(directory: str, model, history, X_test, y_test) -> list[str]:
+def _write_plots(
+    directory: str,
+    model: Sequential,
+    history: History,
+    X_test: np.ndarray,
+    y_test: np.ndarray,
+) -> list[str]:
     """Draw the four pictures of ``--plot`` into ``directory``; return the paths written."""
     import os
 

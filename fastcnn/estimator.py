@@ -26,8 +26,10 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any, overload
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
@@ -38,27 +40,33 @@ from fastcnn import _threads, models
 from fastcnn._backend import FastCNNWarning
 from fastcnn.layers import BatchNorm2D, Dropout, Layer
 from fastcnn.losses import _check_sample_weight
-from fastcnn.model import Sequential
-from fastcnn.optim import SGD, Adam, CosineAnnealingLR
+from fastcnn.model import Callback, Sequential
+from fastcnn.optim import SGD, Adam, CosineAnnealingLR, Optimizer
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _sk_validate_data
 except ImportError:  # pragma: no cover - older scikit-learn
 
-    def _sk_validate_data(estimator, *args, **kwargs):
+    def _sk_validate_data(estimator: Any, *args: Any, **kwargs: Any) -> Any:
         return estimator._validate_data(*args, **kwargs)
 
 
 __all__ = ["CNNClassifier"]
 
-_ARCHITECTURES = {"digits_cnn": models.digits_cnn, "lenet5": models.lenet5}
+# A callable architecture: (input_shape (C, H, W), n_classes) -> a model or its layers.
+Architecture = Callable[[tuple[int, ...], int], "Sequential | Sequence[Layer]"]
+
+_ARCHITECTURES: dict[str, Callable[..., Sequential]] = {
+    "digits_cnn": models.digits_cnn,
+    "lenet5": models.lenet5,
+}
 _FLOAT_DTYPES = {"float32": np.float32, "float64": np.float64}
 _NO_Y = object()  # "no y given" (predict), as opposed to y=None passed to fit
 _DATA_FORMATS = ("channels_first", "channels_last")
 _COLOR_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: the channel counts a channels-last image shows
 
 
-def _seed(random_state) -> int:
+def _seed(random_state: object) -> int:
     """One int seed from scikit-learn's ``random_state`` (None, int or RandomState)."""
     return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
 
@@ -103,7 +111,7 @@ def _task_threads() -> contextlib.AbstractContextManager[None]:
     return _threads.limit_default_threads(share)
 
 
-def _ndim_of(X) -> int:
+def _ndim_of(X: object) -> int:
     """Number of dimensions of ``X`` as an array; 2 for what scikit-learn's checks handle."""
     if isinstance(X, np.ndarray):
         return X.ndim
@@ -133,17 +141,17 @@ def _warn_if_channels_last(shape: tuple[int, ...]) -> None:
 
 
 def _image_shape_of(
-    n_features: int, image_shape, data_format: str = "channels_first"
+    n_features: int, image_shape: Sequence[int] | None, data_format: str = "channels_first"
 ) -> tuple[int, int, int]:
     """Shape (C, H, W) one flat row of ``n_features`` values is reshaped to; a 3-tuple
     ``image_shape`` is in ``data_format`` order, (C, H, W) or (H, W, C)."""
     if image_shape is not None:
         if len(image_shape) == 2:
-            shape = (1, *image_shape)
+            shape = (1, image_shape[0], image_shape[1])
         elif data_format == "channels_last":
             shape = (image_shape[2], image_shape[0], image_shape[1])
         else:
-            shape = tuple(image_shape)
+            shape = (image_shape[0], image_shape[1], image_shape[2])
         if int(np.prod(shape)) != n_features:
             raise ValueError(
                 f"image_shape={tuple(image_shape)} holds {int(np.prod(shape))} values, but X "
@@ -164,16 +172,18 @@ class _TrainingMonitor:
     training loss drops below the best so far by more than ``tol``.
     """
 
-    def __init__(self, estimator: CNNClassifier, model: Sequential, use_validation: bool):
+    def __init__(self, estimator: CNNClassifier, model: Sequential, use_validation: bool) -> None:
         self.estimator = estimator
         self.model = model
         self.use_validation = use_validation
-        self.best_state = None
+        self.best_state: dict[str, np.ndarray] | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> bool:
         est = self.estimator
         tol = est.tol
         if self.use_validation:
+            # fit sets both before it trains with a validation set
+            assert est.validation_scores_ is not None and est.best_validation_score_ is not None
             score = logs["val_accuracy"]
             est.validation_scores_.append(score)
             if score < est.best_validation_score_ + tol:
@@ -196,7 +206,8 @@ class _TrainingMonitor:
         return est._no_improvement_count >= est.n_iter_no_change
 
 
-class CNNClassifier(ClassifierMixin, BaseEstimator):
+# scikit-learn is untyped (its classes are Any to mypy); an estimator must subclass them.
+class CNNClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     """Convolutional neural network classifier, trained with fastcnn's compiled kernels.
 
     Parameters
@@ -313,9 +324,24 @@ default='digits_cnn'
     (3,)
     """
 
+    # Learned in fit (scikit-learn's convention: the names end in "_"); declared here
+    # for the type checker only, so that hasattr and check_is_fitted are unchanged.
+    classes_: np.ndarray
+    model_: Sequential
+    image_shape_: tuple[int, ...]
+    n_features_in_: int
+    loss_curve_: list[float]
+    validation_scores_: list[float] | None
+    best_validation_score_: float | None
+    best_loss_: float | None
+    n_iter_: int
+    t_: int
+    _no_improvement_count: int
+    _optimizer: Optimizer | None
+
     def __init__(
         self,
-        architecture: str | Callable | Sequential | Sequence[Layer] = "digits_cnn",
+        architecture: str | Architecture | Sequential | Sequence[Layer] = "digits_cnn",
         *,
         image_shape: tuple[int, ...] | None = None,
         data_format: str = "channels_first",
@@ -327,13 +353,13 @@ default='digits_cnn'
         learning_rate: str = "cosine",
         momentum: float = 0.9,
         alpha: float = 0.0,
-        class_weight: dict | str | None = None,
+        class_weight: dict[Any, float] | str | None = None,
         early_stopping: bool = False,
         validation_fraction: float = 0.1,
         n_iter_no_change: int = 10,
         tol: float = 1e-4,
         shuffle: bool = True,
-        random_state=None,
+        random_state: int | np.random.RandomState | None = None,
         verbose: int = 0,
         warm_start: bool = False,
         dtype: str = "float32",
@@ -364,23 +390,25 @@ default='digits_cnn'
 
     # -- scikit-learn plumbing ----------------------------------------------------------
 
-    def __sklearn_tags__(self):
+    def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.input_tags.three_d_array = True  # (n, H, W) images; (n, C, H, W) as well
         return tags
 
-    def _more_tags(self):  # scikit-learn < 1.6
+    def _more_tags(self) -> dict[str, list[str]]:  # scikit-learn < 1.6
         return {"X_types": ["2darray", "3darray"]}
 
     # -- parameter checks ---------------------------------------------------------------
 
     def _check_params(self) -> None:
-        def integer(name, low):
+        def integer(name: str, low: int) -> None:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
-        def real(name, low, high, *, low_open=False, high_open=False):
+        def real(
+            name: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False
+        ) -> None:
             value = getattr(self, name)
             ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
             if ok:
@@ -391,7 +419,7 @@ default='digits_cnn'
                 interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
                 raise ValueError(f"{name} must be a float in {interval}, got {value!r}")
 
-        def choice(name, options):
+        def choice(name: str, options: Sequence[DTypeLike]) -> None:
             if getattr(self, name) not in options:
                 raise ValueError(
                     f"{name} must be one of {list(options)}, got {getattr(self, name)!r}"
@@ -459,7 +487,15 @@ default='digits_cnn'
 
     # -- input validation ---------------------------------------------------------------
 
-    def _validate_X(self, X, y=_NO_Y, *, reset: bool):
+    @overload
+    def _validate_X(self, X: ArrayLike, *, reset: bool) -> np.ndarray: ...
+    @overload
+    def _validate_X(
+        self, X: ArrayLike, y: ArrayLike | None, *, reset: bool
+    ) -> tuple[np.ndarray, Any]: ...
+    def _validate_X(
+        self, X: ArrayLike, y: Any = _NO_Y, *, reset: bool
+    ) -> np.ndarray | tuple[np.ndarray, Any]:
         """Validate ``X`` (and ``y``); return X as (n, C, H, W) in the model dtype."""
         with_y = y is not _NO_Y
         raw_dtype = getattr(X, "dtype", None)  # before conversion: 8-bit images, say
@@ -482,7 +518,10 @@ default='digits_cnn'
         images = np.ascontiguousarray(images)
         return (images, y) if with_y else images
 
-    def _flat_to_images(self, X, y, with_y: bool, reset: bool):
+    # X and y: anything scikit-learn's validation accepts (it returns arrays).
+    def _flat_to_images(
+        self, X: Any, y: Any, with_y: bool, reset: bool
+    ) -> tuple[np.ndarray, Any, tuple[int, ...]]:
         # Tabular or flat images: scikit-learn's own checks, n_features_in_ and
         # feature_names_in_ included (they also reject 1-D X, sparse, NaN, ...).
         kwargs = {"reset": reset, "dtype": self._np_dtype, "order": "C"}
@@ -490,6 +529,7 @@ default='digits_cnn'
             X, y = _sk_validate_data(self, X, y, **kwargs)
         else:
             X = _sk_validate_data(self, X, **kwargs)
+        shape: tuple[int, ...]
         if reset:
             shape = _image_shape_of(X.shape[1], self.image_shape, self.data_format)
         else:
@@ -501,7 +541,9 @@ default='digits_cnn'
             images = X.reshape(X.shape[0], *shape)
         return images, y, shape
 
-    def _nd_to_images(self, X, y, with_y: bool, reset: bool):
+    def _nd_to_images(
+        self, X: Any, y: Any, with_y: bool, reset: bool
+    ) -> tuple[np.ndarray, Any, tuple[int, ...]]:
         kwargs = {"allow_nd": True, "dtype": self._np_dtype, "order": "C"}
         if not with_y:
             X = check_array(X, **kwargs)
@@ -547,7 +589,7 @@ default='digits_cnn'
             "(or X[np.newaxis]), to pass a batch of one"
         )
 
-    def _warn_if_unscaled(self, raw_dtype, images: np.ndarray) -> None:
+    def _warn_if_unscaled(self, raw_dtype: object, images: np.ndarray) -> None:
         if self.rescale is not None or raw_dtype not in (np.uint8, np.uint16):
             return
         high = float(images.max()) if images.size else 0.0
@@ -574,9 +616,11 @@ default='digits_cnn'
                 dtype=dtype,
                 random_state=rng,
             )
+        built: object
         if isinstance(arch, Sequential) or isinstance(arch, list | tuple):
             built = copy.deepcopy(list(arch))  # never train the user's objects
         else:
+            assert callable(arch), "_check_params accepts no other architecture"
             built = arch(shape, n_classes)
             if isinstance(built, Sequential):
                 built = list(built.layers)
@@ -611,7 +655,7 @@ default='digits_cnn'
             )
         return model
 
-    def _make_optimizer(self):
+    def _make_optimizer(self) -> Optimizer:
         if self.optimizer == "adam":
             return Adam(self.learning_rate_init, weight_decay=self.alpha)
         return SGD(
@@ -621,29 +665,31 @@ default='digits_cnn'
             weight_decay=self.alpha,
         )
 
-    def _backend_context(self):
+    def _backend_context(self) -> contextlib.AbstractContextManager[object]:
         if self.backend is None:
             return contextlib.nullcontext()
         return fastcnn.use_backend(self.backend)
 
     # -- training -----------------------------------------------------------------------
 
-    def _encode(self, y) -> np.ndarray:
-        y = column_or_1d(y, warn=True)
-        check_classification_targets(y)
+    def _encode(self, y: ArrayLike) -> np.ndarray:
+        labels: np.ndarray = column_or_1d(y, warn=True)
+        check_classification_targets(labels)
         classes = self.classes_
-        encoded = np.searchsorted(classes, y)
+        encoded = np.searchsorted(classes, labels)
         encoded = np.clip(encoded, 0, len(classes) - 1)
-        unknown = classes[encoded] != y
+        unknown = classes[encoded] != labels
         if np.any(unknown):
             raise ValueError(
                 f"y contains labels not seen in the first fit/partial_fit call: "
-                f"{np.unique(y[unknown])[:10].tolist()}; the known classes are "
+                f"{np.unique(labels[unknown])[:10].tolist()}; the known classes are "
                 f"{classes[:20].tolist()}"
             )
         return encoded.astype(np.intp)
 
-    def _initialize(self, y, classes, rng) -> None:
+    def _initialize(
+        self, y: ArrayLike, classes: ArrayLike | None, rng: np.random.Generator
+    ) -> None:
         """Set classes_ and build a fresh network (first fit, or fit without warm_start)."""
         labels = column_or_1d(y, warn=True) if classes is None else np.asarray(classes)
         check_classification_targets(labels)
@@ -676,7 +722,9 @@ default='digits_cnn'
                 batch_size += 1
         return batch_size
 
-    def fit(self, X, y, sample_weight=None):
+    def fit(
+        self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None
+    ) -> CNNClassifier:
         """Train the network on ``(X, y)`` for up to ``max_iter`` epochs.
 
         Parameters
@@ -708,7 +756,13 @@ default='digits_cnn'
         """
         return self._fit(X, y, classes=None, incremental=False, sample_weight=sample_weight)
 
-    def partial_fit(self, X, y, classes=None, sample_weight=None):
+    def partial_fit(
+        self,
+        X: ArrayLike,
+        y: ArrayLike,
+        classes: ArrayLike | None = None,
+        sample_weight: ArrayLike | None = None,
+    ) -> CNNClassifier:
         """One epoch over ``(X, y)``, continuing from the current state.
 
         Parameters
@@ -733,7 +787,15 @@ default='digits_cnn'
             )
         return self._fit(X, y, classes=classes, incremental=True, sample_weight=sample_weight)
 
-    def _fit(self, X, y, *, classes, incremental: bool, sample_weight=None):
+    def _fit(
+        self,
+        X: ArrayLike,
+        y: ArrayLike,
+        *,
+        classes: ArrayLike | None,
+        incremental: bool,
+        sample_weight: ArrayLike | None = None,
+    ) -> CNNClassifier:
         self._check_params()
         if incremental and isinstance(self.class_weight, str):
             raise ValueError(
@@ -762,11 +824,12 @@ default='digits_cnn'
         weights = self._sample_weights(sample_weight, y_encoded)
 
         epochs = 1 if incremental else self.max_iter
-        X_val = y_val = None
+        validation: tuple[np.ndarray, np.ndarray] | None = None
         if self.early_stopping and not incremental:
             X, X_val, y_encoded, y_val, weights = self._validation_split(
                 X, y_encoded, weights, seed
             )
+            validation = (X_val, y_val)
             if self.validation_scores_ is None:  # first fit with early stopping
                 self.validation_scores_ = []
                 self.best_validation_score_ = -np.inf
@@ -776,10 +839,10 @@ default='digits_cnn'
             optimizer = self._optimizer
         else:
             optimizer = self._make_optimizer()
-        callbacks = []
+        callbacks: list[Callback] = []
         if not incremental and self.learning_rate == "cosine":
             callbacks.append(CosineAnnealingLR(optimizer, T_max=epochs))
-        monitor = _TrainingMonitor(self, self.model_, use_validation=X_val is not None)
+        monitor = _TrainingMonitor(self, self.model_, use_validation=validation is not None)
         self._no_improvement_count = 0
         callbacks.append(monitor)
 
@@ -791,7 +854,7 @@ default='digits_cnn'
                 epochs=epochs,
                 batch_size=self._effective_batch_size(X.shape[0]),
                 optimizer=optimizer,
-                validation_data=None if X_val is None else (X_val, y_val),
+                validation_data=validation,
                 shuffle=bool(self.shuffle),
                 random_state=int(rng.integers(2**31)),
                 verbose=int(self.verbose),
@@ -811,7 +874,9 @@ default='digits_cnn'
             )
         return self
 
-    def _sample_weights(self, sample_weight, y_encoded: np.ndarray) -> np.ndarray | None:
+    def _sample_weights(
+        self, sample_weight: ArrayLike | None, y_encoded: np.ndarray
+    ) -> np.ndarray | None:
         """Each sample's weight: ``sample_weight`` times its class's weight, or None."""
         n = y_encoded.shape[0]
         weights = None if sample_weight is None else _check_sample_weight(sample_weight, n)
@@ -836,7 +901,9 @@ default='digits_cnn'
             by_sample *= weights
         return _check_sample_weight(by_sample, n)  # also the dict's values
 
-    def _validation_split(self, X, y, weights, seed: int):
+    def _validation_split(
+        self, X: np.ndarray, y: np.ndarray, weights: np.ndarray | None, seed: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         from sklearn.model_selection import train_test_split
 
         index = np.arange(X.shape[0])
@@ -858,7 +925,7 @@ default='digits_cnn'
 
     # -- inference ----------------------------------------------------------------------
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X: ArrayLike) -> np.ndarray:
         """Class probabilities, columns in the order of ``classes_``.
 
         Returns
@@ -870,18 +937,20 @@ default='digits_cnn'
         with self._backend_context(), _task_threads():
             return self.model_.predict_proba(X)
 
-    def predict_log_proba(self, X) -> np.ndarray:
+    def predict_log_proba(self, X: ArrayLike) -> np.ndarray:
         """Logarithm of :meth:`predict_proba` (computed stably from the logits)."""
         check_is_fitted(self)
         X = self._validate_X(X, reset=False)
         with self._backend_context(), _task_threads():
             logits = self.model_.decision_function(X)
         shifted = logits - logits.max(axis=1, keepdims=True)
-        return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        log_proba: np.ndarray = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        return log_proba
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: ArrayLike) -> np.ndarray:
         """Most probable class of each sample, as labels from ``classes_``."""
         check_is_fitted(self)
         X = self._validate_X(X, reset=False)
         with self._backend_context(), _task_threads():
-            return self.classes_[self.model_.predict(X)]
+            labels: np.ndarray = self.classes_[self.model_.predict(X)]
+            return labels

@@ -29,10 +29,12 @@ import time
 import uuid
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from types import FrameType
+from typing import Any, Protocol, TextIO, cast, overload
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from fastcnn.layers import (
     LAYER_REGISTRY,
@@ -41,7 +43,13 @@ from fastcnn.layers import (
     _allocation_budget,
     layer_from_config,
 )
-from fastcnn.losses import _check_sample_weight, get_loss, softmax, softmax_cross_entropy
+from fastcnn.losses import (
+    LossFunction,
+    _check_sample_weight,
+    get_loss,
+    softmax,
+    softmax_cross_entropy,
+)
 from fastcnn.optim import SGD, Adam, LRScheduler, Optimizer
 
 __all__ = ["FORMAT_VERSION", "History", "Sequential", "load"]
@@ -54,6 +62,12 @@ _ARCH_KIND = "fastcnn.Sequential"
 _CKPT_KEY = "__checkpoint__"  # training state in a fit checkpoint; load() skips it
 
 Shape = tuple[int, ...]
+
+
+class Callback(Protocol):
+    """What :meth:`Sequential.fit` calls after every epoch; returning True stops training."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> bool | None: ...
 
 
 class History:
@@ -97,7 +111,9 @@ class History:
 class _ProgressBar:
     """One line per epoch on stderr; redrawn in place with ``\\r`` when it is a terminal."""
 
-    def __init__(self, epoch: int, epochs: int, n_batches: int, verbose: int, stream=None):
+    def __init__(
+        self, epoch: int, epochs: int, n_batches: int, verbose: int, stream: TextIO | None = None
+    ) -> None:
         self.stream = sys.stderr if stream is None else stream
         self.enabled = verbose > 0
         isatty = getattr(self.stream, "isatty", None)
@@ -163,9 +179,9 @@ class _StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self._previous: Callable[[int, FrameType | None], Any] | int | None = None
 
-    def _handler(self, signum, frame) -> None:
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
@@ -183,7 +199,7 @@ class _StopRequest:
             self._previous = signal.signal(signal.SIGINT, self._handler)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
@@ -193,7 +209,7 @@ class _StopRequest:
 # Argument checks
 
 
-def _check_int(value, name: str, minimum: int) -> int:
+def _check_int(value: object, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < minimum:
@@ -201,7 +217,7 @@ def _check_int(value, name: str, minimum: int) -> int:
     return int(value)
 
 
-def _check_callbacks(callbacks) -> list:
+def _check_callbacks(callbacks: object) -> list[Callback]:
     if callbacks is None:
         return []
     if not isinstance(callbacks, list | tuple):
@@ -218,7 +234,7 @@ def _check_callbacks(callbacks) -> list:
 # The model
 
 
-class _LayerIndex(dict):
+class _LayerIndex(dict[int, Layer]):
     """``id(layer) -> layer`` for a model's layers, and the dtype of the first one that
     has a dtype: what :meth:`Sequential.add` checks a new layer against.
 
@@ -347,7 +363,11 @@ class Sequential:
     def __iter__(self) -> Iterator[Layer]:
         return iter(self.layers)
 
-    def __getitem__(self, index):
+    @overload
+    def __getitem__(self, index: slice) -> Sequential: ...
+    @overload
+    def __getitem__(self, index: int) -> Layer: ...
+    def __getitem__(self, index: int | slice) -> Layer | Sequential:
         if isinstance(index, slice):
             return Sequential(self.layers[index])
         return self.layers[index]
@@ -461,7 +481,7 @@ class Sequential:
             rows.append((str(i), repr(layer), str(shape), f"{layer.num_params:,}"))
         widths = [max(len(row[c]) for row in rows) for c in range(4)]
 
-        def fmt(row):
+        def fmt(row: tuple[str, str, str, str]) -> str:
             return (
                 f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  "
                 f"{row[2]:<{widths[2]}}  {row[3]:>{widths[3]}}"
@@ -496,7 +516,8 @@ class Sequential:
         first.needs_input_grad = input_grad  # saves the first conv's input-gradient GEMM
         try:
             for layer in reversed(layers):
-                grad = layer.backward(grad)
+                # None only from the first layer, run last, when input_grad is False.
+                grad = cast(np.ndarray, layer.backward(grad))
                 if not retain_activations:
                     # As PyTorch frees a graph's saved tensors: the activations go back
                     # to the recycled buffers now, and the next forward reuses them
@@ -506,14 +527,14 @@ class Sequential:
             first.needs_input_grad = True
         return grad if input_grad else None
 
-    def forward(self, x, training: bool = False) -> np.ndarray:
+    def forward(self, x: ArrayLike, training: bool = False) -> np.ndarray:
         """Output for a batch ``x`` (converted to the model dtype if needed).
 
         In training mode Dropout drops and BatchNorm uses (and updates) batch statistics.
         """
         return self._forward(np.asarray(x, dtype=self.dtype), training)
 
-    def __call__(self, x, training: bool = False) -> np.ndarray:
+    def __call__(self, x: ArrayLike, training: bool = False) -> np.ndarray:
         return self.forward(x, training)
 
     def backward(
@@ -537,7 +558,9 @@ class Sequential:
 
     # -- input checks -------------------------------------------------------------------
 
-    def _check_X(self, X, name: str = "X", convert: bool = True) -> tuple[np.ndarray, Shape]:
+    def _check_X(
+        self, X: ArrayLike, name: str = "X", convert: bool = True
+    ) -> tuple[np.ndarray, Shape]:
         """Validate a batch of samples; return it (as the model dtype if ``convert``) and
         the output shape of one sample."""
         X = np.asarray(X)
@@ -575,7 +598,9 @@ class Sequential:
             f"e.g. {name}[None] (or {name}[np.newaxis]), to pass a batch of one"
         )
 
-    def _check_y(self, y, n: int, out_shape: Shape, classification: bool, name: str = "y"):
+    def _check_y(
+        self, y: ArrayLike, n: int, out_shape: Shape, classification: bool, name: str = "y"
+    ) -> np.ndarray:
         y = np.asarray(y)
         if not classification:
             if y.shape != (n, *out_shape):
@@ -620,20 +645,20 @@ class Sequential:
 
     def fit(
         self,
-        X,
-        y,
+        X: ArrayLike,
+        y: ArrayLike,
         epochs: int = 10,
         batch_size: int = 32,
-        optimizer=None,
-        loss="cross_entropy",
-        validation_data: tuple | None = None,
+        optimizer: Optimizer | str | None = None,
+        loss: str | LossFunction = "cross_entropy",
+        validation_data: tuple[ArrayLike, ArrayLike] | None = None,
         validation_split: float = 0.0,
         shuffle: bool = True,
         random_state: int | np.random.Generator | None = None,
         verbose: int = 1,
-        callbacks=None,
-        checkpoint: str | os.PathLike | None = None,
-        sample_weight=None,
+        callbacks: Callback | Sequence[Callback] | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
+        sample_weight: ArrayLike | None = None,
     ) -> History:
         """Train with minibatch gradient descent; returns the per-epoch :class:`History`.
 
@@ -893,7 +918,7 @@ class Sequential:
             sl = slice(lo, lo + batch_size)
             yield sl, np.asarray(X[sl], dtype=self.dtype)
 
-    def decision_function(self, X, batch_size: int = 256) -> np.ndarray:
+    def decision_function(self, X: ArrayLike, batch_size: int = 256) -> np.ndarray:
         """Raw model outputs (logits for a classifier), computed in eval mode in batches.
 
         Returns
@@ -907,7 +932,7 @@ class Sequential:
             out[sl] = self._forward(xb, False)
         return out
 
-    def predict_proba(self, X, batch_size: int = 256) -> np.ndarray:
+    def predict_proba(self, X: ArrayLike, batch_size: int = 256) -> np.ndarray:
         """Class probabilities: softmax of the logits, in eval mode, in batches.
 
         Returns
@@ -921,16 +946,24 @@ class Sequential:
             )
         return softmax(logits, axis=1)
 
-    def predict(self, X, batch_size: int = 256) -> np.ndarray:
+    def predict(self, X: ArrayLike, batch_size: int = 256) -> np.ndarray:
         """Predicted class indices (argmax of the logits), shape (n_samples,)."""
         logits = self.decision_function(X, batch_size)
         if logits.ndim != 2:
             raise ValueError(
                 f"predict needs (n_classes,) outputs per sample, got {logits.shape[1:]}"
             )
-        return logits.argmax(axis=1)
+        labels: np.ndarray = logits.argmax(axis=1)
+        return labels
 
-    def _evaluate(self, X, y, loss_fn, classification: bool, batch_size: int) -> dict:
+    def _evaluate(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        loss_fn: LossFunction,
+        classification: bool,
+        batch_size: int,
+    ) -> dict[str, float]:
         total, correct = 0.0, 0
         for sl, xb in self._batches(X, batch_size):
             out = self._forward(xb, False)
@@ -944,7 +977,13 @@ class Sequential:
             scores["accuracy"] = correct / n
         return scores
 
-    def evaluate(self, X, y, batch_size: int = 256, loss=None) -> dict[str, float]:
+    def evaluate(
+        self,
+        X: ArrayLike,
+        y: ArrayLike,
+        batch_size: int = 256,
+        loss: str | LossFunction | None = None,
+    ) -> dict[str, float]:
         """Mean loss (and accuracy for cross-entropy) over ``(X, y)``, in eval mode.
 
         Parameters
@@ -1006,7 +1045,7 @@ class Sequential:
                 raise ValueError(f"layer {i} ({spec['class']!r}): {exc}") from None
         return cls(layers)
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write the architecture and weights to one ``.npz`` file, atomically.
 
         The file is written under a temporary name in the same directory, flushed to
@@ -1042,7 +1081,7 @@ class Sequential:
         arrays = self._file_arrays()
         slots = []
         for i, state in enumerate(optimizer._state):
-            kinds = {}
+            kinds: dict[str, str | None] = {}
             for key, value in state.items():
                 if isinstance(value, np.ndarray):
                     arrays[f"{_CKPT_KEY}.optimizer.{i}.{key}"] = value
@@ -1121,7 +1160,9 @@ class Sequential:
         if len(saved["state"]) != len(optimizer._state):
             raise ValueError(f"it holds optimizer state for {len(saved['state'])} parameters")
 
-    def _optimizer_state(self, slots: list, arrays: dict[str, np.ndarray]) -> list[dict]:
+    def _optimizer_state(
+        self, slots: list[dict[str, str | None]], arrays: dict[str, np.ndarray]
+    ) -> list[dict[str, Any]]:
         """The optimizer's per-parameter state from a checkpoint's checked arrays."""
         restored = []
         for i, (kinds, (param, _)) in enumerate(zip(slots, self.parameters(), strict=True)):
@@ -1161,7 +1202,7 @@ def _normalized_weights(w: np.ndarray) -> np.ndarray:
     return w / mean
 
 
-def _jsonable(value):
+def _jsonable(value: object) -> Any:
     if isinstance(value, np.ndarray | np.generic):  # e.g. an MT19937 generator's key
         return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
@@ -1178,7 +1219,8 @@ def _atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
         raise type(exc)(exc.errno, f"cannot save to {path!r}: {reason}") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            # The keys are array names, never savez's own keyword allow_pickle.
+            np.savez(f, **arrays)  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -1266,13 +1308,18 @@ class _ModelFile:
     def __enter__(self) -> _ModelFile:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
         if self._zip is not None:
             self._zip.close()
         self._file.close()
+
+    @property
+    def _opened(self) -> zipfile.ZipFile:
+        assert self._zip is not None, "__init__ opens the archive before any read"
+        return self._zip
 
     def _has(self, key: str) -> bool:
         return key in self._entries
@@ -1300,7 +1347,7 @@ class _ModelFile:
     def _directory(self) -> dict[str, zipfile.ZipInfo]:
         """Array name -> zip entry. An array stored twice, or as both ``k`` and ``k.npy``
         (numpy's two spellings of one name), is refused: which one is read is undefined."""
-        infos = self._zip.infolist()
+        infos = self._opened.infolist()
         counts = collections.Counter(info.filename for info in infos)
         entries: dict[str, zipfile.ZipInfo] = {}
         for info in infos:
@@ -1424,7 +1471,7 @@ class _ModelFile:
         the size the zip directory declares for it. Reads the header only."""
         info = self._entries[key]
         try:
-            with self._zip.open(info) as f:
+            with self._opened.open(info) as f:
                 version = np.lib.format.read_magic(f)
                 if version == (1, 0):
                     shape, _, dtype = np.lib.format.read_array_header_1_0(f)
@@ -1455,7 +1502,7 @@ class _ModelFile:
     def _array(self, key: str) -> np.ndarray:
         """The array in entry ``key``, whose header :meth:`_header` has accepted."""
         try:
-            with self._zip.open(self._entries[key]) as f:
+            with self._opened.open(self._entries[key]) as f:
                 return np.lib.format.read_array(f, allow_pickle=False)
         except _READ_ERRORS as exc:
             raise self._corrupt(key, exc) from exc
@@ -1492,7 +1539,7 @@ def _expected_arrays(model: Sequential, meta: dict[str, Any] | None) -> Expected
     return expected
 
 
-def load(path: str | os.PathLike) -> Sequential:
+def load(path: str | os.PathLike[str]) -> Sequential:
     """Load a model written by :meth:`Sequential.save` (or a ``fit`` checkpoint).
 
     Nothing in the file is executed: arrays are read with ``allow_pickle=False`` and layers

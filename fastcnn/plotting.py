@@ -24,12 +24,15 @@ import numbers
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+    from matplotlib.image import AxesImage
 
     from fastcnn.estimator import CNNClassifier
     from fastcnn.layers import Conv2D
@@ -42,6 +45,13 @@ __all__ = [
     "plot_filters",
     "plot_history",
 ]
+
+
+class _Predictor(Protocol):
+    """A classifier: a fastcnn.Sequential, a CNNClassifier, any scikit-learn one."""
+
+    def predict(self, X: Any, /) -> ArrayLike: ...
+
 
 _INSTALL_HINT = "fastcnn.plotting needs matplotlib: pip install 'fastcnn[plot]'"
 _HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -64,13 +74,13 @@ def _require_matplotlib() -> type[Figure]:
     return Figure
 
 
-def _finish(fig: Figure, path: str | os.PathLike | None, dpi: float) -> Figure:
+def _finish(fig: Figure, path: str | os.PathLike[str] | None, dpi: float) -> Figure:
     if path is not None:
         fig.savefig(os.fspath(path), dpi=dpi)
     return fig
 
 
-def _check_int(value, name: str, minimum: int) -> int:
+def _check_int(value: object, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < minimum:
@@ -78,14 +88,14 @@ def _check_int(value, name: str, minimum: int) -> int:
     return int(value)
 
 
-def _unfitted_estimator(obj) -> bool:
+def _unfitted_estimator(obj: object) -> bool:
     # An object can only be a CNNClassifier if fastcnn.estimator (and scikit-learn) has
     # been imported, so asking costs no import.
     estimator = sys.modules.get("fastcnn.estimator")
     return estimator is not None and isinstance(obj, estimator.CNNClassifier)
 
 
-def _as_model(obj, name: str) -> Sequential:
+def _as_model(obj: object, name: str) -> Sequential:
     """The Sequential behind ``obj``: itself, or a fitted CNNClassifier's ``model_``."""
     from fastcnn.model import Sequential
 
@@ -101,11 +111,11 @@ def _as_model(obj, name: str) -> Sequential:
     )
 
 
-def _layer_index(model: Sequential, layer, name: str = "layer") -> int:
+def _layer_index(model: Sequential, layer: object, name: str = "layer") -> int:
     n = len(model.layers)
     if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
         raise TypeError(f"{name} must be an int index into the model's layers, got {layer!r}")
-    if not -n <= layer < n:
+    if not -n <= int(layer) < n:
         raise ValueError(
             f"{name}={layer} is out of range for a model of {n} layers (valid: {-n}..{n - 1})"
         )
@@ -139,7 +149,7 @@ def _shape_text(shape: Sequence[int]) -> str:
 # Filters
 
 
-def _select_conv(layer_or_model, layer) -> tuple[Conv2D, str]:
+def _select_conv(layer_or_model: object, layer: int | None) -> tuple[Conv2D, str]:
     """The Conv2D to draw and how to name it in the title."""
     from fastcnn.layers import Conv2D
 
@@ -156,19 +166,19 @@ def _select_conv(layer_or_model, layer) -> tuple[Conv2D, str]:
             "layer_or_model must be a fastcnn.layers.Conv2D, a fastcnn.Sequential or a "
             f"fitted CNNClassifier, got {type(layer_or_model).__name__}"
         ) from None
-    if layer is None:
-        index = _first_conv(model)
-    else:
-        index = _layer_index(model, layer)
-        if not isinstance(model.layers[index], Conv2D):
-            raise TypeError(
-                f"layer {index} of the model is {model.layers[index]!r}, not a Conv2D; the "
-                f"model's Conv2D layers are at {_conv_indices(model)}"
-            )
-    return model.layers[index], f"layer {index}: {model.layers[index]!r}"
+    index = _first_conv(model) if layer is None else _layer_index(model, layer)
+    conv = model.layers[index]
+    if not isinstance(conv, Conv2D):  # a layer the caller chose (_first_conv finds one)
+        raise TypeError(
+            f"layer {index} of the model is {conv!r}, not a Conv2D; the "
+            f"model's Conv2D layers are at {_conv_indices(model)}"
+        )
+    return conv, f"layer {index}: {conv!r}"
 
 
-def _filter_mosaic(Figure, kernels: np.ndarray, cmap: str, limit: float):
+def _filter_mosaic(
+    Figure: type[Figure], kernels: np.ndarray, cmap: str, limit: float
+) -> tuple[Figure, AxesImage, list[Axes]]:
     """Every (output, input) kernel in one image, one output channel per row of kernels.
 
     One image rather than one axes per kernel: a layer has thousands of kernels, and
@@ -207,7 +217,7 @@ def plot_filters(
     layer: int | None = None,
     in_channel: str | int = "mean",
     cmap: str = "RdBu_r",
-    path: str | os.PathLike | None = None,
+    path: str | os.PathLike[str] | None = None,
     dpi: float = 100,
 ) -> Figure:
     """Draw the learned kernels of a convolution layer as a grid of small images.
@@ -309,7 +319,7 @@ def plot_filters(
 # Feature maps
 
 
-def _one_image(image) -> np.ndarray:
+def _one_image(image: ArrayLike) -> np.ndarray:
     """``image`` as one (C, H, W) sample."""
     array = np.asarray(image)
     if array.dtype.kind not in "biuf":
@@ -356,12 +366,12 @@ def _display_image(image: np.ndarray) -> tuple[np.ndarray, str | None, str]:
 
 def plot_feature_maps(
     model: Sequential | CNNClassifier,
-    image,
+    image: ArrayLike,
     *,
     layer: int | None = None,
     max_channels: int = 32,
     cmap: str = "viridis",
-    path: str | os.PathLike | None = None,
+    path: str | os.PathLike[str] | None = None,
     dpi: float = 100,
 ) -> Figure:
     """Show one image next to each channel of the model's activations after ``layer``.
@@ -470,7 +480,7 @@ def plot_feature_maps(
 # Learning curves
 
 
-def _history_records(history) -> tuple[Mapping[str, Any], Sequence[int] | None]:
+def _history_records(history: Any) -> tuple[Mapping[str, Any], Sequence[int] | None]:
     """The per-epoch lists of ``history`` and, for a History, its 0-based epoch indices."""
     if isinstance(getattr(history, "history", None), Mapping) and hasattr(history, "epoch"):
         return history.history, history.epoch
@@ -495,7 +505,7 @@ def plot_history(
     history: History | Mapping[str, Sequence[float]] | CNNClassifier,
     *,
     validation_label: str = "validation",
-    path: str | os.PathLike | None = None,
+    path: str | os.PathLike[str] | None = None,
     dpi: float = 100,
 ) -> Figure:
     """Loss and accuracy per epoch, training and validation.
@@ -596,14 +606,14 @@ def plot_history(
 
 
 def plot_confusion(
-    model,
-    X,
-    y,
+    model: _Predictor,
+    X: ArrayLike,
+    y: ArrayLike,
     *,
     normalize: str | None = None,
-    labels=None,
+    labels: ArrayLike | None = None,
     cmap: str = "Blues",
-    path: str | os.PathLike | None = None,
+    path: str | os.PathLike[str] | None = None,
     dpi: float = 100,
 ) -> Figure:
     """Confusion matrix of ``model.predict(X)`` against ``y``.
@@ -708,13 +718,14 @@ def plot_confusion(
 # Benchmark chart
 
 
-def _load_results(results) -> Mapping[str, Any]:
+def _load_results(results: Mapping[str, Any] | str | os.PathLike[str]) -> Mapping[str, Any]:
     if isinstance(results, str | os.PathLike):
-        with open(results, encoding="utf-8") as file:
+        path = results
+        with open(path, encoding="utf-8") as file:
             try:
                 results = json.load(file)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{os.fspath(results)!r} is not JSON: {exc}") from None
+                raise ValueError(f"{os.fspath(path)!r} is not JSON: {exc}") from None
     if not isinstance(results, Mapping):
         raise TypeError(
             "results must be the benchmark results dict or the path of its JSON file, "
@@ -749,11 +760,11 @@ def _median(entry: Mapping[str, Any], impl: str) -> float:
 
 
 def plot_benchmark(
-    results: Mapping[str, Any] | str | os.PathLike,
+    results: Mapping[str, Any] | str | os.PathLike[str],
     *,
     impls: Sequence[str] | None = None,
     speedup: str | Sequence[str] | None = "torch",
-    path: str | os.PathLike | None = None,
+    path: str | os.PathLike[str] | None = None,
     dpi: float = 100,
 ) -> Figure:
     """Grouped bars of the median time per call of every case and implementation.
