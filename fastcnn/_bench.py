@@ -411,7 +411,8 @@ def _max_rel_error(outputs, reference) -> float:
 
 def _to_numpy(value) -> np.ndarray:
     if hasattr(value, "detach"):  # a torch tensor
-        return value.detach().numpy()
+        array: np.ndarray = value.detach().numpy()
+        return array
     if np.isscalar(value):
         return np.asarray(value, dtype=np.float64)
     return np.asarray(value)
@@ -529,11 +530,12 @@ class _OpCase:
     flops_fwd: float | None = None
     passes = ("fwd", "fwd+bwd")
     loops_batch = 1
+    _oracle: dict[int, tuple[Any, ...]]  # batch -> oracle outputs, filled by oracle()
 
-    def make(self, impl: str, pass_: str, batch: int, torch) -> Callable[[], tuple]:
+    def make(self, impl: str, pass_: str, batch: int, torch) -> Callable[[], tuple[Any, ...]]:
         raise NotImplementedError
 
-    def oracle(self, pass_: str, batch: int) -> tuple:
+    def oracle(self, pass_: str, batch: int) -> tuple[Any, ...]:
         """float64 outputs of the numpy reference backend for the first ``batch`` samples."""
         raise NotImplementedError
 
@@ -558,7 +560,7 @@ class _ConvCase(_OpCase):
         self.w = (rng.standard_normal((c_out, c_in, k, k)) * scale).astype(np.float32)
         self.b = (0.1 * rng.standard_normal(c_out)).astype(np.float32)
         self.gy = rng.standard_normal((n, c_out, h_out, h_out), dtype=np.float32)
-        self._oracle: dict[int, tuple] = {}
+        self._oracle = {}
 
     def make(self, impl, pass_, batch, torch):
         x, w, b, gy, p = self.x[:batch], self.w, self.b, self.gy[:batch], self.pad
@@ -626,7 +628,7 @@ class _PoolCase(_OpCase):
         self.shape = f"N={n} C={c} {hw}x{hw} k2 s2"
         self.x = rng.standard_normal((n, c, hw, hw), dtype=np.float32)
         self.gy = rng.standard_normal((n, c, hw // 2, hw // 2), dtype=np.float32)
-        self._oracle: dict[int, tuple] = {}
+        self._oracle = {}
 
     def make(self, impl, pass_, batch, torch):
         x, gy, shape = self.x[:batch], self.gy[:batch], self.x[:batch].shape
@@ -694,7 +696,7 @@ class _PoolCase(_OpCase):
             with fastcnn.use_backend("numpy"):
                 if self.kind == "max":
                     y, idx = F.max_pool2d(x, 2)
-                    out = (y, idx, F.max_pool2d_backward(gy, idx, x.shape))
+                    out: tuple[np.ndarray, ...] = (y, idx, F.max_pool2d_backward(gy, idx, x.shape))
                 else:
                     out = (F.avg_pool2d(x, 2), F.avg_pool2d_backward(gy, x.shape, 2))
             self._oracle[batch] = out
@@ -706,9 +708,9 @@ class _PoolCase(_OpCase):
 
 def _op_cases(selected: set[str], rng: np.random.Generator) -> list[_OpCase]:
     cases: list[_OpCase] = []
-    for name, *dims in CONV_SHAPES:
+    for name, n, c_in, c_out, hw, k, pad in CONV_SHAPES:
         if f"conv_{name}" in selected:
-            cases.append(_ConvCase(name, *dims, rng=rng))
+            cases.append(_ConvCase(name, n, c_in, c_out, hw, k, pad, rng=rng))
     for kind in ("max", "avg"):
         for n, c, hw in POOL_SHAPES:
             if f"{kind}pool_{n}x{c}x{hw}" in selected:
@@ -965,7 +967,7 @@ class _LoopsNet:
     """The same network as a beginner writes it: loops per output pixel, numpy for dense."""
 
     def __init__(self, model) -> None:
-        self.layers = []
+        self.layers: list[tuple[Any, ...]] = []
         for layer in model.layers:
             kind = type(layer).__name__
             params = {name: value.copy() for name, value in layer.params.items()}
@@ -1024,7 +1026,9 @@ class _LoopsNet:
                 g = g @ p["weight"]
         return grads
 
-    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, dict]:
+    def train_step(
+        self, x: np.ndarray, y: np.ndarray, lr: float
+    ) -> tuple[float, dict[int, dict[str, np.ndarray]]]:
         logits = self.forward(x)
         p = np.exp(logits - logits.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
@@ -1062,12 +1066,12 @@ def _fastcnn_train_step(model, x, y) -> Callable[[], float]:
     return step
 
 
-def _torch_train_step(twin, torch, x, y) -> Callable[[], float]:
+def _torch_train_step(twin, torch, x, y) -> Callable[[], Any]:
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
     optimizer = torch.optim.SGD(twin.parameters(), lr=LEARNING_RATE)
     cross_entropy = torch.nn.functional.cross_entropy
 
-    def step() -> float:
+    def step() -> Any:  # the loss, a torch tensor
         optimizer.zero_grad()
         loss = cross_entropy(twin(tx), ty)
         loss.backward()
@@ -1406,10 +1410,11 @@ def _memory_worker(kind: str, threads: int, steps: int) -> dict[str, Any]:
     import fastcnn
 
     fastcnn.set_num_threads(threads)
-    torch = None
+    torch: Any = None
     if kind == "torch":
-        import torch
+        import torch as torch_module
 
+        torch = torch_module
         torch.set_num_threads(threads)
     with _blas_limits(threads):
         if kind.startswith("conv:"):
@@ -1436,7 +1441,12 @@ def _memory_worker(kind: str, threads: int, steps: int) -> dict[str, Any]:
             step()
         peak = _proc_status_kb("VmHWM")
         result: dict[str, Any] = {"kind": kind, "steps": steps}
-        if baseline is not None and peak is not None:
+        if (  # None where /proc is absent
+            baseline is not None
+            and peak is not None
+            and cold_baseline is not None
+            and cold_peak is not None
+        ):
             result.update(
                 baseline_rss_mb=baseline / 1024,
                 peak_rss_mb=peak / 1024,
@@ -1722,10 +1732,11 @@ def _machine_info(torch, threads: int) -> dict[str, Any]:
 # Targets (issue 4)
 
 
-def _find(results: dict, case: str, pass_: str | None = None) -> dict | None:
+def _find(results: dict[str, Any], case: str, pass_: str | None = None) -> dict[str, Any] | None:
     for entry in results.get("results", []):
         if entry.get("case") == case and (pass_ is None or entry.get("pass") == pass_):
-            return entry
+            found: dict[str, Any] = entry
+            return found
     return None
 
 
@@ -1843,12 +1854,14 @@ def _fmt_ratio(value: float | None) -> str:
     return f"{value:.2f}x" if value < 10 else f"{value:.1f}x" if value < 100 else f"{value:,.0f}x"
 
 
-def _cell(result: dict[str, Any], key: str = "median_ms", fmt=_fmt_ms) -> str:
+def _cell(
+    result: dict[str, Any], key: str = "median_ms", fmt: Callable[[Any], str] = _fmt_ms
+) -> str:
     status = result.get("status")
     if status == "ok":
         text = fmt(result.get(key))
         return text + ("*" if result.get("scaled") or result.get("extrapolated") else "")
-    return {"wrong": "WRONG", "error": "ERROR"}.get(status, "-")
+    return {"wrong": "WRONG", "error": "ERROR"}.get(str(status), "-")
 
 
 def _tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -2058,7 +2071,7 @@ def format_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict[str, Any], path: str | os.PathLike) -> Path | None:
+def plot(results: dict[str, Any], path: str | os.PathLike[str]) -> Path | None:
     """Write the chart of :func:`fastcnn.plotting.plot_benchmark` to ``path``.
 
     Returns the path written, or None when matplotlib is not installed or no conv, pool
@@ -2258,12 +2271,14 @@ def main(
         unavailable.update({i: "left out by --impls" for i in IMPLS if i not in wanted})
     if "cython" not in fastcnn.available_backends():
         unavailable["fastcnn"] = f"compiled backend unavailable: {fastcnn.backend_import_error()}"
-    torch = None
+    torch: Any = None
     if args.no_torch:
         unavailable["torch"] = "--no-torch"
     elif "torch" not in unavailable:
         try:
-            import torch
+            import torch as torch_module
+
+            torch = torch_module
         except ImportError as exc:
             unavailable["torch"] = f"not installed ({exc})"
     ctx = _Context(settings, selected, torch, unavailable)
@@ -2308,17 +2323,17 @@ def main(
                 results["results"].append(_run_epoch(ctx, train))
             except Exception as exc:
                 ctx.errors.append(f"LeNet-5 epoch raised {type(exc).__name__}: {exc}")
-    for case, run in (
+    for case_id, run in (
         ("lenet5_memory", _run_memory),
         ("conv_scratch", _run_conv_scratch),
         ("import", _run_import),
     ):
-        if case not in selected or (case == "conv_scratch" and "fastcnn" in unavailable):
+        if case_id not in selected or (case_id == "conv_scratch" and "fastcnn" in unavailable):
             continue
         try:
             results["results"].append(run(ctx))
         except (OSError, subprocess.SubprocessError) as exc:
-            ctx.errors.append(f"{case} raised {type(exc).__name__}: {exc}")
+            ctx.errors.append(f"{case_id} raised {type(exc).__name__}: {exc}")
     for entry in results["results"]:
         for impl, r in entry.get("impls", {}).items():
             if r.get("status") == "error":
