@@ -18,9 +18,13 @@ is ``np.empty``.
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
-from numpy.typing import DTypeLike
+
+# Annotations only: the API pages then show these names as written.
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
 
 try:
     from fastcnn._kernels import _memory

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import TypeGuard
+from typing import TYPE_CHECKING, TypeGuard
 
 import numpy as np
-from numpy.typing import ArrayLike
+
+# Annotations only: the API pages then show these names as written.
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 

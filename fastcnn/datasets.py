@@ -11,9 +11,13 @@ from __future__ import annotations
 import os
 import urllib.error
 from http.client import HTTPException
+from typing import TYPE_CHECKING
 
 import numpy as np
-from numpy.typing import ArrayLike
+
+# Annotations only: the API pages then show these names as written.
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = ["DatasetUnavailableError", "load_digits", "load_mnist"]
 

@@ -26,10 +26,9 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
-from numpy.typing import ArrayLike, DTypeLike
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
@@ -42,6 +41,10 @@ from fastcnn.layers import BatchNorm2D, Dropout, Layer
 from fastcnn.losses import _check_sample_weight
 from fastcnn.model import Callback, Sequential
 from fastcnn.optim import SGD, Adam, CosineAnnealingLR, Optimizer
+
+# Annotations only: the API pages then show these names as written.
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike, DTypeLike
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _sk_validate_data

@@ -12,10 +12,9 @@ Every op returns new C-contiguous arrays of the input's dtype (float32 or float6
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-from numpy.typing import ArrayLike
 
 from fastcnn import _backend, _buffers, _threads
 from fastcnn._validation import (
@@ -31,6 +30,10 @@ from fastcnn._validation import (
     same_dtype,
     short_repr,
 )
+
+# Annotations only: the API pages then show these names as written.
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = [
     "linear",

@@ -14,12 +14,16 @@ weight acts as repeating the sample.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-from numpy.typing import ArrayLike
 
 from fastcnn import _backend, _threads
 from fastcnn._validation import FLOAT_DTYPES
+
+# Annotations only: the API pages then show these names as written.
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = ["LOSSES", "get_loss", "log_softmax", "mse", "softmax", "softmax_cross_entropy"]
 

@@ -29,7 +29,7 @@ import time
 import uuid
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 from typing import Any, Protocol, TextIO, cast, overload
 
@@ -656,7 +656,7 @@ class Sequential:
         shuffle: bool = True,
         random_state: int | np.random.Generator | None = None,
         verbose: int = 1,
-        callbacks: Callback | Sequence[Callback] | None = None,
+        callbacks: object = None,  # Callback(s), checked at run time by _check_callbacks
         checkpoint: str | os.PathLike[str] | None = None,
         sample_weight: ArrayLike | None = None,
     ) -> History:

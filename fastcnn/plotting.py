@@ -24,15 +24,15 @@ import numbers
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from numpy.typing import ArrayLike
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
     from matplotlib.image import AxesImage
+    from numpy.typing import ArrayLike
 
     from fastcnn.estimator import CNNClassifier
     from fastcnn.layers import Conv2D
@@ -45,12 +45,6 @@ __all__ = [
     "plot_filters",
     "plot_history",
 ]
-
-
-class _Predictor(Protocol):
-    """A classifier: a fastcnn.Sequential, a CNNClassifier, any scikit-learn one."""
-
-    def predict(self, X: Any, /) -> ArrayLike: ...
 
 
 _INSTALL_HINT = "fastcnn.plotting needs matplotlib: pip install 'fastcnn[plot]'"
@@ -606,7 +600,7 @@ def plot_history(
 
 
 def plot_confusion(
-    model: _Predictor,
+    model: Any,  # any object with predict(X), checked at run time
     X: ArrayLike,
     y: ArrayLike,
     *,
