@@ -78,37 +78,19 @@ def _default_num_threads() -> int:
     return max(1, n)
 
 
-def _lowered_openmp_limit() -> int | None:
-    """The calling thread's OpenMP thread limit, where something lowered it since start-up.
-
-    threadpoolctl's ``threadpool_limits`` (and scikit-learn and joblib through it) limit
-    OpenMP by calling ``omp_set_num_threads`` in the calling thread; the kernels pass an
-    explicit team size, so fastcnn reads that limit on every call and honours it as a
-    cap. A limit raised above the start-up value caps nothing.
-    """
-    module = _openmp()
-    if module is None:
-        return None
-    limit = int(module.max_threads())
-    return limit if limit < _initial_max_threads() else None
-
-
 def get_num_threads() -> int:
     """Number of threads the compiled kernels use.
 
-    The count set by :func:`set_num_threads`, else ``OMP_NUM_THREADS`` or all cores
-    (capped, inside ``limit_default_threads``, for the calling thread or task); at
-    most the OpenMP limit that ``threadpoolctl.threadpool_limits`` sets for the calling
-    thread; 1 in a process forked after the kernels had run on several (see
-    :func:`set_num_threads`).
+    The count set by :func:`set_num_threads` (or by ``threadpoolctl.threadpool_limits``,
+    which governs fastcnn as one of the process's OpenMP libraries), else
+    ``OMP_NUM_THREADS`` or all cores (capped, inside ``limit_default_threads``, for the
+    calling thread or task); 1 in a process forked after the kernels had run on several
+    (see :func:`set_num_threads`).
     """
-    if _num_threads is None:
-        cap = _default_cap.get()
-        n = _default_num_threads() if cap is None else min(_default_num_threads(), cap)
-    else:
-        n = _num_threads
-    limit = _lowered_openmp_limit()
-    return n if limit is None else min(n, limit)
+    if _num_threads is not None:
+        return _num_threads
+    cap = _default_cap.get()
+    return _default_num_threads() if cap is None else min(_default_num_threads(), cap)
 
 
 @contextlib.contextmanager
@@ -361,3 +343,53 @@ if hasattr(os, "register_at_fork"):  # POSIX
         after_in_parent=_after_fork_in_parent,
         after_in_child=_after_fork_in_child,
     )
+
+
+# threadpoolctl. The kernels pass an explicit team size to every parallel region, so the
+# omp_set_num_threads that threadpoolctl calls on the OpenMP runtime does not reach them
+# (and torch.set_num_threads, which calls it too when torch shares that runtime, must not
+# either). So fastcnn registers a controller of its own: threadpool_info() lists it, and
+# threadpool_limits(n), with user_api "openmp" or none (scikit-learn's and joblib's use),
+# sets fastcnn's count for the block and restores it after, as it does BLAS's.
+
+
+def _register_threadpoolctl_controller() -> None:
+    try:
+        import threadpoolctl
+    except ImportError:  # a declared dependency; without it there is nothing to govern us
+        return
+    kernels = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_kernels")
+
+    class FastCNNController(threadpoolctl.LibController):  # type: ignore[misc]
+        """fastcnn's OpenMP team, found as its ``_openmp`` extension module."""
+
+        user_api = "openmp"
+        internal_api = "fastcnn"
+        filename_prefixes = ("_openmp.cp", "_openmp.pypy")
+
+        def set_additional_attributes(self) -> None:
+            # Another package's module of the same name is not ours: leave it alone.
+            here = os.path.realpath(os.path.dirname(self.filepath or ""))
+            self.is_fastcnn = here == os.path.realpath(kernels)
+
+        def get_num_threads(self) -> int | None:
+            return get_num_threads() if self.is_fastcnn else None
+
+        def set_num_threads(self, num_threads: int) -> None:
+            # threadpoolctl sets a count on entering a block and the one it found on
+            # leaving it; the default count goes back as "no count set".
+            if self.is_fastcnn and not _forked_after_team:
+                n = min(max(1, int(num_threads)), MAX_THREADS)
+                set_num_threads(None if n == _default_num_threads() else n)
+
+        def get_version(self) -> str | None:
+            from fastcnn import __version__
+
+            return __version__
+
+    register = getattr(threadpoolctl, "register", None)  # threadpoolctl >= 3.2
+    if register is not None:
+        register(FastCNNController)
+
+
+_register_threadpoolctl_controller()

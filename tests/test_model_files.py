@@ -1012,3 +1012,25 @@ def test_a_save_into_a_missing_folder_names_the_callers_path(tmp_path):
     assert f"cannot save to {str(path)!r}" in message
     assert f"no directory {str(path.parent)!r}" in message
     assert ".tmp" not in message
+
+
+@pytest.mark.parametrize("kind", ["pickle", "npy-objects", "npy-floats", "text"])
+def test_a_non_model_file_is_refused_without_numpys_pickle_advice(tmp_path, kind):
+    """numpy's own message advises `allow_pickle=True`, the one thing fastcnn's loader
+    must never do; the refusal says what the file is instead."""
+    import pickle
+
+    path = tmp_path / "not_a_model"
+    if kind == "pickle":
+        path.write_bytes(pickle.dumps({"weights": [1, 2]}))
+    elif kind == "npy-objects":
+        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+        path = path.with_suffix(".npy")
+    elif kind == "npy-floats":
+        np.save(path, np.ones(3))
+        path = path.with_suffix(".npy")
+    else:
+        path.write_text("hello")
+    with pytest.raises(ValueError, match="is not a fastcnn model file") as info:
+        load(path)
+    assert "allow_pickle" not in str(info.value)

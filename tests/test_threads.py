@@ -785,22 +785,67 @@ print(json.dumps([report, {"before": before, "parent pinned": parent_pinned,
     reason="threadpoolctl limits OpenMP runtimes; this build has none",
 )
 @pytest.mark.parametrize("user_api", [None, "openmp"])
-def test_threadpoolctl_limits_reach_the_kernels(user_api):
+def test_threadpoolctl_limits_reach_the_kernels(user_api, monkeypatch):
     """threadpool_limits (scikit-learn's and joblib's tool) once did not reach fastcnn:
-    the count was cached at import (issue 22, item 4)."""
+    the count was cached at import (issue 22, item 4). fastcnn is a library of its own in
+    threadpoolctl's eyes, governed by its OpenMP limits and by no BLAS limit."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
+    seen = []
+    spy = _spy_on_kernel_threads(monkeypatch, seen)
+    x = np.ones((8, 4, 16, 16), np.float32)
+    w = np.ones((4, 4, 3, 3), np.float32)
     fastcnn.set_num_threads(2)
     try:
+        assert {"fastcnn"} <= {i["internal_api"] for i in threadpoolctl.threadpool_info()}
         with threadpoolctl.threadpool_limits(limits=1, user_api=user_api):
             assert fastcnn.get_num_threads() == 1
-            x = np.ones((8, 4, 16, 16), np.float32)
-            w = np.ones((4, 4, 3, 3), np.float32)
             with fastcnn.use_backend("cython"):
                 np.testing.assert_allclose(F.conv2d(x, w, padding=1)[0, 0, 5, 5], 36.0)
+            assert spy and seen[-1] == 1  # the kernel was asked for one thread
         assert fastcnn.get_num_threads() == 2
         with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
-            assert fastcnn.get_num_threads() == 2  # BLAS limits are not OpenMP's
-        with threadpoolctl.threadpool_limits(limits=64):
-            assert fastcnn.get_num_threads() == 2  # a limit caps, it never raises
+            assert fastcnn.get_num_threads() == 2  # BLAS limits are not fastcnn's
     finally:
         fastcnn.set_num_threads(None)
+    with threadpoolctl.threadpool_limits(limits=1):
+        assert fastcnn.get_num_threads() == 1
+    assert fastcnn._threads._num_threads is None  # the default comes back as the default
+
+
+def test_another_librarys_openmp_setting_does_not_reach_the_kernels():
+    """torch.set_num_threads (or any omp_set_num_threads in the shared runtime) is that
+    library's setting, not fastcnn's."""
+    from fastcnn._kernels import _openmp
+
+    if not _openmp.openmp_enabled():
+        pytest.skip("no OpenMP runtime in this build")
+    import ctypes.util
+
+    name = ctypes.util.find_library("gomp")
+    if name is None:
+        pytest.skip("libgomp not found")
+    gomp = ctypes.CDLL(name)
+    before = fastcnn.get_num_threads()
+    saved = gomp.omp_get_max_threads()
+    gomp.omp_set_num_threads(1)
+    try:
+        assert fastcnn.get_num_threads() == before
+    finally:
+        gomp.omp_set_num_threads(saved)
+
+
+def _spy_on_kernel_threads(monkeypatch, seen):
+    """Record the thread count functional passes to the compiled conv2d."""
+    from fastcnn import _backend
+
+    compiled = _backend._compiled
+    if compiled is None:
+        return False
+    original = compiled.conv2d_forward
+
+    def conv2d_forward(*args):
+        seen.append(args[-1])
+        return original(*args)
+
+    monkeypatch.setattr(compiled, "conv2d_forward", conv2d_forward)
+    return True
