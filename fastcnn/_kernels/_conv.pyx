@@ -44,9 +44,9 @@ enough where the products are all that is wrong; where a kernel adds zeros times
 operand into kept sums (the wide layout's junk columns, grad_out's padding in the direct
 input gradient), that is exact only for finite operands: the BLAS wide path clears or
 skips its junk columns; conv2d_backward scans the weights before the direct input
-gradient, and the wide weight-gradient kernel each sample of x as it pads it
-(fastcnn_all_finite_f32, simd.h: a pass over memory, not over the multiply-adds), and a
-call with a non-finite operand goes to BLAS. tests/test_numerics.py holds the cases, on
+gradient (fastcnn_all_finite_f32, simd.h: a pass over memory, not over the
+multiply-adds), the wide weight-gradient kernel scans its partial sums afterwards (a
+junk product is 0 or NaN, so finite partials are exact), and such a call goes to BLAS. tests/test_numerics.py holds the cases, on
 every kernel the planner picks.
 
 All parallelism comes from OpenMP: BLAS is pinned to one thread while a kernel runs
@@ -1213,11 +1213,10 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
     cdef Py_ssize_t b, c, n0, m, grp, smp, co, r, t
     cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
     cdef Py_ssize_t* off = <Py_ssize_t*> malloc(k_pad * sizeof(Py_ssize_t))
-    cdef int* nonfinite = <int*> calloc(threads, sizeof(int))  # per thread: x not finite
     cdef float* scratch = NULL
     cdef float* base
     try:
-        if off == NULL or nonfinite == NULL:
+        if off == NULL:
             raise MemoryError("conv2d_backward: cannot allocate the tap offsets")
         scratch = <float*> take_scratch(threads, per_thread, sizeof(float), "conv2d_backward")
         tap_offsets(g, off, k_pad)
@@ -1236,10 +1235,6 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
                         for smp in range(m):
                             pad_plane(x + (n0 + smp) * x_stride + grp * g.cg * g.h * g.w, g,
                                       base + smp * xp_stride)
-                            if not fastcnn_all_finite_f32(
-                                    x + (n0 + smp) * x_stride + grp * g.cg * g.h * g.w,
-                                    g.cg * g.h * g.w):
-                                nonfinite[threadid()] = 1
                             gather_wide(grad_out + (n0 + smp) * out_stride + grp * g.cog * g.p,
                                         base + ns * xp_stride + smp * dy_stride, q_pad, g)
                         fastcnn_wgrad(level, base, xp_stride, off, k_pad,
@@ -1248,8 +1243,13 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
                     if grad_bias != NULL:
                         add_bias_grad(grad_out + n0 * out_stride, base + off_gb, m, g)
             team_released(threads)
+            # A junk column's zero gradient times a pixel adds 0, or NaN where the pixel
+            # is not finite: partials without NaN or inf are exact, and a call with one
+            # is done again on BLAS, which is (see "Special values" above). Checking the
+            # partials, not x, costs a pass over the weight gradient, not over the batch.
             for t in range(threads):
-                if nonfinite[t]:
+                if not fastcnn_all_finite_f32(scratch + t * per_thread
+                                              + ns * (xp_stride + dy_stride), n_dw):
                     return 1
             sum_weight_partials(scratch + ns * (xp_stride + dy_stride), k_pad, 1,
                                 cog_pad * k_pad, per_thread, threads, grad_weight, g)
@@ -1257,7 +1257,6 @@ cdef int weight_grad_direct(const float* x, const float* grad_out, float* grad_w
                 sum_partials(scratch + off_gb, per_thread, threads, grad_bias, g.c_out)
     finally:
         free(off)
-        free(nonfinite)
         fastcnn_scratch_give_back(scratch)
     return 0
 
@@ -1539,7 +1538,7 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
         # The direct input gradient multiplies grad_out's zero padding by the weights,
         # and the wide weight gradient the junk positions' zero gradient by pixels of x:
         # exact only where those are finite, so BLAS takes the calls where they are not
-        # (the wide weight gradient checks x itself; see "Special values" above).
+        # (the wide weight gradient checks its own sums; see "Special values" above).
         if direct_x and not fastcnn_all_finite_f32(&weight[0, 0, 0, 0], weight.size):
             direct_x = False
         w_kernel = weight_grad_kernel(&g) if want_w else WGRAD_BLAS
