@@ -623,41 +623,41 @@ def test_nasty_inputs_do_not_crash_the_interpreter(backend_name, tmp_path):
         assert results[name] == "ok", (name, results[name])
 
 
-STRESS_SCRIPT = r"""
+# A race in a subprocess (argv: backend, iterations): a writer thread flips one element
+# of an array out of range and back between two statements (a thread switch at the
+# loop's end leaves it valid, so a check before the kernel would usually pass) while the
+# main thread calls an op on it; the op must return the right result or raise ValueError.
+RACE_SCRIPT = r"""
 import sys
 import threading
 import numpy as np
 import fastcnn
 import fastcnn.functional as F
+from fastcnn.losses import softmax_cross_entropy
 
 fastcnn.set_backend(sys.argv[1])
 sys.setswitchinterval(1e-5)
-x = np.random.default_rng(0).standard_normal((16, 32, 32, 32))
-y, idx = F.max_pool2d(x, 2)
-expected = F.max_pool2d_backward(y, idx, x.shape)
-flat = idx.reshape(-1)
+{setup}
+k = target.size // 2
+valid = int(target[k])
 stop = threading.Event()
 
 
 def flip():
-    # One index, far outside the plane between two statements: a thread switch (at the
-    # loop's end) leaves it valid, so a check before the kernel would usually pass.
-    k = flat.size // 2
-    valid = int(flat[k])
     while not stop.is_set():
-        flat[k] = 2**40
-        flat[k] = valid
+        target[k] = 2**40
+        target[k] = valid
 
 
 writer = threading.Thread(target=flip)
 writer.start()
-outcomes = {"ok": 0, "refused": 0}
+outcomes = {{"ok": 0, "refused": 0}}
 try:
     for _ in range(int(sys.argv[2])):
         try:
-            got = F.max_pool2d_backward(y, idx, x.shape)
+            got = {call}
         except ValueError as exc:
-            assert "indices must lie in" in str(exc), exc
+            assert {refusal!r} in str(exc), exc
             outcomes["refused"] += 1
         else:
             np.testing.assert_array_equal(got, expected)
@@ -668,6 +668,15 @@ finally:
 print(outcomes)
 print("DONE")
 """
+
+STRESS_SCRIPT = RACE_SCRIPT.format(
+    setup="""x = np.random.default_rng(0).standard_normal((16, 32, 32, 32))
+y, idx = F.max_pool2d(x, 2)
+expected = F.max_pool2d_backward(y, idx, x.shape)
+target = idx.reshape(-1)""",
+    call="F.max_pool2d_backward(y, idx, x.shape)",
+    refusal="indices must lie in",
+)
 
 
 @pytest.mark.parametrize("backend_name", ["numpy", "cython"])
@@ -692,46 +701,13 @@ def run_stress_script(code: str, backend_name: str, iterations: int) -> None:
     assert proc.stdout.splitlines()[-1] == "DONE", proc.stdout + proc.stderr
 
 
-LOSS_STRESS_SCRIPT = r"""
-import sys
-import threading
-import numpy as np
-import fastcnn
-from fastcnn.losses import softmax_cross_entropy
-
-fastcnn.set_backend(sys.argv[1])
-sys.setswitchinterval(1e-5)
-logits = np.random.default_rng(0).standard_normal((4096, 10))
-y = np.arange(4096, dtype=np.intp) % 10  # int64 labels: the loss reads them in place
-expected = softmax_cross_entropy(logits, y)
-stop = threading.Event()
-
-
-def flip():
-    k = y.size // 2
-    while not stop.is_set():
-        y[k] = 2**40
-        y[k] = 3
-
-
-writer = threading.Thread(target=flip)
-writer.start()
-outcomes = {"ok": 0, "refused": 0}
-try:
-    for _ in range(int(sys.argv[2])):
-        try:
-            loss, grad = softmax_cross_entropy(logits, y)
-        except ValueError as exc:
-            assert "class indices in [0, 10)" in str(exc), exc
-            outcomes["refused"] += 1
-        else:
-            outcomes["ok"] += 1
-finally:
-    stop.set()
-    writer.join()
-print(outcomes)
-print("DONE")
-"""
+LOSS_STRESS_SCRIPT = RACE_SCRIPT.format(
+    setup="""logits = np.random.default_rng(0).standard_normal((4096, 10))
+target = np.arange(4096, dtype=np.intp) % 10  # int64 labels: the loss reads them in place
+expected = softmax_cross_entropy(logits, target)[1]""",
+    call="softmax_cross_entropy(logits, target)[1]",
+    refusal="class indices in [0, 10)",
+)
 
 
 @pytest.mark.parametrize("backend_name", ["cython", "numpy"])
