@@ -262,6 +262,11 @@ def max_pool2d_backward(const floating[:, :, :, ::1] grad_out,
     cdef Py_ssize_t planes = grad_x.shape[0] * grad_x.shape[1], p, bad = 0
     cdef Py_ssize_t plane = grad_x.shape[2] * grad_x.shape[3]
     cdef Py_ssize_t n_out = grad_out.shape[2] * grad_out.shape[3]
+    if planes == 0 or plane == 0:  # nothing to write: every index is outside the plane
+        return planes * n_out
+    if n_out == 0:
+        grad_x[...] = 0
+        return 0
     cdef int threads = team_size(planes * plane, MIN_PARALLEL_ELEMENTS, n_threads)
     with nogil:
         for p in prange(planes, num_threads=threads, schedule="static"):
