@@ -32,9 +32,6 @@ except ImportError:  # no compiled extension: plain numpy arrays
     # mypy types the name by the import (a module); without the extension it is None.
     _memory = None  # type: ignore[assignment]
 
-# Total bytes of free blocks the allocator keeps (output_pool.h's default).
-MAX_TOTAL_BYTES = 64 << 20
-
 
 def empty(shape: int | tuple[int, ...], dtype: DTypeLike) -> np.ndarray:
     """A new C-contiguous array like ``np.empty(shape, dtype)``; contents are undefined."""

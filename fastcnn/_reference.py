@@ -730,8 +730,10 @@ def softmax_cross_entropy(
     """Mean of ``log(sum(exp(shifted))) - shifted[y]`` over the rows, with ``shifted`` the
     logits minus their row maximum; ``grad = (softmax(logits) - one_hot(y)) / N``."""
     n = logits.shape[0]
-    y = np.array(y, dtype=np.intp)  # private: numpy indexes without the GIL, so another
-    bad = np.count_nonzero((y < 0) | (y >= logits.shape[1]))  # thread may not change it
+    # A private copy, checked and used alike: numpy indexes without the GIL, so another
+    # thread could change the caller's labels in between.
+    y = np.array(y, dtype=np.intp)
+    bad = np.count_nonzero((y < 0) | (y >= logits.shape[1]))
     if bad:
         raise ValueError(
             f"{bad} label(s) of y are not class indices in [0, {logits.shape[1]}): y changed "

@@ -34,9 +34,9 @@ def _empty_cache():
 @pytest.fixture
 def pool_limit():
     """Set the bytes the allocator may keep; the defaults come back afterwards."""
-    min_bytes = _buffers._memory.min_bytes()
+    min_bytes, default = _buffers._memory.min_bytes(), _buffers._memory.max_bytes()
     yield lambda max_bytes: _buffers._memory.set_limits(min_bytes, max_bytes)
-    _buffers._memory.set_limits(min_bytes, _buffers.MAX_TOTAL_BYTES)
+    _buffers._memory.set_limits(min_bytes, default)
 
 
 def _every_op(x, w, grad):

@@ -64,6 +64,11 @@ def min_bytes() -> int:
     return fastcnn_pool_min_bytes
 
 
+def max_bytes() -> int:
+    """The most bytes of free blocks the pool keeps."""
+    return fastcnn_pool_max_bytes
+
+
 def set_limits(size_t min_bytes, size_t max_bytes) -> None:
     """Keep blocks of at least ``min_bytes``, at most ``max_bytes`` in all (for tests)."""
     global fastcnn_pool_min_bytes, fastcnn_pool_max_bytes
