@@ -206,7 +206,8 @@ def _initial_backend() -> str:
 
 def _source_tree() -> str | None:
     """The checkout this fastcnn was imported from, if it is one whose kernels are not
-    built (Python started in the checkout's root finds the sources before the install)."""
+    built (Python started in the checkout's root finds the sources before the install).
+    """
     package = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(package)
     kernels = os.listdir(os.path.join(package, "_kernels"))

@@ -900,7 +900,7 @@ def _bench_matmul(settings: _Settings) -> dict[str, Any]:
 
 
 def _fastcnn_lenet() -> tuple[Any, str]:
-    """fastcnn's LeNet-5 for 28x28 input (falls back to the same stack built from layers)."""
+    """Fastcnn's LeNet-5 for 28x28 input (falls back to the same stack built from layers)."""
     try:
         from fastcnn.models import lenet5
 
@@ -1262,7 +1262,7 @@ SCALING_ROUNDS = 8
 
 @contextlib.contextmanager
 def _fastcnn_threads(n: int) -> Iterator[None]:
-    """fastcnn's own thread count set to ``n`` (BLAS and PyTorch untouched), then restored."""
+    """Fastcnn's own thread count set to ``n`` (BLAS and PyTorch untouched), then restored."""
     import fastcnn
     from fastcnn import _threads as fastcnn_threads
 
@@ -1275,7 +1275,7 @@ def _fastcnn_threads(n: int) -> Iterator[None]:
 
 
 def _interleaved_scaling(ctx: _Context, step: Callable[[], object]):
-    """fastcnn's training step at 1 thread and at ``--threads``, in alternating blocks.
+    """Fastcnn's training step at 1 thread and at ``--threads``, in alternating blocks.
 
     A shared machine drifts over seconds; two medians taken seconds apart can differ by
     more than the thread count changes them. Alternating short blocks gives both counts

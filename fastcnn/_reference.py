@@ -728,7 +728,8 @@ def softmax_cross_entropy(
     logits: np.ndarray, y: np.ndarray, grad: np.ndarray, n_threads: int
 ) -> float:
     """Mean of ``log(sum(exp(shifted))) - shifted[y]`` over the rows, with ``shifted`` the
-    logits minus their row maximum; ``grad = (softmax(logits) - one_hot(y)) / N``."""
+    logits minus their row maximum; ``grad = (softmax(logits) - one_hot(y)) / N``.
+    """
     n = logits.shape[0]
     # A private copy, checked and used alike: numpy indexes without the GIL, so another
     # thread could change the caller's labels in between.

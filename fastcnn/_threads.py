@@ -97,7 +97,8 @@ def get_num_threads() -> int:
 def limit_default_threads(n: int) -> Iterator[None]:
     """Within the body, in this thread or task only, cap the default thread count at
     ``n``; a count set with :func:`set_num_threads` is the user's and is kept. For work
-    that shares the cores with siblings, e.g. a task in a dask worker (see estimator)."""
+    that shares the cores with siblings, e.g. a task in a dask worker (see estimator).
+    """
     token = _default_cap.set(max(1, int(n)))
     try:
         yield
@@ -176,7 +177,7 @@ _blas_knobs: list[_ControllerKnob | _OpenBLASKnob] | None = None
 
 
 def _blas_libraries() -> list[Any]:
-    """threadpoolctl controllers for the BLAS that scipy's ``cython_blas`` (our GEMM) uses.
+    """Threadpoolctl controllers for the BLAS that scipy's ``cython_blas`` (our GEMM) uses.
 
     numpy usually bundles a BLAS of its own; leaving that one alone keeps its thread pool
     warm for the user's (and the dense layers') matrix products. Where no BLAS can be told
@@ -273,7 +274,8 @@ def _blas_knobs_once() -> list[_ControllerKnob | _OpenBLASKnob]:
 
 class blas_threads:
     """Context manager: run the body with every BLAS the kernels call limited to ``n``
-    threads, and restore the previous counts when the last concurrent user leaves."""
+    threads, and restore the previous counts when the last concurrent user leaves.
+    """
 
     __slots__ = ("n",)
 

@@ -86,7 +86,8 @@ def _fraction(text: str) -> float:
 
 class _HelpFormatter(argparse.HelpFormatter):
     """Append each option's default to its help once: never where the help already gives
-    it in words, nor for a default of None (nothing chosen) or a flag's False."""
+    it in words, nor for a default of None (nothing chosen) or a flag's False.
+    """
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -367,7 +368,8 @@ def _train(args: argparse.Namespace, start: float) -> int:
 
 def _prepare_plot_dir(directory: str) -> None:
     """Check matplotlib and create ``directory`` before training, so a long run does not
-    end in an error."""
+    end in an error.
+    """
     import os
 
     from fastcnn import plotting
@@ -421,7 +423,8 @@ def _write_plots(
 
 def _unknown_options(parser: argparse.ArgumentParser, unknown: list[str]) -> None:
     """Exit through ``parser.error`` naming the unknown arguments, with the closest
-    option for a misspelt one."""
+    option for a misspelt one.
+    """
     options = [opt for action in parser._actions for opt in action.option_strings]
     message = f"unrecognized arguments: {' '.join(unknown)}"
     close = difflib.get_close_matches(unknown[0].split("=")[0], options, n=1)

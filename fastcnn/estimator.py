@@ -88,7 +88,8 @@ def _dask_worker_share() -> int | None:
     (``LocalCluster(processes=False)``) share this process's cores, so each task gets the
     cores divided by all the slots here. Worker processes started by a nanny also get
     ``OMP_NUM_THREADS=1`` (distributed's ``distributed.nanny.pre-spawn-environ``), which
-    fastcnn's default honours: the lower of the two wins."""
+    fastcnn's default honours: the lower of the two wins.
+    """
     distributed = sys.modules.get("distributed")  # never import it: no worker without it
     if distributed is None:
         return None
@@ -107,7 +108,8 @@ def _dask_worker_share() -> int | None:
 def _task_threads() -> contextlib.AbstractContextManager[None]:
     """Context for fit and predict: inside a dask worker's task, fastcnn's default thread
     count is capped at the task's share of the cores (no oversubscription); elsewhere, and
-    after ``fastcnn.set_num_threads``, nothing changes."""
+    after ``fastcnn.set_num_threads``, nothing changes.
+    """
     share = _dask_worker_share()
     if share is None:
         return contextlib.nullcontext()
@@ -130,7 +132,8 @@ def _warn_if_channels_last(shape: tuple[int, ...]) -> None:
     """Warn when channels-first (n, C, H, W) input looks like channels-last (n, H, W, C):
     the last axis is a colour-channel count, axis 1 is not, and read channels-first the
     images would be strips narrower than they are high (square feature maps, such as
-    (n, 16, 4, 4), stay quiet)."""
+    (n, 16, 4, 4), stay quiet).
+    """
     axis1, height, last = shape[1], shape[2], shape[3]
     if last in _COLOR_CHANNELS and axis1 not in _COLOR_CHANNELS and min(axis1, height) > last:
         warnings.warn(
@@ -147,7 +150,8 @@ def _image_shape_of(
     n_features: int, image_shape: Sequence[int] | None, data_format: str = "channels_first"
 ) -> tuple[int, int, int]:
     """Shape (C, H, W) one flat row of ``n_features`` values is reshaped to; a 3-tuple
-    ``image_shape`` is in ``data_format`` order, (C, H, W) or (H, W, C)."""
+    ``image_shape`` is in ``data_format`` order, (C, H, W) or (H, W, C).
+    """
     if image_shape is not None:
         if len(image_shape) == 2:
             shape = (1, image_shape[0], image_shape[1])

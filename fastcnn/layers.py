@@ -118,7 +118,8 @@ _budget: ContextVar[list[int] | None] = ContextVar("fastcnn_allocation_budget", 
 @contextlib.contextmanager
 def _allocation_budget(n_elements: int) -> Iterator[None]:
     """Within the block, layers built may allocate at most ``n_elements`` parameter and
-    buffer elements in all; a layer that would exceed it raises ValueError instead."""
+    buffer elements in all; a layer that would exceed it raises ValueError instead.
+    """
     token = _budget.set([int(n_elements)])
     try:
         yield

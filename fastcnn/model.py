@@ -353,7 +353,7 @@ class Sequential:
 
     @property
     def dtype(self) -> np.dtype:
-        """dtype of the parameters (float32 if no layer has parameters)."""
+        """Dtype of the parameters (float32 if no layer has parameters)."""
         dtype = self._param_dtype()
         return np.dtype(np.float32) if dtype is None else dtype
 
@@ -409,7 +409,8 @@ class Sequential:
 
     def _non_finite_state(self) -> tuple[str, str] | None:
         """``("parameters" or "buffers", name)`` of the first array of the model's state
-        that holds NaN or infinity, else None."""
+        that holds NaN or infinity, else None.
+        """
         for i, layer in enumerate(self.layers):
             for kind, arrays in (("parameters", layer.params), ("buffers", layer.buffers)):
                 for name, array in arrays.items():
@@ -562,7 +563,8 @@ class Sequential:
         self, X: ArrayLike, name: str = "X", convert: bool = True
     ) -> tuple[np.ndarray, Shape]:
         """Validate a batch of samples; return it (as the model dtype if ``convert``) and
-        the output shape of one sample."""
+        the output shape of one sample.
+        """
         X = np.asarray(X)
         if X.dtype.kind not in "biuf":
             raise TypeError(f"{name} must hold real numbers, got dtype {X.dtype}")
@@ -588,7 +590,8 @@ class Sequential:
 
     def _one_sample_hint(self, shape: Shape, name: str) -> str:
         """Advice for a single sample given without its batch axis (``model.predict(X[0])``):
-        when ``shape`` itself is a shape the model accepts per sample."""
+        when ``shape`` itself is a shape the model accepts per sample.
+        """
         try:
             self.output_shape(tuple(shape))
         except ValueError:
@@ -1195,7 +1198,8 @@ _OPTIMIZER_NAMES = {"adam": Adam, "sgd": SGD}  # the names CNNClassifier(optimiz
 
 def _normalized_weights(w: np.ndarray) -> np.ndarray:
     """Sample weights divided by their mean: a batch loss ``sum(w_b * loss_b) / n_b`` then
-    averages, over an epoch, to ``sum(w * loss) / sum(w)`` (scikit-learn's weighted mean)."""
+    averages, over an epoch, to ``sum(w * loss) / sum(w)`` (scikit-learn's weighted mean).
+    """
     mean = float(w.mean())
     if mean <= 0.0:
         raise ValueError("sample_weight must have a positive sum, got all weights zero")
@@ -1346,7 +1350,8 @@ class _ModelFile:
 
     def _directory(self) -> dict[str, zipfile.ZipInfo]:
         """Array name -> zip entry. An array stored twice, or as both ``k`` and ``k.npy``
-        (numpy's two spellings of one name), is refused: which one is read is undefined."""
+        (numpy's two spellings of one name), is refused: which one is read is undefined.
+        """
         infos = self._opened.infolist()
         counts = collections.Counter(info.filename for info in infos)
         entries: dict[str, zipfile.ZipInfo] = {}
@@ -1372,7 +1377,8 @@ class _ModelFile:
 
     def _check_sizes(self) -> None:
         """Refuse entries that declare more data than the file can hold: compressed, more
-        than its size; uncompressed, more than _MAX_EXPANSION times it (a zip bomb)."""
+        than its size; uncompressed, more than _MAX_EXPANSION times it (a zip bomb).
+        """
         length = os.fstat(self._file.fileno()).st_size
         infos = self._entries.values()
         stored = sum(info.compress_size for info in infos)
@@ -1426,7 +1432,8 @@ class _ModelFile:
 
     def build(self) -> Sequential:
         """The model of the architecture, freshly initialized. Its layers may allocate
-        little more than the array entries declare (checked in step 1)."""
+        little more than the array entries declare (checked in step 1).
+        """
         declared = sum(
             info.file_size for key, info in self._entries.items() if not key.startswith(_META_KEYS)
         )
@@ -1439,7 +1446,8 @@ class _ModelFile:
 
     def check(self, expected: Expected) -> None:
         """Refuse unless the array entries are exactly ``expected``, each with that shape
-        and dtype (in either byte order) in its header. Reads the headers only."""
+        and dtype (in either byte order) in its header. Reads the headers only.
+        """
         present = {key for key in self._entries if key not in _META_KEYS}
         missing, extra = sorted(expected.keys() - present), sorted(present - expected.keys())
         if missing or extra:
@@ -1468,7 +1476,8 @@ class _ModelFile:
 
     def _header(self, key: str) -> tuple[Shape, np.dtype]:
         """Shape and dtype in the .npy header of entry ``key``, which must describe exactly
-        the size the zip directory declares for it. Reads the header only."""
+        the size the zip directory declares for it. Reads the header only.
+        """
         info = self._entries[key]
         try:
             with self._opened.open(info) as f:
@@ -1510,7 +1519,8 @@ class _ModelFile:
 
 def _expected_arrays(model: Sequential, meta: dict[str, Any] | None) -> Expected:
     """The arrays a file of ``model`` holds: its state, and with a checkpoint's training
-    state ``meta`` the optimizer arrays that declares."""
+    state ``meta`` the optimizer arrays that declares.
+    """
     expected = {name: (a.shape, a.dtype) for name, a in model._state_arrays().items()}
     if meta is None:
         return expected

@@ -101,7 +101,8 @@ class Optimizer:
 
     def _holds_bound_pairs(self, params_and_grads: ParamsAndGrads) -> bool:
         """Whether the list holds exactly the bound arrays, in order: a cheap identity
-        check per step, so pairs added to or replaced in a list already seen are bound."""
+        check per step, so pairs added to or replaced in a list already seen are bound.
+        """
         old = self._params
         if old is None or len(params_and_grads) != len(old):
             return False
@@ -115,7 +116,8 @@ class Optimizer:
     def _arrays(self) -> tuple[list[np.ndarray], list[np.ndarray], _backend.Backend]:
         """The bound params and grads as two lists, and the backend to update them with:
         the active one, or numpy's when an array is not C-contiguous (the compiled
-        updates need flat arrays; numpy's work on any layout)."""
+        updates need flat arrays; numpy's work on any layout).
+        """
         if self._lists is None or self._lists[0] is not self._params:
             params = [param for param, _ in self._params or ()]
             grads = [grad for _, grad in self._params or ()]

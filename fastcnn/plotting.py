@@ -334,7 +334,8 @@ def _one_image(image: ArrayLike) -> np.ndarray:
 
 def _end_of_first_block(model: Sequential) -> int:
     """Index of the last layer of the first convolution block: the first Conv2D and the
-    normalization, dropout and activation layers right after it."""
+    normalization, dropout and activation layers right after it.
+    """
     from fastcnn.layers import BatchNorm2D, Dropout, LeakyReLU, ReLU, Sigmoid, Tanh
 
     index = _first_conv(model)
