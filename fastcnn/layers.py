@@ -25,13 +25,16 @@ import math
 import numbers
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from numpy.typing import DTypeLike
 
 import fastcnn.functional as F
 from fastcnn._validation import conv_output_size, conv_padding, pair, pool_output_size
+
+if TYPE_CHECKING:  # at run time, __getattr__ at the end: fastcnn.saving imports this module
+    from fastcnn.saving.registry import LAYER_REGISTRY, layer_from_config, register_layer
 
 __all__ = [
     "AvgPool2D",
@@ -110,15 +113,17 @@ def _check_bool(value: object, name: str) -> bool:
 # Allocation budget: what a model file may make us allocate
 
 # Elements that parameters and buffers may still take, or None for no limit. Set by
-# fastcnn.load while it rebuilds the layers a file names, so that a crafted file declaring
-# enormous layers is refused before their arrays are allocated.
+# fastcnn.load (fastcnn.saving.npz) while it rebuilds the layers a file names, so that a
+# crafted file declaring enormous layers is refused before their arrays are allocated.
 _budget: ContextVar[list[int] | None] = ContextVar("fastcnn_allocation_budget", default=None)
 
 
 @contextlib.contextmanager
-def _allocation_budget(n_elements: int) -> Iterator[None]:
-    """Within the block, layers built may allocate at most ``n_elements`` parameter and
-    buffer elements in all; a layer that would exceed it raises ValueError instead.
+def allocation_budget(n_elements: int) -> Iterator[None]:
+    """Limit what the layers built within the block may allocate.
+
+    They may allocate at most ``n_elements`` parameter and buffer elements in all; a
+    layer that would exceed it raises ValueError instead. Used by the model file reader.
     """
     token = _budget.set([int(n_elements)])
     try:
@@ -1031,51 +1036,17 @@ class Dropout(Layer):
 
 
 # ---------------------------------------------------------------------------------------
-# Registry: the only classes a model file may name
+# The registry of the classes a model file may name lives in fastcnn.saving.registry;
+# its names stay importable from here, where users have always found them.
 
+_SAVING_NAMES = ("LAYER_REGISTRY", "layer_from_config", "register_layer")
 
-LAYER_REGISTRY: dict[str, type[Layer]] = {
-    cls.__name__: cls
-    for cls in (
-        Conv2D,
-        Dense,
-        BatchNorm2D,
-        MaxPool2D,
-        AvgPool2D,
-        ReLU,
-        LeakyReLU,
-        Tanh,
-        Sigmoid,
-        Flatten,
-        Dropout,
-    )  # fmt: skip
-}
+if not TYPE_CHECKING:
 
+    def __getattr__(name: str) -> Any:
+        """Serve the registry's names from :mod:`fastcnn.saving`, their home."""
+        if name in _SAVING_NAMES:
+            from fastcnn.saving import registry
 
-def register_layer(cls: type[Layer]) -> type[Layer]:
-    """Class decorator: allow a custom :class:`Layer` subclass in saved models.
-
-    Loading rebuilds layers only from this registry (never by importing a name found in
-    a file), so a custom layer must be registered before :func:`fastcnn.load` sees it.
-    Its ``get_config()`` must return its constructor arguments as JSON-able values.
-    """
-    if not (isinstance(cls, type) and issubclass(cls, Layer)):
-        raise TypeError(f"register_layer expects a Layer subclass, got {cls!r}")
-    existing = LAYER_REGISTRY.get(cls.__name__)
-    if existing is not None and existing is not cls:
-        raise ValueError(f"a different layer class named {cls.__name__!r} is already registered")
-    LAYER_REGISTRY[cls.__name__] = cls
-    return cls
-
-
-def layer_from_config(name: str, config: dict[str, Any]) -> Layer:
-    """Build a registered layer from its class name and ``get_config()`` dict."""
-    try:
-        cls = LAYER_REGISTRY[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown layer class {name!r}; known layers: {sorted(LAYER_REGISTRY)}"
-        ) from None
-    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
-        raise ValueError(f"config for layer {name} must be a dict with str keys, got {config!r}")
-    return cls(**config)
+            return getattr(registry, name)
+        raise AttributeError(f"module 'fastcnn.layers' has no attribute {name!r}")

@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
 
-import fastcnn.model as model_module
+import fastcnn.saving.npz as npz_module
+import fastcnn.saving.registry as registry_module
 from fastcnn.layers import (
     BatchNorm2D,
     Conv2D,
@@ -388,13 +389,19 @@ class BuildSpy:
 
     def __init__(self, monkeypatch):
         self.built = 0
-        real = model_module.layer_from_config
+        real = registry_module.layer_from_config
 
         def build(name, config):
             self.built += 1
             return real(name, config)
 
-        monkeypatch.setattr(model_module, "layer_from_config", build)
+        monkeypatch.setattr(registry_module, "layer_from_config", build)
+
+
+def test_the_build_spy_sees_every_layer_a_load_builds(saved, monkeypatch):
+    # The tests below assert that it saw none: it must see them when there are some.
+    spy = BuildSpy(monkeypatch)
+    assert len(load(saved)) == spy.built == len(small_model())
 
 
 HEADER_BYTES = 1024  # what reading one .npy header may take; array data is not read
@@ -524,7 +531,7 @@ def test_a_file_at_the_layer_cap_loads(tmp_path):
 
 
 def test_a_long_architecture_text_is_refused_unread(saved, monkeypatch):
-    monkeypatch.setattr(model_module, "_MAX_TEXT_BYTES", 1000)
+    monkeypatch.setattr(npz_module, "_MAX_TEXT_BYTES", 1000)
     spy = ReadSpy(monkeypatch)
     with pytest.raises(
         ValueError, match=r"entry '__architecture__' holds a string of 2,800 bytes"
@@ -600,19 +607,19 @@ def _fail_in(stage, exc, monkeypatch):
             real(file, **arrays)  # the whole archive is written to the temporary file...
             raise exc  # ...then the "disk fills up" before it is flushed
 
-        monkeypatch.setattr(model_module.np, "savez", savez)
+        monkeypatch.setattr(npz_module.np, "savez", savez)
     elif stage == "fsync":
 
         def fsync(fd):
             raise exc
 
-        monkeypatch.setattr(model_module.os, "fsync", fsync)
+        monkeypatch.setattr(npz_module.os, "fsync", fsync)
     else:
 
         def replace(src, dst):
             raise exc
 
-        monkeypatch.setattr(model_module.os, "replace", replace)
+        monkeypatch.setattr(npz_module.os, "replace", replace)
 
 
 @pytest.mark.parametrize("stage", ["savez", "fsync", "replace"])
@@ -639,7 +646,7 @@ def test_interrupted_save_keeps_the_previous_file(tmp_path, monkeypatch, stage, 
 KILL_SCRIPT = r"""
 import sys, time
 import numpy as np
-import fastcnn.model as model_module
+import fastcnn.saving.npz as npz_module
 from fastcnn.layers import Dense
 from fastcnn.model import Sequential
 
@@ -666,7 +673,7 @@ if mode == "slow":
     def savez(f, **arrays):
         real_savez(Slow(f), **arrays)
 
-    model_module.np.savez = savez
+    npz_module.np.savez = savez
     second.save(path)
     print("finished", flush=True)
 else:
