@@ -22,6 +22,9 @@ from conftest import tol
 from numpy.testing import assert_allclose, assert_array_equal
 
 import fastcnn
+import fastcnn.layers
+from fastcnn import saving
+from fastcnn.layers import BatchNorm2D, Conv2D, Dense, Flatten, ReLU
 from fastcnn.model import FORMAT_VERSION, Sequential
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -128,3 +131,70 @@ def test_golden_checkpoint_resumes_where_it_stopped(backend, expected, tmp_path)
     out = model.forward(expected["ckpt_X"])
     assert_allclose(out, expected[f"resumed_out_{backend}"], **tol(np.float32))
     assert json.loads(str(_raw_arrays(path)["__checkpoint__"]))["epochs_done"] == 2
+
+
+# ---------------------------------------------------------------------------------------
+# fastcnn.saving: the functions behind save and load, and the registry's two homes
+
+
+def test_save_and_load_are_the_saving_functions_and_the_registry_has_two_homes():
+    import fastcnn.model
+
+    assert fastcnn.load is fastcnn.model.load is saving.load_model
+    assert fastcnn.model.FORMAT_VERSION == saving.FORMAT_VERSION
+    for name in ("LAYER_REGISTRY", "layer_from_config", "register_layer"):
+        assert getattr(fastcnn.layers, name) is getattr(saving, name), name
+        assert name in fastcnn.layers.__all__ and name in saving.__all__
+    namespace: dict = {}
+    exec("from fastcnn.layers import *", namespace)
+    assert namespace["register_layer"] is saving.register_layer
+    with pytest.raises(AttributeError, match="fastcnn.layers' has no attribute 'registry'"):
+        fastcnn.layers.registry  # noqa: B018
+
+
+def test_save_model_and_load_model_round_trip(dtype, backend, tmp_path, rng):
+    model = Sequential(
+        Conv2D(1, 2, 3, dtype=dtype, rng=0),
+        BatchNorm2D(2, dtype=dtype),
+        ReLU(),
+        Flatten(),
+        Dense(2 * 4 * 4, 3, dtype=dtype, rng=1),
+    )
+    x = rng.standard_normal((2, 1, 6, 6)).astype(dtype)
+    model.forward(x, training=True)  # BatchNorm statistics other than the initial ones
+    for path in (tmp_path / "pathlib.npz", str(tmp_path / "str.npz")):
+        saving.save_model(model, path)
+        loaded = saving.load_model(path)
+        assert loaded.dtype == dtype
+        _assert_state_is(loaded, model.state_dict())
+        assert_array_equal(loaded.forward(x), model.forward(x), strict=True)
+    assert sorted(os.listdir(tmp_path)) == ["pathlib.npz", "str.npz"]
+
+
+def test_a_layer_registered_in_saving_is_saved_and_loaded(tmp_path):
+    class Scale(fastcnn.layers.Layer):
+        def __init__(self, factor=2.0):
+            super().__init__()
+            self.factor = factor
+
+        def forward(self, x, training=False):
+            return x * self.factor
+
+        def backward(self, grad_out):
+            return grad_out * self.factor
+
+        def get_config(self):
+            return {"factor": self.factor}
+
+    with pytest.raises(ValueError, match="not a registered layer class"):
+        saving.save_model(Sequential(Scale(3.0)), tmp_path / "scale.npz")
+    try:
+        assert saving.register_layer(Scale) is Scale
+        assert fastcnn.layers.LAYER_REGISTRY["Scale"] is Scale
+        saving.save_model(Sequential(Scale(3.0)), tmp_path / "scale.npz")
+        (layer,) = saving.load_model(tmp_path / "scale.npz")
+        assert type(layer) is Scale and layer.factor == 3.0
+    finally:
+        saving.LAYER_REGISTRY.pop("Scale", None)
+    with pytest.raises(ValueError, match="unknown layer class 'Scale'"):
+        saving.load_model(tmp_path / "scale.npz")
