@@ -2,12 +2,12 @@
 
 One module per job:
 
-* :mod:`fastcnn.saving.registry`: the layer classes a model file may name
+* ``fastcnn.saving.registry``: the layer classes a model file may name
   (:data:`LAYER_REGISTRY`, :func:`register_layer`) and the architecture as JSON-able data;
-* :mod:`fastcnn.saving.npz`: the model file, an ``.npz`` archive of plain arrays
+* ``fastcnn.saving.npz``: the model file, an ``.npz`` archive of plain arrays
   (:data:`FORMAT_VERSION`), written atomically by :func:`save_model` and read, checked
   against its architecture before any array data, by :func:`load_model`;
-* :mod:`fastcnn.saving.checkpoints`: ``fit`` checkpoints, a model file plus the training
+* ``fastcnn.saving.checkpoints``: ``fit`` checkpoints, a model file plus the training
   state that resuming needs.
 
 :meth:`fastcnn.Sequential.save` is :func:`save_model` and :func:`fastcnn.load` is

@@ -428,7 +428,7 @@ def expected_arrays(model: Sequential, meta: dict[str, Any] | None) -> Expected:
 
 
 def load_model(path: str | os.PathLike[str]) -> Sequential:
-    """Load a model written by :func:`save_model` (or a ``fit`` checkpoint).
+    """Load a model written by :func:`~fastcnn.saving.save_model` (or a ``fit`` checkpoint).
 
     :func:`fastcnn.load` is this function. Nothing in the file is executed: arrays are
     read with ``allow_pickle=False`` and layers are rebuilt only from classes in
