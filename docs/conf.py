@@ -158,6 +158,7 @@ PUBLIC_MODULES = [
     "fastcnn.estimator",
     "fastcnn.datasets",
     "fastcnn.plotting",
+    "fastcnn.saving",
 ]
 
 

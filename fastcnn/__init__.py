@@ -41,6 +41,7 @@ _LAZY = {
     "datasets": ("fastcnn.datasets", None),
     "estimator": ("fastcnn.estimator", None),
     "plotting": ("fastcnn.plotting", None),
+    "saving": ("fastcnn.saving", None),
     "empty_cache": ("fastcnn._buffers", "empty_cache"),
 }
 
