@@ -8,7 +8,9 @@ Subcommands:
   the learning curves, filters, feature maps and confusion matrix
   (:mod:`fastcnn.plotting`).
 * ``info``: configuration, backends and a quick timing (:mod:`fastcnn._info`).
-* ``bench``: the benchmark suite (:mod:`fastcnn._bench`).
+
+The benchmark suite is not a subcommand: it lives in the repository
+(``python benchmarks/run.py``), not in the installed package.
 
 Everything heavy (scikit-learn, the model stack) is imported when a subcommand runs, so
 ``fastcnn --help`` answers at once.
@@ -42,7 +44,7 @@ _RECIPES = {
     ("digits_cnn", "mnist"): (5, 1e-3, 0.02),
     ("lenet5", "mnist"): (5, 1e-3, 0.02),
 }
-_DELEGATES = {"info": "fastcnn._info", "bench": "fastcnn._bench"}
+_DELEGATES = {"info": "fastcnn._info"}
 
 
 class _CLIError(Exception):
@@ -198,16 +200,12 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "-q", "--quiet", action="store_true", help="no progress bar (one summary at the end)"
     )
 
-    for name, help_text in (
-        ("info", "show the configuration, backends and a quick timing"),
-        ("bench", "run the benchmark suite"),
-    ):
-        commands.add_parser(
-            name,
-            help=help_text,
-            add_help=False,
-            description=f"All arguments are passed on; see 'fastcnn {name} --help'.",
-        )
+    commands.add_parser(
+        "info",
+        help="show the configuration, backends and a quick timing",
+        add_help=False,
+        description="All arguments are passed on; see 'fastcnn info --help'.",
+    )
     return parser, {"train": train}
 
 
@@ -450,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in _DELEGATES:
-        # info and bench parse their own arguments (--help included).
+        # info parses its own arguments (--help included).
         from importlib import import_module
 
         module = import_module(_DELEGATES[argv[0]])

@@ -1,5 +1,4 @@
-"""Pictures of a network and of its speed: filters, feature maps, learning curves,
-confusion matrices and benchmark charts.
+"""Pictures of a network: filters, feature maps, learning curves, confusion matrices.
 
 matplotlib is an optional dependency (``pip install 'fastcnn[plot]'``): it is imported
 when a function is called, never by ``import fastcnn.plotting``, and a missing matplotlib
@@ -17,8 +16,6 @@ Wherever a model is expected, a :class:`fastcnn.Sequential` or a fitted
 
 from __future__ import annotations
 
-import itertools
-import json
 import math
 import numbers
 import os
@@ -39,7 +36,6 @@ if TYPE_CHECKING:
     from fastcnn.model import History, Sequential
 
 __all__ = [
-    "plot_benchmark",
     "plot_confusion",
     "plot_feature_maps",
     "plot_filters",
@@ -49,10 +45,6 @@ __all__ = [
 
 _INSTALL_HINT = "fastcnn.plotting needs matplotlib: pip install 'fastcnn[plot]'"
 _HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
-# Colours of the benchmark implementations; any other takes one of the spare colours.
-_IMPL_COLORS = {"fastcnn": "#1f77b4", "numpy": "#ff7f0e", "loops": "#7f7f7f", "torch": "#d62728"}
-_SPARE_COLORS = ("#9467bd", "#2ca02c", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
-_CHART_GROUPS = ("conv", "pool", "model")
 
 
 # ---------------------------------------------------------------------------------------
@@ -706,187 +698,4 @@ def plot_confusion(
             normalize, ", fractions of all samples"
         )
     ax.set_title(title, fontsize=10)
-    return _finish(fig, path, dpi)
-
-
-# ---------------------------------------------------------------------------------------
-# Benchmark chart
-
-
-def _load_results(results: Mapping[str, Any] | str | os.PathLike[str]) -> Mapping[str, Any]:
-    if isinstance(results, str | os.PathLike):
-        path = results
-        with open(path, encoding="utf-8") as file:
-            try:
-                results = json.load(file)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{os.fspath(path)!r} is not JSON: {exc}") from None
-    if not isinstance(results, Mapping):
-        raise TypeError(
-            "results must be the benchmark results dict or the path of its JSON file, "
-            f"got {type(results).__name__}"
-        )
-    if not isinstance(results.get("results"), list):
-        raise ValueError(
-            "results does not look like fastcnn benchmark results: it has no 'results' "
-            "list (see benchmarks/README.md, 'JSON layout')"
-        )
-    return results
-
-
-def _chart_entries(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The timed per-call cases (conv, pool, model) with at least one measured time."""
-    return [
-        entry
-        for entry in results["results"]
-        if entry.get("group") in _CHART_GROUPS
-        and any(
-            r.get("status") == "ok" and r.get("median_ms") is not None
-            for r in entry.get("impls", {}).values()
-        )
-    ]
-
-
-def _median(entry: Mapping[str, Any], impl: str) -> float:
-    timing = entry["impls"].get(impl, {})
-    if timing.get("status") != "ok" or timing.get("median_ms") is None:
-        return math.nan
-    return float(timing["median_ms"])
-
-
-def plot_benchmark(
-    results: Mapping[str, Any] | str | os.PathLike[str],
-    *,
-    impls: Sequence[str] | None = None,
-    speedup: str | Sequence[str] | None = "torch",
-    path: str | os.PathLike[str] | None = None,
-    dpi: float = 100,
-) -> Figure:
-    """Grouped bars of the median time per call of every case and implementation.
-
-    Parameters
-    ----------
-    results : dict, str or path-like
-        What ``python benchmarks/run.py`` (``fastcnn bench``) measured: its results
-        dict, or the path of the ``latest.json`` it writes (layout in
-        ``benchmarks/README.md``). The conv, pool and model cases are drawn; the epoch,
-        memory and import cases are not per-call times and are left out.
-    impls : sequence of str, optional
-        Implementations to draw (``"fastcnn"``, ``"numpy"``, ``"loops"``, ``"torch"``),
-        in the results' order. Default: every one with at least one measured time.
-    speedup : str, sequence of str or None, default 'torch'
-        Above each group, that implementation's time over fastcnn's (the results'
-        ``speedup`` field; above 1 means fastcnn is faster), e.g. ``"3.3x"``; with
-        several, one line each, coloured like that implementation's bars. None: no
-        labels.
-    path : str or path-like, optional
-        Also save the figure there.
-    dpi : float, default 100
-        Resolution of the saved file.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        ``fig.axes[0]``: one bar container per implementation (label: its name from the
-        results, e.g. ``"PyTorch CPU"``; height: ``median_ms``, NaN where it was not
-        timed), in ``impls`` order, on a log y axis; one x tick per case and pass; the
-        speedup labels as ``ax.texts``. The title names the CPU and thread count.
-
-    Raises
-    ------
-    ImportError
-        If matplotlib is not installed.
-    OSError
-        If ``results`` is a path that cannot be read.
-    TypeError
-        If ``results`` is neither a dict nor a path.
-    ValueError
-        If the file is not JSON, ``results`` has no ``'results'`` list or no timed conv,
-        pool or model case, or ``impls`` or ``speedup`` names an implementation the
-        results do not hold (or ``speedup`` names fastcnn itself).
-    """
-    Figure = _require_matplotlib()
-    results = _load_results(results)
-    entries = _chart_entries(results)
-    if not entries:
-        raise ValueError("results holds no timed conv, pool or model case to chart")
-    labels = dict(results.get("settings", {}).get("implementations") or {})
-    for entry in entries:
-        for impl in entry["impls"]:
-            labels.setdefault(impl, impl)
-    timed = [impl for impl in labels if any(not math.isnan(_median(e, impl)) for e in entries)]
-    if impls is None:
-        impls = timed
-    else:
-        impls = [impls] if isinstance(impls, str) else list(impls)
-        unknown = [impl for impl in impls if impl not in timed]
-        if unknown or not impls:
-            raise ValueError(f"impls: unknown or never timed {unknown}; the results time {timed}")
-    if speedup is None:
-        references = []
-    else:
-        references = [speedup] if isinstance(speedup, str) else list(speedup)
-        unknown = [ref for ref in references if ref not in labels or ref == "fastcnn"]
-        if unknown:
-            raise ValueError(
-                f"speedup: cannot compare fastcnn with {unknown}; choose from "
-                f"{[impl for impl in labels if impl != 'fastcnn']}"
-            )
-
-    fig = Figure(figsize=(max(8.0, 0.6 * len(entries) + 2), 6.0), layout="constrained")
-    ax = fig.add_subplot()
-    width = 0.8 / len(impls)
-    x = np.arange(len(entries))
-    spare = itertools.cycle(_SPARE_COLORS)
-    colors = {impl: _IMPL_COLORS.get(impl) or next(spare) for impl in labels}
-    for j, impl in enumerate(impls):
-        ax.bar(
-            x + (j - (len(impls) - 1) / 2) * width,
-            [_median(entry, impl) for entry in entries],
-            width,
-            label=labels[impl],
-            color=colors[impl],
-            hatch="//" if impl == "loops" else None,
-        )
-    for i, entry in enumerate(entries):
-        heights = [_median(entry, impl) for impl in impls]
-        if all(math.isnan(h) for h in heights):
-            continue
-        ratios = [entry.get("speedup", {}).get(ref) for ref in references]
-        # One line per reference, stacked upwards and coloured like its bars (black when
-        # there is only one, as the title says which it is).
-        lines = [(ref, r) for ref, r in zip(references, ratios, strict=True) if r is not None]
-        for k, (ref, ratio) in enumerate(lines):
-            ax.annotate(
-                f"{ratio:.1f}x",
-                (i, np.nanmax(heights)),
-                textcoords="offset points",
-                xytext=(0, 3 + 9 * k),
-                ha="center",
-                fontsize=7,
-                color="black" if len(references) == 1 else colors[ref],
-            )
-    ticks = [
-        f"{e['case'] if e['group'] == 'pool' else e.get('label', e['case'])}\n{e.get('pass', '')}"
-        for e in entries
-    ]
-    ax.set_xticks(x, ticks, rotation=60, ha="right", fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylabel("median time per call, ms (log scale)")
-    cpu = results.get("machine", {}).get("cpu", {}).get("model", "unknown CPU")
-    title = f"fastcnn benchmark: {cpu}, {results.get('settings', {}).get('threads', '?')} threads"
-    if len(references) == 1:
-        title += f"; numbers above bars: {labels[references[0]]} time / fastcnn time"
-    elif references:
-        title += "; numbers above bars: time of the implementation of that colour / fastcnn time"
-    ax.set_title(title, fontsize=9)
-    if references:
-        # Room above the tallest bars for the labels: a share of the log range per line.
-        low, high = ax.get_ylim()
-        ax.set_ylim(low, high * (high / low) ** (0.04 * len(references)))
-    try:
-        fig.legend(loc="outside lower center", ncol=len(impls), fontsize=8)
-    except ValueError:  # matplotlib < 3.7 has no "outside" legends
-        ax.legend(fontsize=8)
-    ax.grid(axis="y", which="both", alpha=0.3)
     return _finish(fig, path, dpi)
