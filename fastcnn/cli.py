@@ -373,7 +373,7 @@ def _prepare_plot_dir(directory: str) -> None:
     from fastcnn import plotting
 
     try:
-        plotting._require_matplotlib()
+        plotting.require_matplotlib()
     except ImportError as exc:
         raise _CLIError(f"--plot: {exc}") from None
     if os.path.exists(directory) and not os.path.isdir(directory):
