@@ -132,6 +132,30 @@ def _annotate_speedups(
             )
 
 
+def _draw_bars(
+    ax: Axes,
+    entries: list[dict[str, Any]],
+    impls: list[str],
+    labels: Mapping[str, str],
+    colors: Mapping[str, str],
+) -> None:
+    """One group of bars per case and pass, one bar per implementation, on a log scale."""
+    width, x = 0.8 / len(impls), np.arange(len(entries))
+    for j, impl in enumerate(impls):
+        heights = [_median(entry, impl) for entry in entries]
+        ax.bar(
+            x + (j - (len(impls) - 1) / 2) * width, heights, width, label=labels[impl],
+            color=colors[impl], hatch="//" if impl == "loops" else None,
+        )  # fmt: skip
+    ticks = [
+        f"{e['case'] if e['group'] == 'pool' else e.get('label', e['case'])}\n{e.get('pass', '')}"
+        for e in entries
+    ]
+    ax.set_xticks(x, ticks, rotation=60, ha="right", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("median time per call, ms (log scale)")
+
+
 def _title(results: Mapping[str, Any], labels: Mapping[str, str], references: list[str]) -> str:
     cpu = results.get("machine", {}).get("cpu", {}).get("model", "unknown CPU")
     title = f"fastcnn benchmark: {cpu}, {results.get('settings', {}).get('threads', '?')} threads"
@@ -205,23 +229,10 @@ def plot_benchmark(
     drawn, references = _chosen(labels, entries, impls, speedup)
     fig = Figure(figsize=(max(8.0, 0.6 * len(entries) + 2), 6.0), layout="constrained")
     ax = fig.add_subplot()
-    width, x = 0.8 / len(drawn), np.arange(len(entries))
     spare = itertools.cycle(SPARE_COLORS)
     colors = {impl: IMPL_COLORS.get(impl) or next(spare) for impl in labels}
-    for j, impl in enumerate(drawn):
-        heights = [_median(entry, impl) for entry in entries]
-        ax.bar(
-            x + (j - (len(drawn) - 1) / 2) * width, heights, width, label=labels[impl],
-            color=colors[impl], hatch="//" if impl == "loops" else None,
-        )  # fmt: skip
+    _draw_bars(ax, entries, drawn, labels, colors)
     _annotate_speedups(ax, entries, drawn, references, colors)
-    ticks = [
-        f"{e['case'] if e['group'] == 'pool' else e.get('label', e['case'])}\n{e.get('pass', '')}"
-        for e in entries
-    ]
-    ax.set_xticks(x, ticks, rotation=60, ha="right", fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylabel("median time per call, ms (log scale)")
     ax.set_title(_title(results, labels, references), fontsize=9)
     if references:
         # Room above the tallest bars for the labels: a share of the log range per line.

@@ -773,3 +773,13 @@ def test_run_plot_delegates_to_plot_benchmark(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     assert plot.plot(_results(), tmp_path / "no_matplotlib.png") is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.png"]
+
+
+@pytest.mark.skipif(not LATEST_JSON.exists(), reason="no committed benchmark results here")
+def test_plot_command_redraws_a_saved_run(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="the chart needs matplotlib")
+    out = tmp_path / "chart.png"
+    assert plot.main([str(LATEST_JSON), "-o", str(out)]) == 0
+    assert out.read_bytes()[:8] == PNG_MAGIC
+    assert plot.main([str(tmp_path / "missing.json")]) == 1
+    assert "missing.json" in capsys.readouterr().err
