@@ -48,6 +48,14 @@ SMOKE_CASES = (
 IMPLS_OF_TABLE = {"fastcnn", "numpy", "loops", "torch"}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def default_thread_count():
+    """Give the next test module fastcnn's default thread count back: the suite saves and
+    restores counts through the public API, which leaves the default as an explicit count."""
+    yield
+    fastcnn.set_num_threads(None)
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     """One quick run shared by the tests below: (exit status, stdout, output directory)."""
