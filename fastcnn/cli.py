@@ -8,7 +8,9 @@ Subcommands:
   the learning curves, filters, feature maps and confusion matrix
   (:mod:`fastcnn.plotting`).
 * ``info``: configuration, backends and a quick timing (:mod:`fastcnn._info`).
-* ``bench``: the benchmark suite (:mod:`fastcnn._bench`).
+
+The benchmark suite is not a subcommand: it lives in the repository
+(``python benchmarks/run.py``), not in the installed package.
 
 Everything heavy (scikit-learn, the model stack) is imported when a subcommand runs, so
 ``fastcnn --help`` answers at once.
@@ -42,7 +44,7 @@ _RECIPES = {
     ("digits_cnn", "mnist"): (5, 1e-3, 0.02),
     ("lenet5", "mnist"): (5, 1e-3, 0.02),
 }
-_DELEGATES = {"info": "fastcnn._info", "bench": "fastcnn._bench"}
+_DELEGATES = {"info": "fastcnn._info"}
 
 
 class _CLIError(Exception):
@@ -85,8 +87,10 @@ def _fraction(text: str) -> float:
 
 
 class _HelpFormatter(argparse.HelpFormatter):
-    """Append each option's default to its help once: never where the help already gives
-    it in words, nor for a default of None (nothing chosen) or a flag's False.
+    """Append each option's default to its help once.
+
+    Never where the help already gives it in words, nor for a default of None (nothing
+    chosen) or a flag's False.
     """
 
     def _get_help_string(self, action: argparse.Action) -> str:
@@ -98,7 +102,7 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    """The ``fastcnn`` parser, and its command parsers by name."""
+    """Build the ``fastcnn`` parser, and its command parsers by name."""
     parser = argparse.ArgumentParser(
         prog=_PROG,
         description="fastcnn: convolutional neural networks, fast on the CPU.",
@@ -118,57 +122,74 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         ),
         formatter_class=_HelpFormatter,
     )
-    train.add_argument(
+    _add_recipe_arguments(train)
+    _add_run_arguments(train)
+    commands.add_parser(
+        "info",
+        help="show the configuration, backends and a quick timing",
+        add_help=False,
+        description="All arguments are passed on; see 'fastcnn info --help'.",
+    )
+    return parser, {"train": train}
+
+
+def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``train`` that choose the model, the data and the optimizer."""
+    parser.add_argument(
         "--model",
         choices=("digits_cnn", "lenet5"),
         default="digits_cnn",
         help="the network: a small CNN for 8x8 digits, or LeCun's LeNet-5 for 28x28 images",
     )
-    train.add_argument(
+    parser.add_argument(
         "--dataset",
         choices=("digits", "mnist"),
         default="digits",
         help="lenet5 on digits upscales the 8x8 images 3x and pads them to 28x28",
     )
-    train.add_argument(
+    parser.add_argument(
         "--epochs",
         type=_int_at_least(1),
         default=None,
         help="passes over the training set (default: 15 on digits, 5 on MNIST)",
     )
-    train.add_argument(
+    parser.add_argument(
         "--batch-size", type=_int_at_least(1), default=64, help="images per gradient step"
     )
-    train.add_argument(
+    parser.add_argument(
         "--lr",
         type=_positive_float,
         default=None,
         help="initial learning rate, decayed to 0 by a cosine schedule (default: adam "
         "3e-3 on digits, 1e-3 on MNIST; sgd 0.05 on digits, 0.02 on MNIST)",
     )
-    train.add_argument(
+    parser.add_argument(
         "--optimizer",
         choices=("adam", "sgd"),
         default="adam",
         help="sgd uses Nesterov momentum 0.9",
     )
-    train.add_argument(
+    parser.add_argument(
         "--backend",
         choices=("cython", "numpy"),
         default=None,
         help="compute backend (default: the active one, cython when compiled)",
     )
-    train.add_argument(
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``train`` that seed, run, save, plot and report it."""
+    parser.add_argument(
         "--seed", type=_int_at_least(0), default=0, help="seeds the weights and the shuffling"
     )
-    train.add_argument(
+    parser.add_argument(
         "--threads",
         type=_int_at_least(1),
         default=None,
         help="threads for the compiled kernels (default: OMP_NUM_THREADS or all cores)",
     )
-    train.add_argument("--save", metavar="PATH", default=None, help="save the trained model")
-    train.add_argument(
+    parser.add_argument("--save", metavar="PATH", default=None, help="save the trained model")
+    parser.add_argument(
         "--plot",
         metavar="DIR",
         default=None,
@@ -180,35 +201,23 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "does not change the training or the trained model, only adds that evaluation to "
         "the training time",
     )
-    train.add_argument(
+    parser.add_argument(
         "--test-size", type=_fraction, default=0.2, help="test fraction of the digits split"
     )
-    train.add_argument(
+    parser.add_argument(
         "--max-train",
         type=_int_at_least(10),
         default=None,
         metavar="N",
         help="train on a stratified subset of N training images (quick runs)",
     )
-    train.add_argument(
+    parser.add_argument(
         "--data-home", default=None, help="scikit-learn data directory (MNIST cache)"
     )
-    train.add_argument("--summary", action="store_true", help="print the model summary")
-    train.add_argument(
+    parser.add_argument("--summary", action="store_true", help="print the model summary")
+    parser.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bar (one summary at the end)"
     )
-
-    for name, help_text in (
-        ("info", "show the configuration, backends and a quick timing"),
-        ("bench", "run the benchmark suite"),
-    ):
-        commands.add_parser(
-            name,
-            help=help_text,
-            add_help=False,
-            description=f"All arguments are passed on; see 'fastcnn {name} --help'.",
-        )
-    return parser, {"train": train}
 
 
 # ---------------------------------------------------------------------------------------
@@ -261,13 +270,49 @@ def _load_data(
 
 
 def _train(args: argparse.Namespace, start: float) -> int:
+    """Run ``fastcnn train``: set up, load, build, fit and report; return the exit status."""
+    _set_up(args)
+    X_train, y_train, X_test, y_test, description = _load_data(args)
+    model, optimizer, epochs = _build(args, X_train, y_train, y_test, description)
+    from fastcnn.optim import CosineAnnealingLR
+
+    fit_start = time.perf_counter()
+    history = model.fit(
+        X_train,
+        y_train,
+        epochs=epochs,
+        batch_size=args.batch_size,
+        optimizer=optimizer,
+        random_state=args.seed,
+        verbose=0 if args.quiet else 1,
+        callbacks=[CosineAnnealingLR(optimizer, T_max=epochs)],
+        validation_data=(X_test, y_test) if args.plot is not None else None,
+    )
+    fit_time = time.perf_counter() - fit_start
+    if history.interrupted:
+        print("training interrupted: evaluating the model as it is")
+    _report(args, model, history, len(y_train), X_test, y_test)
+    total = time.perf_counter() - start
+    n_seen = len(y_train) * len(history.epoch)
+    print(
+        f"time: training {fit_time:.2f} s ({n_seen / max(fit_time, 1e-9):,.0f} images/s), "
+        f"total {total:.2f} s"
+    )
+    if args.plot is not None:
+        plot_start = time.perf_counter()
+        written = _write_plots(args.plot, model, history, X_test, y_test)
+        print(f"plots ({time.perf_counter() - plot_start:.2f} s): {', '.join(written)}")
+    if history.interrupted:  # the shell convention for a Ctrl-C: 128 + SIGINT
+        print(f"{_PROG} train: interrupted; the results above are of the partly trained model")
+        return 130
+    return 0
+
+
+def _set_up(args: argparse.Namespace) -> None:
+    """Apply ``--backend`` and ``--threads``; check ``--save`` and ``--plot`` before training."""
     import os
 
-    import numpy as np
-
     import fastcnn
-    from fastcnn import models
-    from fastcnn.optim import SGD, Adam, CosineAnnealingLR
 
     if args.backend is not None:
         if args.backend not in fastcnn.available_backends():
@@ -286,12 +331,23 @@ def _train(args: argparse.Namespace, start: float) -> int:
             raise _CLIError(f"cannot save to {args.save!r}: no directory {directory!r}")
     if args.plot is not None:
         _prepare_plot_dir(args.plot)
+
+
+def _build(
+    args: argparse.Namespace,
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    y_test: np.ndarray,
+    description: str,
+) -> tuple[Sequential, Optimizer, int]:
+    """Build the model and the optimizer of the recipe; print what will be trained."""
+    import fastcnn
+    from fastcnn import models
+    from fastcnn.optim import SGD, Adam
+
     epochs, adam_lr, sgd_lr = _RECIPES[args.model, args.dataset]
     epochs = args.epochs if args.epochs is not None else epochs
-    batch_size = args.batch_size
     lr = args.lr if args.lr is not None else (adam_lr if args.optimizer == "adam" else sgd_lr)
-
-    X_train, y_train, X_test, y_test, description = _load_data(args)
     n_classes = int(max(y_train.max(), y_test.max())) + 1
     input_shape = X_train.shape[1:]
     builder = models.digits_cnn if args.model == "digits_cnn" else models.lenet5
@@ -313,33 +369,28 @@ def _train(args: argparse.Namespace, start: float) -> int:
     )
     print(
         f"model: {args.model}, {model.num_params:,} parameters; {args.optimizer} lr {lr:g} "
-        f"with cosine decay, batch {batch_size}, {epochs} epoch(s), seed {args.seed}"
+        f"with cosine decay, batch {args.batch_size}, {epochs} epoch(s), seed {args.seed}"
     )
     if args.summary:
         print(model.summary(input_shape))
     sys.stdout.flush()
+    return model, optimizer, epochs
 
-    fit_start = time.perf_counter()
-    history = model.fit(
-        X_train,
-        y_train,
-        epochs=epochs,
-        batch_size=batch_size,
-        optimizer=optimizer,
-        random_state=args.seed,
-        verbose=0 if args.quiet else 1,
-        callbacks=[CosineAnnealingLR(optimizer, T_max=epochs)],
-        validation_data=(X_test, y_test) if args.plot is not None else None,
-    )
-    fit_time = time.perf_counter() - fit_start
-    if history.interrupted:
-        print("training interrupted: evaluating the model as it is")
 
+def _report(
+    args: argparse.Namespace,
+    model: Sequential,
+    history: History,
+    n_train: int,
+    X_test: np.ndarray,
+    y_test: np.ndarray,
+) -> None:
+    """Print the test accuracy and the per-class report; save the model when asked."""
+    import numpy as np
     from sklearn.metrics import classification_report
 
     y_pred = model.predict(X_test)
     correct = int(np.count_nonzero(y_pred == y_test))
-    n_seen = len(y_train) * len(history.epoch)
     line = f"\ntest accuracy: {correct / len(y_test):.4f} ({correct}/{len(y_test)})"
     if history.epoch:
         line += f"   train loss {history.history['loss'][-1]:.4f}"
@@ -351,31 +402,19 @@ def _train(args: argparse.Namespace, start: float) -> int:
         except OSError as exc:
             raise _CLIError(f"could not save the model to {args.save!r}: {exc}") from None
         print(f"model saved to {args.save} (load it with fastcnn.load)")
-    total = time.perf_counter() - start
-    print(
-        f"time: training {fit_time:.2f} s ({n_seen / max(fit_time, 1e-9):,.0f} images/s), "
-        f"total {total:.2f} s"
-    )
-    if args.plot is not None:
-        plot_start = time.perf_counter()
-        written = _write_plots(args.plot, model, history, X_test, y_test)
-        print(f"plots ({time.perf_counter() - plot_start:.2f} s): {', '.join(written)}")
-    if history.interrupted:  # the shell convention for a Ctrl-C: 128 + SIGINT
-        print(f"{_PROG} train: interrupted; the results above are of the partly trained model")
-        return 130
-    return 0
 
 
 def _prepare_plot_dir(directory: str) -> None:
-    """Check matplotlib and create ``directory`` before training, so a long run does not
-    end in an error.
+    """Check matplotlib and create ``directory`` before training.
+
+    So a long run does not end in an error.
     """
     import os
 
     from fastcnn import plotting
 
     try:
-        plotting._require_matplotlib()
+        plotting.require_matplotlib()
     except ImportError as exc:
         raise _CLIError(f"--plot: {exc}") from None
     if os.path.exists(directory) and not os.path.isdir(directory):
@@ -422,8 +461,9 @@ def _write_plots(
 
 
 def _unknown_options(parser: argparse.ArgumentParser, unknown: list[str]) -> None:
-    """Exit through ``parser.error`` naming the unknown arguments, with the closest
-    option for a misspelt one.
+    """Exit through ``parser.error`` naming the unknown arguments.
+
+    A misspelt option is given the closest one as a suggestion.
     """
     options = [opt for action in parser._actions for opt in action.option_strings]
     message = f"unrecognized arguments: {' '.join(unknown)}"

@@ -1,24 +1,19 @@
-"""Pictures of a network and of its speed: filters, feature maps, learning curves,
-confusion matrices and benchmark charts.
+"""Pictures of a network: filters, feature maps, learning curves, confusion matrices.
 
-matplotlib is an optional dependency (``pip install 'fastcnn[plot]'``): it is imported
-when a function is called, never by ``import fastcnn.plotting``, and a missing matplotlib
-raises :class:`ImportError` naming that extra.
-
-Every function draws on a :class:`matplotlib.figure.Figure` of its own, never through
-``pyplot``, so it works headless and leaves matplotlib's global state (backend, current
-figure) alone. Each returns that Figure; with ``path=`` it also saves it there (the format
-follows the file extension, PNG by default) at ``dpi`` dots per inch. In a notebook, a
-returned Figure displays as usual; ``fig.savefig(...)`` writes it in any other format.
-
-Wherever a model is expected, a :class:`fastcnn.Sequential` or a fitted
-:class:`fastcnn.CNNClassifier` (its ``model_``) is accepted.
+matplotlib is an optional dependency (``pip install 'fastcnn[plot]'``), imported when a
+function is called, never by ``import fastcnn.plotting``; a missing matplotlib raises
+:class:`ImportError` naming that extra. Every function draws on a
+:class:`matplotlib.figure.Figure` of its own, never through ``pyplot``, so it works
+headless and leaves matplotlib's global state (backend, current figure) alone. Each
+returns that Figure; with ``path=`` it also saves it there (the format follows the file
+extension, PNG by default) at ``dpi`` dots per inch. In a notebook, a returned Figure
+displays as usual; ``fig.savefig(...)`` writes it in any other format. Wherever a model is
+expected, a :class:`fastcnn.Sequential` or a fitted :class:`fastcnn.CNNClassifier` (its
+``model_``) is accepted.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import math
 import numbers
 import os
@@ -38,28 +33,14 @@ if TYPE_CHECKING:
     from fastcnn.layers import Conv2D
     from fastcnn.model import History, Sequential
 
-__all__ = [
-    "plot_benchmark",
-    "plot_confusion",
-    "plot_feature_maps",
-    "plot_filters",
-    "plot_history",
-]
+__all__ = ["plot_confusion", "plot_feature_maps", "plot_filters", "plot_history"]
 
 
 _INSTALL_HINT = "fastcnn.plotting needs matplotlib: pip install 'fastcnn[plot]'"
 _HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
-# Colours of the benchmark implementations; any other takes one of the spare colours.
-_IMPL_COLORS = {"fastcnn": "#1f77b4", "numpy": "#ff7f0e", "loops": "#7f7f7f", "torch": "#d62728"}
-_SPARE_COLORS = ("#9467bd", "#2ca02c", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
-_CHART_GROUPS = ("conv", "pool", "model")
 
 
-# ---------------------------------------------------------------------------------------
-# Shared helpers
-
-
-def _require_matplotlib() -> type[Figure]:
+def require_matplotlib() -> type[Figure]:
     """Return matplotlib's Figure class, or raise ImportError naming the ``plot`` extra."""
     try:
         from matplotlib.figure import Figure
@@ -90,7 +71,7 @@ def _unfitted_estimator(obj: object) -> bool:
 
 
 def _as_model(obj: object, name: str) -> Sequential:
-    """The Sequential behind ``obj``: itself, or a fitted CNNClassifier's ``model_``."""
+    """Get the Sequential behind ``obj``: itself, or a fitted CNNClassifier's ``model_``."""
     from fastcnn.model import Sequential
 
     if isinstance(obj, Sequential):
@@ -139,12 +120,8 @@ def _shape_text(shape: Sequence[int]) -> str:
     return str(tuple(int(s) for s in shape))
 
 
-# ---------------------------------------------------------------------------------------
-# Filters
-
-
 def _select_conv(layer_or_model: object, layer: int | None) -> tuple[Conv2D, str]:
-    """The Conv2D to draw and how to name it in the title."""
+    """Find the Conv2D to draw, and how to name it in the title."""
     from fastcnn.layers import Conv2D
 
     if isinstance(layer_or_model, Conv2D):
@@ -233,10 +210,8 @@ def plot_filters(
         A diverging colormap suits weights: every panel shares the colour limits
         ``[-m, m]``, ``m`` the largest absolute value shown, so 0 is the middle colour
         and panels compare directly.
-    path : str or path-like, optional
-        Also save the figure there.
-    dpi : float, default 100
-        Resolution of the saved file.
+    path, dpi : str or path-like, optional; float, default 100
+        Also save the figure there, at that resolution (dots per inch).
 
     Returns
     -------
@@ -261,56 +236,61 @@ def plot_filters(
         layer, ``in_channel`` is out of range or an unknown string, or the estimator is
         not fitted.
     """
-    Figure = _require_matplotlib()
+    Figure = require_matplotlib()
     conv, name = _select_conv(layer_or_model, layer)
     weight = np.asarray(conv.weight, dtype=np.float64)
-    c_out, c_in = weight.shape[:2]
-    every_kernel = False
-    if isinstance(in_channel, str):
-        if in_channel == "mean":
-            kernels = weight.mean(axis=1, keepdims=True)
-            what = f"mean over {c_in} input channel{'s' * (c_in != 1)}"
-        elif in_channel == "all":
-            kernels, every_kernel = weight, True
-            what = "every input channel"
-        else:
-            raise ValueError(f"in_channel must be 'mean', 'all' or an int, got {in_channel!r}")
-    elif isinstance(in_channel, numbers.Integral) and not isinstance(in_channel, bool):
-        if not 0 <= in_channel < c_in:
-            raise ValueError(
-                f"in_channel={in_channel} is out of range: the weight of shape "
-                f"{_shape_text(weight.shape)} has {c_in} input channel(s) per group"
-            )
-        kernels = weight[:, [int(in_channel)]]
-        what = f"input channel {int(in_channel)}"
-    else:
-        raise TypeError(f"in_channel must be 'mean', 'all' or an int, got {in_channel!r}")
-
+    kernels, what = _filter_slice(weight, in_channel)
     limit = float(np.abs(kernels).max()) or 1.0  # all-zero weights still get a scale
-    if every_kernel:
+    if in_channel == "all":
         fig, image, shown = _filter_mosaic(Figure, kernels, cmap, limit)
     else:
-        rows, cols = _grid(c_out)
-        fig = Figure(figsize=(max(5.0, cols * 0.8 + 1.3), rows * 0.8 + 1.0), layout="constrained")
-        shown = []
-        for out, ax in enumerate(fig.subplots(rows, cols, squeeze=False).flat):
-            if out >= c_out:
-                fig.delaxes(ax)  # the unused end of the last row
-                continue
-            image = ax.imshow(
-                kernels[out, 0], cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest"
-            )
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(str(out), fontsize=7, pad=2)
-            shown.append(ax)
+        fig, image, shown = _filter_panels(Figure, kernels, cmap, limit)
     fig.colorbar(image, ax=shown, shrink=0.8, label="weight")
     fig.suptitle(f"{name}\nweight {_shape_text(weight.shape)}, {what}", fontsize=9)
     return _finish(fig, path, dpi)
 
 
-# ---------------------------------------------------------------------------------------
-# Feature maps
+def _filter_slice(weight: np.ndarray, in_channel: str | int) -> tuple[np.ndarray, str]:
+    """Select the kernels that ``in_channel`` asks for, with a caption of the slice."""
+    c_in = weight.shape[1]
+    if isinstance(in_channel, str):
+        if in_channel == "mean":
+            return weight.mean(axis=1, keepdims=True), (
+                f"mean over {c_in} input channel{'s' * (c_in != 1)}"
+            )
+        if in_channel == "all":
+            return weight, "every input channel"
+        raise ValueError(f"in_channel must be 'mean', 'all' or an int, got {in_channel!r}")
+    if isinstance(in_channel, numbers.Integral) and not isinstance(in_channel, bool):
+        if not 0 <= in_channel < c_in:
+            raise ValueError(
+                f"in_channel={in_channel} is out of range: the weight of shape "
+                f"{_shape_text(weight.shape)} has {c_in} input channel(s) per group"
+            )
+        return weight[:, [int(in_channel)]], f"input channel {int(in_channel)}"
+    raise TypeError(f"in_channel must be 'mean', 'all' or an int, got {in_channel!r}")
+
+
+def _filter_panels(
+    Figure: type[Figure], kernels: np.ndarray, cmap: str, limit: float
+) -> tuple[Figure, AxesImage, list[Axes]]:
+    """Draw one small image per output channel, 8 per row, titled with its index."""
+    c_out = kernels.shape[0]
+    rows, cols = _grid(c_out)
+    fig = Figure(figsize=(max(5.0, cols * 0.8 + 1.3), rows * 0.8 + 1.0), layout="constrained")
+    shown = []
+    for out, ax in enumerate(fig.subplots(rows, cols, squeeze=False).flat):
+        if out >= c_out:
+            fig.delaxes(ax)  # the unused end of the last row
+            continue
+        image = ax.imshow(
+            kernels[out, 0], cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest"
+        )
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(str(out), fontsize=7, pad=2)
+        shown.append(ax)
+    return fig, image, shown
 
 
 def _one_image(image: ArrayLike) -> np.ndarray:
@@ -333,9 +313,7 @@ def _one_image(image: ArrayLike) -> np.ndarray:
 
 
 def _end_of_first_block(model: Sequential) -> int:
-    """Index of the last layer of the first convolution block: the first Conv2D and the
-    normalization, dropout and activation layers right after it.
-    """
+    """Find the end of the first conv block: a Conv2D and the norm/dropout/activations after it."""
     from fastcnn.layers import BatchNorm2D, Dropout, LeakyReLU, ReLU, Sigmoid, Tanh
 
     index = _first_conv(model)
@@ -347,7 +325,7 @@ def _end_of_first_block(model: Sequential) -> int:
 
 
 def _display_image(image: np.ndarray) -> tuple[np.ndarray, str | None, str]:
-    """What to show for a (C, H, W) input: the array, its colormap and a caption."""
+    """Choose what to show for a (C, H, W) input: the array, its colormap and a caption."""
     if image.shape[0] == 3:
         rgb = np.moveaxis(image.astype(np.float64), 0, -1)
         low, high = rgb.min(), rgb.max()
@@ -390,18 +368,16 @@ def plot_feature_maps(
     cmap : str, default 'viridis'
         Colormap of the activations. All channels share one colour scale (the minimum
         and maximum over the channels shown), so weak and dead channels look weak.
-    path : str or path-like, optional
-        Also save the figure there.
-    dpi : float, default 100
-        Resolution of the saved file.
+    path, dpi : str or path-like, optional; float, default 100
+        Also save the figure there, at that resolution (dots per inch).
 
     Returns
     -------
     matplotlib.figure.Figure
         ``fig.axes[0]`` shows the input, titled ``"input"`` (grey for one channel);
         ``"input (RGB)"`` (three channels, stretched to [0, 1]) or ``"input (mean of C
-        channels)"`` otherwise; ``fig.axes[1 : 1 + n]`` the channels,
-        titled with their index; then a colorbar axes. The figure title starts with
+        channels)"`` otherwise; ``fig.axes[1 : 1 + n]`` the channels, titled with their
+        index; then a colorbar axes. The figure title starts with
         ``"after layer {index}: {layer class name}"``, e.g. ``"after layer 2: ReLU"``.
 
     Raises
@@ -417,10 +393,26 @@ def plot_feature_maps(
         Conv2D layer (with the default ``layer``), ``max_channels < 1``, or the estimator
         is not fitted.
     """
-    Figure = _require_matplotlib()
+    Figure = require_matplotlib()
     model = _as_model(model, "model")
     max_channels = _check_int(max_channels, "max_channels", 1)
     x = _one_image(image)
+    index, stack = _feature_stack(model, x, layer)
+    maps = stack.forward(x[None])[0]
+    n = min(maps.shape[0], max_channels)
+    fig = _feature_map_figure(Figure, x, maps[:n], cmap)
+    path_text = " -> ".join(type(item).__name__ for item in stack.layers)
+    count = f"{n} of {maps.shape[0]}" if n < maps.shape[0] else f"all {n}"
+    fig.suptitle(
+        f"after layer {index}: {type(model.layers[index]).__name__}\n"
+        f"{path_text}; output {_shape_text(maps.shape)}, {count} channels shown",
+        fontsize=9,
+    )
+    return _finish(fig, path, dpi)
+
+
+def _feature_stack(model: Sequential, x: np.ndarray, layer: int | None) -> tuple[int, Sequential]:
+    """Find the layer to show and the model up to it; check that it outputs feature maps."""
     if not model.layers:
         raise ValueError("the model has no layers")
     index = _end_of_first_block(model) if layer is None else _layer_index(model, layer)
@@ -429,15 +421,19 @@ def plot_feature_maps(
         out_shape = stack.output_shape(x.shape)
     except ValueError as exc:
         raise ValueError(f"image of shape {x.shape} does not fit the model: {exc}") from None
-    chosen = model.layers[index]
     if len(out_shape) != 3:
         raise ValueError(
-            f"layer {index} ({chosen!r}) outputs samples of shape {_shape_text(out_shape)}, "
-            "not feature maps (C, H, W); choose a layer before it"
+            f"layer {index} ({model.layers[index]!r}) outputs samples of shape "
+            f"{_shape_text(out_shape)}, not feature maps (C, H, W); choose a layer before it"
         )
-    maps = stack.forward(x[None])[0]
-    n = min(maps.shape[0], max_channels)
+    return index, stack
 
+
+def _feature_map_figure(
+    Figure: type[Figure], x: np.ndarray, maps: np.ndarray, cmap: str
+) -> Figure:
+    """Draw the input ``x`` on the left and each of ``maps`` beside it, on one colour scale."""
+    n = maps.shape[0]
     rows, cols = _grid(n)
     input_width = min(rows, 3)  # the input gets up to 3 map widths of room
     fig = Figure(
@@ -451,7 +447,7 @@ def plot_feature_maps(
     ax_in.set_title(caption, fontsize=8)
     ax_in.set_xticks([])
     ax_in.set_yticks([])
-    low, high = float(maps[:n].min()), float(maps[:n].max())
+    low, high = float(maps.min()), float(maps.max())
     axes = []
     for c in range(n):
         ax = fig.add_subplot(grid[c // cols, 1 + c % cols])
@@ -461,22 +457,11 @@ def plot_feature_maps(
         ax.set_yticks([])
         axes.append(ax)
     fig.colorbar(image_artist, ax=axes, shrink=0.8, label="activation")
-    path_text = " -> ".join(type(item).__name__ for item in stack.layers)
-    count = f"{n} of {maps.shape[0]}" if n < maps.shape[0] else f"all {n}"
-    fig.suptitle(
-        f"after layer {index}: {type(chosen).__name__}\n"
-        f"{path_text}; output {_shape_text(maps.shape)}, {count} channels shown",
-        fontsize=9,
-    )
-    return _finish(fig, path, dpi)
-
-
-# ---------------------------------------------------------------------------------------
-# Learning curves
+    return fig
 
 
 def _history_records(history: Any) -> tuple[Mapping[str, Any], Sequence[int] | None]:
-    """The per-epoch lists of ``history`` and, for a History, its 0-based epoch indices."""
+    """Get the per-epoch lists of ``history`` and, for a History, its 0-based epochs."""
     if isinstance(getattr(history, "history", None), Mapping) and hasattr(history, "epoch"):
         return history.history, history.epoch
     if isinstance(history, Mapping):
@@ -503,7 +488,7 @@ def plot_history(
     path: str | os.PathLike[str] | None = None,
     dpi: float = 100,
 ) -> Figure:
-    """Loss and accuracy per epoch, training and validation.
+    """Plot the loss and accuracy per epoch, training and validation.
 
     Parameters
     ----------
@@ -516,10 +501,8 @@ def plot_history(
     validation_label : str, default 'validation'
         Legend label of the ``val_*`` curves (e.g. ``"test"`` when the held-out data
         was the test set).
-    path : str or path-like, optional
-        Also save the figure there.
-    dpi : float, default 100
-        Resolution of the saved file.
+    path, dpi : str or path-like, optional; float, default 100
+        Also save the figure there, at that resolution (dots per inch).
 
     Returns
     -------
@@ -540,8 +523,33 @@ def plot_history(
         a length other than the number of epochs), a curve is not 1-D, or the estimator
         is not fitted.
     """
-    Figure = _require_matplotlib()
+    Figure = require_matplotlib()
     records, epochs = _history_records(history)
+    x, curves = _history_curves(records, epochs)
+    n = len(x)
+    panels = [name for name in ("loss", "accuracy") if name in curves or "val_" + name in curves]
+    fig = Figure(figsize=(4.5 * len(panels) + 0.5, 3.6), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    from matplotlib.ticker import MaxNLocator
+
+    marker = "o" if n <= 30 else None
+    for ax, name in zip(axes, panels, strict=True):
+        for key, label, style in ((name, "train", "-"), ("val_" + name, validation_label, "--")):
+            if key in curves:
+                ax.plot(x, curves[key], style, marker=marker, markersize=3, label=label)
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"learning curves, {n} epoch{'s' * (n != 1)}", fontsize=10)
+    return _finish(fig, path, dpi)
+
+
+def _history_curves(
+    records: Mapping[str, Any], epochs: Sequence[int] | None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Check the per-epoch curves; return the 1-based epochs and each non-empty curve."""
     curves: dict[str, np.ndarray] = {}
     for key in _HISTORY_KEYS:
         values = records.get(key)
@@ -563,41 +571,11 @@ def plot_history(
     if len(set(lengths.values())) > 1:
         raise ValueError(f"history curves have different lengths: {lengths}")
     n = next(iter(lengths.values()))
-    if epochs is not None:
-        if len(epochs) != n:
-            raise ValueError(f"history has {len(epochs)} epoch(s) but curves of length {n}")
-        x = np.asarray(epochs, dtype=np.int64) + 1
-    else:
-        x = np.arange(1, n + 1)
-
-    panels = [
-        name
-        for name in ("loss", "accuracy")
-        if name in curves or "val_" + name in curves
-    ]  # fmt: skip
-    fig = Figure(figsize=(4.5 * len(panels) + 0.5, 3.6), layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    from matplotlib.ticker import MaxNLocator
-
-    marker = "o" if n <= 30 else None
-    for ax, name in zip(axes, panels, strict=True):
-        for key, label, style in (
-            (name, "train", "-"),
-            ("val_" + name, validation_label, "--"),
-        ):
-            if key in curves:
-                ax.plot(x, curves[key], style, marker=marker, markersize=3, label=label)
-        ax.set_title(name)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"learning curves, {n} epoch{'s' * (n != 1)}", fontsize=10)
-    return _finish(fig, path, dpi)
-
-
-# ---------------------------------------------------------------------------------------
-# Confusion matrix
+    if epochs is None:
+        return np.arange(1, n + 1), curves
+    if len(epochs) != n:
+        raise ValueError(f"history has {len(epochs)} epoch(s) but curves of length {n}")
+    return np.asarray(epochs, dtype=np.int64) + 1, curves
 
 
 def plot_confusion(
@@ -611,7 +589,7 @@ def plot_confusion(
     path: str | os.PathLike[str] | None = None,
     dpi: float = 100,
 ) -> Figure:
-    """Confusion matrix of ``model.predict(X)`` against ``y``.
+    """Plot the confusion matrix of ``model.predict(X)`` against ``y``.
 
     Parameters
     ----------
@@ -629,10 +607,8 @@ def plot_confusion(
         Classes to show, in this order (default: every label in ``y`` or the predictions,
         sorted).
     cmap : str, default 'Blues'
-    path : str or path-like, optional
-        Also save the figure there.
-    dpi : float, default 100
-        Resolution of the saved file.
+    path, dpi : str or path-like, optional; float, default 100
+        Also save the figure there, at that resolution (dots per inch).
 
     Returns
     -------
@@ -655,9 +631,51 @@ def plot_confusion(
         (scikit-learn also refuses labels that occur in neither ``y`` nor the
         predictions).
     """
-    Figure = _require_matplotlib()
+    Figure = require_matplotlib()
     from sklearn.metrics import confusion_matrix
 
+    y, y_pred, shown = _confusion_inputs(model, X, y, normalize, labels)
+    matrix = confusion_matrix(y, y_pred, labels=shown, normalize=normalize)
+    fig, ax = _confusion_figure(Figure, matrix, [str(label) for label in shown], normalize, cmap)
+    correct = int(np.count_nonzero(y_pred == y))
+    title = f"accuracy {correct / y.size:.4f} ({correct}/{y.size})"
+    if normalize:
+        title += {"true": ", rows sum to 1", "pred": ", columns sum to 1"}.get(
+            normalize, ", fractions of all samples"
+        )
+    ax.set_title(title, fontsize=10)
+    return _finish(fig, path, dpi)
+
+
+def _confusion_figure(
+    Figure: type[Figure], matrix: np.ndarray, names: list[str], normalize: str | None, cmap: str
+) -> tuple[Figure, Axes]:
+    """Draw the matrix as an image, each cell annotated when there are at most 30 classes."""
+    n = len(names)
+    side = min(9.0, 2.5 + 0.45 * n)
+    fig = Figure(figsize=(side + 1.0, side), layout="constrained")
+    ax = fig.add_subplot()
+    vmax = 1.0 if normalize else max(int(matrix.max()), 1)
+    image = ax.imshow(matrix, cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
+    ax.set_xticks(range(n), names, rotation=45 if max(map(len, names)) > 3 else 0)
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("predicted label")
+    ax.set_ylabel("true label")
+    if n <= 30:
+        fontsize = 8 if n <= 12 else 6
+        for (i, j), value in np.ndenumerate(matrix):
+            text = f"{value:.2f}" if normalize else f"{int(value)}"
+            # Light text on the dark half of the colormap keeps every number readable.
+            color = "white" if value > vmax / 2 else "black"
+            ax.text(j, i, text, ha="center", va="center", color=color, fontsize=fontsize)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="fraction" if normalize else "count")
+    return fig, ax
+
+
+def _confusion_inputs(
+    model: Any, X: ArrayLike, y: ArrayLike, normalize: str | None, labels: ArrayLike | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Check the arguments of :func:`plot_confusion`; return y, the predictions and labels."""
     if not callable(getattr(model, "predict", None)):
         raise TypeError(f"model must have a predict method, got {type(model).__name__}")
     if normalize not in (None, "true", "pred", "all"):
@@ -671,222 +689,10 @@ def plot_confusion(
             f"model.predict(X) returned shape {y_pred.shape}, but y has shape {y.shape}"
         )
     if labels is None:
-        labels = np.unique(np.concatenate([y, y_pred]))
-    else:
-        labels = np.asarray(labels)
-        if labels.ndim != 1 or labels.size == 0:
-            raise ValueError(f"labels must be a non-empty 1-D list, got shape {labels.shape}")
-        if len(np.unique(labels)) != labels.size:
-            raise ValueError(f"labels must not repeat a label, got {labels.tolist()}")
-    matrix = confusion_matrix(y, y_pred, labels=labels, normalize=normalize)
-    correct = int(np.count_nonzero(y_pred == y))
-
-    n = len(labels)
-    side = min(9.0, 2.5 + 0.45 * n)
-    fig = Figure(figsize=(side + 1.0, side), layout="constrained")
-    ax = fig.add_subplot()
-    vmax = 1.0 if normalize else max(int(matrix.max()), 1)
-    image = ax.imshow(matrix, cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
-    names = [str(label) for label in labels]
-    ax.set_xticks(range(n), names, rotation=45 if max(map(len, names)) > 3 else 0)
-    ax.set_yticks(range(n), names)
-    ax.set_xlabel("predicted label")
-    ax.set_ylabel("true label")
-    if n <= 30:
-        fontsize = 8 if n <= 12 else 6
-        for (i, j), value in np.ndenumerate(matrix):
-            text = f"{value:.2f}" if normalize else f"{int(value)}"
-            # Light text on the dark half of the colormap keeps every number readable.
-            color = "white" if value > vmax / 2 else "black"
-            ax.text(j, i, text, ha="center", va="center", color=color, fontsize=fontsize)
-    fig.colorbar(image, ax=ax, shrink=0.8, label="fraction" if normalize else "count")
-    title = f"accuracy {correct / y.size:.4f} ({correct}/{y.size})"
-    if normalize:
-        title += {"true": ", rows sum to 1", "pred": ", columns sum to 1"}.get(
-            normalize, ", fractions of all samples"
-        )
-    ax.set_title(title, fontsize=10)
-    return _finish(fig, path, dpi)
-
-
-# ---------------------------------------------------------------------------------------
-# Benchmark chart
-
-
-def _load_results(results: Mapping[str, Any] | str | os.PathLike[str]) -> Mapping[str, Any]:
-    if isinstance(results, str | os.PathLike):
-        path = results
-        with open(path, encoding="utf-8") as file:
-            try:
-                results = json.load(file)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{os.fspath(path)!r} is not JSON: {exc}") from None
-    if not isinstance(results, Mapping):
-        raise TypeError(
-            "results must be the benchmark results dict or the path of its JSON file, "
-            f"got {type(results).__name__}"
-        )
-    if not isinstance(results.get("results"), list):
-        raise ValueError(
-            "results does not look like fastcnn benchmark results: it has no 'results' "
-            "list (see benchmarks/README.md, 'JSON layout')"
-        )
-    return results
-
-
-def _chart_entries(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The timed per-call cases (conv, pool, model) with at least one measured time."""
-    return [
-        entry
-        for entry in results["results"]
-        if entry.get("group") in _CHART_GROUPS
-        and any(
-            r.get("status") == "ok" and r.get("median_ms") is not None
-            for r in entry.get("impls", {}).values()
-        )
-    ]
-
-
-def _median(entry: Mapping[str, Any], impl: str) -> float:
-    timing = entry["impls"].get(impl, {})
-    if timing.get("status") != "ok" or timing.get("median_ms") is None:
-        return math.nan
-    return float(timing["median_ms"])
-
-
-def plot_benchmark(
-    results: Mapping[str, Any] | str | os.PathLike[str],
-    *,
-    impls: Sequence[str] | None = None,
-    speedup: str | Sequence[str] | None = "torch",
-    path: str | os.PathLike[str] | None = None,
-    dpi: float = 100,
-) -> Figure:
-    """Grouped bars of the median time per call of every case and implementation.
-
-    Parameters
-    ----------
-    results : dict, str or path-like
-        What ``python benchmarks/run.py`` (``fastcnn bench``) measured: its results
-        dict, or the path of the ``latest.json`` it writes (layout in
-        ``benchmarks/README.md``). The conv, pool and model cases are drawn; the epoch,
-        memory and import cases are not per-call times and are left out.
-    impls : sequence of str, optional
-        Implementations to draw (``"fastcnn"``, ``"numpy"``, ``"loops"``, ``"torch"``),
-        in the results' order. Default: every one with at least one measured time.
-    speedup : str, sequence of str or None, default 'torch'
-        Above each group, that implementation's time over fastcnn's (the results'
-        ``speedup`` field; above 1 means fastcnn is faster), e.g. ``"3.3x"``; with
-        several, one line each, coloured like that implementation's bars. None: no
-        labels.
-    path : str or path-like, optional
-        Also save the figure there.
-    dpi : float, default 100
-        Resolution of the saved file.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        ``fig.axes[0]``: one bar container per implementation (label: its name from the
-        results, e.g. ``"PyTorch CPU"``; height: ``median_ms``, NaN where it was not
-        timed), in ``impls`` order, on a log y axis; one x tick per case and pass; the
-        speedup labels as ``ax.texts``. The title names the CPU and thread count.
-
-    Raises
-    ------
-    ImportError
-        If matplotlib is not installed.
-    OSError
-        If ``results`` is a path that cannot be read.
-    TypeError
-        If ``results`` is neither a dict nor a path.
-    ValueError
-        If the file is not JSON, ``results`` has no ``'results'`` list or no timed conv,
-        pool or model case, or ``impls`` or ``speedup`` names an implementation the
-        results do not hold (or ``speedup`` names fastcnn itself).
-    """
-    Figure = _require_matplotlib()
-    results = _load_results(results)
-    entries = _chart_entries(results)
-    if not entries:
-        raise ValueError("results holds no timed conv, pool or model case to chart")
-    labels = dict(results.get("settings", {}).get("implementations") or {})
-    for entry in entries:
-        for impl in entry["impls"]:
-            labels.setdefault(impl, impl)
-    timed = [impl for impl in labels if any(not math.isnan(_median(e, impl)) for e in entries)]
-    if impls is None:
-        impls = timed
-    else:
-        impls = [impls] if isinstance(impls, str) else list(impls)
-        unknown = [impl for impl in impls if impl not in timed]
-        if unknown or not impls:
-            raise ValueError(f"impls: unknown or never timed {unknown}; the results time {timed}")
-    if speedup is None:
-        references = []
-    else:
-        references = [speedup] if isinstance(speedup, str) else list(speedup)
-        unknown = [ref for ref in references if ref not in labels or ref == "fastcnn"]
-        if unknown:
-            raise ValueError(
-                f"speedup: cannot compare fastcnn with {unknown}; choose from "
-                f"{[impl for impl in labels if impl != 'fastcnn']}"
-            )
-
-    fig = Figure(figsize=(max(8.0, 0.6 * len(entries) + 2), 6.0), layout="constrained")
-    ax = fig.add_subplot()
-    width = 0.8 / len(impls)
-    x = np.arange(len(entries))
-    spare = itertools.cycle(_SPARE_COLORS)
-    colors = {impl: _IMPL_COLORS.get(impl) or next(spare) for impl in labels}
-    for j, impl in enumerate(impls):
-        ax.bar(
-            x + (j - (len(impls) - 1) / 2) * width,
-            [_median(entry, impl) for entry in entries],
-            width,
-            label=labels[impl],
-            color=colors[impl],
-            hatch="//" if impl == "loops" else None,
-        )
-    for i, entry in enumerate(entries):
-        heights = [_median(entry, impl) for impl in impls]
-        if all(math.isnan(h) for h in heights):
-            continue
-        ratios = [entry.get("speedup", {}).get(ref) for ref in references]
-        # One line per reference, stacked upwards and coloured like its bars (black when
-        # there is only one, as the title says which it is).
-        lines = [(ref, r) for ref, r in zip(references, ratios, strict=True) if r is not None]
-        for k, (ref, ratio) in enumerate(lines):
-            ax.annotate(
-                f"{ratio:.1f}x",
-                (i, np.nanmax(heights)),
-                textcoords="offset points",
-                xytext=(0, 3 + 9 * k),
-                ha="center",
-                fontsize=7,
-                color="black" if len(references) == 1 else colors[ref],
-            )
-    ticks = [
-        f"{e['case'] if e['group'] == 'pool' else e.get('label', e['case'])}\n{e.get('pass', '')}"
-        for e in entries
-    ]
-    ax.set_xticks(x, ticks, rotation=60, ha="right", fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylabel("median time per call, ms (log scale)")
-    cpu = results.get("machine", {}).get("cpu", {}).get("model", "unknown CPU")
-    title = f"fastcnn benchmark: {cpu}, {results.get('settings', {}).get('threads', '?')} threads"
-    if len(references) == 1:
-        title += f"; numbers above bars: {labels[references[0]]} time / fastcnn time"
-    elif references:
-        title += "; numbers above bars: time of the implementation of that colour / fastcnn time"
-    ax.set_title(title, fontsize=9)
-    if references:
-        # Room above the tallest bars for the labels: a share of the log range per line.
-        low, high = ax.get_ylim()
-        ax.set_ylim(low, high * (high / low) ** (0.04 * len(references)))
-    try:
-        fig.legend(loc="outside lower center", ncol=len(impls), fontsize=8)
-    except ValueError:  # matplotlib < 3.7 has no "outside" legends
-        ax.legend(fontsize=8)
-    ax.grid(axis="y", which="both", alpha=0.3)
-    return _finish(fig, path, dpi)
+        return y, y_pred, np.unique(np.concatenate([y, y_pred]))
+    chosen = np.asarray(labels)
+    if chosen.ndim != 1 or chosen.size == 0:
+        raise ValueError(f"labels must be a non-empty 1-D list, got shape {chosen.shape}")
+    if len(np.unique(chosen)) != chosen.size:
+        raise ValueError(f"labels must not repeat a label, got {chosen.tolist()}")
+    return y, y_pred, chosen

@@ -98,6 +98,9 @@ def test_train_mnist_with_local_data(monkeypatch, capsys):
         (["train", "--backend", "torch"], "--backend: invalid choice"),
         (["train", "--frobnicate"], "unrecognized arguments: --frobnicate"),
         (["fly"], "invalid choice: 'fly'"),
+        # The benchmark suite left the package (python benchmarks/run.py in a checkout).
+        (["bench"], "invalid choice: 'bench'"),
+        (["bench", "--quick"], "invalid choice: 'bench'"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(argv, message, capsys):
@@ -109,7 +112,7 @@ def test_bad_arguments_exit_2_with_a_message(argv, message, capsys):
 def test_help_and_version(capsys):
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert "train" in out and "info" in out and "bench" in out
+    assert "train" in out and "info" in out and "bench" not in out
     assert cli.main(["train", "--help"]) == 0
     assert "--max-train" in capsys.readouterr().out
     assert cli.main(["--version"]) == 0
@@ -118,16 +121,12 @@ def test_help_and_version(capsys):
     assert "<command>" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(
-    "command, module", [("info", "fastcnn._info"), ("bench", "fastcnn._bench")]
-)
-def test_info_and_bench_delegate_their_arguments(monkeypatch, command, module):
-    import importlib
+def test_info_delegates_its_arguments(monkeypatch):
+    from fastcnn import _info
 
-    target = importlib.import_module(module)
     received = []
-    monkeypatch.setattr(target, "main", lambda argv=None: received.append(argv) or 3)
-    assert cli.main([command, "--help", "--x", "1"]) == 3
+    monkeypatch.setattr(_info, "main", lambda argv=None: received.append(argv) or 3)
+    assert cli.main(["info", "--help", "--x", "1"]) == 3
     assert received == [["--help", "--x", "1"]]
 
 

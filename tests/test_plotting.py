@@ -1,10 +1,8 @@
 """fastcnn.plotting: every figure drawn headless and checked against the data it shows."""
 
-import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,13 +13,12 @@ from matplotlib.figure import Figure  # noqa: E402
 from sklearn.metrics import confusion_matrix  # noqa: E402
 
 import fastcnn  # noqa: E402
-from fastcnn import CNNClassifier, _bench, models, plotting  # noqa: E402
+from fastcnn import CNNClassifier, models, plotting  # noqa: E402
 from fastcnn.datasets import load_digits  # noqa: E402
 from fastcnn.layers import Conv2D, Dense, Flatten, ReLU  # noqa: E402
 from fastcnn.model import History, Sequential  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-LATEST_JSON = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "latest.json"
 
 
 @pytest.fixture(scope="module")
@@ -417,126 +414,6 @@ def test_confusion_errors(model, y, kwargs, error, message):
 
 
 # ---------------------------------------------------------------------------------------
-# plot_benchmark
-
-
-def _timing(ms, status="ok"):
-    return {"status": status, "median_ms": ms} if status == "ok" else {"status": status}
-
-
-def _results():
-    """A small results dict in the layout of benchmarks/README.md."""
-    return {
-        "settings": {
-            "threads": 2,
-            "implementations": {"fastcnn": "fastcnn (compiled)", "numpy": "numpy backend",
-                                "torch": "PyTorch CPU"},
-        },  # fmt: skip
-        "machine": {"cpu": {"model": "Test CPU"}},
-        "results": [
-            {"case": "conv_a", "group": "conv", "label": "a", "pass": "fwd",
-             "impls": {"fastcnn": _timing(1.0), "numpy": _timing(10.0),
-                       "torch": _timing(3.0)},
-             "speedup": {"numpy": 10.0, "torch": 3.0}},
-            {"case": "maxpool_2x3x8", "group": "pool", "label": "maxpool", "pass": "fwd+bwd",
-             "impls": {"fastcnn": _timing(0.5), "numpy": _timing(None, "wrong"),
-                       "torch": _timing(2.0)},
-             "speedup": {"torch": 4.0}},
-            {"case": "lenet5_memory", "group": "memory", "impls": {"fastcnn": {"status": "ok"}}},
-            {"case": "import", "group": "import", "seconds": 0.1},
-        ],
-    }  # fmt: skip
-
-
-def test_benchmark_bars_are_the_medians_on_a_log_scale():
-    fig = plotting.plot_benchmark(_results())
-    assert isinstance(fig, Figure)
-    (ax,) = fig.axes
-    assert ax.get_yscale() == "log"
-    bars = {c.get_label(): [r.get_height() for r in c] for c in ax.containers}
-    assert list(bars) == ["fastcnn (compiled)", "numpy backend", "PyTorch CPU"]
-    assert bars["fastcnn (compiled)"] == [1.0, 0.5]
-    assert bars["numpy backend"][0] == 10.0 and np.isnan(bars["numpy backend"][1])  # WRONG
-    assert bars["PyTorch CPU"] == [3.0, 2.0]
-    ticks = [t.get_text() for t in ax.get_xticklabels()]
-    assert ticks == ["a\nfwd", "maxpool_2x3x8\nfwd+bwd"]  # memory and import left out
-    assert [t.get_text() for t in ax.texts] == ["3.0x", "4.0x"]
-    assert [t.xy for t in ax.texts] == [(0, 10.0), (1, 2.0)]  # above the tallest bar
-    assert ax.get_title() == (
-        "fastcnn benchmark: Test CPU, 2 threads; numbers above bars: PyTorch CPU time / "
-        "fastcnn time"
-    )
-
-
-def test_benchmark_options():
-    fig = plotting.plot_benchmark(_results(), impls=["fastcnn", "torch"], speedup=None)
-    ax = fig.axes[0]
-    assert [c.get_label() for c in ax.containers] == ["fastcnn (compiled)", "PyTorch CPU"]
-    assert len(ax.texts) == 0
-    ax = plotting.plot_benchmark(_results(), speedup=["torch", "numpy"]).axes[0]
-    assert [(t.get_text(), t.get_color()) for t in ax.texts] == [
-        ("3.0x", "#d62728"), ("10.0x", "#ff7f0e"), ("4.0x", "#d62728"),
-    ]  # fmt: skip
-
-
-@pytest.mark.skipif(not LATEST_JSON.exists(), reason="no committed benchmark results here")
-def test_benchmark_from_the_committed_json_file():
-    results = json.loads(LATEST_JSON.read_text())
-    entries = [
-        e for e in results["results"]
-        if e["group"] in ("conv", "pool", "model")
-        and any(r.get("status") == "ok" for r in e["impls"].values())
-    ]  # fmt: skip
-    ax = plotting.plot_benchmark(LATEST_JSON).axes[0]
-    assert len(ax.get_xticks()) == len(entries)
-    for container in ax.containers:
-        impl = next(k for k, v in results["settings"]["implementations"].items()
-                    if v == container.get_label())  # fmt: skip
-        medians = [e["impls"].get(impl, {}).get("median_ms") for e in entries]
-        heights = [r.get_height() for r in container]
-        np.testing.assert_allclose(heights, [np.nan if m is None else m for m in medians])
-    labelled = [e for e in entries if e.get("speedup", {}).get("torch") is not None]
-    assert [t.get_text() for t in ax.texts] == [f"{e['speedup']['torch']:.1f}x" for e in labelled]
-
-
-@pytest.mark.parametrize(
-    "results, kwargs, error, message",
-    [
-        (42, {}, TypeError, "results must be the benchmark results dict or the path"),
-        ({"settings": {}}, {}, ValueError, "it has no 'results' list"),
-        ({"results": [_results()["results"][2]]}, {}, ValueError, "no timed conv, pool or model"),
-        (_results(), {"impls": ["fastcnn", "jax"]}, ValueError, "impls: unknown or never timed"),
-        (_results(), {"speedup": "fastcnn"}, ValueError, "speedup: cannot compare fastcnn"),
-        (_results(), {"speedup": ["loops"]}, ValueError, "with ['loops']"),
-    ],
-)
-def test_benchmark_errors(results, kwargs, error, message):
-    with pytest.raises(error) as info:
-        plotting.plot_benchmark(results, **kwargs)
-    assert message in str(info.value)
-
-
-def test_benchmark_file_errors(tmp_path):
-    bad = tmp_path / "latest.json"
-    bad.write_text("{not json")
-    with pytest.raises(ValueError, match="is not JSON"):
-        plotting.plot_benchmark(bad)
-    with pytest.raises(FileNotFoundError):
-        plotting.plot_benchmark(tmp_path / "missing.json")
-
-
-def test_bench_plot_delegates_to_plot_benchmark(tmp_path, monkeypatch):
-    path = tmp_path / "latest.png"
-    assert _bench.plot(_results(), path) == path
-    assert path.read_bytes()[:8] == PNG_MAGIC
-    assert _bench.plot({"results": []}, tmp_path / "none.png") is None
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
-    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    assert _bench.plot(_results(), tmp_path / "no_matplotlib.png") is None
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.png"]
-
-
-# ---------------------------------------------------------------------------------------
 # Shared behaviour
 
 
@@ -548,7 +425,6 @@ def _draw_each(trained, digits):
         "plot_feature_maps": lambda **kw: plotting.plot_feature_maps(model, X[0], **kw),
         "plot_history": lambda **kw: plotting.plot_history(history, **kw),
         "plot_confusion": lambda **kw: plotting.plot_confusion(model, X[:50], y[:50], **kw),
-        "plot_benchmark": lambda **kw: plotting.plot_benchmark(_results(), **kw),
     }
 
 
@@ -578,7 +454,7 @@ def test_import_is_lazy_and_drawing_never_touches_pyplot():
         "import sys, fastcnn, fastcnn.plotting as p\n"
         "assert fastcnn.plotting is p\n"
         "assert 'matplotlib' not in sys.modules, 'import fastcnn.plotting imported matplotlib'\n"
-        "assert 'fastcnn._bench' not in sys.modules and 'sklearn' not in sys.modules\n"
+        "assert 'sklearn' not in sys.modules\n"
         "from fastcnn.layers import Conv2D\n"
         "p.plot_filters(Conv2D(1, 2, 3))\n"
         "assert 'matplotlib' in sys.modules and 'matplotlib.pyplot' not in sys.modules\n"
@@ -594,3 +470,8 @@ def test_import_is_lazy_and_drawing_never_touches_pyplot():
 
 def test_fastcnn_plotting_attribute():
     assert fastcnn.plotting is plotting
+
+
+def test_the_benchmark_chart_left_the_package():
+    # It is drawn by benchmarks/plot.py, beside the suite whose results it reads.
+    assert not hasattr(plotting, "plot_benchmark")
