@@ -15,7 +15,7 @@ both backends computed the same numbers::
     OMP_NUM_THREADS=1 python examples/benchmark_vs_numpy.py   # single-threaded kernels
 
 For the full suite (more cases, PyTorch, textbook loops, speed targets, a chart) run
-``python benchmarks/run.py`` from a checkout, or ``fastcnn bench``. Exit status: 0 when
+``python benchmarks/run.py`` from a checkout. Exit status: 0 when
 the backends agree, 1 when they do not or the compiled backend is not available.
 """
 
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
         print(f"results DIFFER: the backends disagree by up to {worst:.1e} (relative)")
         return 1
     print(f"results agree: both backends match within {TOLERANCE:g} (relative)")
-    print("the full benchmark suite: python benchmarks/run.py (or: fastcnn bench)")
+    print("the full benchmark suite: python benchmarks/run.py (from a checkout)")
     return 0
 
 
