@@ -39,7 +39,8 @@ from fastcnn import _threads, models
 from fastcnn._backend import FastCNNWarning
 from fastcnn.layers import BatchNorm2D, Dropout, Layer
 from fastcnn.losses import _check_sample_weight
-from fastcnn.model import Callback, Sequential
+from fastcnn.callbacks import Callback
+from fastcnn.model import Sequential
 from fastcnn.optim import SGD, Adam, CosineAnnealingLR, Optimizer
 
 # Annotations only: the API pages then show these names as written.

@@ -26,7 +26,8 @@ from fastcnn.layers import (
     Tanh,
 )
 from fastcnn.losses import softmax, softmax_cross_entropy
-from fastcnn.model import FORMAT_VERSION, History, Sequential, _ProgressBar, load
+from fastcnn.callbacks import _ProgressBar
+from fastcnn.model import FORMAT_VERSION, History, Sequential, load
 from fastcnn.optim import SGD, Adam, StepLR
 
 

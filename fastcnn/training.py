@@ -1,0 +1,368 @@
+"""The training loop: batches, one step per batch, callbacks around them.
+
+:meth:`fastcnn.Sequential.fit` checks its arguments and data, then calls :func:`fit`
+here, a loop over the epochs of a :class:`Batches` iterator that calls a
+:class:`~fastcnn.callbacks.CallbackList` (history, progress bar, checkpoints, the
+divergence and Ctrl-C checks, the user's callbacks) around each epoch and batch, and
+:func:`train_step` for each batch. Nothing here depends on the kind of model: any object
+with ``forward(x, training)``, ``backward(grad, input_grad=...)`` and ``parameters()``
+(plus ``state_dict``/``load_state_dict`` for the callbacks that keep weights, and
+``_save_checkpoint``/``_resume`` for checkpoints) can be trained.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fastcnn.callbacks import (
+    CallbackList,
+    DivergenceCheck,
+    History,
+    InterruptHandler,
+    ProgbarLogger,
+    TrainingCheckpoint,
+    check_callbacks,
+    schedulers_in,
+)
+from fastcnn.layers import Dropout
+from fastcnn.losses import LossFunction, get_loss, softmax_cross_entropy
+from fastcnn.optim import SGD, Adam, Optimizer
+
+__all__ = ["Batches", "FitOptions", "evaluate", "fit", "train_step"]
+
+#: The optimizers ``fit(optimizer=...)`` takes by name, as CNNClassifier(optimizer=) does.
+OPTIMIZER_NAMES = {"adam": Adam, "sgd": SGD}
+
+
+def check_int(value: object, name: str, minimum: int) -> int:
+    """``value`` as an int, refusing bools, non-integers and values below ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def resolve_optimizer(optimizer: object, previous: object) -> Any:
+    """The optimizer to train with: the given one, one made from its name, else
+    ``previous`` (the model's last), else ``Adam(1e-3)``.
+    """
+    if optimizer is None:
+        return previous if previous is not None else Adam(1e-3)
+    if isinstance(optimizer, str):
+        if optimizer not in OPTIMIZER_NAMES:
+            raise ValueError(
+                f"optimizer must be one of {sorted(OPTIMIZER_NAMES)} or a fastcnn.optim "
+                f"optimizer, got {optimizer!r}"
+            )
+        return OPTIMIZER_NAMES[optimizer]()
+    if not callable(getattr(optimizer, "step", None)):
+        raise TypeError(
+            f"optimizer must be a fastcnn.optim optimizer (with a step method), got "
+            f"{optimizer!r}"
+        )
+    return optimizer
+
+
+@dataclass
+class FitOptions:
+    """The checked options of a ``fit`` call that do not depend on the data."""
+
+    epochs: int
+    batch_size: int
+    optimizer: Any
+    loss: Any
+    loss_fn: LossFunction
+    classification: bool
+    validation_split: float
+    shuffle: bool
+    verbose: int
+    callbacks: list[object]
+    checkpoint: str | None
+
+
+def fit_options(model: Any, **kw: Any) -> FitOptions:
+    """Check ``fit``'s options (by keyword, as ``fit`` names them), in ``fit``'s order."""
+    epochs = check_int(kw["epochs"], "epochs", 0)
+    batch_size = check_int(kw["batch_size"], "batch_size", 1)
+    if kw["verbose"] not in (0, 1, 2):
+        raise ValueError(f"verbose must be 0, 1 or 2, got {kw['verbose']!r}")
+    if not isinstance(kw["shuffle"], bool | np.bool_):
+        raise TypeError(f"shuffle must be a bool, got {kw['shuffle']!r}")
+    loss_fn = get_loss(kw["loss"])
+    callbacks = check_callbacks(kw["callbacks"])
+    split = kw["validation_split"]
+    if isinstance(split, bool) or not isinstance(split, numbers.Real):
+        raise TypeError(f"validation_split must be a float, got {split!r}")
+    if not 0.0 <= split < 1.0:
+        raise ValueError(f"validation_split must be in [0, 1), got {split!r}")
+    if split and kw["validation_data"] is not None:
+        raise ValueError("give either validation_data or validation_split, not both")
+    optimizer = resolve_optimizer(kw["optimizer"], getattr(model, "optimizer", None))
+    checkpoint = kw["checkpoint"]
+    if checkpoint is not None:
+        checkpoint = os.fspath(checkpoint)
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(
+                f"checkpoint needs a fastcnn.optim optimizer, whose state it can save; "
+                f"got {optimizer!r}"
+            )
+    return FitOptions(epochs, batch_size, optimizer, kw["loss"], loss_fn,
+                      loss_fn is softmax_cross_entropy, float(split), bool(kw["shuffle"]),
+                      int(kw["verbose"]), callbacks, checkpoint)  # fmt: skip
+
+
+def make_rng(random_state: object) -> np.random.Generator:
+    """The generator of a run from ``random_state``: None, an int, a Generator or a
+    RandomState (scikit-learn's convention, drawn from once).
+    """
+    if isinstance(random_state, np.random.RandomState):
+        random_state = int(random_state.randint(2**31))
+    try:
+        return np.random.default_rng(random_state)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(
+            "random_state must be None, an int, a numpy Generator or RandomState, got "
+            f"{random_state!r}"
+        ) from None
+
+
+def split_validation(
+    X: np.ndarray, y: np.ndarray, w: np.ndarray | None, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[np.ndarray, np.ndarray]]:
+    """Hold out ``ceil(n * fraction)`` samples drawn at random, in their original order;
+    returns the training ``X, y, w`` and the held-out ``(X_val, y_val)``.
+    """
+    n = X.shape[0]
+    n_val = math.ceil(n * fraction)
+    if n_val >= n:
+        raise ValueError(f"validation_split={fraction} leaves no training samples out of {n}")
+    order = rng.permutation(n)
+    val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
+    return X[train], y[train], None if w is None else w[train], (X[val], y[val])
+
+
+def reseed_dropout(model: Any, rng: np.random.Generator) -> None:
+    """Give each Dropout layer of ``model`` a generator drawn from ``rng``, making its
+    masks part of a seeded run.
+    """
+    for layer in getattr(model, "layers", ()):
+        if isinstance(layer, Dropout):
+            layer.rng = np.random.default_rng(rng.integers(2**63))
+
+
+def normalized_weights(w: np.ndarray) -> np.ndarray:
+    """Divide sample weights by their mean.
+
+    A batch loss ``sum(w_b * loss_b) / n_b`` then averages, over an epoch, to
+    ``sum(w * loss) / sum(w)`` (scikit-learn's weighted mean).
+    """
+    mean = float(w.mean())
+    if mean <= 0.0:
+        raise ValueError("sample_weight must have a positive sum, got all weights zero")
+    return w / mean
+
+
+class Batches:
+    """The minibatches of ``(X, y[, w])``, reshuffled every epoch when ``shuffle``.
+
+    ``len()`` is the number of batches per epoch; the last may be smaller.
+    """
+
+    def __init__(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        w: np.ndarray | None,
+        batch_size: int,
+        shuffle: bool,
+    ) -> None:
+        self.X, self.y, self.w = X, y, w
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self.n = X.shape[0]
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def epoch(
+        self, rng: np.random.Generator
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """Yield ``(x, y, w)`` of every batch of one epoch (``w`` None without weights)."""
+        order = rng.permutation(self.n) if self.shuffle else None
+        size = self.batch_size
+        for lo in range(0, self.n, size):
+            hi = min(self.n, lo + size)
+            idx = slice(lo, hi) if order is None else order[lo:hi]
+            yield self.X[idx], self.y[idx], None if self.w is None else self.w[idx]
+
+
+def train_step(
+    model: Any,
+    optimizer: Any,
+    loss_fn: LossFunction,
+    x: np.ndarray,
+    y: np.ndarray,
+    sample_weight: np.ndarray | None = None,
+    *,
+    params: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    where: Callable[[], str] | None = None,
+) -> tuple[float, np.ndarray]:
+    """One forward (training mode), loss, backward and optimizer step on a batch.
+
+    Returns the loss and the model output. A loss that is NaN or infinite raises
+    FloatingPointError before the backward pass, so the weights keep the values they
+    had; ``where()`` says where in the run that happened.
+    """
+    out = model.forward(x, True)
+    if sample_weight is None:
+        loss, grad = loss_fn(out, y)
+    else:
+        loss, grad = loss_fn(out, y, sample_weight=sample_weight)
+    if not math.isfinite(loss):
+        raise FloatingPointError(
+            f"training diverged: the loss became {loss}{where() if where else ''}, with "
+            f"learning rate {getattr(optimizer, 'lr', '?')}. Lower the learning rate or "
+            "scale the inputs (e.g. to [0, 1])."
+        )
+    model.backward(grad, input_grad=False)
+    optimizer.step(model.parameters() if params is None else params)
+    return float(loss), out
+
+
+def evaluate(
+    model: Any,
+    X: np.ndarray,
+    y: np.ndarray,
+    loss_fn: LossFunction,
+    classification: bool,
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """Mean loss (and accuracy when ``classification``) of ``model`` over ``(X, y)``,
+    in eval mode, ``batch_size`` samples at a time (``model.forward`` converts each).
+    """
+    total, correct = 0.0, 0
+    for lo in range(0, X.shape[0], batch_size):
+        out = model.forward(X[lo : lo + batch_size], False)
+        yb = y[lo : lo + batch_size]
+        batch_loss, _ = loss_fn(out, yb)
+        total += batch_loss * out.shape[0]
+        if classification:
+            correct += int(np.count_nonzero(out.argmax(axis=1) == yb))
+    n = X.shape[0]
+    scores = {"loss": total / n}
+    if classification:
+        scores["accuracy"] = correct / n
+    return scores
+
+
+class _Run:
+    """The state of one ``fit``: what the loop needs besides the callbacks."""
+
+    def __init__(
+        self,
+        model: Any,
+        data: Batches,
+        validation: tuple[np.ndarray, np.ndarray] | None,
+        rng: np.random.Generator,
+        options: FitOptions,
+    ) -> None:
+        self.model, self.data, self.validation, self.rng = model, data, validation, rng
+        self.options, self.optimizer = options, options.optimizer
+        self.params = model.parameters()
+        self.epoch = self.batch = 0
+
+    def where(self) -> str:
+        return (
+            f" at epoch {self.epoch + 1}/{self.options.epochs}, "
+            f"batch {self.batch + 1}/{len(self.data)}"
+        )
+
+    def epoch_logs(self, epoch: int, callbacks: CallbackList) -> dict[str, float]:
+        """Train one epoch; return its logs."""
+        start, classification = time.perf_counter(), self.options.classification
+        total, correct, seen = 0.0, 0, 0
+        self.epoch = epoch
+        for self.batch, (xb, yb, wb) in enumerate(self.data.epoch(self.rng)):
+            callbacks.on_batch_begin(self.batch)
+            loss, out = train_step(self.model, self.optimizer, self.options.loss_fn, xb, yb,
+                                   wb, params=self.params, where=self.where)  # fmt: skip
+            total, seen = total + loss * len(yb), seen + len(yb)
+            logs = {"loss": total / seen}
+            if classification:
+                correct += int(np.count_nonzero(out.argmax(axis=1) == yb))
+                logs["accuracy"] = correct / seen
+            callbacks.on_batch_end(self.batch, {**logs, "size": len(yb)})
+        if self.validation is not None:
+            scores = evaluate(self.model, *self.validation, self.options.loss_fn, classification)
+            logs.update({"val_" + k: v for k, v in scores.items()})
+        logs["time"] = time.perf_counter() - start
+        logs["lr"] = float(getattr(self.optimizer, "lr", math.nan))
+        return logs
+
+
+def fit(
+    model: Any,
+    data: Batches,
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    rng: np.random.Generator,
+    options: FitOptions,
+) -> History:
+    """Train ``model`` on ``data``: the loop of :meth:`fastcnn.Sequential.fit`.
+
+    Sets ``model.optimizer`` and ``model.history`` (before the first epoch, so that the
+    history of a run that raises is kept) and returns the history.
+    """
+    run = _Run(model, data, validation, rng, options)
+    history, callbacks = _callbacks(run)
+    model.stop_training = False
+    try:
+        callbacks.on_train_begin()
+        try:
+            for epoch in range(callbacks.params["initial_epoch"], options.epochs):
+                callbacks.on_epoch_begin(epoch)
+                callbacks.on_epoch_end(epoch, run.epoch_logs(epoch, callbacks))
+                if model.stop_training:
+                    break
+        except KeyboardInterrupt:
+            history.interrupted = True
+    finally:
+        history.stopped_by_callback = callbacks.stopped_by_callback
+        callbacks.on_train_end()
+    return history
+
+
+def _callbacks(run: _Run) -> tuple[History, CallbackList]:
+    """The run's history and its callbacks, in the order they are called: the divergence
+    check (before the epoch is recorded), the history, the progress bar, the user's, the
+    checkpoint (after the schedulers stepped), Ctrl-C last.
+    """
+    model, options = run.model, run.options
+    optimizer = options.optimizer
+    if callable(getattr(optimizer, "bind", None)):
+        optimizer.bind(run.params)
+    model.optimizer = optimizer
+    keys = ["loss"] + (["accuracy"] if options.classification else [])
+    if run.validation is not None:
+        keys += ["val_" + key for key in keys]
+    history = model.history = History([*keys, "time", "lr"])
+    callbacks: list[object] = [DivergenceCheck(), history]
+    if options.verbose:
+        callbacks.append(ProgbarLogger(options.verbose))
+    callbacks += options.callbacks
+    if options.checkpoint is not None:
+        state = {"optimizer": optimizer, "rng": run.rng, "history": history,
+                 "n_samples": run.data.n, "batch_size": options.batch_size,
+                 "callbacks": schedulers_in(options.callbacks)}  # fmt: skip
+        callbacks.append(TrainingCheckpoint(options.checkpoint, state))
+    callbacks.append(InterruptHandler(history))
+    params = {"epochs": options.epochs, "steps": len(run.data), "verbose": options.verbose,
+              "batch_size": options.batch_size, "samples": run.data.n, "initial_epoch": 0}  # fmt: skip
+    return history, CallbackList(callbacks, model=model, params=params)
