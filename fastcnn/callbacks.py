@@ -1,6 +1,6 @@
 """Callbacks: what :meth:`fastcnn.Sequential.fit` runs around its epochs and batches.
 
-``fit`` is a short loop (:mod:`fastcnn.training`) that calls a :class:`CallbackList` at the
+``fit`` is a short loop (``fastcnn.training``) that calls a :class:`CallbackList` at the
 start and end of training, of every epoch and of every batch; everything else a training
 run does is a callback here: the :class:`History` it returns, the progress bar
 (:class:`ProgbarLogger`), checkpoint/resume, the divergence check and Ctrl-C handling. The
@@ -45,7 +45,6 @@ __all__ = [
     "TerminateOnNaN",
 ]
 
-Logs = dict[str, float]
 _HOOKS = (
     "on_train_begin",
     "on_train_end",
@@ -91,23 +90,23 @@ class Callback:
         """Set :attr:`params`."""
         self.params = params
 
-    def on_train_begin(self, logs: Logs | None = None) -> None:
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
         """Run before the first epoch."""
 
-    def on_train_end(self, logs: Logs | None = None) -> None:
+    def on_train_end(self, logs: dict[str, float] | None = None) -> None:
         """Run once training has ended (normally, stopped, interrupted or by an error)."""
 
-    def on_epoch_begin(self, epoch: int, logs: Logs | None = None) -> None:
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         """Run at the start of epoch ``epoch`` (0-based)."""
 
-    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> bool | None:
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> bool | None:
         """Run at the end of epoch ``epoch`` with its metrics; returning True stops."""
         return None
 
-    def on_batch_begin(self, batch: int, logs: Logs | None = None) -> None:
+    def on_batch_begin(self, batch: int, logs: dict[str, float] | None = None) -> None:
         """Run before batch ``batch`` (0-based within the epoch)."""
 
-    def on_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+    def on_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
         """Run after the optimizer step of batch ``batch``."""
 
 
@@ -156,19 +155,19 @@ class CallbackList:
             if method is not None:
                 method(*args)
 
-    def on_train_begin(self, logs: Logs | None = None) -> None:
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
         """Call ``on_train_begin`` on every callback."""
         self._call("on_train_begin", logs)
 
-    def on_train_end(self, logs: Logs | None = None) -> None:
+    def on_train_end(self, logs: dict[str, float] | None = None) -> None:
         """Call ``on_train_end`` on every callback."""
         self._call("on_train_end", logs)
 
-    def on_epoch_begin(self, epoch: int, logs: Logs | None = None) -> None:
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         """Call ``on_epoch_begin`` on every callback."""
         self._call("on_epoch_begin", epoch, logs)
 
-    def on_epoch_end(self, epoch: int, logs: Logs) -> None:
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         """Call ``on_epoch_end`` on every callback, each with its own copy of ``logs``.
 
         A True return, or ``model.stop_training`` set, sets :attr:`stopped_by_callback`
@@ -183,11 +182,11 @@ class CallbackList:
         if self.stopped_by_callback and self.model is not None:
             self.model.stop_training = True
 
-    def on_batch_begin(self, batch: int, logs: Logs | None = None) -> None:
+    def on_batch_begin(self, batch: int, logs: dict[str, float] | None = None) -> None:
         """Call ``on_batch_begin`` on every callback."""
         self._call("on_batch_begin", batch, logs)
 
-    def on_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+    def on_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
         """Call ``on_batch_end`` on every callback."""
         self._call("on_batch_end", batch, logs)
 
@@ -201,7 +200,7 @@ def _set(callback: object, setter: str, attribute: str, value: Any) -> None:
 
 
 def check_callbacks(callbacks: object) -> list[object]:
-    """The callbacks of ``fit(callbacks=...)`` as a list: None, one or a list of them.
+    """Return the callbacks of ``fit(callbacks=...)`` (None, one or a list) as a list.
 
     Each must be a :class:`Callback` or have at least one of the hook methods.
     """
@@ -248,7 +247,7 @@ class History(Callback):
         self.interrupted = False
         self.stopped_by_callback = False
 
-    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         """Record the epoch's metrics."""
         self.epoch.append(epoch)
         for key, value in (logs or {}).items():
@@ -260,7 +259,7 @@ class History(Callback):
 
 
 class _ProgressBar:
-    """One line per epoch on a stream; redrawn in place with ``\\r`` when it is a terminal."""
+    r"""One line per epoch on a stream; redrawn in place with ``\r`` when it is a terminal."""
 
     def __init__(
         self, epoch: int, epochs: int, n_batches: int, verbose: int, stream: TextIO | None = None
@@ -340,13 +339,13 @@ class ProgbarLogger(Callback):
         self._bar: _ProgressBar | None = None
         self._seen, self._train_time = 0, 0.0
 
-    def on_epoch_begin(self, epoch: int, logs: Logs | None = None) -> None:
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         """Start the epoch's line."""
         steps = self.params.get("steps", 1)
         self._bar = _ProgressBar(epoch, self.params["epochs"], steps, self.verbose, self.stream)
         self._seen, self._train_time = 0, 0.0
 
-    def on_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+    def on_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
         """Redraw the live bar with the running metrics."""
         assert self._bar is not None, "on_epoch_begin starts the bar"
         logs = logs or {}
@@ -355,12 +354,12 @@ class ProgbarLogger(Callback):
         metrics = {"acc" if k == "accuracy" else k: v for k, v in logs.items() if k != "size"}
         self._bar.update(batch + 1, self._seen, metrics)
 
-    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         """Write the epoch's final line."""
         if self._bar is not None:
             self._bar.finish(self._seen, self._train_time, logs or {})
 
-    def on_train_end(self, logs: Logs | None = None) -> None:
+    def on_train_end(self, logs: dict[str, float] | None = None) -> None:
         """End a half-drawn line."""
         if self._bar is not None:
             self._bar.close()
@@ -385,19 +384,20 @@ class TrainingCheckpoint(Callback):
         super().__init__()
         self.path, self.run = path, run
 
-    def on_train_begin(self, logs: Logs | None = None) -> None:
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
         """Restore the run from the file, when there is one."""
         if os.path.exists(self.path):
             self.params["initial_epoch"] = self.model._resume(self.path, self.run)
 
-    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         """Save the model and the run after this epoch."""
         self.model._save_checkpoint(self.path, epoch + 1, self.run)
 
 
 def schedulers_in(callbacks: Iterable[object]) -> list[object]:
-    """``callbacks`` with each :class:`LearningRateScheduler` replaced by the scheduler
-    object it wraps (what a checkpoint saves the epoch of), if any.
+    """Replace each :class:`LearningRateScheduler` of ``callbacks`` by the scheduler it wraps.
+
+    A checkpoint saves the epoch of the scheduler objects among the callbacks.
     """
     return [
         cb.schedule if isinstance(cb, LearningRateScheduler) and cb.scheduler else cb
@@ -414,7 +414,7 @@ class DivergenceCheck(Callback):
     where the model has one, else checks ``model.parameters()``.
     """
 
-    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         """Check every parameter and buffer."""
         finder = getattr(self.model, "non_finite_state", None)
         if callable(finder):
@@ -465,7 +465,7 @@ class InterruptHandler(Callback):
         )
         sys.stderr.flush()
 
-    def on_train_begin(self, logs: Logs | None = None) -> None:
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
         """Install the handler."""
         if (
             threading.current_thread() is threading.main_thread()
@@ -473,25 +473,25 @@ class InterruptHandler(Callback):
         ):
             self._previous = signal.signal(signal.SIGINT, self._handler)
 
-    def on_epoch_begin(self, epoch: int, logs: Logs | None = None) -> None:
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         """Note the position, for the message."""
         self.epoch = epoch
 
-    def on_batch_begin(self, batch: int, logs: Logs | None = None) -> None:
+    def on_batch_begin(self, batch: int, logs: dict[str, float] | None = None) -> None:
         """Note the position, for the message."""
         self.batch = batch
 
-    def on_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+    def on_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
         """Stop here if Ctrl-C was pressed."""
         if self.requested:
             raise KeyboardInterrupt
 
-    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         """Stop here if Ctrl-C was pressed during validation or a callback."""
         if self.requested:
             raise KeyboardInterrupt
 
-    def on_train_end(self, logs: Logs | None = None) -> None:
+    def on_train_end(self, logs: dict[str, float] | None = None) -> None:
         """Restore the previous handler; say where an interrupted run stopped."""
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
@@ -519,7 +519,7 @@ def _mode(monitor: str, mode: str) -> str:
     return mode
 
 
-def _monitored(callback: Callback, monitor: str, logs: Logs | None) -> float | None:
+def _monitored(callback: Callback, monitor: str, logs: dict[str, float] | None) -> float | None:
     value = (logs or {}).get(monitor)
     if value is None:
         warnings.warn(
@@ -575,7 +575,7 @@ class EarlyStopping(Callback):
         self.restore_best_weights = restore_best_weights
         self.on_train_begin()
 
-    def on_train_begin(self, logs: Logs | None = None) -> None:
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
         """Start counting afresh."""
         self.wait = self.stopped_epoch = self.best_epoch = 0
         self.best = math.inf if self.mode == "min" else -math.inf
@@ -586,7 +586,7 @@ class EarlyStopping(Callback):
             return value < self.best - self.min_delta
         return value > self.best + self.min_delta
 
-    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         """Count the epoch as an improvement or not; stop after ``patience`` without."""
         value = _monitored(self, self.monitor, logs)
         if value is None:
@@ -632,7 +632,7 @@ class ModelCheckpoint(Callback):
         self.mode = _mode(monitor, mode)
         self.best = math.inf if self.mode == "min" else -math.inf
 
-    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         """Save, if every epoch is saved or this one is the best yet."""
         if self.save_best_only:
             value = _monitored(self, self.monitor, logs)
@@ -666,9 +666,9 @@ class LearningRateScheduler(Callback):
                 f"got {schedule!r}"
             )
         self.schedule = schedule
-        self._two_args = not self.scheduler and _positional_args(schedule) >= 2
+        self._two_args = not isinstance(schedule, LRScheduler) and _positional_args(schedule) >= 2
 
-    def on_epoch_begin(self, epoch: int, logs: Logs | None = None) -> None:
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         """Apply the function's rate for this epoch."""
         if self.scheduler:
             return
@@ -679,7 +679,7 @@ class LearningRateScheduler(Callback):
             raise ValueError(f"schedule({epoch}) must return a finite rate >= 0, got {lr!r}")
         optimizer.lr = float(lr)
 
-    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         """Step the scheduler object."""
         if isinstance(self.schedule, LRScheduler):
             self.schedule.step()
@@ -706,11 +706,11 @@ class TerminateOnNaN(Callback):
     validation loss, which diverge without an error.
     """
 
-    def on_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+    def on_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
         """Stop if the running loss is not finite."""
         self._check((logs or {}).get("loss"), f"batch {batch + 1}")
 
-    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         """Stop if a loss of the epoch is not finite."""
         for key, value in (logs or {}).items():
             if key.endswith("loss"):
@@ -743,14 +743,14 @@ class CSVLogger(Callback):
         self._keys: list[str] | None = None
         self._header = True
 
-    def on_train_begin(self, logs: Logs | None = None) -> None:
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
         """Open the file."""
         has_rows = self.append and os.path.exists(self.path) and os.path.getsize(self.path)
         self._file = open(self.path, "a" if self.append else "w", newline="")  # noqa: SIM115
         self._writer = csv.writer(self._file, delimiter=self.separator)
         self._header, self._keys = not has_rows, None
 
-    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         """Write the epoch's row (and the header before the first one)."""
         assert self._file is not None, "on_train_begin opens the file"
         logs = logs or {}
@@ -761,7 +761,7 @@ class CSVLogger(Callback):
         self._writer.writerow([epoch, *(logs.get(key, "") for key in self._keys)])
         self._file.flush()
 
-    def on_train_end(self, logs: Logs | None = None) -> None:
+    def on_train_end(self, logs: dict[str, float] | None = None) -> None:
         """Close the file."""
         if self._file is not None:
             self._file.close()

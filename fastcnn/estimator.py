@@ -37,9 +37,9 @@ from sklearn.utils.validation import check_array, check_is_fitted, check_X_y, co
 import fastcnn
 from fastcnn import _threads, models
 from fastcnn._backend import FastCNNWarning
+from fastcnn.callbacks import Callback
 from fastcnn.layers import BatchNorm2D, Dropout, Layer
 from fastcnn.losses import _check_sample_weight
-from fastcnn.callbacks import Callback
 from fastcnn.model import Sequential
 from fastcnn.optim import SGD, Adam, CosineAnnealingLR, Optimizer
 

@@ -20,22 +20,18 @@ import collections
 import contextlib
 import json
 import math
-import numbers
 import os
-import signal
-import sys
-import threading
-import time
 import uuid
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator
-from types import FrameType
-from typing import Any, Protocol, TextIO, cast, overload
+from collections.abc import Iterable, Iterator
+from typing import Any, cast, overload
 
 import numpy as np
 from numpy.typing import ArrayLike
 
+from fastcnn import training
+from fastcnn.callbacks import History
 from fastcnn.layers import (
     LAYER_REGISTRY,
     Dropout,
@@ -50,8 +46,6 @@ from fastcnn.losses import (
     softmax,
     softmax_cross_entropy,
 )
-from fastcnn import training
-from fastcnn.callbacks import History
 from fastcnn.optim import SGD, Adam, LRScheduler, Optimizer
 
 __all__ = ["FORMAT_VERSION", "History", "Sequential", "load"]
@@ -71,8 +65,10 @@ Shape = tuple[int, ...]
 
 
 class _LayerIndex(dict[int, Layer]):
-    """``id(layer) -> layer`` for a model's layers, and the dtype of the first one that
-    has a dtype: what :meth:`Sequential.add` checks a new layer against.
+    """Map ``id(layer) -> layer`` for a model's layers, with the first layer dtype.
+
+    What :meth:`Sequential.add` checks a new layer against: the layers already there,
+    and the dtype of the first one that has a dtype.
 
     Kept up to date by ``add``, so adding a layer costs O(1) and building a model of n
     layers O(n); a scan of every layer per ``add`` made loading a file of 100,000 layers
@@ -140,7 +136,7 @@ class Sequential:
         if len(layers) == 1 and isinstance(layers[0], list | tuple):
             layers = tuple(layers[0])
         self.layers: list[Layer] = []
-        self.optimizer = None
+        self.optimizer: Any = None
         self.history: History | None = None
         self.stop_training = False  # set by a callback to stop fit after the epoch
         self._loss: Any = "cross_entropy"
@@ -258,7 +254,7 @@ class Sequential:
         return None
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of every parameter and buffer (BatchNorm statistics) by stable name."""
+        """Return copies of every parameter and buffer (BatchNorm statistics) by stable name."""
         return {name: array.copy() for name, array in self._state_arrays().items()}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
@@ -299,7 +295,7 @@ class Sequential:
         return shape
 
     def summary(self, input_shape: Shape) -> str:
-        """A table of the layers with their output shapes and parameter counts.
+        """Return a table of the layers with their output shapes and parameter counts.
 
         Parameters
         ----------
@@ -375,6 +371,7 @@ class Sequential:
         return self._forward(np.asarray(x, dtype=self.dtype), training)
 
     def __call__(self, x: ArrayLike, training: bool = False) -> np.ndarray:
+        """Return :meth:`forward`."""
         return self.forward(x, training)
 
     def backward(
@@ -401,8 +398,10 @@ class Sequential:
     def _check_X(
         self, X: ArrayLike, name: str = "X", convert: bool = True
     ) -> tuple[np.ndarray, Shape]:
-        """Validate a batch of samples; return it (as the model dtype if ``convert``) and
-        the output shape of one sample.
+        """Validate a batch of samples.
+
+        Returns the batch (as the model dtype if ``convert``) and the output shape of
+        one sample.
         """
         X = np.asarray(X)
         if X.dtype.kind not in "biuf":
@@ -428,8 +427,9 @@ class Sequential:
         return X, out_shape
 
     def _one_sample_hint(self, shape: Shape, name: str) -> str:
-        """Advice for a single sample given without its batch axis (``model.predict(X[0])``):
-        when ``shape`` itself is a shape the model accepts per sample.
+        """Advise on a single sample given without its batch axis (``model.predict(X[0])``).
+
+        The advice is given when ``shape`` itself is a shape the model accepts per sample.
         """
         try:
             self.output_shape(tuple(shape))
@@ -628,7 +628,8 @@ class Sequential:
         Raises
         ------
         FloatingPointError
-            If the loss is NaN or infinite; the weights are then left unchanged.
+            If the loss is NaN or infinite; the parameters are then left unchanged
+            (the forward pass has updated BatchNorm's running statistics).
         """
         optimizer = training.resolve_optimizer(optimizer, self.optimizer)
         loss = self._loss if loss is None else loss

@@ -52,8 +52,10 @@ def check_int(value: object, name: str, minimum: int) -> int:
 
 
 def resolve_optimizer(optimizer: object, previous: object) -> Any:
-    """The optimizer to train with: the given one, one made from its name, else
-    ``previous`` (the model's last), else ``Adam(1e-3)``.
+    """Return the optimizer to train with.
+
+    The given one, one made from its name, else ``previous`` (the model's last), else
+    ``Adam(1e-3)``.
     """
     if optimizer is None:
         return previous if previous is not None else Adam(1e-3)
@@ -66,8 +68,7 @@ def resolve_optimizer(optimizer: object, previous: object) -> Any:
         return OPTIMIZER_NAMES[optimizer]()
     if not callable(getattr(optimizer, "step", None)):
         raise TypeError(
-            f"optimizer must be a fastcnn.optim optimizer (with a step method), got "
-            f"{optimizer!r}"
+            f"optimizer must be a fastcnn.optim optimizer (with a step method), got {optimizer!r}"
         )
     return optimizer
 
@@ -102,7 +103,7 @@ def fit_options(model: Any, **kw: Any) -> FitOptions:
     split = kw["validation_split"]
     if isinstance(split, bool) or not isinstance(split, numbers.Real):
         raise TypeError(f"validation_split must be a float, got {split!r}")
-    if not 0.0 <= split < 1.0:
+    if not 0.0 <= float(split) < 1.0:
         raise ValueError(f"validation_split must be in [0, 1), got {split!r}")
     if split and kw["validation_data"] is not None:
         raise ValueError("give either validation_data or validation_split, not both")
@@ -121,8 +122,10 @@ def fit_options(model: Any, **kw: Any) -> FitOptions:
 
 
 def make_rng(random_state: object) -> np.random.Generator:
-    """The generator of a run from ``random_state``: None, an int, a Generator or a
-    RandomState (scikit-learn's convention, drawn from once).
+    """Return the generator of a run.
+
+    ``random_state`` is None, an int, a Generator or a RandomState (scikit-learn's
+    convention, drawn from once).
     """
     if isinstance(random_state, np.random.RandomState):
         random_state = int(random_state.randint(2**31))
@@ -138,8 +141,9 @@ def make_rng(random_state: object) -> np.random.Generator:
 def split_validation(
     X: np.ndarray, y: np.ndarray, w: np.ndarray | None, fraction: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[np.ndarray, np.ndarray]]:
-    """Hold out ``ceil(n * fraction)`` samples drawn at random, in their original order;
-    returns the training ``X, y, w`` and the held-out ``(X_val, y_val)``.
+    """Hold out ``ceil(n * fraction)`` samples drawn at random, in their original order.
+
+    Returns the training ``X, y, w`` and the held-out ``(X_val, y_val)``.
     """
     n = X.shape[0]
     n_val = math.ceil(n * fraction)
@@ -151,8 +155,9 @@ def split_validation(
 
 
 def reseed_dropout(model: Any, rng: np.random.Generator) -> None:
-    """Give each Dropout layer of ``model`` a generator drawn from ``rng``, making its
-    masks part of a seeded run.
+    """Give each Dropout layer of ``model`` a generator drawn from ``rng``.
+
+    This makes the dropout masks part of a seeded run.
     """
     for layer in getattr(model, "layers", ()):
         if isinstance(layer, Dropout):
@@ -187,7 +192,7 @@ class Batches:
     ) -> None:
         self.X, self.y, self.w = X, y, w
         self.batch_size, self.shuffle = batch_size, shuffle
-        self.n = X.shape[0]
+        self.n = int(X.shape[0])
 
     def __len__(self) -> int:
         return math.ceil(self.n / self.batch_size)
@@ -218,7 +223,7 @@ def train_step(
     """One forward (training mode), loss, backward and optimizer step on a batch.
 
     Returns the loss and the model output. A loss that is NaN or infinite raises
-    FloatingPointError before the backward pass, so the weights keep the values they
+    FloatingPointError before the backward pass, so the parameters keep the values they
     had; ``where()`` says where in the run that happened.
     """
     out = model.forward(x, True)
@@ -245,8 +250,9 @@ def evaluate(
     classification: bool,
     batch_size: int = 256,
 ) -> dict[str, float]:
-    """Mean loss (and accuracy when ``classification``) of ``model`` over ``(X, y)``,
-    in eval mode, ``batch_size`` samples at a time (``model.forward`` converts each).
+    """Return the mean loss (and accuracy when ``classification``) over ``(X, y)``.
+
+    In eval mode, ``batch_size`` samples at a time (``model.forward`` converts each).
     """
     total, correct = 0.0, 0
     for lo in range(0, X.shape[0], batch_size):
@@ -290,8 +296,9 @@ class _Run:
         start, classification = time.perf_counter(), self.options.classification
         total, correct, seen = 0.0, 0, 0
         self.epoch = epoch
-        for self.batch, (xb, yb, wb) in enumerate(self.data.epoch(self.rng)):
-            callbacks.on_batch_begin(self.batch)
+        for batch, (xb, yb, wb) in enumerate(self.data.epoch(self.rng)):
+            self.batch = batch
+            callbacks.on_batch_begin(batch)
             loss, out = train_step(self.model, self.optimizer, self.options.loss_fn, xb, yb,
                                    wb, params=self.params, where=self.where)  # fmt: skip
             total, seen = total + loss * len(yb), seen + len(yb)
@@ -299,7 +306,7 @@ class _Run:
             if classification:
                 correct += int(np.count_nonzero(out.argmax(axis=1) == yb))
                 logs["accuracy"] = correct / seen
-            callbacks.on_batch_end(self.batch, {**logs, "size": len(yb)})
+            callbacks.on_batch_end(batch, {**logs, "size": len(yb)})
         if self.validation is not None:
             scores = evaluate(self.model, *self.validation, self.options.loss_fn, classification)
             logs.update({"val_" + k: v for k, v in scores.items()})
@@ -340,9 +347,11 @@ def fit(
 
 
 def _callbacks(run: _Run) -> tuple[History, CallbackList]:
-    """The run's history and its callbacks, in the order they are called: the divergence
-    check (before the epoch is recorded), the history, the progress bar, the user's, the
-    checkpoint (after the schedulers stepped), Ctrl-C last.
+    """Make the run's history and its callbacks.
+
+    In the order they are called: the divergence check (before the epoch is recorded),
+    the history, the progress bar, the user's, the checkpoint (after the schedulers
+    stepped), Ctrl-C last.
     """
     model, options = run.model, run.options
     optimizer = options.optimizer
@@ -363,6 +372,12 @@ def _callbacks(run: _Run) -> tuple[History, CallbackList]:
                  "callbacks": schedulers_in(options.callbacks)}  # fmt: skip
         callbacks.append(TrainingCheckpoint(options.checkpoint, state))
     callbacks.append(InterruptHandler(history))
-    params = {"epochs": options.epochs, "steps": len(run.data), "verbose": options.verbose,
-              "batch_size": options.batch_size, "samples": run.data.n, "initial_epoch": 0}  # fmt: skip
+    params = {
+        "epochs": options.epochs,
+        "steps": len(run.data),
+        "verbose": options.verbose,
+        "batch_size": options.batch_size,
+        "samples": run.data.n,
+        "initial_epoch": 0,  # a checkpoint being resumed sets it
+    }
     return history, CallbackList(callbacks, model=model, params=params)
