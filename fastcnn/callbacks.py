@@ -2,11 +2,11 @@
 
 ``fit`` is a short loop (``fastcnn.training``) that calls a :class:`CallbackList` at the
 start and end of training, of every epoch and of every batch; everything else a training
-run does is a callback here: the :class:`History` it returns, the progress bar
-(:class:`ProgbarLogger`), checkpoint/resume, the divergence check and Ctrl-C handling. The
-hooks and the callbacks users add (:class:`EarlyStopping`, :class:`ModelCheckpoint`,
-:class:`LearningRateScheduler`, :class:`TerminateOnNaN`, :class:`CSVLogger`) have Keras's
-names and meaning.
+run does is a callback: the :class:`History` it returns and the progress bar
+(:class:`ProgbarLogger`) here, and checkpoint/resume, the divergence check and Ctrl-C
+handling, which only ``fit`` uses, beside the loop. The hooks and the callbacks users
+add (:class:`EarlyStopping`, :class:`ModelCheckpoint`, :class:`LearningRateScheduler`,
+:class:`TerminateOnNaN`, :class:`CSVLogger`) have Keras's names and meaning.
 
 An object that is no :class:`Callback` but has some of the hook methods works too, e.g.
 one with only ``on_epoch_end(epoch, logs)``; as before, its returning True stops training
@@ -20,13 +20,10 @@ import csv
 import inspect
 import math
 import os
-import signal
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from types import FrameType
 from typing import IO, Any, TextIO
 
 import numpy as np
@@ -363,147 +360,6 @@ class ProgbarLogger(Callback):
         """End a half-drawn line."""
         if self._bar is not None:
             self._bar.close()
-
-
-# ---------------------------------------------------------------------------------------
-# What fit adds on request: checkpoint/resume; and always: the divergence and Ctrl-C checks
-
-
-class TrainingCheckpoint(Callback):
-    """``fit(checkpoint=path)``: resume from ``path`` if it exists, save it every epoch.
-
-    ``run`` holds what the file keeps besides the model (see ``Sequential._save_checkpoint``):
-    the optimizer, the generator, the history, ``n_samples``, ``batch_size`` and the
-    callbacks (the learning-rate schedulers among them). ``on_train_begin`` sets
-    ``params["initial_epoch"]`` to the epochs the file had done. It runs after the other
-    callbacks' ``on_epoch_end`` (the schedulers have stepped) and is the one place that
-    calls the model's checkpoint methods.
-    """
-
-    def __init__(self, path: str, run: dict[str, Any]) -> None:
-        super().__init__()
-        self.path, self.run = path, run
-
-    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
-        """Restore the run from the file, when there is one."""
-        if os.path.exists(self.path):
-            self.params["initial_epoch"] = self.model._resume(self.path, self.run)
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        """Save the model and the run after this epoch."""
-        self.model._save_checkpoint(self.path, epoch + 1, self.run)
-
-
-def schedulers_in(callbacks: Iterable[object]) -> list[object]:
-    """Replace each :class:`LearningRateScheduler` of ``callbacks`` by the scheduler it wraps.
-
-    A checkpoint saves the epoch of the scheduler objects among the callbacks.
-    """
-    return [
-        cb.schedule if isinstance(cb, LearningRateScheduler) and cb.scheduler else cb
-        for cb in callbacks
-    ]
-
-
-class DivergenceCheck(Callback):
-    """Raise FloatingPointError when an epoch leaves the model's state NaN or infinite.
-
-    The batch loss is checked by the training step itself, before the update; this
-    catches what it cannot see: the last step's update, and statistics that only eval
-    mode uses (BatchNorm's running variance). It reads ``model.non_finite_state()``
-    where the model has one, else checks ``model.parameters()``.
-    """
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        """Check every parameter and buffer."""
-        finder = getattr(self.model, "non_finite_state", None)
-        if callable(finder):
-            bad = finder()
-        else:
-            bad = next(
-                (
-                    ("parameters", f"parameter {i}")
-                    for i, (param, _) in enumerate(self.model.parameters())
-                    if not np.isfinite(param).all()
-                ),
-                None,
-            )
-        if bad is not None:
-            lr = getattr(getattr(self.model, "optimizer", None), "lr", "?")
-            raise FloatingPointError(
-                f"training diverged: {bad[0]} became NaN or infinite in epoch "
-                f"{epoch + 1}/{self.params['epochs']}, with learning rate {lr} "
-                f"(first: {bad[1]!r}). Lower the learning rate or scale the inputs "
-                "(e.g. to [0, 1])."
-            )
-
-
-class InterruptHandler(Callback):
-    """Ctrl-C stops training after the current batch, with the model kept usable.
-
-    Installs a SIGINT handler for the run (from the main thread only, and only over
-    Python's default handler) that turns the first Ctrl-C into a request; the request is
-    honoured after the batch (and after an epoch's callbacks) by raising
-    KeyboardInterrupt, which the loop catches. A second Ctrl-C raises at once. Put it
-    last: ``on_train_end`` prints where training stopped, after the progress bar's line.
-    """
-
-    def __init__(self, history: History) -> None:
-        super().__init__()
-        self.history = history
-        self.requested = False
-        self.epoch = self.batch = 0
-        self._previous: Callable[[int, FrameType | None], Any] | int | None = None
-
-    def _handler(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        sys.stderr.write(
-            "\nInterrupt received: stopping after the current batch "
-            "(press Ctrl-C again to stop at once).\n"
-        )
-        sys.stderr.flush()
-
-    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
-        """Install the handler."""
-        if (
-            threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        ):
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        """Note the position, for the message."""
-        self.epoch = epoch
-
-    def on_batch_begin(self, batch: int, logs: dict[str, float] | None = None) -> None:
-        """Note the position, for the message."""
-        self.batch = batch
-
-    def on_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
-        """Stop here if Ctrl-C was pressed."""
-        if self.requested:
-            raise KeyboardInterrupt
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        """Stop here if Ctrl-C was pressed during validation or a callback."""
-        if self.requested:
-            raise KeyboardInterrupt
-
-    def on_train_end(self, logs: dict[str, float] | None = None) -> None:
-        """Restore the previous handler; say where an interrupted run stopped."""
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
-        if self.history.interrupted:
-            sys.stderr.write(
-                f"Training interrupted at epoch {self.epoch + 1}/{self.params['epochs']}, "
-                f"batch {self.batch + 1}/{self.params['steps']}; the model keeps its "
-                f"current weights and the history holds the {len(self.history.epoch)} "
-                "completed epoch(s).\n"
-            )
-            sys.stderr.flush()
 
 
 # ---------------------------------------------------------------------------------------

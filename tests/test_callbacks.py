@@ -13,7 +13,6 @@ from fastcnn.callbacks import (
     Callback,
     CallbackList,
     CSVLogger,
-    DivergenceCheck,
     EarlyStopping,
     History,
     LearningRateScheduler,
@@ -24,6 +23,7 @@ from fastcnn.callbacks import (
 from fastcnn.layers import BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from fastcnn.model import Sequential, load
 from fastcnn.optim import SGD, Adam, StepLR
+from fastcnn.training import DivergenceCheck
 
 
 def tiny_model(dtype=np.float32):
