@@ -393,96 +393,6 @@ class Sequential:
         """
         return self._backward(grad_out, input_grad, retain_activations)
 
-    # -- input checks -------------------------------------------------------------------
-
-    def _check_X(
-        self, X: ArrayLike, name: str = "X", convert: bool = True
-    ) -> tuple[np.ndarray, Shape]:
-        """Validate a batch of samples.
-
-        Returns the batch (as the model dtype if ``convert``) and the output shape of
-        one sample.
-        """
-        X = np.asarray(X)
-        if X.dtype.kind not in "biuf":
-            raise TypeError(f"{name} must hold real numbers, got dtype {X.dtype}")
-        if X.ndim < 2:
-            raise ValueError(
-                f"{name} must be a batch of samples of shape (n_samples, ...), got shape "
-                f"{X.shape}{self._one_sample_hint(X.shape, name)}"
-            )
-        if X.shape[0] == 0:
-            raise ValueError(f"{name} has 0 samples, shape {X.shape}")
-        if convert:
-            X = X.astype(self.dtype, copy=False)
-        if X.dtype.kind == "f" and X.size and not (np.isfinite(X.min()) and np.isfinite(X.max())):
-            raise ValueError(f"{name} contains NaN or infinity (in the model dtype {self.dtype})")
-        try:
-            out_shape = self.output_shape(X.shape[1:])
-        except ValueError as exc:
-            raise ValueError(
-                f"{name} of shape {X.shape} does not fit the model: "
-                f"{exc}{self._one_sample_hint(X.shape, name)}"
-            ) from None
-        return X, out_shape
-
-    def _one_sample_hint(self, shape: Shape, name: str) -> str:
-        """Advise on a single sample given without its batch axis (``model.predict(X[0])``).
-
-        The advice is given when ``shape`` itself is a shape the model accepts per sample.
-        """
-        try:
-            self.output_shape(tuple(shape))
-        except ValueError:
-            return ""
-        return (
-            f"; {name} looks like one sample of shape {tuple(shape)}: add the batch axis, "
-            f"e.g. {name}[None] (or {name}[np.newaxis]), to pass a batch of one"
-        )
-
-    def _check_y(
-        self, y: ArrayLike, n: int, out_shape: Shape, classification: bool, name: str = "y"
-    ) -> np.ndarray:
-        y = np.asarray(y)
-        if not classification:
-            if y.shape != (n, *out_shape):
-                raise ValueError(
-                    f"{name} must have shape {(n, *out_shape)} (the model's output), got {y.shape}"
-                )
-            if y.dtype.kind not in "biuf":
-                raise TypeError(f"{name} must hold real numbers, got dtype {y.dtype}")
-            y = y.astype(self.dtype, copy=False)
-            if y.size and not (np.isfinite(y.min()) and np.isfinite(y.max())):
-                raise ValueError(
-                    f"{name} contains NaN or infinity (in the model dtype {self.dtype})"
-                )
-            return y
-        if len(out_shape) != 1:
-            raise ValueError(
-                f"cross-entropy needs the model to output (n_classes,) logits per sample, "
-                f"but it outputs {out_shape}; end the model with Flatten() and Dense()"
-            )
-        if y.ndim == 2 and y.shape[1] == 1:
-            raise ValueError(f"{name} must be 1-D of shape ({n},), got {y.shape}; use y.ravel()")
-        if y.ndim != 1 or y.shape[0] != n:
-            raise ValueError(f"{name} must have shape ({n},) to match the samples, got {y.shape}")
-        if y.dtype.kind == "f":
-            if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-                raise ValueError(f"{name} must hold integer class indices, got non-integer floats")
-        elif y.dtype.kind not in "biu":
-            raise TypeError(
-                f"{name} must hold integer class indices 0..n_classes-1, got dtype {y.dtype}; "
-                "encode other labels with sklearn.preprocessing.LabelEncoder, or use "
-                "fastcnn.CNNClassifier, which accepts any labels"
-            )
-        n_classes = out_shape[0]
-        if y.min() < 0 or y.max() >= n_classes:
-            raise ValueError(
-                f"{name} must hold class indices in [0, {n_classes}) for a model with "
-                f"{n_classes} outputs, got values in [{y.min()}, {y.max()}]"
-            )
-        return y.astype(np.intp, copy=False)
-
     # -- training -----------------------------------------------------------------------
 
     def fit(
@@ -511,21 +421,19 @@ class Sequential:
         y : array-like of shape (n_samples,)
             Class indices for ``loss='cross_entropy'``; for ``'mse'``, targets of the
             model's output shape.
-        epochs : int, default 10
-        batch_size : int, default 32
+        epochs, batch_size : int, default 10 and 32
             The last batch of an epoch may be smaller.
         optimizer : Optimizer, {'adam', 'sgd'} or None
-            Updated in place and kept as ``self.optimizer``, so the next ``fit`` (or
-            :meth:`train_step`) continues with its state. A name makes one with the class
-            defaults. None: the previous one, else ``Adam(1e-3)``.
+            Kept as ``self.optimizer``: the next ``fit`` (or :meth:`train_step`) goes on
+            with its state. A name makes one with the class defaults. None: the previous
+            one, else ``Adam(1e-3)``.
         loss : {'cross_entropy', 'mse'} or callable, default 'cross_entropy'
             A callable takes ``(output, y_batch)`` and returns ``(loss, grad_output)``.
             Cross-entropy works on logits: the model ends with a Dense layer, no softmax.
         validation_data : (X_val, y_val) or None
             Evaluated after every epoch (``val_loss``, ``val_accuracy``).
         validation_split : float in [0, 1), default 0.0
-            Fraction of the samples held out at random (drawn with ``random_state``)
-            for validation instead; not together with ``validation_data``.
+            Fraction of the samples held out at random for validation instead.
         shuffle : bool, default True
             Reshuffle the training samples every epoch.
         random_state : int, numpy.random.Generator, numpy.random.RandomState or None
@@ -534,14 +442,12 @@ class Sequential:
             0 silent; 1 a progress bar on stderr, redrawn live on a terminal, one line per
             epoch otherwise; 2 one line per epoch (:class:`~fastcnn.callbacks.ProgbarLogger`).
         callbacks : list of :class:`~fastcnn.callbacks.Callback`, optional
-            Called around every epoch and batch (:mod:`fastcnn.callbacks`). An object
-            with only ``on_epoch_end(epoch, logs)`` works too; returning True stops
-            training. Learning-rate schedulers (:mod:`fastcnn.optim`) qualify.
+            Called around every epoch and batch. An object with only
+            ``on_epoch_end(epoch, logs)`` works too (a schedule of :mod:`fastcnn.optim`).
         checkpoint : path or None
-            After every epoch, save the model and the training state (optimizer,
-            generators, schedulers, history) to this file, atomically; :func:`load` reads
-            it as a model. If it exists when ``fit`` starts, training resumes after its
-            last epoch, ending with exactly the model of an uninterrupted run (with
+            After every epoch, save the model and the training state to this file,
+            atomically (:func:`load` reads it as a model). If it exists, training resumes
+            after its last epoch, to exactly the model of an uninterrupted run (with
             ``validation_split``, pass ``random_state``). ``epochs`` counts those done.
         sample_weight : array-like of shape (n_samples,), optional
             Non-negative weight of each sample's loss, divided by the mean weight: the
@@ -556,41 +462,19 @@ class Sequential:
 
         Notes
         -----
-        Ctrl-C stops training after the current batch: the model keeps its latest
-        weights and the History of the completed epochs is returned (``interrupted=True``).
+        Ctrl-C stops training after the current batch, returning the History so far.
         """
         options = training.fit_options(self, epochs=epochs, batch_size=batch_size,
             optimizer=optimizer, loss=loss, validation_data=validation_data,
             validation_split=validation_split, shuffle=shuffle, verbose=verbose,
-            callbacks=callbacks, checkpoint=checkpoint)  # fmt: skip
+            callbacks=callbacks, checkpoint=checkpoint,
+            seeded=random_state is not None)  # fmt: skip
         if not self.layers:
             raise ValueError("the model has no layers; add some before fit")
-        X, out_shape = self._check_X(X)
-        y = self._check_y(y, X.shape[0], out_shape, options.classification)
-        w = None if sample_weight is None else _check_sample_weight(sample_weight, X.shape[0])
         rng = training.make_rng(random_state)
-        validation = None
-        if options.validation_split:
-            X, y, w, validation = training.split_validation(X, y, w, validation_split, rng)
-        elif validation_data is not None:
-            validation = self._check_validation(validation_data, options.classification)
-        if random_state is not None:  # make the dropout masks part of the seeded run
-            training.reseed_dropout(self, rng)
-        if w is not None:
-            w = training.normalized_weights(w)
+        data, val = training.fit_data(self, X, y, sample_weight, validation_data, rng, options)
         self._loss = loss
-        data = training.Batches(X, y, w, options.batch_size, options.shuffle)
-        return training.fit(self, data, validation, rng, options)
-
-    def _check_validation(
-        self, validation_data: object, classification: bool
-    ) -> tuple[np.ndarray, np.ndarray]:
-        if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
-            raise TypeError("validation_data must be a pair (X_val, y_val)")
-        X_val, val_shape = self._check_X(validation_data[0], "X_val")
-        y_val = self._check_y(validation_data[1], X_val.shape[0], val_shape, classification,
-                              "y_val")  # fmt: skip
-        return X_val, y_val
+        return training.fit(self, data, val, rng, options)
 
     def train_step(
         self,
@@ -634,8 +518,8 @@ class Sequential:
         optimizer = training.resolve_optimizer(optimizer, self.optimizer)
         loss = self._loss if loss is None else loss
         loss_fn = get_loss(loss)
-        x, out_shape = self._check_X(x, "x")
-        y = self._check_y(y, x.shape[0], out_shape, loss_fn is softmax_cross_entropy)
+        x, out_shape = training.check_X(self, x, "x")
+        y = training.check_y(self, y, x.shape[0], out_shape, loss_fn is softmax_cross_entropy)
         w = None if sample_weight is None else _check_sample_weight(sample_weight, x.shape[0])
         self.optimizer, self._loss = optimizer, loss
         return training.train_step(self, optimizer, loss_fn, x, y, w)[0]
@@ -656,7 +540,7 @@ class Sequential:
         ndarray of shape ``(n_samples, *output_shape)``, the model dtype
         """
         batch_size = training.check_int(batch_size, "batch_size", 1)
-        X, out_shape = self._check_X(X, convert=False)
+        X, out_shape = training.check_X(self, X, convert=False)
         out = np.empty((X.shape[0], *out_shape), dtype=self.dtype)
         for sl, xb in self._batches(X, batch_size):
             out[sl] = self._forward(xb, False)
@@ -710,8 +594,8 @@ class Sequential:
         batch_size = training.check_int(batch_size, "batch_size", 1)
         loss_fn = get_loss(self._loss if loss is None else loss)
         classification = loss_fn is softmax_cross_entropy
-        X, out_shape = self._check_X(X, convert=False)
-        y = self._check_y(y, X.shape[0], out_shape, classification)
+        X, out_shape = training.check_X(self, X, convert=False)
+        y = training.check_y(self, y, X.shape[0], out_shape, classification)
         return training.evaluate(self, X, y, loss_fn, classification, batch_size)
 
     # -- architecture and persistence ---------------------------------------------------

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,8 +35,11 @@ from fastcnn.callbacks import (
     check_callbacks,
 )
 from fastcnn.layers import Dropout
-from fastcnn.losses import LossFunction, get_loss, softmax_cross_entropy
+from fastcnn.losses import LossFunction, _check_sample_weight, get_loss, softmax_cross_entropy
 from fastcnn.optim import SGD, Adam, Optimizer
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = ["Batches", "FitOptions", "evaluate", "fit", "train_step"]
 
@@ -90,6 +93,7 @@ class FitOptions:
     verbose: int
     callbacks: list[object]
     checkpoint: str | None
+    seeded: bool  # random_state was given: the Dropout masks are seeded from the run's
 
 
 def fit_options(model: Any, **kw: Any) -> FitOptions:
@@ -120,7 +124,7 @@ def fit_options(model: Any, **kw: Any) -> FitOptions:
             )
     return FitOptions(epochs, batch_size, optimizer, kw["loss"], loss_fn,
                       loss_fn is softmax_cross_entropy, float(split), bool(kw["shuffle"]),
-                      int(kw["verbose"]), callbacks, checkpoint)  # fmt: skip
+                      int(kw["verbose"]), callbacks, checkpoint, bool(kw["seeded"]))  # fmt: skip
 
 
 def make_rng(random_state: object) -> np.random.Generator:
@@ -176,6 +180,146 @@ def normalized_weights(w: np.ndarray) -> np.ndarray:
     if mean <= 0.0:
         raise ValueError("sample_weight must have a positive sum, got all weights zero")
     return w / mean
+
+
+# ---------------------------------------------------------------------------------------
+# The data checks of fit, train_step, evaluate and predict: for any model with
+# ``output_shape(sample_shape)`` and ``dtype``
+
+
+def check_X(
+    model: Any, X: ArrayLike, name: str = "X", convert: bool = True
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Validate a batch of samples.
+
+    Returns the batch (as the model dtype if ``convert``) and the output shape of
+    one sample.
+    """
+    X = np.asarray(X)
+    if X.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {X.dtype}")
+    if X.ndim < 2:
+        raise ValueError(
+            f"{name} must be a batch of samples of shape (n_samples, ...), got shape "
+            f"{X.shape}{_one_sample_hint(model, X.shape, name)}"
+        )
+    if X.shape[0] == 0:
+        raise ValueError(f"{name} has 0 samples, shape {X.shape}")
+    if convert:
+        X = X.astype(model.dtype, copy=False)
+    if X.dtype.kind == "f" and X.size and not (np.isfinite(X.min()) and np.isfinite(X.max())):
+        raise ValueError(f"{name} contains NaN or infinity (in the model dtype {model.dtype})")
+    try:
+        out_shape = model.output_shape(X.shape[1:])
+    except ValueError as exc:
+        raise ValueError(
+            f"{name} of shape {X.shape} does not fit the model: "
+            f"{exc}{_one_sample_hint(model, X.shape, name)}"
+        ) from None
+    return X, out_shape
+
+
+def _one_sample_hint(model: Any, shape: tuple[int, ...], name: str) -> str:
+    """Advise on a single sample given without its batch axis (``model.predict(X[0])``).
+
+    The advice is given when ``shape`` itself is a shape the model accepts per sample.
+    """
+    try:
+        model.output_shape(tuple(shape))
+    except ValueError:
+        return ""
+    return (
+        f"; {name} looks like one sample of shape {tuple(shape)}: add the batch axis, "
+        f"e.g. {name}[None] (or {name}[np.newaxis]), to pass a batch of one"
+    )
+
+
+def check_y(
+    model: Any,
+    y: ArrayLike,
+    n: int,
+    out_shape: tuple[int, ...],
+    classification: bool,
+    name: str = "y",
+) -> np.ndarray:
+    """Validate the targets of ``n`` samples against one output of shape ``out_shape``.
+
+    Class indices (as intp) for a classification loss; otherwise targets of the output's
+    shape in the model dtype.
+    """
+    y = np.asarray(y)
+    if not classification:
+        if y.shape != (n, *out_shape):
+            raise ValueError(
+                f"{name} must have shape {(n, *out_shape)} (the model's output), got {y.shape}"
+            )
+        if y.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold real numbers, got dtype {y.dtype}")
+        y = y.astype(model.dtype, copy=False)
+        if y.size and not (np.isfinite(y.min()) and np.isfinite(y.max())):
+            raise ValueError(f"{name} contains NaN or infinity (in the model dtype {model.dtype})")
+        return y
+    if len(out_shape) != 1:
+        raise ValueError(
+            f"cross-entropy needs the model to output (n_classes,) logits per sample, "
+            f"but it outputs {out_shape}; end the model with Flatten() and Dense()"
+        )
+    if y.ndim == 2 and y.shape[1] == 1:
+        raise ValueError(f"{name} must be 1-D of shape ({n},), got {y.shape}; use y.ravel()")
+    if y.ndim != 1 or y.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},) to match the samples, got {y.shape}")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+            raise ValueError(f"{name} must hold integer class indices, got non-integer floats")
+    elif y.dtype.kind not in "biu":
+        raise TypeError(
+            f"{name} must hold integer class indices 0..n_classes-1, got dtype {y.dtype}; "
+            "encode other labels with sklearn.preprocessing.LabelEncoder, or use "
+            "fastcnn.CNNClassifier, which accepts any labels"
+        )
+    n_classes = out_shape[0]
+    if y.min() < 0 or y.max() >= n_classes:
+        raise ValueError(
+            f"{name} must hold class indices in [0, {n_classes}) for a model with "
+            f"{n_classes} outputs, got values in [{y.min()}, {y.max()}]"
+        )
+    return y.astype(np.intp, copy=False)
+
+
+def fit_data(
+    model: Any,
+    X: ArrayLike,
+    y: ArrayLike,
+    sample_weight: ArrayLike | None,
+    validation_data: object,
+    rng: np.random.Generator,
+    options: FitOptions,
+) -> tuple[Batches, tuple[np.ndarray, np.ndarray] | None]:
+    """Check fit's data; return its batches and the validation pair (or None)."""
+    X, out_shape = check_X(model, X)
+    y = check_y(model, y, X.shape[0], out_shape, options.classification)
+    w = None if sample_weight is None else _check_sample_weight(sample_weight, X.shape[0])
+    validation = None
+    if options.validation_split:
+        X, y, w, validation = split_validation(X, y, w, options.validation_split, rng)
+    elif validation_data is not None:
+        validation = _check_validation(model, validation_data, options.classification)
+    if options.seeded:  # make the dropout masks part of the seeded run
+        reseed_dropout(model, rng)
+    if w is not None:
+        w = normalized_weights(w)
+    return Batches(X, y, w, options.batch_size, options.shuffle), validation
+
+
+def _check_validation(
+    model: Any, validation_data: object, classification: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
+        raise TypeError("validation_data must be a pair (X_val, y_val)")
+    X_val, val_shape = check_X(model, validation_data[0], "X_val")
+    y_val = check_y(model, validation_data[1], X_val.shape[0], val_shape, classification,
+                          "y_val")  # fmt: skip
+    return X_val, y_val
 
 
 class Batches:
