@@ -55,7 +55,7 @@ _HOOKS = (
 class Callback:
     """Base class of the callbacks: every hook does nothing until overridden.
 
-    The training loop sets :attr:`model` and :attr:`params` before ``on_train_begin``.
+    The training loop sets ``model`` and ``params`` before ``on_train_begin``.
     ``logs`` of ``on_epoch_end`` hold the epoch's metrics (``"loss"``, ``"accuracy"``,
     ``"val_loss"``, ``"val_accuracy"``, ``"time"``, ``"lr"``, as :class:`History`
     records them); those of ``on_batch_end`` the running means of the epoch so far and
@@ -80,11 +80,11 @@ class Callback:
         self.params: dict[str, Any] = {}
 
     def set_model(self, model: Any) -> None:
-        """Set :attr:`model`."""
+        """Set ``model``."""
         self.model = model
 
     def set_params(self, params: dict[str, Any]) -> None:
-        """Set :attr:`params`."""
+        """Set ``params``."""
         self.params = params
 
     def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
@@ -142,15 +142,24 @@ class CallbackList:
                 _set(callback, "set_model", "model", model)
             if params is not None:
                 _set(callback, "set_params", "params", params)
+        # Per hook, the methods that do something: the base class's empty hooks are
+        # skipped, which keeps the per-batch cost of the list low.
+        self._methods = {
+            hook: [
+                getattr(callback, hook)
+                for callback in self.callbacks
+                if callable(getattr(callback, hook, None))
+                and getattr(type(callback), hook, None) is not getattr(Callback, hook)
+            ]
+            for hook in _HOOKS
+        }
 
     def __iter__(self) -> Any:
         return iter(self.callbacks)
 
     def _call(self, hook: str, *args: Any) -> None:
-        for callback in self.callbacks:
-            method = getattr(callback, hook, None)
-            if method is not None:
-                method(*args)
+        for method in self._methods[hook]:
+            method(*args)
 
     def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
         """Call ``on_train_begin`` on every callback."""
@@ -167,12 +176,11 @@ class CallbackList:
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         """Call ``on_epoch_end`` on every callback, each with its own copy of ``logs``.
 
-        A True return, or ``model.stop_training`` set, sets :attr:`stopped_by_callback`
+        A True return, or ``model.stop_training`` set, sets ``stopped_by_callback``
         and ``model.stop_training``.
         """
-        for callback in self.callbacks:
-            method = getattr(callback, "on_epoch_end", None)
-            if method is not None and method(epoch, dict(logs)) is True:
+        for method in self._methods["on_epoch_end"]:
+            if method(epoch, dict(logs)) is True:
                 self.stopped_by_callback = True
         if getattr(self.model, "stop_training", False):
             self.stopped_by_callback = True

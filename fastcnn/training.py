@@ -47,8 +47,12 @@ __all__ = ["Batches", "FitOptions", "evaluate", "fit", "train_step"]
 OPTIMIZER_NAMES = {"adam": Adam, "sgd": SGD}
 
 
+# ---------------------------------------------------------------------------------------
+# The options of fit, its generator, its validation split
+
+
 def check_int(value: object, name: str, minimum: int) -> int:
-    """``value`` as an int, refusing bools, non-integers and values below ``minimum``."""
+    """Return ``value`` as an int, refusing bools, non-integers and values below ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < minimum:
@@ -322,6 +326,10 @@ def _check_validation(
     return X_val, y_val
 
 
+# ---------------------------------------------------------------------------------------
+# Batches, the step, evaluation
+
+
 class Batches:
     """The minibatches of ``(X, y[, w])``, reshuffled every epoch when ``shuffle``.
 
@@ -554,6 +562,10 @@ class InterruptHandler(Callback):
                 "completed epoch(s).\n"
             )
             sys.stderr.flush()
+
+
+# ---------------------------------------------------------------------------------------
+# The loop
 
 
 class _Run:

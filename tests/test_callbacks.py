@@ -432,3 +432,13 @@ def test_train_step_refuses_a_non_finite_loss_before_updating(data):
         model.train_step(X, np.zeros((len(X), 3)), loss=nan_loss)
     for key, param, _ in model.named_parameters():  # (the forward updated BatchNorm's stats)
         assert_array_equal(param, before[key])
+
+
+def test_the_callbacks_module_is_public():
+    import fastcnn
+    import fastcnn.callbacks as module
+
+    assert fastcnn.callbacks is module and "callbacks" in fastcnn.__all__
+    assert fastcnn.History is module.History  # fit's History is a callback
+    for name in module.__all__:
+        assert getattr(module, name).__module__ == "fastcnn.callbacks"
