@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import inspect
 import math
+import numbers
 import os
 import sys
 import time
@@ -431,9 +432,10 @@ class EarlyStopping(Callback):
         restore_best_weights: bool = False,
     ) -> None:
         super().__init__()
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+        integral = isinstance(patience, numbers.Integral) and not isinstance(patience, bool)
+        if not integral or patience < 0:
             raise ValueError(f"patience must be an int >= 0, got {patience!r}")
-        self.monitor, self.patience = monitor, patience
+        self.monitor, self.patience = monitor, int(patience)
         self.min_delta = abs(float(min_delta))
         self.mode = _mode(monitor, mode)
         self.restore_best_weights = restore_best_weights
