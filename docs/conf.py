@@ -159,6 +159,7 @@ PUBLIC_MODULES = [
     "fastcnn.datasets",
     "fastcnn.plotting",
     "fastcnn.saving",
+    "fastcnn.callbacks",
 ]
 
 

@@ -31,9 +31,10 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 # Heavier parts (scikit-learn, the model stack) load on first use so `import fastcnn` is fast.
 _LAZY = {
     "Sequential": ("fastcnn.model", "Sequential"),
-    "History": ("fastcnn.model", "History"),
+    "History": ("fastcnn.callbacks", "History"),
     "load": ("fastcnn.model", "load"),
     "CNNClassifier": ("fastcnn.estimator", "CNNClassifier"),
+    "callbacks": ("fastcnn.callbacks", None),
     "layers": ("fastcnn.layers", None),
     "losses": ("fastcnn.losses", None),
     "optim": ("fastcnn.optim", None),
@@ -69,6 +70,7 @@ __all__ = [
     "__version__",
     "available_backends",
     "backend_import_error",
+    "callbacks",
     "datasets",
     "empty_cache",
     "functional",

@@ -6,12 +6,8 @@ validated in ``fit``, learned attributes end in ``_``, ``fit`` returns ``self``.
 works in ``Pipeline``, ``cross_val_score`` and ``GridSearchCV`` (also with ``n_jobs``: a
 fitted estimator pickles, weights included), and passes ``check_estimator``.
 
-Input can be images, (n, H, W), (n, C, H, W) or, with ``data_format="channels_last"``,
-(n, H, W, C), or flat rows (n, n_features). Flat rows are reshaped to ``image_shape`` when
-it is given; otherwise to a square (1, s, s) image when ``n_features == s * s`` (8x8
-digits, 28x28 MNIST), and else to a (1, 1, n_features) strip, which the default
-architecture handles like a 1-D signal. Labels can be of any type (strings,
-non-contiguous integers); they are encoded to 0..n_classes-1 internally.
+Input can be images or flat rows, labels of any type (see ``fastcnn._estimator_input``,
+which reads them); the network is a ``Sequential`` trained by its ``fit``.
 
 This module imports scikit-learn; ``fastcnn`` itself imports it only on first use of
 ``fastcnn.CNNClassifier``.
@@ -21,38 +17,29 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import numbers
 import os
 import sys
-import warnings
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_array, check_is_fitted, check_X_y, column_or_1d
+from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 import fastcnn
 from fastcnn import _threads, models
-from fastcnn._backend import FastCNNWarning
+from fastcnn._estimator_input import EstimatorInput
+from fastcnn._validation import check_estimator_params
+from fastcnn.callbacks import Callback
 from fastcnn.layers import BatchNorm2D, Dropout, Layer
-from fastcnn.losses import _check_sample_weight
-from fastcnn.model import Callback, Sequential
+from fastcnn.model import Sequential
 from fastcnn.optim import SGD, Adam, CosineAnnealingLR, Optimizer
 
 # Annotations only: the API pages then show these names as written.
 if TYPE_CHECKING:
-    from numpy.typing import ArrayLike, DTypeLike
-
-try:  # scikit-learn >= 1.6
-    from sklearn.utils.validation import validate_data as _sk_validate_data
-except ImportError:  # pragma: no cover - older scikit-learn
-
-    def _sk_validate_data(estimator: Any, *args: Any, **kwargs: Any) -> Any:
-        return estimator._validate_data(*args, **kwargs)
-
+    from numpy.typing import ArrayLike
 
 __all__ = ["CNNClassifier"]
 
@@ -63,10 +50,6 @@ _ARCHITECTURES: dict[str, Callable[..., Sequential]] = {
     "digits_cnn": models.digits_cnn,
     "lenet5": models.lenet5,
 }
-_FLOAT_DTYPES = {"float32": np.float32, "float64": np.float64}
-_NO_Y = object()  # "no y given" (predict), as opposed to y=None passed to fit
-_DATA_FORMATS = ("channels_first", "channels_last")
-_COLOR_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: the channel counts a channels-last image shows
 
 
 def _seed(random_state: object) -> int:
@@ -83,8 +66,9 @@ def _cores() -> int:
 
 
 def _dask_worker_share() -> int | None:
-    """Cores per task slot when called from a task of a dask ``distributed`` worker, else
-    None. A worker runs up to ``nthreads`` tasks at once, and workers started in-process
+    """Return the cores per task slot inside a dask ``distributed`` worker's task, else None.
+
+    A worker runs up to ``nthreads`` tasks at once, and workers started in-process
     (``LocalCluster(processes=False)``) share this process's cores, so each task gets the
     cores divided by all the slots here. Worker processes started by a nanny also get
     ``OMP_NUM_THREADS=1`` (distributed's ``distributed.nanny.pre-spawn-environ``), which
@@ -106,9 +90,11 @@ def _dask_worker_share() -> int | None:
 
 
 def _task_threads() -> contextlib.AbstractContextManager[None]:
-    """Context for fit and predict: inside a dask worker's task, fastcnn's default thread
-    count is capped at the task's share of the cores (no oversubscription); elsewhere, and
-    after ``fastcnn.set_num_threads``, nothing changes.
+    """Return the thread context for fit and predict.
+
+    Inside a dask worker's task, fastcnn's default thread count is capped at the task's
+    share of the cores (no oversubscription); elsewhere, and after
+    ``fastcnn.set_num_threads``, nothing changes.
     """
     share = _dask_worker_share()
     if share is None:
@@ -116,76 +102,24 @@ def _task_threads() -> contextlib.AbstractContextManager[None]:
     return _threads.limit_default_threads(share)
 
 
-def _ndim_of(X: object) -> int:
-    """Number of dimensions of ``X`` as an array; 2 for what scikit-learn's checks handle."""
-    if isinstance(X, np.ndarray):
-        return X.ndim
-    if hasattr(X, "iloc") or hasattr(X, "tocsr") or hasattr(X, "format"):
-        return 2  # DataFrame or sparse: scikit-learn's checks deal with them
-    try:
-        return np.asarray(X).ndim
-    except (TypeError, ValueError):  # e.g. ragged lists: let check_array report it
-        return 2
-
-
-def _warn_if_channels_last(shape: tuple[int, ...]) -> None:
-    """Warn when channels-first (n, C, H, W) input looks like channels-last (n, H, W, C):
-    the last axis is a colour-channel count, axis 1 is not, and read channels-first the
-    images would be strips narrower than they are high (square feature maps, such as
-    (n, 16, 4, 4), stay quiet).
-    """
-    axis1, height, last = shape[1], shape[2], shape[3]
-    if last in _COLOR_CHANNELS and axis1 not in _COLOR_CHANNELS and min(axis1, height) > last:
-        warnings.warn(
-            f"X has shape {tuple(shape)}: its last axis looks like the colour channels of "
-            f"(n, H, W, C) images, but data_format='channels_first' reads it as {axis1} "
-            f"channels of {shape[2]}x{last} images; pass data_format='channels_last', or "
-            "transpose X to (n, C, H, W)",
-            FastCNNWarning,
-            stacklevel=5,
-        )
-
-
-def _image_shape_of(
-    n_features: int, image_shape: Sequence[int] | None, data_format: str = "channels_first"
-) -> tuple[int, int, int]:
-    """Shape (C, H, W) one flat row of ``n_features`` values is reshaped to; a 3-tuple
-    ``image_shape`` is in ``data_format`` order, (C, H, W) or (H, W, C).
-    """
-    if image_shape is not None:
-        if len(image_shape) == 2:
-            shape = (1, image_shape[0], image_shape[1])
-        elif data_format == "channels_last":
-            shape = (image_shape[2], image_shape[0], image_shape[1])
-        else:
-            shape = (image_shape[0], image_shape[1], image_shape[2])
-        if int(np.prod(shape)) != n_features:
-            raise ValueError(
-                f"image_shape={tuple(image_shape)} holds {int(np.prod(shape))} values, but X "
-                f"has {n_features} features per sample"
-            )
-        return shape
-    side = int(round(np.sqrt(n_features)))
-    if side * side == n_features:
-        return (1, side, side)
-    return (1, 1, n_features)
-
-
-class _TrainingMonitor:
-    """``fit`` callback: counts epochs without improvement, keeps the best weights.
+class _TrainingMonitor(Callback):
+    """Count epochs without improvement and keep the best weights, for ``fit``.
 
     The rule is ``MLPClassifier``'s: with a validation set, an epoch improves when the
     validation accuracy beats the best so far by more than ``tol``; without, when the
-    training loss drops below the best so far by more than ``tol``.
+    training loss drops below the best so far by more than ``tol``. Training stops after
+    ``n_iter_no_change`` epochs without improvement.
     """
 
-    def __init__(self, estimator: CNNClassifier, model: Sequential, use_validation: bool) -> None:
+    def __init__(self, estimator: CNNClassifier, use_validation: bool) -> None:
+        super().__init__()
         self.estimator = estimator
-        self.model = model
         self.use_validation = use_validation
         self.best_state: dict[str, np.ndarray] | None = None
 
-    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> bool:
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> bool:
+        """Update the estimator's scores and counters; True stops training."""
+        assert logs is not None, "fit passes the epoch's logs"
         est = self.estimator
         tol = est.tol
         if self.use_validation:
@@ -214,7 +148,7 @@ class _TrainingMonitor:
 
 
 # scikit-learn is untyped (its classes are Any to mypy); an estimator must subclass them.
-class CNNClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
+class CNNClassifier(EstimatorInput, ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     """Convolutional neural network classifier, trained with fastcnn's compiled kernels.
 
     Parameters
@@ -402,78 +336,16 @@ default='digits_cnn'
         tags.input_tags.three_d_array = True  # (n, H, W) images; (n, C, H, W) as well
         return tags
 
-    def _more_tags(self) -> dict[str, list[str]]:  # scikit-learn < 1.6
-        return {"X_types": ["2darray", "3darray"]}
-
     # -- parameter checks ---------------------------------------------------------------
 
     def _check_params(self) -> None:
-        def integer(name: str, low: int) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-
-        def real(
-            name: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False
-        ) -> None:
-            value = getattr(self, name)
-            ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-            if ok:
-                ok = (value > low if low_open else value >= low) and (
-                    value < high if high_open else value <= high
-                )
-            if not ok:
-                interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-                raise ValueError(f"{name} must be a float in {interval}, got {value!r}")
-
-        def choice(name: str, options: Sequence[DTypeLike]) -> None:
-            if getattr(self, name) not in options:
-                raise ValueError(
-                    f"{name} must be one of {list(options)}, got {getattr(self, name)!r}"
-                )
-
-        integer("max_iter", 1)
-        integer("batch_size", 1)
-        integer("n_iter_no_change", 1)
-        real("learning_rate_init", 0.0, np.inf, low_open=True, high_open=True)
-        real("momentum", 0.0, 1.0, high_open=True)
-        real("alpha", 0.0, np.inf, high_open=True)
-        real("tol", 0.0, np.inf, high_open=True)
-        real("validation_fraction", 0.0, 1.0, low_open=True, high_open=True)
-        choice("optimizer", ("adam", "sgd"))
-        choice("learning_rate", ("cosine", "constant"))
-        choice("dtype", ("float32", "float64", np.float32, np.float64))
-        choice("data_format", _DATA_FORMATS)
-        if self.rescale is not None:
-            real("rescale", 0.0, np.inf, low_open=True, high_open=True)
-        cw = self.class_weight
-        if not (cw is None or (isinstance(cw, str) and cw == "balanced") or isinstance(cw, dict)):
-            raise ValueError(f"class_weight must be None, 'balanced' or a dict, got {cw!r}")
-        for name in ("early_stopping", "shuffle", "warm_start"):
-            if not isinstance(getattr(self, name), bool | np.bool_):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        if self.verbose not in (0, 1, 2):  # True == 1 and False == 0 are accepted too
-            raise ValueError(f"verbose must be 0, 1 or 2, got {self.verbose!r}")
-        if self.backend is not None and self.backend not in fastcnn.available_backends():
-            raise ValueError(
-                f"backend must be None or one of {fastcnn.available_backends()}, "
-                f"got {self.backend!r}"
-            )
-        shape = self.image_shape
-        if shape is not None and (
-            not isinstance(shape, tuple | list)
-            or len(shape) not in (2, 3)
-            or not all(
-                isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1
-                for s in shape
-            )
-        ):
-            raise ValueError(
-                f"image_shape must be None, (H, W) or (C, H, W) of positive ints, got {shape!r}"
-            )
+        check_estimator_params(self.get_params(deep=False), fastcnn.available_backends())
         arch = self.architecture
         if isinstance(arch, str):
-            choice("architecture", tuple(_ARCHITECTURES))
+            if arch not in _ARCHITECTURES:
+                raise ValueError(
+                    f"architecture must be one of {list(_ARCHITECTURES)}, got {arch!r}"
+                )
         elif not (
             callable(arch)
             or isinstance(arch, Sequential)
@@ -486,128 +358,6 @@ default='digits_cnn'
             raise ValueError(
                 f"architecture must be one of {list(_ARCHITECTURES)}, a callable, a "
                 f"fastcnn Sequential or a non-empty list of fastcnn layers, got {arch!r}"
-            )
-
-    @property
-    def _np_dtype(self) -> np.dtype:
-        return np.dtype(_FLOAT_DTYPES.get(self.dtype, self.dtype))
-
-    # -- input validation ---------------------------------------------------------------
-
-    @overload
-    def _validate_X(self, X: ArrayLike, *, reset: bool) -> np.ndarray: ...
-    @overload
-    def _validate_X(
-        self, X: ArrayLike, y: ArrayLike | None, *, reset: bool
-    ) -> tuple[np.ndarray, Any]: ...
-    def _validate_X(
-        self, X: ArrayLike, y: Any = _NO_Y, *, reset: bool
-    ) -> np.ndarray | tuple[np.ndarray, Any]:
-        """Validate ``X`` (and ``y``); return X as (n, C, H, W) in the model dtype."""
-        with_y = y is not _NO_Y
-        raw_dtype = getattr(X, "dtype", None)  # before conversion: 8-bit images, say
-        ndim = _ndim_of(X)
-        if ndim <= 2:
-            images, y, shape = self._flat_to_images(X, y, with_y, reset)
-        elif ndim in (3, 4):
-            images, y, shape = self._nd_to_images(X, y, with_y, reset)
-        else:
-            raise ValueError(
-                "X must be 2-D (n_samples, n_features), 3-D (n_samples, H, W) or 4-D "
-                f"(n_samples, C, H, W) or (n_samples, H, W, C), got an array with {ndim} "
-                "dimensions"
-            )
-        if reset:
-            self.image_shape_ = tuple(int(s) for s in shape)
-            self._warn_if_unscaled(raw_dtype, images)
-        if self.rescale is not None:
-            images = images * images.dtype.type(self.rescale)  # a copy: X stays the user's
-        images = np.ascontiguousarray(images)
-        return (images, y) if with_y else images
-
-    # X and y: anything scikit-learn's validation accepts (it returns arrays).
-    def _flat_to_images(
-        self, X: Any, y: Any, with_y: bool, reset: bool
-    ) -> tuple[np.ndarray, Any, tuple[int, ...]]:
-        # Tabular or flat images: scikit-learn's own checks, n_features_in_ and
-        # feature_names_in_ included (they also reject 1-D X, sparse, NaN, ...).
-        kwargs = {"reset": reset, "dtype": self._np_dtype, "order": "C"}
-        if with_y:
-            X, y = _sk_validate_data(self, X, y, **kwargs)
-        else:
-            X = _sk_validate_data(self, X, **kwargs)
-        shape: tuple[int, ...]
-        if reset:
-            shape = _image_shape_of(X.shape[1], self.image_shape, self.data_format)
-        else:
-            shape = self.image_shape_  # n_features was checked against n_features_in_
-        if self.data_format == "channels_last":
-            channels, height, width = shape
-            images = X.reshape(X.shape[0], height, width, channels).transpose(0, 3, 1, 2)
-        else:
-            images = X.reshape(X.shape[0], *shape)
-        return images, y, shape
-
-    def _nd_to_images(
-        self, X: Any, y: Any, with_y: bool, reset: bool
-    ) -> tuple[np.ndarray, Any, tuple[int, ...]]:
-        kwargs = {"allow_nd": True, "dtype": self._np_dtype, "order": "C"}
-        if not with_y:
-            X = check_array(X, **kwargs)
-        elif y is None:
-            raise ValueError(
-                f"This {type(self).__name__} estimator requires y to be passed, but the "
-                "target y is None."
-            )
-        else:
-            X, y = check_X_y(X, y, **kwargs)
-        if X.ndim == 3:
-            images = X[:, None]
-        elif self.data_format == "channels_last":
-            images = X.transpose(0, 3, 1, 2)
-        else:
-            images = X
-            if reset:
-                _warn_if_channels_last(X.shape)
-        shape = images.shape[1:]
-        if reset:
-            self.n_features_in_ = int(np.prod(shape))
-            if hasattr(self, "feature_names_in_"):
-                del self.feature_names_in_
-        elif tuple(shape) != tuple(self.image_shape_):
-            raise ValueError(
-                f"X has images of shape {tuple(shape)} (as (C, H, W)), but "
-                f"{type(self).__name__} was fitted on images of shape "
-                f"{tuple(self.image_shape_)}{self._one_image_hint(X.shape)}"
-            )
-        return images, y, shape
-
-    def _one_image_hint(self, shape: tuple[int, ...]) -> str:
-        """Advice for one image given without its batch axis (``clf.predict(X[0])``)."""
-        channels, height, width = self.image_shape_
-        if self.data_format == "channels_last":
-            one = (height, width, channels)
-        else:
-            one = (channels, height, width)
-        if tuple(shape) != one:
-            return ""
-        return (
-            f"; X looks like one image of shape {one}: add the batch axis, e.g. X[None] "
-            "(or X[np.newaxis]), to pass a batch of one"
-        )
-
-    def _warn_if_unscaled(self, raw_dtype: object, images: np.ndarray) -> None:
-        if self.rescale is not None or raw_dtype not in (np.uint8, np.uint16):
-            return
-        high = float(images.max()) if images.size else 0.0
-        if high > 1:
-            warnings.warn(
-                f"X is {np.dtype(raw_dtype).name} with values up to {high:g} and "
-                f"rescale=None, so {type(self).__name__} trains on the raw values, which "
-                "slows or stops learning; pass rescale=1/255 (or 1/max) to scale the "
-                "input to [0, 1]",
-                FastCNNWarning,
-                stacklevel=4,
             )
 
     # -- the network --------------------------------------------------------------------
@@ -678,21 +428,6 @@ default='digits_cnn'
         return fastcnn.use_backend(self.backend)
 
     # -- training -----------------------------------------------------------------------
-
-    def _encode(self, y: ArrayLike) -> np.ndarray:
-        labels: np.ndarray = column_or_1d(y, warn=True)
-        check_classification_targets(labels)
-        classes = self.classes_
-        encoded = np.searchsorted(classes, labels)
-        encoded = np.clip(encoded, 0, len(classes) - 1)
-        unknown = classes[encoded] != labels
-        if np.any(unknown):
-            raise ValueError(
-                f"y contains labels not seen in the first fit/partial_fit call: "
-                f"{np.unique(labels[unknown])[:10].tolist()}; the known classes are "
-                f"{classes[:20].tolist()}"
-            )
-        return encoded.astype(np.intp)
 
     def _initialize(
         self, y: ArrayLike, classes: ArrayLike | None, rng: np.random.Generator
@@ -811,26 +546,15 @@ default='digits_cnn'
                 "computed once with sklearn.utils.class_weight.compute_class_weight"
             )
         continuing = hasattr(self, "model_") and (incremental or self.warm_start)
-        if continuing:
-            X, y = self._validate_X(X, y, reset=False)
-        else:
-            X, y = self._validate_X(X, y, reset=True)
+        X, y = self._validate_X(X, y, reset=not continuing)
         seed = _seed(self.random_state)
         rng = np.random.default_rng(seed)
         if not continuing:
             self._initialize(y, classes, rng)
-        elif not incremental:  # warm start: labels must match the network's outputs
-            labels = np.unique(column_or_1d(y, warn=True))
-            if not np.all(np.isin(labels, self.classes_)):
-                raise ValueError(
-                    f"warm_start can only be used where y has the same classes as in the "
-                    f"previous call to fit; previous classes {self.classes_.tolist()}, "
-                    f"y has {labels.tolist()}"
-                )
+        elif not incremental:
+            self._check_warm_start_classes(y)
         y_encoded = self._encode(y)
         weights = self._sample_weights(sample_weight, y_encoded)
-
-        epochs = 1 if incremental else self.max_iter
         validation: tuple[np.ndarray, np.ndarray] | None = None
         if self.early_stopping and not incremental:
             X, X_val, y_encoded, y_val, weights = self._validation_split(
@@ -838,36 +562,49 @@ default='digits_cnn'
             )
             validation = (X_val, y_val)
             if self.validation_scores_ is None:  # first fit with early stopping
-                self.validation_scores_ = []
-                self.best_validation_score_ = -np.inf
+                self.validation_scores_, self.best_validation_score_ = [], -np.inf
                 self.best_loss_ = None
-
-        if incremental and self._optimizer is not None:
-            optimizer = self._optimizer
-        else:
+        optimizer = self._optimizer if incremental else None
+        if optimizer is None:
             optimizer = self._make_optimizer()
-        callbacks: list[Callback] = []
+        self._train(X, y_encoded, weights, validation, optimizer, incremental, rng)
+        return self
+
+    def _check_warm_start_classes(self, y: ArrayLike) -> None:
+        """Refuse a warm start on labels the network has no output for."""
+        labels = np.unique(column_or_1d(y, warn=True))
+        if not np.all(np.isin(labels, self.classes_)):
+            raise ValueError(
+                f"warm_start can only be used where y has the same classes as in the "
+                f"previous call to fit; previous classes {self.classes_.tolist()}, "
+                f"y has {labels.tolist()}"
+            )
+
+    def _train(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        weights: np.ndarray | None,
+        validation: tuple[np.ndarray, np.ndarray] | None,
+        optimizer: Optimizer,
+        incremental: bool,
+        rng: np.random.Generator,
+    ) -> None:
+        """Run the model's fit with the schedule and the stopping rule as callbacks."""
+        epochs = 1 if incremental else self.max_iter
+        callbacks: list[Callback | CosineAnnealingLR] = []
         if not incremental and self.learning_rate == "cosine":
             callbacks.append(CosineAnnealingLR(optimizer, T_max=epochs))
-        monitor = _TrainingMonitor(self, self.model_, use_validation=validation is not None)
+        monitor = _TrainingMonitor(self, use_validation=validation is not None)
         self._no_improvement_count = 0
         callbacks.append(monitor)
-
         n_before = self.n_iter_
         with self._backend_context(), _task_threads():
-            history = self.model_.fit(
-                X,
-                y_encoded,
-                epochs=epochs,
-                batch_size=self._effective_batch_size(X.shape[0]),
-                optimizer=optimizer,
-                validation_data=validation,
-                shuffle=bool(self.shuffle),
-                random_state=int(rng.integers(2**31)),
-                verbose=int(self.verbose),
-                callbacks=callbacks,
-                sample_weight=weights,
-            )
+            history = self.model_.fit(X, y, epochs=epochs,
+                batch_size=self._effective_batch_size(X.shape[0]), optimizer=optimizer,
+                validation_data=validation, shuffle=bool(self.shuffle),
+                random_state=int(rng.integers(2**31)), verbose=int(self.verbose),
+                callbacks=callbacks, sample_weight=weights)  # fmt: skip
         self.t_ += X.shape[0] * (self.n_iter_ - n_before)
         if monitor.best_state is not None:
             self.model_.load_state_dict(monitor.best_state)
@@ -879,34 +616,6 @@ default='digits_cnn'
                 f"{type(self).__name__}.fit was interrupted after {self.n_iter_} epoch(s); "
                 "the estimator holds the network trained so far"
             )
-        return self
-
-    def _sample_weights(
-        self, sample_weight: ArrayLike | None, y_encoded: np.ndarray
-    ) -> np.ndarray | None:
-        """Each sample's weight: ``sample_weight`` times its class's weight, or None."""
-        n = y_encoded.shape[0]
-        weights = None if sample_weight is None else _check_sample_weight(sample_weight, n)
-        if self.class_weight is None:
-            return weights
-        per_class = np.ones(len(self.classes_))
-        if isinstance(self.class_weight, dict):
-            for label, value in self.class_weight.items():
-                named = self.classes_ == label
-                if not np.any(named):
-                    raise ValueError(
-                        f"class_weight has a weight for {label!r}, which is not one of the "
-                        f"classes {self.classes_[:20].tolist()}"
-                    )
-                per_class[named] = value
-        else:  # 'balanced', scikit-learn's formula over the classes y holds
-            counts = np.bincount(y_encoded, minlength=len(self.classes_))
-            present = counts > 0
-            per_class[present] = n / (np.count_nonzero(present) * counts[present])
-        by_sample = per_class[y_encoded]
-        if weights is not None:
-            by_sample *= weights
-        return _check_sample_weight(by_sample, n)  # also the dict's values
 
     def _validation_split(
         self, X: np.ndarray, y: np.ndarray, weights: np.ndarray | None, seed: int

@@ -13,6 +13,7 @@ from conftest import numerical_grad
 from numpy.testing import assert_allclose, assert_array_equal
 
 import fastcnn.model as model_module
+from fastcnn.callbacks import _ProgressBar
 from fastcnn.layers import (
     AvgPool2D,
     BatchNorm2D,
@@ -26,7 +27,7 @@ from fastcnn.layers import (
     Tanh,
 )
 from fastcnn.losses import softmax, softmax_cross_entropy
-from fastcnn.model import FORMAT_VERSION, History, Sequential, _ProgressBar, load
+from fastcnn.model import FORMAT_VERSION, History, Sequential, load
 from fastcnn.optim import SGD, Adam, StepLR
 
 
