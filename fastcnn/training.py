@@ -433,10 +433,10 @@ class TrainingCheckpoint(Callback):
 
     ``run`` holds what the file keeps besides the model (see
     :func:`fastcnn.saving.save_checkpoint`): the optimizer, the generator, the history,
-    ``n_samples``, ``batch_size`` and the callbacks (the learning-rate schedulers among them). ``on_train_begin`` sets
-    ``params["initial_epoch"]`` to the epochs the file had done. It runs after the other
-    callbacks' ``on_epoch_end`` (the schedulers have stepped) and is the one place that
-    calls :mod:`fastcnn.saving`'s checkpoint functions.
+    ``n_samples``, ``batch_size`` and the callbacks (the learning-rate schedulers among
+    them). ``on_train_begin`` sets ``params["initial_epoch"]`` to the epochs the file had
+    done. It runs after the other callbacks' ``on_epoch_end`` (the schedulers have
+    stepped) and is the one place that calls :mod:`fastcnn.saving`'s checkpoint functions.
     """
 
     def __init__(self, path: str, run: dict[str, Any]) -> None:
