@@ -34,7 +34,7 @@ except ImportError:  # no compiled extension: plain numpy arrays
 
 
 def empty(shape: int | tuple[int, ...], dtype: DTypeLike) -> np.ndarray:
-    """A new C-contiguous array like ``np.empty(shape, dtype)``; contents are undefined."""
+    """Return a new C-contiguous array like ``np.empty(shape, dtype)`` (contents undefined)."""
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     if _memory is None:
         return np.empty(shape, dtype)

@@ -35,7 +35,7 @@ MAX_THREADS = max(256, 8 * (os.cpu_count() or 1))
 
 @cache
 def _openmp() -> types.ModuleType | None:
-    """The compiled OpenMP helpers, or None without the extension."""
+    """Return the compiled OpenMP helpers, or None without the extension."""
     try:
         from fastcnn._kernels import _openmp as module
     except ImportError:
@@ -79,7 +79,7 @@ def _default_num_threads() -> int:
 
 
 def get_num_threads() -> int:
-    """Number of threads the compiled kernels use.
+    """Return the number of threads the compiled kernels use.
 
     The count set by :func:`set_num_threads` (or by ``threadpoolctl.threadpool_limits``,
     which governs fastcnn as one of the process's OpenMP libraries), else
@@ -95,9 +95,10 @@ def get_num_threads() -> int:
 
 @contextlib.contextmanager
 def limit_default_threads(n: int) -> Iterator[None]:
-    """Within the body, in this thread or task only, cap the default thread count at
-    ``n``; a count set with :func:`set_num_threads` is the user's and is kept. For work
-    that shares the cores with siblings, e.g. a task in a dask worker (see estimator).
+    """Cap the default thread count at ``n`` within the body, in this thread or task only.
+
+    A count set with :func:`set_num_threads` is the user's and is kept. For work that
+    shares the cores with siblings, e.g. a task in a dask worker (see estimator).
     """
     token = _default_cap.set(max(1, int(n)))
     try:
@@ -273,8 +274,9 @@ def _blas_knobs_once() -> list[_ControllerKnob | _OpenBLASKnob]:
 
 
 class blas_threads:
-    """Context manager: run the body with every BLAS the kernels call limited to ``n``
-    threads, and restore the previous counts when the last concurrent user leaves.
+    """Limit every BLAS the kernels call to ``n`` threads within the body (a context manager).
+
+    The previous counts come back when the last concurrent user leaves.
     """
 
     __slots__ = ("n",)

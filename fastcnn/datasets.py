@@ -30,7 +30,7 @@ class DatasetUnavailableError(OSError):
 
 
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
-    """The 1,797 8x8 handwritten digits bundled with scikit-learn (no download).
+    """Load the 1,797 8x8 handwritten digits bundled with scikit-learn (no download).
 
     Returns
     -------

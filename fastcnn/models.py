@@ -155,7 +155,7 @@ def digits_cnn(
     dtype: DTypeLike = np.float32,
     random_state: SeedLike = None,
 ) -> Sequential:
-    """A small CNN for 8x8 digit images (scikit-learn's ``load_digits``).
+    """Build a small CNN for 8x8 digit images (scikit-learn's ``load_digits``).
 
     Two blocks of 3x3 conv (padding 1) -> BatchNorm -> ReLU -> 2x2 max pooling, with 32 and
     64 maps, then dense 128 -> ReLU -> Dropout(0.3) -> dense ``num_classes``. On 8x8 input
