@@ -242,10 +242,10 @@ def test_conv2d_backward_across_the_batch_equals_reference(case, data):
 
     x, weight, kwargs = case
     c_out, _, kh, kw = weight.shape
-    path = _conv._input_grad_path(
+    path = _conv._plan(
         x.shape[0], *x.shape[1:], c_out, kh, kw, *kwargs["padding"], *kwargs["dilation"],
         kwargs["groups"],
-    )  # fmt: skip
+    )["input_grad"]  # fmt: skip
     event(f"input gradient path: {path}")
     out_shape = F.conv2d(x, weight, **kwargs).shape
     grad_out = _values(data.draw, out_shape, np.dtype(np.float32), special=False)

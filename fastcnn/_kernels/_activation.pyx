@@ -27,7 +27,7 @@ from cython.parallel cimport prange
 
 from fastcnn._kernels._openmp cimport team_released, team_size
 
-cdef extern from "activation.h":
+cdef extern from "src/activation.h":
     void fastcnn_tanhf_array(const float* x, float* y, Py_ssize_t n) noexcept nogil
     void fastcnn_sigmoidf_array(const float* x, float* y, Py_ssize_t n) noexcept nogil
     void fastcnn_sigmoid_array(const double* x, double* y, Py_ssize_t n) noexcept nogil

@@ -41,7 +41,7 @@ from fastcnn._kernels._blas cimport Blas, gemm, load_blas
 from fastcnn._kernels._openmp cimport team_released, team_size
 from fastcnn._threads import blas_threads
 
-cdef extern from "small_gemm.h":
+cdef extern from "src/small_gemm.h":
     int fastcnn_small_gemm_has() noexcept nogil
     void fastcnn_small_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a,
                             Py_ssize_t a_is, Py_ssize_t a_ks, const float* b, Py_ssize_t ldb,
@@ -50,12 +50,12 @@ cdef extern from "small_gemm.h":
                          Py_ssize_t k, const float* a, Py_ssize_t lda, const float* b,
                          Py_ssize_t ldb, float* c, Py_ssize_t ldc) noexcept nogil
 
-cdef extern from "transpose.h":
+cdef extern from "src/transpose.h":
     void fastcnn_transpose(const float* src, Py_ssize_t lds, Py_ssize_t rows,
                            Py_ssize_t cols, float* dst, Py_ssize_t ldd,
                            float* sums) noexcept nogil
 
-cdef extern from "scratch.h":
+cdef extern from "src/scratch.h":
     void* fastcnn_scratch_take(size_t n) noexcept nogil
     void fastcnn_scratch_give_back(void* p) noexcept nogil
     size_t fastcnn_scratch_release() noexcept nogil

@@ -19,7 +19,7 @@ import numpy as np
 
 cnp.import_array()
 
-cdef extern from "output_pool.h":
+cdef extern from "src/output_pool.h":
     cnp.PyDataMem_Handler fastcnn_pool_handler
     size_t fastcnn_pool_min_bytes
     size_t fastcnn_pool_max_bytes

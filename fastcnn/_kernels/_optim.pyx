@@ -74,7 +74,7 @@ cdef struct Arrays:
     void* b          # Adam's second moment
 
 
-cdef extern from "optim.h":
+cdef extern from "src/optim.h":
     void fastcnn_sgd_f32(float* p, const float* g, float* buf, Py_ssize_t n, float lr,
                          float m, float wd, float lr_m, int decay, int momentum,
                          int nesterov) noexcept nogil
