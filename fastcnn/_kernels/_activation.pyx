@@ -72,7 +72,7 @@ cdef void backward_block(Op op, const floating* g, const floating* y, floating* 
 
 
 cdef void run(Op op, const floating* a, const floating* y, floating* out, Py_ssize_t n,
-             int n_threads) noexcept nogil:
+              int n_threads) noexcept nogil:
     # One contiguous block per thread. Forward when y is NULL (a is x), else backward (a
     # is grad_out, y the forward's output).
     cdef int threads = team_size(n, MIN_PARALLEL, n_threads)

@@ -24,8 +24,8 @@ kernels); the weight gradient also does where the channels fill blocks of four A
 vectors, which read less memory per multiply-add than the wide kernel. Where each output
 row is a whole number of vectors long, the forward pass and the input gradient take the
 positions a row vector at a time ("rows"): no junk columns, and the sums go straight into
-the output planes. Everything else takes im2col + BLAS. plan_conv (_conv_plan.pxi) makes these choices,
-and only it.
+the output planes. Everything else takes im2col + BLAS. plan_conv (_conv_plan.pxi)
+makes these choices, and only it.
 
 Files: _conv_plan.pxi (geometry and the planner), _conv_scratch.pxi (per-thread scratch
 and thread counts), _conv_im2col.pxi (im2col + BLAS, the wide layout),
@@ -52,8 +52,8 @@ input gradient), that is exact only for finite operands: the BLAS wide path clea
 skips its junk columns; conv2d_backward scans the weights before the direct input
 gradient (fastcnn_all_finite_f32, src/simd.c: a pass over memory, not over the
 multiply-adds), the wide weight-gradient kernel scans its partial sums afterwards (a
-junk product is 0 or NaN, so finite partials are exact), and such a call goes to BLAS. tests/test_numerics.py holds the cases, on
-every kernel the planner picks.
+junk product is 0 or NaN, so finite partials are exact), and such a call goes to BLAS.
+tests/test_numerics.py holds the cases, on every kernel the planner picks.
 
 All parallelism comes from OpenMP: BLAS is pinned to one thread while a kernel runs
 (``fastcnn._threads.blas_threads``). The products here are small or skinny, and letting
@@ -164,7 +164,7 @@ def _kept_scratch_bytes() -> int:
 
 
 _KERNEL_NAMES = {KERNEL_NONE: "none", KERNEL_BLAS: "blas", KERNEL_WIDE: "wide",
-                KERNEL_ROWS: "rows", KERNEL_LANES: "lanes", KERNEL_BATCH: "batch"}
+                 KERNEL_ROWS: "rows", KERNEL_LANES: "lanes", KERNEL_BATCH: "batch"}
 
 
 def _plan(n_batch, c_in, h, w, c_out, kh, kw, pad_h, pad_w, dil_h, dil_w, groups,

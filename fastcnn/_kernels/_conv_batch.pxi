@@ -39,7 +39,8 @@ cdef int backward_batch(const float* grad_out, const float* x, const float* weig
     # and then threads in order at the end. grad_weight and grad_bias may be NULL.
     cdef int level = fastcnn_direct_level()
     cdef Py_ssize_t lanes = fastcnn_igrad_lanes(level), cb = fastcnn_igrad_c_block(level)
-    cdef Py_ssize_t ob = fastcnn_wgrad_batch_o_block(level), rb = fastcnn_wgrad_batch_r_block(level)
+    cdef Py_ssize_t ob = fastcnn_wgrad_batch_o_block(level)
+    cdef Py_ssize_t rb = fastcnn_wgrad_batch_r_block(level)
     cdef Py_ssize_t cg_pad = (g.cg + cb - 1) // cb * cb, taps = g.kh * g.kw
     cdef Py_ssize_t cog_pad = (g.cog + ob - 1) // ob * ob, k_pad = (g.k + rb - 1) // rb * rb
     cdef Py_ssize_t wpb = g.w + 2 * g.pw, n_x = g.cg * g.h * g.w
@@ -48,7 +49,7 @@ cdef int backward_batch(const float* grad_out, const float* x, const float* weig
     cdef Py_ssize_t per_thread = lay.per_thread
     cdef Py_ssize_t n_blocks = (n_batch + lanes - 1) // lanes
     cdef Py_ssize_t x_stride = g.c_in * g.h * g.w, out_stride = g.c_out * g.p
-    cdef Py_ssize_t grp, c, o, r, i, j, t, l, blk, b, n0, ns
+    cdef Py_ssize_t grp, c, o, r, i, j, t, lane, blk, b, n0, ns
     cdef int threads = batch_threads(n_batch, n_threads, g)
     if threads > n_blocks:
         threads = <int> n_blocks
@@ -74,7 +75,8 @@ cdef int backward_batch(const float* grad_out, const float* x, const float* weig
         for c in range(g.cg):
             for i in range(g.kh):
                 for j in range(g.kw):
-                    off[(c * g.kh + i) * g.kw + j] = ((c * g.hp + i * g.dh) * wpb + j * g.dw) * lanes
+                    off[(c * g.kh + i) * g.kw + j] = (
+                        ((c * g.hp + i * g.dh) * wpb + j * g.dw) * lanes)
         for r in range(g.k, k_pad):
             off[r] = off[g.k - 1]
         with nogil:
@@ -117,8 +119,9 @@ cdef int backward_batch(const float* grad_out, const float* x, const float* weig
                             for i in range(g.cg * g.h):  # row i % h of channel i // h
                                 fastcnn_transpose(
                                     x + n0 * x_stride + grp * n_x + i * g.w, x_stride, ns, g.w,
-                                    base + lay.off_xp + (((i // g.h) * g.hp + i % g.h + g.ph) * wpb
-                                                     + g.pw) * lanes, lanes, NULL)
+                                    base + lay.off_xp
+                                    + (((i // g.h) * g.hp + i % g.h + g.ph) * wpb + g.pw) * lanes,
+                                    lanes, NULL)
                         fastcnn_wgrad_batch(level, dyb, base + lay.off_xp, off, k_pad, cog_pad,
                                             g.h_out, g.w_out, wpb,
                                             base + grp * cog_pad * k_pad * lanes)
@@ -132,8 +135,8 @@ cdef int backward_batch(const float* grad_out, const float* x, const float* weig
                             for t in range(threads):
                                 src = (scratch + t * per_thread
                                        + ((grp * cog_pad + o) * k_pad + r) * lanes)
-                                for l in range(lanes):
-                                    total = total + src[l]
+                                for lane in range(lanes):
+                                    total = total + src[lane]
                             grad_weight[(grp * g.cog + o) * g.k + r] = total
             if grad_bias != NULL:
                 sum_partials(scratch + lay.n_dw, per_thread, threads, grad_bias, g.c_out)

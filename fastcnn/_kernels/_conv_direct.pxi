@@ -14,16 +14,17 @@ ctypedef struct DirectPlan:
     Py_ssize_t cb, cog_pad, q_pad
     Py_ssize_t k_chunk           # taps per pass of the wide kernel: whole channels
     Py_ssize_t n_xp              # padded plane plus the slack the kernel reads past it
-    Py_ssize_t per_thread        # n_xp + the (cog_pad, q_pad) wide output block (none
-                                 # for rows, which writes the output planes)
+    # n_xp + the (cog_pad, q_pad) wide output block (none for rows, which writes the
+    # output planes)
+    Py_ssize_t per_thread
     Py_ssize_t n_vec             # rows: vectors per plane, rounded up to a block
     float* wpk
     Py_ssize_t* off
-    Py_ssize_t* ranges           # per block of positions, the taps of each channel to
-                                 # visit (src/direct_conv.c); NULL: all of them
+    # per block of positions, the taps of each channel to visit (src/direct_conv.c);
+    # NULL: all of them
+    Py_ssize_t* ranges
     Py_ssize_t* vx               # rows: each vector's offset in the padded plane
     Py_ssize_t* vo               # rows: and in the output plane
-
 
 
 cdef void tap_offsets(const Geometry* g, Py_ssize_t* off, Py_ssize_t k_pad) noexcept nogil:
@@ -168,8 +169,8 @@ cdef void forward_sample_direct(const float* x, const DirectPlan* plan, const fl
 
 
 cdef int forward_direct(const float* x, const float* weight, const float* bias, float* out,
-                       Py_ssize_t n_batch, int threads, const Geometry* g,
-                       ConvKernel kernel, bint skip_padding_rows) except -1:
+                        Py_ssize_t n_batch, int threads, const Geometry* g,
+                        ConvKernel kernel, bint skip_padding_rows) except -1:
     # Samples in parallel through forward_sample_direct, each thread on its own scratch.
     cdef DirectPlan plan
     cdef Py_ssize_t n, b

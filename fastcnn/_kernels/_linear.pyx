@@ -2,22 +2,19 @@
 
 Design
 ------
-float32 on AVX-512 CPUs runs on small_gemm.h's kernel, which broadcasts one operand from
-memory in any orientation and reads the other in rows as it lies: nothing is packed but,
-on one thread, W^T for the forward pass. Inside a LeNet-5 step its 400 -> 120 layer took
-77 us forward and 110 us backward on one thread, against OpenBLAS's 100 and 145, and the
-84 -> 10 layer's forward 9.5 us against 27 (BLAS code and buffers go cold between steps).
-Elsewhere, and for float64, each thread runs one BLAS GEMM, BLAS itself single-threaded.
+float32 on AVX-512 CPUs runs on src/small_gemm.c's kernel, which broadcasts one operand
+from memory in any orientation and reads the other in rows as it lies: nothing is packed
+but, on one thread, W^T for the forward pass. Inside a LeNet-5 step it beats OpenBLAS on
+LeNet's layers, whose BLAS code and buffers go cold between steps (docs/performance.md,
+"dense layers"). Elsewhere, and for float64, each thread runs one BLAS GEMM, BLAS itself
+single-threaded.
 
-A product worth a thread team is sliced. The forward pass on small_gemm.h then reads W as
-it lies (gemm_nt: dot products along the rows of x and W, summed across the lanes at the
-end), each thread its share of W's rows, where each thread used to transpose all of W
-(one W^T shared between the threads had been slower on two threads than on one): in a
-LeNet-5 step at 2 threads the 400 -> 120 forward went 61.6 -> 56.1 us and the step
-1508 -> 1501 us (medians of 5 alternating runs of benchmarks/profile_step.py,
-2026-12-05). On one thread W is transposed first and x broadcast: gemm_nt's loads do not
-fall on cache lines unless x and W lie alike (65 us against 50 on the 400 -> 120 layer),
-and the transpose then costs less than the split loads. With BLAS the output is cut
+A product worth a thread team is sliced. The forward pass on src/small_gemm.c then reads W
+as it lies (gemm_nt: dot products along the rows of x and W, summed across the lanes at
+the end), each thread its share of W's rows, rather than each thread transposing all of
+W (one W^T shared between the threads was slower on two threads than on one). On one
+thread W is transposed first and x broadcast: gemm_nt's loads do not fall on cache lines
+unless x and W lie alike, and the transpose then costs less than the split loads. With BLAS the output is cut
 along its longer side, so each thread packs only a slice of the larger operand and
 repeats the packing of the smaller one (for LeNet's 400 -> 120 layer at batch 64, slices
 of W's 120 rows rather than of the batch). In the backward pass the input and weight
