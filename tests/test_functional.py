@@ -1191,7 +1191,7 @@ def test_pool_2x2_stride2_fast_path_matches_reference(dtype, shape, ceil_mode):
         np.testing.assert_array_equal(got, want)
 
 
-# The float32 kernel on AVX-512 (small_gemm.h) takes blocks of 6 rows x 64 columns, the
+# The float32 kernel on AVX-512 (src/small_gemm.c) takes blocks of 6 rows x 64 columns, the
 # last columns in 1-4 vectors with the last masked: 17 and 65 columns leave one lane,
 # 13 rows a partial block, 129 both.
 @pytest.mark.parametrize(
@@ -1266,7 +1266,7 @@ def _at_offset(a: np.ndarray, offset: int) -> np.ndarray:
     return out
 
 
-# The float32 forward pass on AVX-512 reads W as it lies (small_gemm.h's gemm_nt) when the
+# The float32 forward pass on AVX-512 reads W as it lies (src/small_gemm.c: gemm_nt) when the
 # product is split over threads, else it transposes W. Either way the results may not
 # depend on where x and W lie: every offset of x, against an aligned W and against one at
 # the same offset, at 1 and 2 threads, gives the same bits. 400 inputs are 25 vectors, 48

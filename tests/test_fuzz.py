@@ -218,7 +218,7 @@ def test_conv2d_backward_compiled_equals_reference(case, needs_input_grad, data)
 @st.composite
 def batch_lanes_conv_cases(draw):
     """float32 stride-1 shapes at batch sizes around multiples of 16, large kernels and
-    little padding: the backward pass mostly goes across the lanes (batch_lanes.h)."""
+    little padding: the backward pass mostly goes across the lanes (src/batch_lanes.c)."""
     groups = draw(st.integers(1, 2))
     c_in, c_out = groups * draw(st.integers(3, 8)), groups * draw(st.integers(4, 16))
     kh, kw = draw(st.integers(3, 7)), draw(st.integers(3, 7))

@@ -8,7 +8,7 @@ one thread does it all, since waking a team costs more than the work, unless the
 still awake from the last kernel (``_openmp.team_size``). The loops are
 simple enough for the C compiler to vectorize. float32 tanh and sigmoid (float32 and
 float64) run on the branch-free, runtime-dispatched AVX-512/AVX2 versions in
-``activation.h``, split over the threads and bit-identical on every instruction set (on
+``src/activation.c``, split over the threads and bit-identical on every instruction set (on
 one thread tanh is about 1.4x slower than numpy's own float32 tanh on an AVX-512 CPU,
 which needs the GIL and one thread). float64 tanh uses numpy's own (SIMD) tanh, on one
 thread: libm's ``tanh`` is over ten times slower, too slow even split over threads.

@@ -14,12 +14,12 @@ as it lies (gemm_nt: dot products along the rows of x and W, summed across the l
 the end), each thread its share of W's rows, rather than each thread transposing all of
 W (one W^T shared between the threads was slower on two threads than on one). On one
 thread W is transposed first and x broadcast: gemm_nt's loads do not fall on cache lines
-unless x and W lie alike, and the transpose then costs less than the split loads. With BLAS the output is cut
-along its longer side, so each thread packs only a slice of the larger operand and
-repeats the packing of the smaller one (for LeNet's 400 -> 120 layer at batch 64, slices
-of W's 120 rows rather than of the batch). In the backward pass the input and weight
-gradients are two products of the same size, so the team splits into two halves, one
-per product, and needs no reduction across threads.
+unless x and W lie alike, and the transpose then costs less than the split loads. With
+BLAS the output is cut along its longer side, so each thread packs only a slice of the
+larger operand and repeats the packing of the smaller one (for LeNet's 400 -> 120 layer
+at batch 64, slices of W's 120 rows rather than of the batch). In the backward pass the
+input and weight gradients are two products of the same size, so the team splits into
+two halves, one per product, and needs no reduction across threads.
 
 Products under 2M multiply-adds (LeNet's 120 -> 84 and 84 -> 10 layers at batch 64) are
 never sliced: split over 2 threads, 120 -> 84's backward took twice as long, since it
@@ -91,7 +91,7 @@ def _release_scratch() -> int:
 
 cdef void forward_part(const float* x, const float* w, float* out, int n, int n_in,
                        int n_out, int t, int parts) noexcept nogil:
-    # Part t of parts of out = x @ W^T on small_gemm.h's kernel for W as it lies: the
+    # Part t of parts of out = x @ W^T on src/small_gemm.c's kernel for W as it lies: the
     # columns of out (rows of W) in blocks of 4 when W is the larger operand (each thread
     # then reads its share of W and all of x), else the rows. LeNet's 400 -> 120 layer
     # at batch 64: W 48,000 values, x 25,600.

@@ -6,7 +6,7 @@
  *
  * where (ki, kj) is valid when the dy position it reads lies inside dy. The valid taps
  * of a position are known in scalars, the same for every lane, so each is visited once:
- * no products with padding and no junk columns. The wide-layout kernel (direct_conv.h)
+ * no products with padding and no junk columns. The wide-layout kernel (direct_conv.c)
  * computes the same gradient as a full correlation over dy padded by (k - 1) on every
  * side, at LeNet's C3 (10x10 dy, 5x5 taps, 14x14 gx) about 1.7x the products needed.
  *

@@ -1,5 +1,5 @@
 /* Optimizer update loops for _optim.pyx, float32 and float64, compiled for AVX-512,
- * AVX2 and the baseline and chosen at run time (simd.h).
+ * AVX2 and the baseline and chosen at run time (simd.c).
  *
  * _optim is compiled with -ffp-contract=off, so no instruction set fuses a multiply and
  * an add: every level rounds exactly as the numpy backend, which does one operation per
