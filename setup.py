@@ -17,11 +17,21 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 KERNELS = ["_activation", "_conv", "_linear", "_loss", "_memory", "_optim", "_pool", "_openmp"]
+# The C translation units (fastcnn/_kernels/src) each module links besides its .pyx. A
+# unit linked into two modules is two copies with their own state (scratch.c's kept
+# block); -fvisibility=hidden keeps their names out of each module's exported symbols.
+C_SOURCES = {
+    "_activation": ["activation", "simd"],
+    "_conv": ["direct_conv", "batch_lanes", "transpose", "simd", "scratch"],
+    "_linear": ["small_gemm", "transpose", "simd", "scratch"],
+    "_memory": ["output_pool"],
+    "_optim": ["optim", "simd"],
+}
 # Per-module C flags (GCC/Clang). _optim matches the numpy backend bit for bit: no
 # fused multiply-adds; and sqrt may skip setting errno so that its loops vectorize.
-# _conv's direct kernels run short register-blocked loops whose speed moved by 15-20%
-# with where the code happened to land (`lenet_c1` and `digits` forward after an
-# unrelated kernel was added); loop heads on 64-byte lines make it repeatable.
+# _conv's direct kernels run short register-blocked loops whose speed moved with where
+# the code happened to land; loop heads on 64-byte lines make it repeatable (see
+# docs/performance.md, "code placement").
 EXTRA_FLAGS = {
     "_optim": ["-ffp-contract=off", "-fno-math-errno"],
     "_conv": ["-falign-loops=64"],
@@ -117,6 +127,8 @@ class BuildExt(build_ext):
         for ext in self.extensions:
             if self.compiler.compiler_type != "msvc":
                 ext.extra_compile_args += EXTRA_FLAGS.get(ext.name.rsplit(".", 1)[-1], [])
+            if self.compiler.compiler_type != "msvc":
+                ext.extra_compile_args += ["-fvisibility=hidden"]
             ext.extra_compile_args = opt + cflags + ext.extra_compile_args
             ext.extra_link_args = lflags + ext.extra_link_args
             ext.define_macros += [
@@ -129,7 +141,8 @@ class BuildExt(build_ext):
 extensions = [
     Extension(
         f"fastcnn._kernels.{name}",
-        [f"fastcnn/_kernels/{name}.pyx"],
+        [f"fastcnn/_kernels/{name}.pyx"]
+        + [f"fastcnn/_kernels/src/{unit}.c" for unit in C_SOURCES.get(name, [])],
         include_dirs=[np.get_include(), "fastcnn/_kernels"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
     )

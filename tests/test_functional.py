@@ -238,7 +238,7 @@ def test_conv2d_backward_compiled_matches_reference(x_shape, w_shape, kwargs, dt
 
 
 def _path_args(x_shape, w_shape, kwargs) -> tuple[int, ...]:
-    """The arguments of ``_conv._forward_path``/``_weight_grad_path`` for a conv2d call."""
+    """The arguments of ``_conv._plan`` after the batch size for a conv2d call."""
     pad = kwargs.get("padding", 0)
     pad_h, pad_w = (pad, pad) if isinstance(pad, int) else pad
     dil = kwargs.get("dilation", 1)
@@ -296,7 +296,8 @@ FORWARD_PATH_CASES = [
 @pytest.mark.parametrize(("path", "x_shape", "w_shape", "kwargs"), FORWARD_PATH_CASES)
 def test_conv2d_forward_paths(path, x_shape, w_shape, kwargs, rng):
     expected, _conv = _expected_path(path)
-    assert expected == _conv._forward_path(*_path_args(x_shape, w_shape, kwargs))
+    plan = _conv._plan(x_shape[0], *_path_args(x_shape, w_shape, kwargs))
+    assert expected == plan["forward"]
     x, w, b = _conv_inputs(rng, x_shape, w_shape, np.float32)
     with fastcnn.use_backend("numpy"):
         ref = F.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
@@ -373,7 +374,8 @@ WEIGHT_GRAD_PATH_CASES = [
 @pytest.mark.parametrize(("path", "x_shape", "w_shape", "kwargs"), WEIGHT_GRAD_PATH_CASES)
 def test_conv2d_weight_grad_paths(path, x_shape, w_shape, kwargs, rng):
     expected, _conv = _expected_path(path)
-    assert expected == _conv._weight_grad_path(*_path_args(x_shape, w_shape, kwargs))
+    args = _path_args(x_shape, w_shape, kwargs)
+    assert expected == _conv._plan(x_shape[0], *args, needs_input_grad=False)["weight_grad"]
     _backward_matches_reference(x_shape, w_shape, kwargs, rng)
 
 
@@ -408,7 +410,8 @@ INPUT_GRAD_PATH_CASES = [
 @pytest.mark.parametrize(("path", "x_shape", "w_shape", "kwargs"), INPUT_GRAD_PATH_CASES)
 def test_conv2d_input_grad_paths(path, x_shape, w_shape, kwargs, rng):
     expected, _conv = _expected_path(path)
-    assert expected == _conv._input_grad_path(x_shape[0], *_path_args(x_shape, w_shape, kwargs))
+    plan = _conv._plan(x_shape[0], *_path_args(x_shape, w_shape, kwargs))
+    assert expected == plan["input_grad"]
     _backward_matches_reference(x_shape, w_shape, kwargs, rng)
 
 
@@ -1188,7 +1191,7 @@ def test_pool_2x2_stride2_fast_path_matches_reference(dtype, shape, ceil_mode):
         np.testing.assert_array_equal(got, want)
 
 
-# The float32 kernel on AVX-512 (small_gemm.h) takes blocks of 6 rows x 64 columns, the
+# The float32 kernel on AVX-512 (src/small_gemm.c) takes blocks of 6 rows x 64 columns, the
 # last columns in 1-4 vectors with the last masked: 17 and 65 columns leave one lane,
 # 13 rows a partial block, 129 both.
 @pytest.mark.parametrize(
@@ -1263,7 +1266,7 @@ def _at_offset(a: np.ndarray, offset: int) -> np.ndarray:
     return out
 
 
-# The float32 forward pass on AVX-512 reads W as it lies (small_gemm.h's gemm_nt) when the
+# The float32 forward pass on AVX-512 reads W as it lies (src/small_gemm.c: gemm_nt) when the
 # product is split over threads, else it transposes W. Either way the results may not
 # depend on where x and W lie: every offset of x, against an aligned W and against one at
 # the same offset, at 1 and 2 threads, gives the same bits. 400 inputs are 25 vectors, 48

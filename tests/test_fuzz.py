@@ -218,7 +218,7 @@ def test_conv2d_backward_compiled_equals_reference(case, needs_input_grad, data)
 @st.composite
 def batch_lanes_conv_cases(draw):
     """float32 stride-1 shapes at batch sizes around multiples of 16, large kernels and
-    little padding: the backward pass mostly goes across the lanes (batch_lanes.h)."""
+    little padding: the backward pass mostly goes across the lanes (src/batch_lanes.c)."""
     groups = draw(st.integers(1, 2))
     c_in, c_out = groups * draw(st.integers(3, 8)), groups * draw(st.integers(4, 16))
     kh, kw = draw(st.integers(3, 7)), draw(st.integers(3, 7))
@@ -242,10 +242,10 @@ def test_conv2d_backward_across_the_batch_equals_reference(case, data):
 
     x, weight, kwargs = case
     c_out, _, kh, kw = weight.shape
-    path = _conv._input_grad_path(
+    path = _conv._plan(
         x.shape[0], *x.shape[1:], c_out, kh, kw, *kwargs["padding"], *kwargs["dilation"],
         kwargs["groups"],
-    )  # fmt: skip
+    )["input_grad"]  # fmt: skip
     event(f"input gradient path: {path}")
     out_shape = F.conv2d(x, weight, **kwargs).shape
     grad_out = _values(data.draw, out_shape, np.dtype(np.float32), special=False)

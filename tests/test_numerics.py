@@ -214,10 +214,11 @@ def test_special_path_cases_cover_every_float32_kernel():
         args = (*x_shape[1:], w_shape[0], *w_shape[2:], *np.broadcast_to(pad, 2),
                 *np.broadcast_to(dil, 2), kwargs.get("groups", 1))  # fmt: skip
         args = tuple(int(a) for a in args)
+        plan = _conv._plan(x_shape[0], *args)
         paths = (
-            _conv._forward_path(*args),
-            _conv._weight_grad_path(*args),
-            _conv._input_grad_path(x_shape[0], *args),
+            plan["forward"],
+            _conv._plan(x_shape[0], *args, needs_input_grad=False)["weight_grad"],
+            plan["input_grad"],
         )
         assert "/".join(paths) == expected, (x_shape, w_shape, kwargs)
         seen.update(

@@ -8,7 +8,7 @@ one thread does it all, since waking a team costs more than the work, unless the
 still awake from the last kernel (``_openmp.team_size``). The loops are
 simple enough for the C compiler to vectorize. float32 tanh and sigmoid (float32 and
 float64) run on the branch-free, runtime-dispatched AVX-512/AVX2 versions in
-``activation.h``, split over the threads and bit-identical on every instruction set (on
+``src/activation.c``, split over the threads and bit-identical on every instruction set (on
 one thread tanh is about 1.4x slower than numpy's own float32 tanh on an AVX-512 CPU,
 which needs the GIL and one thread). float64 tanh uses numpy's own (SIMD) tanh, on one
 thread: libm's ``tanh`` is over ten times slower, too slow even split over threads.
@@ -27,7 +27,7 @@ from cython.parallel cimport prange
 
 from fastcnn._kernels._openmp cimport team_released, team_size
 
-cdef extern from "activation.h":
+cdef extern from "src/activation.h":
     void fastcnn_tanhf_array(const float* x, float* y, Py_ssize_t n) noexcept nogil
     void fastcnn_sigmoidf_array(const float* x, float* y, Py_ssize_t n) noexcept nogil
     void fastcnn_sigmoid_array(const double* x, double* y, Py_ssize_t n) noexcept nogil
@@ -72,7 +72,7 @@ cdef void backward_block(Op op, const floating* g, const floating* y, floating* 
 
 
 cdef void run(Op op, const floating* a, const floating* y, floating* out, Py_ssize_t n,
-             int n_threads) noexcept nogil:
+              int n_threads) noexcept nogil:
     # One contiguous block per thread. Forward when y is NULL (a is x), else backward (a
     # is grad_out, y the forward's output).
     cdef int threads = team_size(n, MIN_PARALLEL, n_threads)

@@ -32,33 +32,7 @@ def conv2d_backward(
     n_threads: int,
 ) -> None: ...
 def direct_simd() -> str: ...
-def _weight_grad_path(
-    c_in: int,
-    h: int,
-    w: int,
-    c_out: int,
-    kh: int,
-    kw: int,
-    pad_h: int,
-    pad_w: int,
-    dil_h: int,
-    dil_w: int,
-    groups: int,
-) -> str: ...
-def _forward_path(
-    c_in: int,
-    h: int,
-    w: int,
-    c_out: int,
-    kh: int,
-    kw: int,
-    pad_h: int,
-    pad_w: int,
-    dil_h: int,
-    dil_w: int,
-    groups: int,
-) -> str: ...
-def _input_grad_path(
+def _plan(
     n_batch: int,
     c_in: int,
     h: int,
@@ -71,6 +45,7 @@ def _input_grad_path(
     dil_h: int,
     dil_w: int,
     groups: int,
-) -> str: ...
+    needs_input_grad: bool = True,
+) -> dict[str, str]: ...
 def _release_scratch() -> int: ...
 def _kept_scratch_bytes() -> int: ...

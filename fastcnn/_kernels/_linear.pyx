@@ -2,27 +2,24 @@
 
 Design
 ------
-float32 on AVX-512 CPUs runs on small_gemm.h's kernel, which broadcasts one operand from
-memory in any orientation and reads the other in rows as it lies: nothing is packed but,
-on one thread, W^T for the forward pass. Inside a LeNet-5 step its 400 -> 120 layer took
-77 us forward and 110 us backward on one thread, against OpenBLAS's 100 and 145, and the
-84 -> 10 layer's forward 9.5 us against 27 (BLAS code and buffers go cold between steps).
-Elsewhere, and for float64, each thread runs one BLAS GEMM, BLAS itself single-threaded.
+float32 on AVX-512 CPUs runs on src/small_gemm.c's kernel, which broadcasts one operand
+from memory in any orientation and reads the other in rows as it lies: nothing is packed
+but, on one thread, W^T for the forward pass. Inside a LeNet-5 step it beats OpenBLAS on
+LeNet's layers, whose BLAS code and buffers go cold between steps (docs/performance.md,
+"dense layers"). Elsewhere, and for float64, each thread runs one BLAS GEMM, BLAS itself
+single-threaded.
 
-A product worth a thread team is sliced. The forward pass on small_gemm.h then reads W as
-it lies (gemm_nt: dot products along the rows of x and W, summed across the lanes at the
-end), each thread its share of W's rows, where each thread used to transpose all of W
-(one W^T shared between the threads had been slower on two threads than on one): in a
-LeNet-5 step at 2 threads the 400 -> 120 forward went 61.6 -> 56.1 us and the step
-1508 -> 1501 us (medians of 5 alternating runs of benchmarks/profile_step.py,
-2026-12-05). On one thread W is transposed first and x broadcast: gemm_nt's loads do not
-fall on cache lines unless x and W lie alike (65 us against 50 on the 400 -> 120 layer),
-and the transpose then costs less than the split loads. With BLAS the output is cut
-along its longer side, so each thread packs only a slice of the larger operand and
-repeats the packing of the smaller one (for LeNet's 400 -> 120 layer at batch 64, slices
-of W's 120 rows rather than of the batch). In the backward pass the input and weight
-gradients are two products of the same size, so the team splits into two halves, one
-per product, and needs no reduction across threads.
+A product worth a thread team is sliced. The forward pass on src/small_gemm.c then reads W
+as it lies (gemm_nt: dot products along the rows of x and W, summed across the lanes at
+the end), each thread its share of W's rows, rather than each thread transposing all of
+W (one W^T shared between the threads was slower on two threads than on one). On one
+thread W is transposed first and x broadcast: gemm_nt's loads do not fall on cache lines
+unless x and W lie alike, and the transpose then costs less than the split loads. With
+BLAS the output is cut along its longer side, so each thread packs only a slice of the
+larger operand and repeats the packing of the smaller one (for LeNet's 400 -> 120 layer
+at batch 64, slices of W's 120 rows rather than of the batch). In the backward pass the
+input and weight gradients are two products of the same size, so the team splits into
+two halves, one per product, and needs no reduction across threads.
 
 Products under 2M multiply-adds (LeNet's 120 -> 84 and 84 -> 10 layers at batch 64) are
 never sliced: split over 2 threads, 120 -> 84's backward took twice as long, since it
@@ -41,7 +38,7 @@ from fastcnn._kernels._blas cimport Blas, gemm, load_blas
 from fastcnn._kernels._openmp cimport team_released, team_size
 from fastcnn._threads import blas_threads
 
-cdef extern from "small_gemm.h":
+cdef extern from "src/small_gemm.h":
     int fastcnn_small_gemm_has() noexcept nogil
     void fastcnn_small_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a,
                             Py_ssize_t a_is, Py_ssize_t a_ks, const float* b, Py_ssize_t ldb,
@@ -50,12 +47,12 @@ cdef extern from "small_gemm.h":
                          Py_ssize_t k, const float* a, Py_ssize_t lda, const float* b,
                          Py_ssize_t ldb, float* c, Py_ssize_t ldc) noexcept nogil
 
-cdef extern from "transpose.h":
+cdef extern from "src/transpose.h":
     void fastcnn_transpose(const float* src, Py_ssize_t lds, Py_ssize_t rows,
                            Py_ssize_t cols, float* dst, Py_ssize_t ldd,
                            float* sums) noexcept nogil
 
-cdef extern from "scratch.h":
+cdef extern from "src/scratch.h":
     void* fastcnn_scratch_take(size_t n) noexcept nogil
     void fastcnn_scratch_give_back(void* p) noexcept nogil
     size_t fastcnn_scratch_release() noexcept nogil
@@ -94,7 +91,7 @@ def _release_scratch() -> int:
 
 cdef void forward_part(const float* x, const float* w, float* out, int n, int n_in,
                        int n_out, int t, int parts) noexcept nogil:
-    # Part t of parts of out = x @ W^T on small_gemm.h's kernel for W as it lies: the
+    # Part t of parts of out = x @ W^T on src/small_gemm.c's kernel for W as it lies: the
     # columns of out (rows of W) in blocks of 4 when W is the larger operand (each thread
     # then reads its share of W and all of x), else the rows. LeNet's 400 -> 120 layer
     # at batch 64: W 48,000 values, x 25,600.

@@ -4,7 +4,7 @@ Design
 ------
 numpy lets an extension choose the allocator of the arrays it creates (NEP 49, a
 ``PyDataMem_Handler`` set in a context variable). ``empty`` makes its array under the
-handler of ``output_pool.h`` and puts the previous handler back at once, so only the
+handler of ``src/output_pool.c`` and puts the previous handler back at once, so only the
 arrays fastcnn's ops return use it. Each is a new, ordinary array that owns its memory:
 resize, reshape in place, dtype assignment, weakrefs and pickling behave as for any
 ``np.empty`` result. numpy hands the memory to the handler's free when nothing can see it
@@ -19,7 +19,7 @@ import numpy as np
 
 cnp.import_array()
 
-cdef extern from "output_pool.h":
+cdef extern from "src/output_pool.h":
     cnp.PyDataMem_Handler fastcnn_pool_handler
     size_t fastcnn_pool_min_bytes
     size_t fastcnn_pool_max_bytes

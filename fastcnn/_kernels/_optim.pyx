@@ -8,7 +8,7 @@ cost: LeNet-5's 10 arrays took 20 us with SGD and about 100 us with Adam, all of
 serial, between the last kernel of one training step and the first of the next. A
 stretch that long also lets the OpenMP workers fall asleep, so the next step's first
 convolution paid for waking them. Here one call makes one pass over each array, in the
-vector loops of optim.h (AVX-512, AVX2 or baseline, chosen at run time).
+vector loops of src/optim.c (AVX-512, AVX2 or baseline, chosen at run time).
 
 The arithmetic is the numpy backend's, operation for operation (scalars rounded to the
 array's dtype the way numpy rounds Python floats; this module is compiled without
@@ -74,7 +74,7 @@ cdef struct Arrays:
     void* b          # Adam's second moment
 
 
-cdef extern from "optim.h":
+cdef extern from "src/optim.h":
     void fastcnn_sgd_f32(float* p, const float* g, float* buf, Py_ssize_t n, float lr,
                          float m, float wd, float lr_m, int decay, int momentum,
                          int nesterov) noexcept nogil

@@ -27,8 +27,7 @@
  * thread count. The result is within a few ulp of the correctly rounded value; NaN stays
  * NaN and the sign of zero is kept.
  */
-#ifndef FASTCNN_ACTIVATION_H
-#define FASTCNN_ACTIVATION_H
+#include "activation.h"
 
 #include <math.h>
 #include <stddef.h>
@@ -158,7 +157,7 @@ FASTCNN_NO_TRAPS static inline double fastcnn_sigmoid_one(double x)
     FASTCNN_LOOP(NAME##_base, T, ONE, )                                                     \
     FASTCNN_LOOP(NAME##_avx512, T, ONE, __attribute__((target("avx512f,fma"))))             \
     FASTCNN_LOOP(NAME##_avx2, T, ONE, __attribute__((target("avx2,fma"))))                  \
-    static void NAME##_array(const T *x, T *y, ptrdiff_t n)                                 \
+    void NAME##_array(const T *x, T *y, ptrdiff_t n)                                        \
     {                                                                                       \
         int level = fastcnn_simd_level();                                                   \
         if (level == 2) NAME##_avx512(x, y, n);                                             \
@@ -168,7 +167,7 @@ FASTCNN_NO_TRAPS static inline double fastcnn_sigmoid_one(double x)
 #else
 #define FASTCNN_ARRAY(NAME, T, ONE)                                                         \
     FASTCNN_LOOP(NAME##_base, T, ONE, )                                                     \
-    static void NAME##_array(const T *x, T *y, ptrdiff_t n)                                 \
+    void NAME##_array(const T *x, T *y, ptrdiff_t n)                                        \
     {                                                                                       \
         NAME##_base(x, y, n);                                                               \
     }
@@ -177,5 +176,3 @@ FASTCNN_NO_TRAPS static inline double fastcnn_sigmoid_one(double x)
 FASTCNN_ARRAY(fastcnn_tanhf, float, fastcnn_tanhf_one)
 FASTCNN_ARRAY(fastcnn_sigmoidf, float, fastcnn_sigmoidf_one)
 FASTCNN_ARRAY(fastcnn_sigmoid, double, fastcnn_sigmoid_one)
-
-#endif

@@ -9,8 +9,7 @@
  * thread inside a kernel) gets a block of its own, freed when it gives it back. The
  * flag is taken with an atomic exchange, so this holds without the GIL too.
  */
-#ifndef FASTCNN_SCRATCH_H
-#define FASTCNN_SCRATCH_H
+#include "scratch.h"
 
 #include <stddef.h>
 #include <stdlib.h>
@@ -18,8 +17,7 @@
 #define FASTCNN_KEEP_SCRATCH_MAX ((size_t)64 << 20)
 
 /* Cache-line aligned: the kernels' 64-byte vector loads from a block at 16 mod 64 (what
- * malloc gives a large block) each span two lines; LeNet C3's backward pass across the
- * lanes took 314 us instead of 273 from such a block. */
+ * malloc gives a large block) each span two lines (docs/performance.md, "cache lines"). */
 #ifdef _MSC_VER
 #include <intrin.h>
 #include <malloc.h>
@@ -46,7 +44,7 @@ static size_t fastcnn_kept_bytes = 0;
 static volatile long fastcnn_kept_lent = 0;
 
 /* n bytes (NULL when out of memory); give them back with fastcnn_scratch_give_back. */
-static void *fastcnn_scratch_take(size_t n)
+void *fastcnn_scratch_take(size_t n)
 {
     if (n <= FASTCNN_KEEP_SCRATCH_MAX && !fastcnn_flag_take(&fastcnn_kept_lent)) {
         if (fastcnn_kept_bytes < n) {
@@ -60,7 +58,7 @@ static void *fastcnn_scratch_take(size_t n)
     return fastcnn_aligned_alloc(n);
 }
 
-static void fastcnn_scratch_give_back(void *p)
+void fastcnn_scratch_give_back(void *p)
 {
     /* p can equal the kept block only if this call holds it: a block of its own is
      * still allocated, so no other call's kept block can have its address. */
@@ -69,7 +67,7 @@ static void fastcnn_scratch_give_back(void *p)
 }
 
 /* Free the kept block unless a call holds it; the bytes kept afterwards. */
-static size_t fastcnn_scratch_release(void)
+size_t fastcnn_scratch_release(void)
 {
     if (!fastcnn_flag_take(&fastcnn_kept_lent)) {
         fastcnn_aligned_free(fastcnn_kept_scratch);
@@ -80,6 +78,4 @@ static size_t fastcnn_scratch_release(void)
     return fastcnn_kept_bytes;
 }
 
-static size_t fastcnn_scratch_kept(void) { return fastcnn_kept_bytes; }
-
-#endif
+size_t fastcnn_scratch_kept(void) { return fastcnn_kept_bytes; }

@@ -1,12 +1,11 @@
 /* Optimizer update loops for _optim.pyx, float32 and float64, compiled for AVX-512,
- * AVX2 and the baseline and chosen at run time (simd.h).
+ * AVX2 and the baseline and chosen at run time (simd.c).
  *
  * _optim is compiled with -ffp-contract=off, so no instruction set fuses a multiply and
  * an add: every level rounds exactly as the numpy backend, which does one operation per
  * ufunc call. sqrt and division are correctly rounded everywhere.
  */
-#ifndef FASTCNN_OPTIM_H
-#define FASTCNN_OPTIM_H
+#include "optim.h"
 
 #include <math.h>
 #include <stddef.h>
@@ -67,32 +66,30 @@ FASTCNN_OPTIM_LOOPS(avx2, __attribute__((target("avx2,fma"))))
 #define FASTCNN_OPTIM_DISPATCH(NAME, ARGS) NAME##_base ARGS
 #endif
 
-static void fastcnn_sgd_f32(float *p, const float *g, float *buf, ptrdiff_t n, float lr,
+void fastcnn_sgd_f32(float *p, const float *g, float *buf, ptrdiff_t n, float lr,
                             float m, float wd, float lr_m, int decay, int momentum,
                             int nesterov)
 {
     FASTCNN_OPTIM_DISPATCH(fastcnn_sgd_f32, (p, g, buf, n, lr, m, wd, lr_m, decay, momentum, nesterov));
 }
 
-static void fastcnn_sgd_f64(double *p, const double *g, double *buf, ptrdiff_t n, double lr,
+void fastcnn_sgd_f64(double *p, const double *g, double *buf, ptrdiff_t n, double lr,
                             double m, double wd, double lr_m, int decay, int momentum,
                             int nesterov)
 {
     FASTCNN_OPTIM_DISPATCH(fastcnn_sgd_f64, (p, g, buf, n, lr, m, wd, lr_m, decay, momentum, nesterov));
 }
 
-static void fastcnn_adam_f32(float *p, const float *g, float *m, float *v, ptrdiff_t n,
+void fastcnn_adam_f32(float *p, const float *g, float *m, float *v, ptrdiff_t n,
                              float b1, float b2, float c1, float c2, float eps, float wd,
                              float step, float scale, int decay)
 {
     FASTCNN_OPTIM_DISPATCH(fastcnn_adam_f32, (p, g, m, v, n, b1, b2, c1, c2, eps, wd, step, scale, decay));
 }
 
-static void fastcnn_adam_f64(double *p, const double *g, double *m, double *v, ptrdiff_t n,
+void fastcnn_adam_f64(double *p, const double *g, double *m, double *v, ptrdiff_t n,
                              double b1, double b2, double c1, double c2, double eps, double wd,
                              double step, double scale, int decay)
 {
     FASTCNN_OPTIM_DISPATCH(fastcnn_adam_f64, (p, g, m, v, n, b1, b2, c1, c2, eps, wd, step, scale, decay));
 }
-
-#endif

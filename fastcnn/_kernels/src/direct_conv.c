@@ -29,8 +29,7 @@
  * Code is generated for AVX-512 and AVX2+FMA with GCC/Clang vector extensions and
  * chosen at run time; elsewhere fastcnn_direct_level() is 0 and _conv uses im2col + BLAS.
  */
-#ifndef FASTCNN_DIRECT_CONV_H
-#define FASTCNN_DIRECT_CONV_H
+#include "direct_conv.h"
 
 #include <stddef.h>
 #include <stdlib.h>
@@ -43,16 +42,7 @@
 
 #include <immintrin.h>
 
-typedef float fastcnn_v16 __attribute__((vector_size(64)));
-typedef float fastcnn_v8 __attribute__((vector_size(32)));
-
-/* A float in every lane. Written as x - 0 because that is exactly x for every float
- * (-0 and NaN included), so the compiler drops the subtraction and broadcasts straight
- * from memory; the tempting (VEC){0} + x is not x for x = -0, so it costs a scalar add
- * and a register broadcast per weight, which compete with the FMAs for the FP pipes
- * (measured: half the direct kernel's time on AVX2). Products and sums are unchanged:
- * the accumulators start at +0, so the sign of a zero weight never shows. */
-#define FASTCNN_SPLAT(VEC, x) ((x) - (VEC){0})
+#include "vec.h"
 
 #define FASTCNN_DIRECT_KERNEL(NAME, TARGET, VEC, LANES, NV, CB)                            \
     __attribute__((target(TARGET))) static void NAME(                                      \
@@ -110,9 +100,8 @@ FASTCNN_DIRECT_KERNEL(fastcnn_direct_avx2, "avx2,fma", fastcnn_v8, 8, 2, 6)
  * between chunks, so the results are the wide kernel's to the bit. n_vec is a multiple
  * of NV (the caller repeats the last vector: computed twice, stored twice, the same).
  * The wide layout could run on this kernel too (vx[v] = vo[v] = v * LANES), but reading
- * the positions from tables made it slower there (forward at 2 threads, medians of 5
- * alternating runs: `digits` 0.074 -> 0.091 ms, `lenet_c1` 0.093 -> 0.103, `large`
- * 13.4 -> 13.8), so the two are kept apart.
+ * the positions from tables made it slower there (docs/performance.md, "rows"), so the
+ * two are kept apart.
  */
 #define FASTCNN_DIRECT_ROWS_KERNEL(NAME, TARGET, VEC, LANES, NV, CB)                       \
     __attribute__((target(TARGET))) static void NAME(                                      \
@@ -339,12 +328,12 @@ FASTCNN_WGRAD_T_KERNEL(fastcnn_wgrad_t_avx2, "avx2,fma", fastcnn_v8, 8, 1, 6)
  * blocks of 8 taps or of 9, whichever pads k less (3x3 and 5x5 kernels on one channel:
  * 9 and 25 taps, padded to 9 and 27 instead of 16 and 32; 8 on a tie). Padded to its
  * block, k gives the same block again, so k_pad alone tells which kernel to run. */
-static ptrdiff_t fastcnn_wgrad_t_lanes(int level) { return level == 2 ? 16 : 8; }
-static int fastcnn_wgrad_t_quads(int level, ptrdiff_t cog_pad)
+ptrdiff_t fastcnn_wgrad_t_lanes(int level) { return level == 2 ? 16 : 8; }
+int fastcnn_wgrad_t_quads(int level, ptrdiff_t cog_pad)
 {
     return level == 2 && cog_pad % 64 == 0;
 }
-static ptrdiff_t fastcnn_wgrad_t_taps(int level, ptrdiff_t cog_pad, ptrdiff_t k)
+ptrdiff_t fastcnn_wgrad_t_taps(int level, ptrdiff_t cog_pad, ptrdiff_t k)
 {
     if (level != 2) return 6;
     if (fastcnn_wgrad_t_quads(level, cog_pad)) return 6;
@@ -353,7 +342,7 @@ static ptrdiff_t fastcnn_wgrad_t_taps(int level, ptrdiff_t cog_pad, ptrdiff_t k)
 
 /* Each kernel takes the channel blocks it covers whole and returns where it stopped:
  * pairs of vectors, then a last odd one alone (AVX-512: all in fours where they fit). */
-static void fastcnn_wgrad_t(int level, const float *x, const ptrdiff_t *off, ptrdiff_t k_pad,
+void fastcnn_wgrad_t(int level, const float *x, const ptrdiff_t *off, ptrdiff_t k_pad,
                             const float *dyt, const ptrdiff_t *pos, ptrdiff_t n_pos,
                             ptrdiff_t cog_pad, float *dwt)
 {
@@ -474,7 +463,7 @@ FASTCNN_LANES_FWD_STREAM_SET(5, 2)
  * they take first on a row of n left. On AVX2 with two channel blocks: rows of up to 6 in
  * one block, rows of 7 to 11 in two near-equal ones (LeNet's C3 rows of 10: 5 + 5), else
  * blocks of 6. AVX2 with one block has registers for 4 at most. */
-static int fastcnn_lanes_fwd_has(int level, ptrdiff_t kw) { return level > 0 && (kw == 3 || kw == 5); }
+int fastcnn_lanes_fwd_has(int level, ptrdiff_t kw) { return level > 0 && (kw == 3 || kw == 5); }
 static ptrdiff_t fastcnn_lanes_fwd_block(int level, ptrdiff_t nb, ptrdiff_t n)
 {
     if (level == 1 && nb == 2) return n <= 6 ? n : (n < 12 ? (n + 1) / 2 : 6);
@@ -487,7 +476,7 @@ static ptrdiff_t fastcnn_lanes_fwd_block(int level, ptrdiff_t nb, ptrdiff_t n)
  * block b's weights start b * LANES * k past w), in blocks of the sizes above. x0 points
  * at the row's first input (channel 0, kernel row 0). AVX2 takes the channel blocks two
  * at a time while two are left. */
-static void fastcnn_lanes_fwd_row(int level, ptrdiff_t kw, const float *x0, ptrdiff_t plane,
+void fastcnn_lanes_fwd_row(int level, ptrdiff_t kw, const float *x0, ptrdiff_t plane,
                                   ptrdiff_t row, ptrdiff_t cg, ptrdiff_t kh, const float *w,
                                   ptrdiff_t k, ptrdiff_t cog_pad, float *out, ptrdiff_t ld,
                                   ptrdiff_t w_out)
@@ -544,7 +533,7 @@ static void fastcnn_lanes_fwd_row(int level, ptrdiff_t kw, const float *x0, ptrd
 
 /* 2: AVX-512, 1: AVX2+FMA, 0: none (use im2col + BLAS). Set FASTCNN_DIRECT=0 in the
  * environment to force 0 (benchmarks compare both paths that way). */
-static int fastcnn_direct_level(void)
+int fastcnn_direct_level(void)
 {
     static int level = -1;
     if (level < 0) {
@@ -558,33 +547,31 @@ static int fastcnn_direct_level(void)
 /* Output channels per register block. AVX-512 has blocks of 8 and of 6 and takes the
  * one that pads cog least (LeNet's 6 channels would waste a quarter of a block of 8).
  * A single channel has a kernel of its own. */
-static ptrdiff_t fastcnn_direct_co_block(int level, ptrdiff_t cog)
+ptrdiff_t fastcnn_direct_co_block(int level, ptrdiff_t cog)
 {
     if (cog == 1) return 1;
     if (level != 2) return 6;
     return (cog + 5) / 6 * 6 < (cog + 7) / 8 * 8 ? 6 : 8;
 }
-static ptrdiff_t fastcnn_direct_t_block(int level) { return level == 2 ? 32 : 16; }
+ptrdiff_t fastcnn_direct_t_block(int level) { return level == 2 ? 32 : 16; }
 /* With many taps (k, every input channel's), a block of 8 channels x 3 vectors of
- * positions: 24 accumulators, 11 loads for 24 multiply-adds where 8 x 2 needs 10 for 16.
- * Forward at 2 threads, three alternating A/B runs: `mid` 4.59-4.63 -> 4.34-4.36 ms and
- * `large` 14.81-14.97 -> 14.10-14.12 ms (k = 288, 576). Layers with fewer taps (LeNet's,
- * `digits`) keep the 8 x 2 block they were tuned with: the longer one was not measured
- * alone there (the slowdown first seen on `digits` was code placement, see setup.py). */
+ * positions: 24 accumulators, 11 loads for 24 multiply-adds where 8 x 2 needs 10 for 16
+ * (docs/performance.md, "three-vector blocks"). Layers with fewer taps (LeNet's,
+ * `digits`) keep the 8 x 2 block they were tuned with. */
 #define FASTCNN_DIRECT_NV3_MIN_TAPS 64
 /* Positions per block of the kernel fastcnn_direct_conv runs for (level, cb, k): q_pad
  * and the ranges of a plan are in these blocks. */
-static ptrdiff_t fastcnn_direct_conv_t_block(int level, ptrdiff_t cb, ptrdiff_t k)
+ptrdiff_t fastcnn_direct_conv_t_block(int level, ptrdiff_t cb, ptrdiff_t k)
 {
     if (level == 2 && cb == 8 && k >= FASTCNN_DIRECT_NV3_MIN_TAPS) return 48;
     return fastcnn_direct_t_block(level);
 }
 /* Weight-gradient blocks: output channels x taps; positions advance one vector at a time
  * and q_pad (a multiple of the forward t block) is a multiple of the vector length. */
-static ptrdiff_t fastcnn_wgrad_co_block(int level) { return level == 2 ? 4 : 3; }
-static ptrdiff_t fastcnn_wgrad_tap_block(int level) { return level == 2 ? 6 : 4; }
+ptrdiff_t fastcnn_wgrad_co_block(int level) { return level == 2 ? 4 : 3; }
+ptrdiff_t fastcnn_wgrad_tap_block(int level) { return level == 2 ? 6 : 4; }
 
-static void fastcnn_wgrad(int level, const float *xp, ptrdiff_t xp_stride, const ptrdiff_t *off,
+void fastcnn_wgrad(int level, const float *xp, ptrdiff_t xp_stride, const ptrdiff_t *off,
                           ptrdiff_t k_pad, const float *dy, ptrdiff_t dy_stride,
                           ptrdiff_t cog_pad, ptrdiff_t q_pad, ptrdiff_t ns, float *dw)
 {
@@ -593,7 +580,7 @@ static void fastcnn_wgrad(int level, const float *xp, ptrdiff_t xp_stride, const
 }
 
 /* cb: the block fastcnn_direct_co_block chose, which wpk was packed for. */
-static void fastcnn_direct_conv(int level, ptrdiff_t cb, const float *xp, const ptrdiff_t *off,
+void fastcnn_direct_conv(int level, ptrdiff_t cb, const float *xp, const ptrdiff_t *off,
                                 ptrdiff_t k, ptrdiff_t taps_c, ptrdiff_t k_chunk,
                                 const ptrdiff_t *ranges, const float *wpk, ptrdiff_t cog_pad,
                                 float *out, ptrdiff_t ldo, ptrdiff_t q_pad)
@@ -614,7 +601,7 @@ static void fastcnn_direct_conv(int level, ptrdiff_t cb, const float *xp, const 
 
 
 /* The row-vector form of fastcnn_direct_conv (same cb and k rule), for cb > 1. */
-static void fastcnn_direct_rows(int level, ptrdiff_t cb, const float *xp, const ptrdiff_t *off,
+void fastcnn_direct_rows(int level, ptrdiff_t cb, const float *xp, const ptrdiff_t *off,
                                 ptrdiff_t k, ptrdiff_t taps_c, ptrdiff_t k_chunk,
                                 const ptrdiff_t *ranges, const float *wpk, ptrdiff_t cog,
                                 ptrdiff_t cog_pad, const ptrdiff_t *vx, const ptrdiff_t *vo,
@@ -635,40 +622,40 @@ static void fastcnn_direct_rows(int level, ptrdiff_t cb, const float *xp, const 
 
 #else
 
-static int fastcnn_direct_level(void) { return 0; }
-static ptrdiff_t fastcnn_wgrad_co_block(int level) { (void)level; return 1; }
-static ptrdiff_t fastcnn_wgrad_tap_block(int level) { (void)level; return 1; }
-static void fastcnn_wgrad(int level, const float *xp, ptrdiff_t xp_stride, const ptrdiff_t *off,
+int fastcnn_direct_level(void) { return 0; }
+ptrdiff_t fastcnn_wgrad_co_block(int level) { (void)level; return 1; }
+ptrdiff_t fastcnn_wgrad_tap_block(int level) { (void)level; return 1; }
+void fastcnn_wgrad(int level, const float *xp, ptrdiff_t xp_stride, const ptrdiff_t *off,
                           ptrdiff_t k_pad, const float *dy, ptrdiff_t dy_stride,
                           ptrdiff_t cog_pad, ptrdiff_t q_pad, ptrdiff_t ns, float *dw)
 {
     (void)level; (void)xp; (void)xp_stride; (void)off; (void)k_pad; (void)dy;
     (void)dy_stride; (void)cog_pad; (void)q_pad; (void)ns; (void)dw;
 }
-static ptrdiff_t fastcnn_direct_co_block(int level, ptrdiff_t cog) { (void)level; (void)cog; return 1; }
-static ptrdiff_t fastcnn_wgrad_t_lanes(int level) { (void)level; return 1; }
-static ptrdiff_t fastcnn_wgrad_t_taps(int level, ptrdiff_t cog_pad, ptrdiff_t k)
+ptrdiff_t fastcnn_direct_co_block(int level, ptrdiff_t cog) { (void)level; (void)cog; return 1; }
+ptrdiff_t fastcnn_wgrad_t_lanes(int level) { (void)level; return 1; }
+ptrdiff_t fastcnn_wgrad_t_taps(int level, ptrdiff_t cog_pad, ptrdiff_t k)
 {
     (void)level; (void)cog_pad; (void)k; return 1;
 }
-static int fastcnn_wgrad_t_quads(int level, ptrdiff_t cog_pad)
+int fastcnn_wgrad_t_quads(int level, ptrdiff_t cog_pad)
 {
     (void)level; (void)cog_pad; return 0;
 }
-static void fastcnn_wgrad_t(int level, const float *x, const ptrdiff_t *off, ptrdiff_t k_pad,
+void fastcnn_wgrad_t(int level, const float *x, const ptrdiff_t *off, ptrdiff_t k_pad,
                             const float *dyt, const ptrdiff_t *pos, ptrdiff_t n_pos,
                             ptrdiff_t cog_pad, float *dwt)
 {
     (void)level; (void)x; (void)off; (void)k_pad; (void)dyt; (void)pos; (void)n_pos;
     (void)cog_pad; (void)dwt;
 }
-static ptrdiff_t fastcnn_direct_t_block(int level) { (void)level; return 1; }
-static ptrdiff_t fastcnn_direct_conv_t_block(int level, ptrdiff_t cb, ptrdiff_t k)
+ptrdiff_t fastcnn_direct_t_block(int level) { (void)level; return 1; }
+ptrdiff_t fastcnn_direct_conv_t_block(int level, ptrdiff_t cb, ptrdiff_t k)
 {
     (void)level; (void)cb; (void)k; return 1;
 }
-static int fastcnn_lanes_fwd_has(int level, ptrdiff_t kw) { (void)level; (void)kw; return 0; }
-static void fastcnn_lanes_fwd_row(int level, ptrdiff_t kw, const float *x0, ptrdiff_t plane,
+int fastcnn_lanes_fwd_has(int level, ptrdiff_t kw) { (void)level; (void)kw; return 0; }
+void fastcnn_lanes_fwd_row(int level, ptrdiff_t kw, const float *x0, ptrdiff_t plane,
                                   ptrdiff_t row, ptrdiff_t cg, ptrdiff_t kh, const float *w,
                                   ptrdiff_t k, ptrdiff_t cog_pad, float *out, ptrdiff_t ld,
                                   ptrdiff_t w_out)
@@ -676,7 +663,7 @@ static void fastcnn_lanes_fwd_row(int level, ptrdiff_t kw, const float *x0, ptrd
     (void)level; (void)kw; (void)x0; (void)plane; (void)row; (void)cg; (void)kh; (void)w;
     (void)k; (void)cog_pad; (void)out; (void)ld; (void)w_out;
 }
-static void fastcnn_direct_conv(int level, ptrdiff_t cb, const float *xp, const ptrdiff_t *off,
+void fastcnn_direct_conv(int level, ptrdiff_t cb, const float *xp, const ptrdiff_t *off,
                                 ptrdiff_t k, ptrdiff_t taps_c, ptrdiff_t k_chunk,
                                 const ptrdiff_t *ranges, const float *wpk, ptrdiff_t cog_pad,
                                 float *out, ptrdiff_t ldo, ptrdiff_t q_pad)
@@ -685,7 +672,7 @@ static void fastcnn_direct_conv(int level, ptrdiff_t cb, const float *xp, const 
     (void)wpk; (void)cog_pad; (void)out; (void)ldo; (void)q_pad;
 }
 
-static void fastcnn_direct_rows(int level, ptrdiff_t cb, const float *xp, const ptrdiff_t *off,
+void fastcnn_direct_rows(int level, ptrdiff_t cb, const float *xp, const ptrdiff_t *off,
                                 ptrdiff_t k, ptrdiff_t taps_c, ptrdiff_t k_chunk,
                                 const ptrdiff_t *ranges, const float *wpk, ptrdiff_t cog,
                                 ptrdiff_t cog_pad, const ptrdiff_t *vx, const ptrdiff_t *vo,
@@ -696,5 +683,4 @@ static void fastcnn_direct_rows(int level, ptrdiff_t cb, const float *xp, const 
     (void)bias; (void)out; (void)ldo;
 }
 
-#endif
 #endif

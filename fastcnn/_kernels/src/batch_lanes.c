@@ -6,7 +6,7 @@
  *
  * where (ki, kj) is valid when the dy position it reads lies inside dy. The valid taps
  * of a position are known in scalars, the same for every lane, so each is visited once:
- * no products with padding and no junk columns. The wide-layout kernel (direct_conv.h)
+ * no products with padding and no junk columns. The wide-layout kernel (direct_conv.c)
  * computes the same gradient as a full correlation over dy padded by (k - 1) on every
  * side, at LeNet's C3 (10x10 dy, 5x5 taps, 14x14 gx) about 1.7x the products needed.
  *
@@ -16,12 +16,16 @@
  * tap range (edges have ranges of their own, so they go in shorter blocks). Weights come
  * packed as wpk[c_block][o][ki][kj][CB], zero past cg; those channels are not stored.
  */
-#ifndef FASTCNN_BATCH_LANES_H
-#define FASTCNN_BATCH_LANES_H
+#include "batch_lanes.h"
 
-#include "direct_conv.h"
+#include <stddef.h>
+#include <string.h>
+
+#include "simd.h"
 
 #if FASTCNN_X86_SIMD
+
+#include "vec.h"
 
 #define FASTCNN_IGRAD_BLOCK(NAME, TARGET, VEC, LANES, CB, P)                                \
     __attribute__((target(TARGET))) static void NAME(                                      \
@@ -116,10 +120,10 @@ FASTCNN_WGRAD_BATCH_KERNEL(fastcnn_wgrad_batch_avx512, "avx512f", fastcnn_v16, 1
 FASTCNN_WGRAD_BATCH_KERNEL(fastcnn_wgrad_batch_avx2, "avx2,fma", fastcnn_v8, 8, 2, 5)
 
 /* Output channels and taps per register block of the weight-gradient kernel. */
-static ptrdiff_t fastcnn_wgrad_batch_o_block(int level) { return level == 2 ? 4 : 2; }
-static ptrdiff_t fastcnn_wgrad_batch_r_block(int level) { (void)level; return 5; }
+ptrdiff_t fastcnn_wgrad_batch_o_block(int level) { return level == 2 ? 4 : 2; }
+ptrdiff_t fastcnn_wgrad_batch_r_block(int level) { (void)level; return 5; }
 
-static void fastcnn_wgrad_batch(int level, const float *dy, const float *xp,
+void fastcnn_wgrad_batch(int level, const float *dy, const float *xp,
                                 const ptrdiff_t *off, ptrdiff_t k_pad, ptrdiff_t cog_pad,
                                 ptrdiff_t h_out, ptrdiff_t w_out, ptrdiff_t wp, float *dw)
 {
@@ -130,8 +134,8 @@ static void fastcnn_wgrad_batch(int level, const float *dy, const float *xp,
 }
 
 /* Samples per block (the vector width) and input channels per register block. */
-static ptrdiff_t fastcnn_igrad_lanes(int level) { return level == 2 ? 16 : 8; }
-static ptrdiff_t fastcnn_igrad_c_block(int level) { (void)level; return 6; }
+ptrdiff_t fastcnn_igrad_lanes(int level) { return level == 2 ? 16 : 8; }
+ptrdiff_t fastcnn_igrad_c_block(int level) { (void)level; return 6; }
 
 /* The taps t in [0, k) whose position o + pad - t*d lies in [0, n_out): [*lo, *hi). */
 static void fastcnn_igrad_taps(ptrdiff_t o, ptrdiff_t pad, ptrdiff_t d, ptrdiff_t k,
@@ -146,7 +150,7 @@ static void fastcnn_igrad_taps(ptrdiff_t o, ptrdiff_t pad, ptrdiff_t d, ptrdiff_
 }
 
 /* Multiply-adds (vectors) of one block of samples, for choosing this kernel. */
-static ptrdiff_t fastcnn_igrad_cost(int level, ptrdiff_t cg, ptrdiff_t cog, ptrdiff_t h,
+ptrdiff_t fastcnn_igrad_cost(int level, ptrdiff_t cg, ptrdiff_t cog, ptrdiff_t h,
                                     ptrdiff_t w, ptrdiff_t h_out, ptrdiff_t w_out,
                                     ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t ph, ptrdiff_t pw,
                                     ptrdiff_t dh, ptrdiff_t dw)
@@ -165,7 +169,7 @@ static ptrdiff_t fastcnn_igrad_cost(int level, ptrdiff_t cg, ptrdiff_t cog, ptrd
 
 /* gx (cg, h, w, LANES) of one group and block of samples from dy (cog, h_out, w_out,
  * LANES) and the weights packed as above. */
-static void fastcnn_igrad(int level, const float *dy, ptrdiff_t cog, ptrdiff_t h_out,
+void fastcnn_igrad(int level, const float *dy, ptrdiff_t cog, ptrdiff_t h_out,
                           ptrdiff_t w_out, const float *wpk, ptrdiff_t cg, ptrdiff_t kh,
                           ptrdiff_t kw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh,
                           ptrdiff_t dw, ptrdiff_t h, ptrdiff_t w, float *gx)
@@ -219,9 +223,9 @@ static void fastcnn_igrad(int level, const float *dy, ptrdiff_t cog, ptrdiff_t h
 
 #else
 
-static ptrdiff_t fastcnn_igrad_lanes(int level) { (void)level; return 1; }
-static ptrdiff_t fastcnn_igrad_c_block(int level) { (void)level; return 1; }
-static ptrdiff_t fastcnn_igrad_cost(int level, ptrdiff_t cg, ptrdiff_t cog, ptrdiff_t h,
+ptrdiff_t fastcnn_igrad_lanes(int level) { (void)level; return 1; }
+ptrdiff_t fastcnn_igrad_c_block(int level) { (void)level; return 1; }
+ptrdiff_t fastcnn_igrad_cost(int level, ptrdiff_t cg, ptrdiff_t cog, ptrdiff_t h,
                                     ptrdiff_t w, ptrdiff_t h_out, ptrdiff_t w_out,
                                     ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t ph, ptrdiff_t pw,
                                     ptrdiff_t dh, ptrdiff_t dw)
@@ -230,16 +234,16 @@ static ptrdiff_t fastcnn_igrad_cost(int level, ptrdiff_t cg, ptrdiff_t cog, ptrd
     (void)kh; (void)kw; (void)ph; (void)pw; (void)dh; (void)dw;
     return 0;
 }
-static ptrdiff_t fastcnn_wgrad_batch_o_block(int level) { (void)level; return 1; }
-static ptrdiff_t fastcnn_wgrad_batch_r_block(int level) { (void)level; return 1; }
-static void fastcnn_wgrad_batch(int level, const float *dy, const float *xp,
+ptrdiff_t fastcnn_wgrad_batch_o_block(int level) { (void)level; return 1; }
+ptrdiff_t fastcnn_wgrad_batch_r_block(int level) { (void)level; return 1; }
+void fastcnn_wgrad_batch(int level, const float *dy, const float *xp,
                                 const ptrdiff_t *off, ptrdiff_t k_pad, ptrdiff_t cog_pad,
                                 ptrdiff_t h_out, ptrdiff_t w_out, ptrdiff_t wp, float *dw)
 {
     (void)level; (void)dy; (void)xp; (void)off; (void)k_pad; (void)cog_pad; (void)h_out;
     (void)w_out; (void)wp; (void)dw;
 }
-static void fastcnn_igrad(int level, const float *dy, ptrdiff_t cog, ptrdiff_t h_out,
+void fastcnn_igrad(int level, const float *dy, ptrdiff_t cog, ptrdiff_t h_out,
                           ptrdiff_t w_out, const float *wpk, ptrdiff_t cg, ptrdiff_t kh,
                           ptrdiff_t kw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh,
                           ptrdiff_t dw, ptrdiff_t h, ptrdiff_t w, float *gx)
@@ -248,5 +252,4 @@ static void fastcnn_igrad(int level, const float *dy, ptrdiff_t cog, ptrdiff_t h
     (void)kh; (void)kw; (void)ph; (void)pw; (void)dh; (void)dw; (void)h; (void)w; (void)gx;
 }
 
-#endif
 #endif

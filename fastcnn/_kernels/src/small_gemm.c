@@ -12,11 +12,9 @@
  * multiply-adds; the last columns take as many vectors as they need, the last one
  * masked, and rows past m repeat row m - 1 without being stored. OpenBLAS packs both
  * operands of every product (each thread all of the smaller one again when a product is
- * split); here nothing is copied but W^T. The input gradient of LeNet's 400 -> 120 layer
- * at batch 64 takes 41 us on one thread: 1.9 vector multiply-adds a cycle at 2.6 GHz.
+ * split); here nothing is copied but W^T (docs/performance.md, "dense layers").
  */
-#ifndef FASTCNN_SMALL_GEMM_H
-#define FASTCNN_SMALL_GEMM_H
+#include "small_gemm.h"
 
 #include <stddef.h>
 
@@ -119,10 +117,10 @@ __attribute__((target("avx512f"))) static inline __m512 fastcnn_sum_lanes16(cons
  * the arrays lie; the tail is masked), 8 loads for 16 multiply-adds, then sums them
  * across their lanes together (fastcnn_sum_lanes16) into C's 4 x 4 block. Rows past i1
  * or j1 repeat the last and are not stored. The per-call transpose of W this spares was
- * a third of LeNet's 400 -> 120 forward inside a training step (whole step at 2 threads
- * 1510 -> 1476 us with it left out, 2026-12-05).
+ * a third of LeNet's 400 -> 120 forward inside a training step (docs/performance.md,
+ * "dense layers").
  */
-__attribute__((target("avx512f"))) static void fastcnn_gemm_nt(
+__attribute__((target("avx512f"))) void fastcnn_gemm_nt(
     ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1, ptrdiff_t k, const float *a,
     ptrdiff_t lda, const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc)
 {
@@ -160,7 +158,7 @@ __attribute__((target("avx512f"))) static void fastcnn_gemm_nt(
     }
 }
 
-static int fastcnn_small_gemm_has(void) { return fastcnn_simd_level() == 2; }
+int fastcnn_small_gemm_has(void) { return fastcnn_simd_level() == 2; }
 
 #else
 
@@ -173,7 +171,7 @@ static void fastcnn_small_gemm_block(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, p
     (void)b; (void)ldb; (void)c; (void)ldc;
 }
 
-static void fastcnn_gemm_nt(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1, ptrdiff_t k,
+void fastcnn_gemm_nt(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1, ptrdiff_t k,
                             const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb,
                             float *c, ptrdiff_t ldc)
 {
@@ -181,7 +179,7 @@ static void fastcnn_gemm_nt(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t 
     (void)c; (void)ldc;
 }
 
-static int fastcnn_small_gemm_has(void) { return 0; }
+int fastcnn_small_gemm_has(void) { return 0; }
 
 #endif
 
@@ -201,7 +199,7 @@ static int fastcnn_small_gemm_cols(ptrdiff_t n, int part, int parts, ptrdiff_t *
 
 /* Part `part` of `parts` of C: whole blocks of columns when there are enough of them for
  * every part, else rows (in multiples of the register block where possible). */
-static void fastcnn_small_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a,
+void fastcnn_small_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a,
                                ptrdiff_t a_is, ptrdiff_t a_ks, const float *b, ptrdiff_t ldb,
                                float *c, ptrdiff_t ldc, int part, int parts)
 {
@@ -216,5 +214,3 @@ static void fastcnn_small_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const floa
         if (i0 < i1) fastcnn_small_gemm_block(i0, i1, 0, n, k, a, a_is, a_ks, b, ldb, c, ldc);
     }
 }
-
-#endif

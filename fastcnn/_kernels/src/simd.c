@@ -1,19 +1,18 @@
 /* The vector instruction set the kernels' hand-dispatched loops may use on this CPU.
  *
  * 2: AVX-512F, 1: AVX2 + FMA, 0: neither (or not an x86-64 GCC/Clang build), detected
- * once. Headers compile a loop for each level with target attributes and pick one with
- * this at run time, so a wheel built for baseline x86-64 still runs wide vectors.
+ * once. The kernels' .c files compile a loop for each level with target attributes and
+ * pick one with this at run time, so a wheel built for baseline x86-64 still runs wide
+ * vectors.
  */
-#ifndef FASTCNN_SIMD_H
-#define FASTCNN_SIMD_H
+#include "simd.h"
 
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(FASTCNN_NO_SIMD)
-#define FASTCNN_X86_SIMD 1
-static int fastcnn_simd_level(void)
+#if FASTCNN_X86_SIMD
+int fastcnn_simd_level(void)
 {
     static int level = -1; /* every thread computes the same value: the race is benign */
     if (level < 0) {
@@ -24,8 +23,7 @@ static int fastcnn_simd_level(void)
     return level;
 }
 #else
-#define FASTCNN_X86_SIMD 0
-static int fastcnn_simd_level(void) { return 0; }
+int fastcnn_simd_level(void) { return 0; }
 #endif
 
 /* Whether n floats are all finite: no NaN and no infinity.
@@ -58,7 +56,7 @@ __attribute__((target("avx2"))) static inline int fastcnn_all_finite_f32_avx2(
 #endif
 static inline int fastcnn_all_finite_f32_base(const float *p, ptrdiff_t n)
     FASTCNN_ALL_FINITE_BODY
-static inline int fastcnn_all_finite_f32(const float *p, ptrdiff_t n)
+int fastcnn_all_finite_f32(const float *p, ptrdiff_t n)
 {
 #if FASTCNN_X86_SIMD
     int level = fastcnn_simd_level();
@@ -68,5 +66,3 @@ static inline int fastcnn_all_finite_f32(const float *p, ptrdiff_t n)
     return fastcnn_all_finite_f32_base(p, n);
 }
 #undef FASTCNN_ALL_FINITE_BODY
-
-#endif

@@ -4,8 +4,7 @@
  * convolutions' (position, channel) and (position, sample) layouts and the dense layer's
  * transposed weights.
  */
-#ifndef FASTCNN_TRANSPOSE_H
-#define FASTCNN_TRANSPOSE_H
+#include "transpose.h"
 
 #include <stddef.h>
 
@@ -32,7 +31,7 @@
         (SUMS)[C] += total_;                                                                \
     } while (0)
 
-__attribute__((target("avx2"))) static void fastcnn_transpose(
+__attribute__((target("avx2"))) void fastcnn_transpose(
     const float *src, ptrdiff_t lds, ptrdiff_t rows, ptrdiff_t cols, float *dst,
     ptrdiff_t ldd, float *sums)
 {
@@ -83,12 +82,11 @@ __attribute__((target("avx2"))) static void fastcnn_transpose(
 
 #else
 
-static void fastcnn_transpose(const float *src, ptrdiff_t lds, ptrdiff_t rows,
+void fastcnn_transpose(const float *src, ptrdiff_t lds, ptrdiff_t rows,
                               ptrdiff_t cols, float *dst, ptrdiff_t ldd, float *sums)
 {
     (void)src; (void)lds; (void)rows; (void)cols; (void)dst; (void)ldd;
     (void)sums;
 }
 
-#endif
 #endif

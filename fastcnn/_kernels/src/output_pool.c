@@ -15,8 +15,7 @@
  * guards the free list where that does not hold (a free-threaded build), and is never
  * contended otherwise.
  */
-#ifndef FASTCNN_OUTPUT_POOL_H
-#define FASTCNN_OUTPUT_POOL_H
+#include "output_pool.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -26,8 +25,8 @@
 #define FASTCNN_POOL_PAGE 4096
 #define FASTCNN_POOL_SLOTS 64
 
-static size_t fastcnn_pool_min_bytes = 1 << 16;
-static size_t fastcnn_pool_max_bytes = (size_t)64 << 20;
+size_t fastcnn_pool_min_bytes = 1 << 16;
+size_t fastcnn_pool_max_bytes = (size_t)64 << 20;
 
 static void *fastcnn_pool_ptr[FASTCNN_POOL_SLOTS];  /* free blocks, oldest first */
 static size_t fastcnn_pool_size[FASTCNN_POOL_SLOTS];
@@ -148,7 +147,7 @@ static void *fastcnn_pool_realloc(void *ctx, void *data, size_t size) {
 }
 
 /* Give every kept block back to the system. */
-static void fastcnn_pool_release(void) {
+void fastcnn_pool_release(void) {
     fastcnn_pool_lock();
     while (fastcnn_pool_count > 0) {
         free(fastcnn_pool_header_of(fastcnn_pool_ptr[fastcnn_pool_count - 1])->raw);
@@ -157,12 +156,10 @@ static void fastcnn_pool_release(void) {
     fastcnn_pool_unlock();
 }
 
-static size_t fastcnn_pool_kept_bytes(void) { return fastcnn_pool_bytes; }
+size_t fastcnn_pool_kept_bytes(void) { return fastcnn_pool_bytes; }
 
-static PyDataMem_Handler fastcnn_pool_handler = {
+PyDataMem_Handler fastcnn_pool_handler = {
     "fastcnn_output_pool",
     1,
     {NULL, fastcnn_pool_malloc, fastcnn_pool_calloc, fastcnn_pool_realloc, fastcnn_pool_free},
 };
-
-#endif
