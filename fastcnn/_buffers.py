@@ -8,7 +8,7 @@ they are serial work that a second thread cannot share.
 
 How: :func:`empty` returns a new array every time, one that owns its memory like any
 ``np.empty`` result, so a caller may keep, reshape, resize or retype it at will. Only the
-memory is reused: the compiled extension's allocator (``_kernels/output_pool.h``) keeps
+memory is reused: the compiled extension's allocator (``_kernels/src/output_pool.c``) keeps
 the blocks numpy frees, which happens once no array or view can see them any more, and
 gives one back for the next request of the same size. :func:`empty_cache`
 (``fastcnn.empty_cache``) lets go of them all. Without the compiled extension, ``empty``

@@ -37,7 +37,7 @@ needs_compiled = pytest.mark.skipif(
 
 # Build inputs and by-products that belong in neither the wheel nor (but for .pyx/.pxd)
 # the installed package.
-SCAFFOLDING = re.compile(r"\.(c|cpp|h|o|obj|html|pyx|pxd|pyc)$")
+SCAFFOLDING = re.compile(r"\.(c|cpp|h|o|obj|html|pyx|pxd|pxi|pyc)$")
 COMPILED_MODULE = re.compile(r"fastcnn/_kernels/(_\w+)\.[^/]*\.(so|pyd)")
 STUB = re.compile(r"fastcnn/_kernels/(_\w+)\.pyi")
 
