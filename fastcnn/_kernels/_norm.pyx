@@ -1,0 +1,163 @@
+"""Compiled batch normalization, forward and backward, over (N, C, L) arrays.
+
+Design
+------
+Every statistic is per channel, so the channels are the unit of work: ``prange`` over C,
+each thread walking the N planes of L contiguous values of its channels. A channel's sums
+(mean, variance, and in backward the sums of ``g`` and ``g * xhat``) accumulate in double
+whatever the dtype, then every element is written in one more pass in the array's dtype,
+in the order of the numpy backend's operations (``_reference.batch_norm_forward``), so the
+two backends agree to rounding. Below ``MIN_PARALLEL`` elements one thread does it all,
+unless the team is still awake from the last kernel (``_openmp.team_size``).
+"""
+
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport sqrt
+
+from fastcnn._kernels._openmp cimport team_released, team_size
+
+cdef enum:
+    MIN_PARALLEL = 1 << 15
+
+
+cdef double channel_mean(const floating* x, Py_ssize_t n, Py_ssize_t stride,
+                         Py_ssize_t l) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef double total = 0
+    for i in range(n):
+        for j in range(l):
+            total += x[i * stride + j]
+    return total / (n * l)
+
+
+cdef double channel_var(const floating* x, Py_ssize_t n, Py_ssize_t stride, Py_ssize_t l,
+                        double mean) noexcept nogil:
+    # The biased variance, from the deviations from the mean (no cancellation).
+    cdef Py_ssize_t i, j
+    cdef double deviation, squares = 0
+    for i in range(n):
+        for j in range(l):
+            deviation = x[i * stride + j] - mean
+            squares += deviation * deviation
+    return squares / (n * l)
+
+
+cdef void channel_affine(const floating* x, floating* y, Py_ssize_t n, Py_ssize_t stride,
+                         Py_ssize_t l, floating scale, floating shift) noexcept nogil:
+    cdef Py_ssize_t i, j
+    for i in range(n):
+        for j in range(l):
+            y[i * stride + j] = x[i * stride + j] * scale + shift
+
+
+cdef void channel_normalize(const floating* x, floating* y, Py_ssize_t n, Py_ssize_t stride,
+                            Py_ssize_t l, floating mean, floating inv_std, floating weight,
+                            floating bias) noexcept nogil:
+    cdef Py_ssize_t i, j
+    for i in range(n):
+        for j in range(l):
+            y[i * stride + j] = ((x[i * stride + j] - mean) * inv_std) * weight + bias
+
+
+def batch_norm_forward(const floating[:, :, ::1] x, const floating[::1] weight,
+                       const floating[::1] bias, running_mean, running_var,
+                       floating[:, :, ::1] out, floating[::1] mean, floating[::1] inv_std,
+                       bint training, double momentum, double eps, int n_threads):
+    """Normalize each channel with the batch's statistics (training) or the running ones."""
+    cdef Py_ssize_t n = x.shape[0], c = x.shape[1], l = x.shape[2], k, count = n * l
+    cdef floating[::1] rm = running_mean, rv = running_var  # may be None
+    cdef bint has_rm = running_mean is not None, has_rv = running_var is not None
+    cdef double m, v
+    cdef floating scale
+    cdef int threads
+    if n * l == 0:
+        return
+    threads = team_size(n * c * l, MIN_PARALLEL, n_threads)
+    if threads > c:
+        threads = <int> c
+    with nogil:
+        for k in prange(c, num_threads=threads, schedule="static"):
+            if not training:
+                mean[k] = rm[k]
+                inv_std[k] = 1 / <floating> sqrt(<floating> (rv[k] + <floating> eps))
+                scale = weight[k] * inv_std[k]
+                channel_affine(&x[0, k, 0], &out[0, k, 0], n, c * l, l, scale,
+                               bias[k] - rm[k] * weight[k] * inv_std[k])
+                continue
+            m = channel_mean(&x[0, k, 0], n, c * l, l)
+            v = channel_var(&x[0, k, 0], n, c * l, l, m)
+            mean[k] = <floating> m
+            inv_std[k] = <floating> (1 / sqrt(v + eps))
+            channel_normalize(&x[0, k, 0], &out[0, k, 0], n, c * l, l, mean[k], inv_std[k],
+                              weight[k], bias[k])
+            if has_rm:
+                rm[k] = <floating> ((1 - momentum) * rm[k] + momentum * m)
+            if has_rv:
+                rv[k] = <floating> ((1 - momentum) * rv[k] + momentum * v * count / (count - 1))
+    team_released(threads)
+
+
+cdef double channel_sum(const floating* g, Py_ssize_t n, Py_ssize_t stride,
+                        Py_ssize_t l) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef double total = 0
+    for i in range(n):
+        for j in range(l):
+            total += g[i * stride + j]
+    return total
+
+
+cdef double channel_dot_xhat(const floating* g, const floating* x, Py_ssize_t n,
+                             Py_ssize_t stride, Py_ssize_t l, floating mean,
+                             floating inv_std) noexcept nogil:
+    # sum(g * xhat), xhat = (x - mean) * inv_std rounded as the forward rounded it.
+    cdef Py_ssize_t i, j, at
+    cdef double total = 0
+    for i in range(n):
+        for j in range(l):
+            at = i * stride + j
+            total += g[at] * ((x[at] - mean) * inv_std)
+    return total
+
+
+cdef void channel_grad_x(const floating* g, const floating* x, floating* gx, Py_ssize_t n,
+                         Py_ssize_t stride, Py_ssize_t l, floating mean, floating inv_std,
+                         floating slope, floating offset, floating scale) noexcept nogil:
+    # gx = (xhat * slope + g - offset) * scale: the numpy backend's order.
+    cdef Py_ssize_t i, j, at
+    for i in range(n):
+        for j in range(l):
+            at = i * stride + j
+            gx[at] = (((x[at] - mean) * inv_std) * slope + g[at] - offset) * scale
+
+
+def batch_norm_backward(const floating[:, :, ::1] grad_out, const floating[:, :, ::1] x,
+                        const floating[::1] weight, const floating[::1] mean,
+                        const floating[::1] inv_std, floating[:, :, ::1] grad_x,
+                        floating[::1] grad_weight, floating[::1] grad_bias, bint training,
+                        int n_threads):
+    """Gradients of :func:`batch_norm_forward` from the statistics it used."""
+    cdef Py_ssize_t n = x.shape[0], c = x.shape[1], l = x.shape[2], k
+    cdef floating count = <floating> (n * l), scale
+    cdef int threads = team_size(n * c * l, MIN_PARALLEL, n_threads)
+    if threads > c:
+        threads = <int> c
+    with nogil:
+        for k in prange(c, num_threads=threads, schedule="static"):
+            if n * l == 0:
+                grad_weight[k] = 0
+                grad_bias[k] = 0
+                continue
+            grad_bias[k] = <floating> channel_sum(&grad_out[0, k, 0], n, c * l, l)
+            grad_weight[k] = <floating> channel_dot_xhat(
+                &grad_out[0, k, 0], &x[0, k, 0], n, c * l, l, mean[k], inv_std[k])
+            scale = weight[k] * inv_std[k]
+            if training:
+                channel_grad_x(&grad_out[0, k, 0], &x[0, k, 0], &grad_x[0, k, 0], n, c * l, l,
+                               mean[k], inv_std[k], -grad_weight[k] / count,
+                               grad_bias[k] / count, scale)
+            else:
+                channel_grad_x(&grad_out[0, k, 0], &x[0, k, 0], &grad_x[0, k, 0], n, c * l, l,
+                               mean[k], inv_std[k], 0, 0, scale)
+    team_released(threads)
