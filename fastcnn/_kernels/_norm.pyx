@@ -70,10 +70,7 @@ def batch_norm_forward(const floating[:, :, ::1] x, const floating[::1] weight,
     cdef bint has_rm = running_mean is not None, has_rv = running_var is not None
     cdef double m, v
     cdef floating scale
-    cdef int threads
-    if n * l == 0:
-        return
-    threads = team_size(n * c * l, MIN_PARALLEL, n_threads)
+    cdef int threads = team_size(n * c * l, MIN_PARALLEL, n_threads)
     if threads > c:
         threads = <int> c
     with nogil:
@@ -82,8 +79,9 @@ def batch_norm_forward(const floating[:, :, ::1] x, const floating[::1] weight,
                 mean[k] = rm[k]
                 inv_std[k] = 1 / <floating> sqrt(<floating> (rv[k] + <floating> eps))
                 scale = weight[k] * inv_std[k]
-                channel_affine(&x[0, k, 0], &out[0, k, 0], n, c * l, l, scale,
-                               bias[k] - rm[k] * weight[k] * inv_std[k])
+                if n * l:
+                    channel_affine(&x[0, k, 0], &out[0, k, 0], n, c * l, l, scale,
+                                   bias[k] - rm[k] * weight[k] * inv_std[k])
                 continue
             m = channel_mean(&x[0, k, 0], n, c * l, l)
             v = channel_var(&x[0, k, 0], n, c * l, l, m)
@@ -157,7 +155,6 @@ def batch_norm_backward(const floating[:, :, ::1] grad_out, const floating[:, :,
                 channel_grad_x(&grad_out[0, k, 0], &x[0, k, 0], &grad_x[0, k, 0], n, c * l, l,
                                mean[k], inv_std[k], -grad_weight[k] / count,
                                grad_bias[k] / count, scale)
-            else:
-                channel_grad_x(&grad_out[0, k, 0], &x[0, k, 0], &grad_x[0, k, 0], n, c * l, l,
-                               mean[k], inv_std[k], 0, 0, scale)
+            else:  # the statistics are constants: x plays no part (nor its NaN and inf)
+                channel_affine(&grad_out[0, k, 0], &grad_x[0, k, 0], n, c * l, l, scale, 0)
     team_released(threads)
