@@ -499,12 +499,9 @@ def tanh_backward(grad_out: np.ndarray, y: np.ndarray, grad_x: np.ndarray, n_thr
 
 
 def sigmoid_forward(x: np.ndarray, out: np.ndarray, n_threads: int) -> None:
-    """``out = 1 / (1 + exp(-x))``, as ``e / (1 + e)`` for x < 0, ``1 / (1 + e)`` else.
-
-    With ``e = exp(-|x|)`` in (0, 1] nothing overflows, and a small output keeps its
-    relative precision: each step rounds once, for a few ulp in all (``0.5 * tanh(x / 2)
-    + 0.5`` loses it all for x < 0, where 0.5 cancels).
-    """
+    """``out = 1 / (1 + exp(-x))``, as ``e / (1 + e)`` for x < 0, ``1 / (1 + e)`` else."""
+    # e = exp(-|x|) is in (0, 1]: nothing overflows, and each step rounds once, so a small
+    # output keeps its relative precision (0.5 * tanh(x / 2) + 0.5 cancels for x < 0).
     negative = x < 0
     np.abs(x, out=out)
     np.negative(out, out=out)
