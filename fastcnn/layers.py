@@ -1,8 +1,9 @@
 """Stateful layers: parameters, their gradients and what backward needs, over ``functional``.
 
-Each layer's ``forward`` is one call into :mod:`fastcnn.functional` (or a couple of numpy
-expressions) plus a reference to whatever ``backward`` will need (the conv input, the
-max-pooling indices, the normalized activations), so backward never recomputes forward.
+Each layer's ``forward`` is one call into :mod:`fastcnn.functional` plus a reference to
+whatever ``backward`` will need (the conv input, the max-pooling indices, the batch
+statistics, the dropout mask), so backward never recomputes forward. Argument checks and
+output-shape formulas come from ``fastcnn._validation``, shared with functional.
 
 Conventions shared by every layer:
 
