@@ -1,7 +1,11 @@
-"""Argument checks and output-size arithmetic shared by the ops.
+"""Every argument check and output-size formula of the package, in one place.
 
-Everything here runs once per call, before any kernel: a kernel only ever sees
-C-contiguous float32/float64 arrays and plain, already-checked ints.
+functional, the layers, the losses and the optimizers use these (sections below, by
+what they check); checks for the estimator and the CLI follow the last line. Each check
+returns the normalized value or raises TypeError/ValueError naming the argument, what
+was expected and what was received. Everything here runs once per call, before any
+kernel: a kernel only ever sees C-contiguous float32/float64 arrays and plain,
+already-checked ints.
 """
 
 from __future__ import annotations
