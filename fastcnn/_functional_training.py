@@ -169,7 +169,7 @@ def batch_norm(
     training = check_bool(training, "training")
     x3 = check_batch_input(x, training)
     stats = [
-        check_channel_vector(v, name, x3, writeable=True)
+        check_channel_vector(v, name, x3, writeable=training)  # read-only in eval: fine
         for v, name in ((running_mean, "running_mean"), (running_var, "running_var"))
     ]
     if not training and (stats[0] is None or stats[1] is None):
@@ -189,7 +189,7 @@ def batch_norm(
         _threads.get_num_threads(),
     )  # fmt: skip
     for given, used in zip((running_mean, running_var), flat, strict=True):
-        if used is not None and used is not given:
+        if training and used is not None and not np.may_share_memory(used, given):
             given[...] = used  # type: ignore[index]  # a strided or byte-swapped buffer
     return out.reshape(np.shape(x)), mean, inv_std
 

@@ -132,6 +132,17 @@ def test_batch_norm_defaults_and_strided_running_stats(backend, dtype, rng):
     assert_allclose(y_none, y, **tol(dtype))
 
 
+def test_batch_norm_eval_reads_read_only_running_stats(backend, dtype, rng):
+    x = rng.standard_normal((4, 3, 2, 2)).astype(dtype)
+    rm, rv = np.full(3, 0.5, dtype), np.full(3, 4.0, dtype)
+    for stat in (rm, rv):
+        stat.flags.writeable = False  # as after unpickling from a read-only memory map
+    y, _, _ = F.batch_norm(x, rm, rv)
+    assert_allclose(y, (x - 0.5) / np.sqrt(dtype.type(4.0 + 1e-5)), **tol(dtype))
+    with pytest.raises(ValueError, match="running_mean is read-only"):
+        F.batch_norm(x, rm, rv, training=True)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
@@ -145,7 +156,11 @@ def test_batch_norm_defaults_and_strided_running_stats(backend, dtype, rng):
         ({"x": np.zeros(5)}, ValueError, r"x must have shape \(N, C, ...\)"),
         ({"x": np.zeros((1, 2)), "training": True}, ValueError, "more than one value per"),
         ({"x": np.zeros((3, 2), int)}, TypeError, "x must be a float32 or float64 array"),
-        ({"running_mean": [0.0, 0.0]}, TypeError, "running_mean must be a numpy array"),
+        (
+            {"running_mean": [0.0, 0.0], "training": True},
+            TypeError,
+            "running_mean must be a numpy array",
+        ),
     ],
 )
 def test_batch_norm_errors(kwargs, error, match):

@@ -5,10 +5,11 @@ Design
 Every statistic is per channel, so the channels are the unit of work: ``prange`` over C,
 each thread walking the N planes of L contiguous values of its channels. A channel's sums
 (mean, variance, and in backward the sums of ``g`` and ``g * xhat``) accumulate in double
-whatever the dtype, then every element is written in one more pass in the array's dtype,
-in the order of the numpy backend's operations (``_reference.batch_norm_forward``), so the
-two backends agree to rounding. Below ``MIN_PARALLEL`` elements one thread does it all,
-unless the team is still awake from the last kernel (``_openmp.team_size``).
+whatever the dtype and are rounded to it where the numpy backend's are; every element is
+then written in one more pass in the array's dtype, in the order of the numpy backend's
+operations (``_reference.batch_norm_forward``), so the two backends agree to rounding.
+Below ``MIN_PARALLEL`` elements one thread does it all, unless the team is still awake
+from the last kernel (``_openmp.team_size``).
 """
 
 from cython cimport floating
@@ -21,26 +22,27 @@ cdef enum:
     MIN_PARALLEL = 1 << 15
 
 
-cdef double channel_mean(const floating* x, Py_ssize_t n, Py_ssize_t stride,
-                         Py_ssize_t l) noexcept nogil:
+cdef double channel_sum(const floating* g, Py_ssize_t n, Py_ssize_t stride,
+                        Py_ssize_t l) noexcept nogil:
     cdef Py_ssize_t i, j
     cdef double total = 0
     for i in range(n):
         for j in range(l):
-            total += x[i * stride + j]
-    return total / (n * l)
+            total += g[i * stride + j]
+    return total
 
 
-cdef double channel_var(const floating* x, Py_ssize_t n, Py_ssize_t stride, Py_ssize_t l,
-                        double mean) noexcept nogil:
-    # The biased variance, from the deviations from the mean (no cancellation).
+cdef double channel_squares(const floating* x, Py_ssize_t n, Py_ssize_t stride,
+                            Py_ssize_t l, floating mean) noexcept nogil:
+    # The squared deviations from the mean (no cancellation), each deviation rounded as
+    # the numpy backend's x - mean.
     cdef Py_ssize_t i, j
     cdef double deviation, squares = 0
     for i in range(n):
         for j in range(l):
-            deviation = x[i * stride + j] - mean
+            deviation = <floating> (x[i * stride + j] - mean)
             squares += deviation * deviation
-    return squares / (n * l)
+    return squares
 
 
 cdef void channel_affine(const floating* x, floating* y, Py_ssize_t n, Py_ssize_t stride,
@@ -66,44 +68,47 @@ def batch_norm_forward(const floating[:, :, ::1] x, const floating[::1] weight,
                        bint training, double momentum, double eps, int n_threads):
     """Normalize each channel with the batch's statistics (training) or the running ones."""
     cdef Py_ssize_t n = x.shape[0], c = x.shape[1], l = x.shape[2], k, count = n * l
-    cdef floating[::1] rm = running_mean, rv = running_var  # may be None
+    # Eval mode only reads the running statistics (which may be read-only, say after
+    # unpickling from a memory map); training writes those it is given (may be None).
+    cdef const floating[::1] rm_in, rv_in
+    cdef floating[::1] rm, rv
     cdef bint has_rm = running_mean is not None, has_rv = running_var is not None
-    cdef double m, v
-    cdef floating scale
+    if training:
+        if has_rm:
+            rm = running_mean
+        if has_rv:
+            rv = running_var
+    else:
+        rm_in, rv_in = running_mean, running_var
+    cdef floating scale, m, v, fcount = <floating> count
     cdef int threads = team_size(n * c * l, MIN_PARALLEL, n_threads)
     if threads > c:
         threads = <int> c
     with nogil:
         for k in prange(c, num_threads=threads, schedule="static"):
             if not training:
-                mean[k] = rm[k]
-                inv_std[k] = 1 / <floating> sqrt(<floating> (rv[k] + <floating> eps))
+                mean[k] = rm_in[k]
+                inv_std[k] = 1 / <floating> sqrt(<floating> (rv_in[k] + <floating> eps))
                 scale = weight[k] * inv_std[k]
                 if n * l:
                     channel_affine(&x[0, k, 0], &out[0, k, 0], n, c * l, l, scale,
-                                   bias[k] - rm[k] * weight[k] * inv_std[k])
+                                   bias[k] - rm_in[k] * weight[k] * inv_std[k])
                 continue
-            m = channel_mean(&x[0, k, 0], n, c * l, l)
-            v = channel_var(&x[0, k, 0], n, c * l, l, m)
-            mean[k] = <floating> m
-            inv_std[k] = <floating> (1 / sqrt(v + eps))
-            channel_normalize(&x[0, k, 0], &out[0, k, 0], n, c * l, l, mean[k], inv_std[k],
+            # Sums in double, rounded to the dtype where numpy's are: a float32 sum that
+            # overflows is inf here too, as in the numpy backend (a diverging run's
+            # running_var becomes inf rather than the loss NaN).
+            m = <floating> channel_sum(&x[0, k, 0], n, c * l, l) / fcount
+            v = <floating> channel_squares(&x[0, k, 0], n, c * l, l, m) / fcount
+            mean[k] = m
+            inv_std[k] = 1 / <floating> sqrt(<floating> (v + <floating> eps))
+            channel_normalize(&x[0, k, 0], &out[0, k, 0], n, c * l, l, m, inv_std[k],
                               weight[k], bias[k])
             if has_rm:
-                rm[k] = <floating> ((1 - momentum) * rm[k] + momentum * m)
+                rm[k] = rm[k] * <floating> (1 - momentum) + <floating> momentum * m
             if has_rv:
-                rv[k] = <floating> ((1 - momentum) * rv[k] + momentum * v * count / (count - 1))
+                rv[k] = (rv[k] * <floating> (1 - momentum)
+                         + <floating> (momentum * count / (count - 1)) * v)
     team_released(threads)
-
-
-cdef double channel_sum(const floating* g, Py_ssize_t n, Py_ssize_t stride,
-                        Py_ssize_t l) noexcept nogil:
-    cdef Py_ssize_t i, j
-    cdef double total = 0
-    for i in range(n):
-        for j in range(l):
-            total += g[i * stride + j]
-    return total
 
 
 cdef double channel_dot_xhat(const floating* g, const floating* x, Py_ssize_t n,
