@@ -19,7 +19,7 @@ from setuptools.command.build_ext import build_ext
 KERNELS = [
     "_activation", "_conv", "_elementwise", "_linear", "_loss", "_memory", "_norm", "_optim",
     "_pool", "_openmp",
-]
+]  # fmt: skip
 # Per-module C flags (GCC/Clang). _optim matches the numpy backend bit for bit: no
 # fused multiply-adds; and sqrt may skip setting errno so that its loops vectorize.
 # _conv's direct kernels run short register-blocked loops whose speed moved by 15-20%
