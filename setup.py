@@ -16,7 +16,10 @@ import numpy as np
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-KERNELS = ["_activation", "_conv", "_linear", "_loss", "_memory", "_optim", "_pool", "_openmp"]
+KERNELS = [
+    "_activation", "_conv", "_elementwise", "_linear", "_loss", "_memory", "_norm", "_optim",
+    "_pool", "_openmp",
+]  # fmt: skip
 # The C translation units (fastcnn/_kernels/src) each module links besides its .pyx. A
 # unit linked into two modules is two copies with their own state (scratch.c's kept
 # block); -fvisibility=hidden keeps their names out of each module's exported symbols.

@@ -1,8 +1,7 @@
 """Pure-numpy reference backend.
 
-This module implements the backend interface described in ``_kernels/BACKEND_API.md``
-with the same function names and signatures as the compiled ``_kernels._conv`` and
-``_kernels._pool``. It has two jobs:
+This module implements the backend contract, :class:`fastcnn._backend.Backend` (which
+gives each function's rule), with the signatures of the compiled kernels. It has two jobs:
 
 * it is the correctness oracle the compiled kernels are tested against, so every
   function is written to be obviously right before it is fast;
@@ -19,8 +18,9 @@ matrix built from those windows; backward passes scatter back with a loop over t
 loops over batch elements or pixels.
 
 As for the compiled backend, the caller validates every argument and allocates every
-output; functions here only overwrite the output buffers they are given. Arithmetic is
-done in the dtype of the inputs. ``n_threads`` is accepted and ignored.
+output; functions here only overwrite the output buffers they are given (the optimizer
+updates and the batch-norm running statistics update their arrays in place). Arithmetic
+is done in the dtype of the inputs. ``n_threads`` is accepted and ignored.
 """
 
 from __future__ import annotations
@@ -47,15 +47,18 @@ __all__ = [
     "tanh_backward",
     "sigmoid_forward",
     "sigmoid_backward",
+    "leaky_relu_forward",
+    "leaky_relu_backward",
+    "batch_norm_forward",
+    "batch_norm_backward",
 ]
 
 FloatArray = NDArray[np.floating]
 IndexArray = NDArray[np.int64]
 
 
-# --------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------
 # Window helpers
-# --------------------------------------------------------------------------------------
 
 
 def _span(out_size: int, kernel: int, stride: int, dilation: int) -> int:
@@ -141,9 +144,8 @@ def _offset_slices(
     )
 
 
-# --------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------
 # Convolution
-# --------------------------------------------------------------------------------------
 
 
 def _im2col(
@@ -186,23 +188,7 @@ def conv2d_forward(
     groups: int,
     n_threads: int,
 ) -> None:
-    """2-D cross-correlation with zero padding (PyTorch ``conv2d`` semantics).
-
-    Parameters
-    ----------
-    x : ndarray of shape (N, C_in, H, W)
-        Input.
-    weight : ndarray of shape (C_out, C_in // groups, kH, kW)
-        Filters.
-    bias : ndarray of shape (C_out,) or None
-        Added to every output pixel of its channel.
-    out : ndarray of shape (N, C_out, H_out, W_out)
-        Overwritten with the result.
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups : int
-        Convolution geometry, already validated by the caller.
-    n_threads : int
-        Ignored by this backend.
-    """
+    """2-D cross-correlation with zero padding into ``out`` (PyTorch ``conv2d``)."""
     N, C_out, out_h, out_w = out.shape
     c_out_group = C_out // groups
     cols = _im2col(
@@ -232,27 +218,7 @@ def conv2d_backward(
     groups: int,
     n_threads: int,
 ) -> None:
-    """Gradients of :func:`conv2d_forward` with respect to its input, weight and bias.
-
-    Parameters
-    ----------
-    grad_out : ndarray of shape (N, C_out, H_out, W_out)
-        Gradient of the loss with respect to the forward output.
-    x : ndarray of shape (N, C_in, H, W)
-        Forward input.
-    weight : ndarray of shape (C_out, C_in // groups, kH, kW)
-        Forward filters.
-    grad_x : ndarray of shape (N, C_in, H, W) or None
-        Overwritten with the input gradient; skipped if None.
-    grad_weight : ndarray of shape (C_out, C_in // groups, kH, kW) or None
-        Overwritten with the weight gradient; skipped if None.
-    grad_bias : ndarray of shape (C_out,) or None
-        Overwritten with the bias gradient; skipped if None.
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups : int
-        Convolution geometry of the forward pass.
-    n_threads : int
-        Ignored by this backend.
-    """
+    """Gradients of :func:`conv2d_forward`; a None buffer is skipped."""
     N, C_out, out_h, out_w = grad_out.shape
     _, c_group, kH, kW = weight.shape
     c_out_group = C_out // groups
@@ -296,9 +262,8 @@ def conv2d_backward(
         grad_x[...] = buf[:, :, pad_h : pad_h + H, pad_w : pad_w + W]
 
 
-# --------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------
 # Max pooling
-# --------------------------------------------------------------------------------------
 
 
 def _in_bounds_taps(
@@ -323,28 +288,7 @@ def max_pool2d_forward(
     dil_w: int,
     n_threads: int,
 ) -> None:
-    """2-D max pooling with argmax indices.
-
-    Padding never wins. Within a window, the last NaN in row-major order is selected
-    if there is one (PyTorch's CPU rule, ``(v > max) || isnan(v)``), otherwise the first
-    maximum. A window whose in-bounds elements are
-    all ``-inf`` selects its first in-bounds element.
-
-    Parameters
-    ----------
-    x : ndarray of shape (N, C, H, W)
-        Input.
-    out : ndarray of shape (N, C, H_out, W_out)
-        Overwritten with the window maxima.
-    indices : int64 ndarray of shape (N, C, H_out, W_out)
-        Overwritten with the flat index ``h * W + w`` of each maximum in its input plane.
-        A window with no in-bounds element (only possible when dilation skips over the
-        whole input) gets ``-inf`` and index ``-1``.
-    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w : int
-        Pooling geometry, already validated by the caller.
-    n_threads : int
-        Ignored by this backend.
-    """
+    """2-D max pooling with argmax indices (ties: first maximum; NaN: the last NaN)."""
     N, C, H, W = x.shape
     out_h, out_w = out.shape[-2:]
     span_h = _span(out_h, kernel_h, stride_h, dil_h)
@@ -388,24 +332,7 @@ def max_pool2d_backward(
     grad_x: FloatArray,
     n_threads: int,
 ) -> int:
-    """Route each output gradient back to the input element that won its window.
-
-    Parameters
-    ----------
-    grad_out : ndarray of shape (N, C, H_out, W_out)
-        Gradient of the loss with respect to the pooled output.
-    indices : int64 ndarray of shape (N, C, H_out, W_out)
-        Argmax indices from :func:`max_pool2d_forward`.
-    grad_x : ndarray of shape (N, C, H, W)
-        Overwritten with the input gradient; overlapping windows accumulate.
-    n_threads : int
-        Ignored by this backend.
-
-    Returns
-    -------
-    int
-        How many indices lay outside ``[0, H*W)``; they are skipped.
-    """
+    """Route each gradient to its argmax; return how many indices were out of range."""
     N, C, H, W = grad_x.shape
     # One private copy, checked and used alike: another thread may write the caller's
     # array meanwhile (numpy releases the GIL in its loops).
@@ -424,9 +351,8 @@ def max_pool2d_backward(
     return bad
 
 
-# --------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------
 # Average pooling
-# --------------------------------------------------------------------------------------
 
 
 def _avg_extents(
@@ -465,35 +391,11 @@ def _avg_divisor(
 
 
 def avg_pool2d_forward(
-    x: FloatArray,
-    out: FloatArray,
-    kernel_h: int,
-    kernel_w: int,
-    stride_h: int,
-    stride_w: int,
-    pad_h: int,
-    pad_w: int,
-    count_include_pad: bool,
-    divisor_override: int,
+    x: FloatArray, out: FloatArray, kernel_h: int, kernel_w: int, stride_h: int,
+    stride_w: int, pad_h: int, pad_w: int, count_include_pad: bool, divisor_override: int,
     n_threads: int,
-) -> None:
-    """2-D average pooling with PyTorch's divisor rules.
-
-    Parameters
-    ----------
-    x : ndarray of shape (N, C, H, W)
-        Input.
-    out : ndarray of shape (N, C, H_out, W_out)
-        Overwritten with the window averages.
-    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w : int
-        Pooling geometry, already validated by the caller.
-    count_include_pad : bool
-        Count zero-padding cells (but never cells past the padded edge) in the divisor.
-    divisor_override : int
-        Divide every window sum by this instead; 0 means no override.
-    n_threads : int
-        Ignored by this backend.
-    """
+) -> None:  # fmt: skip
+    """2-D average pooling with PyTorch's divisor rules."""
     H, W = x.shape[-2:]
     out_h, out_w = out.shape[-2:]
     span_h = _span(out_h, kernel_h, stride_h, 1)
@@ -512,36 +414,11 @@ def avg_pool2d_forward(
 
 
 def avg_pool2d_backward(
-    grad_out: FloatArray,
-    grad_x: FloatArray,
-    kernel_h: int,
-    kernel_w: int,
-    stride_h: int,
-    stride_w: int,
-    pad_h: int,
-    pad_w: int,
-    count_include_pad: bool,
-    divisor_override: int,
+    grad_out: FloatArray, grad_x: FloatArray, kernel_h: int, kernel_w: int, stride_h: int,
+    stride_w: int, pad_h: int, pad_w: int, count_include_pad: bool, divisor_override: int,
     n_threads: int,
-) -> None:
-    """Gradient of :func:`avg_pool2d_forward` with respect to its input.
-
-    Parameters
-    ----------
-    grad_out : ndarray of shape (N, C, H_out, W_out)
-        Gradient of the loss with respect to the pooled output.
-    grad_x : ndarray of shape (N, C, H, W)
-        Overwritten: each ``grad_out`` element spread as ``grad / divisor`` over the
-        in-bounds part of its window, accumulating where windows overlap.
-    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w : int
-        Pooling geometry of the forward pass.
-    count_include_pad : bool
-        As in the forward pass.
-    divisor_override : int
-        As in the forward pass; 0 means no override.
-    n_threads : int
-        Ignored by this backend.
-    """
+) -> None:  # fmt: skip
+    """Gradient of :func:`avg_pool2d_forward`, accumulating where windows overlap."""
     H, W = grad_x.shape[-2:]
     out_h, out_w = grad_out.shape[-2:]
     divisor = _avg_divisor(
@@ -622,12 +499,9 @@ def tanh_backward(grad_out: np.ndarray, y: np.ndarray, grad_x: np.ndarray, n_thr
 
 
 def sigmoid_forward(x: np.ndarray, out: np.ndarray, n_threads: int) -> None:
-    """``out = 1 / (1 + exp(-x))``, as ``e / (1 + e)`` for x < 0, ``1 / (1 + e)`` else.
-
-    With ``e = exp(-|x|)`` in (0, 1] nothing overflows, and a small output keeps its
-    relative precision: each step rounds once, for a few ulp in all (``0.5 * tanh(x / 2)
-    + 0.5`` loses it all for x < 0, where 0.5 cancels).
-    """
+    """``out = 1 / (1 + exp(-x))``, as ``e / (1 + e)`` for x < 0, ``1 / (1 + e)`` else."""
+    # e = exp(-|x|) is in (0, 1]: nothing overflows, and each step rounds once, so a small
+    # output keeps its relative precision (0.5 * tanh(x / 2) + 0.5 cancels for x < 0).
     negative = x < 0
     np.abs(x, out=out)
     np.negative(out, out=out)
@@ -644,27 +518,87 @@ def sigmoid_backward(
     np.multiply(grad_out, y * (1 - y), out=grad_x)
 
 
+def leaky_relu_forward(
+    x: np.ndarray, out: np.ndarray, negative_slope: float, n_threads: int
+) -> None:
+    """``out = x where x > 0, else negative_slope * x``; NaN propagates."""
+    np.copyto(out, np.where(x > 0, x, x * x.dtype.type(negative_slope)))
+
+
+def leaky_relu_backward(
+    grad_out: np.ndarray, x: np.ndarray, grad_x: np.ndarray, negative_slope: float, n_threads: int
+) -> None:
+    """``grad_x = grad_out where x > 0, else negative_slope * grad_out``."""
+    slope = grad_out.dtype.type(negative_slope)
+    np.copyto(grad_x, np.where(x > 0, grad_out, grad_out * slope))
+
+
+# ---------------------------------------------------------------------------------------
+# Batch normalization over (N, C, L) arrays, per channel
+
+
+def batch_norm_forward(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray, running_mean: np.ndarray | None,
+    running_var: np.ndarray | None, out: np.ndarray, mean: np.ndarray, inv_std: np.ndarray,
+    training: bool, momentum: float, eps: float, n_threads: int,
+) -> None:  # fmt: skip
+    """Normalize each channel with the batch's statistics (training) or the running ones."""
+    if not training:
+        assert running_mean is not None and running_var is not None
+        mean[...] = running_mean
+        inv_std[...] = 1.0 / np.sqrt(running_var + x.dtype.type(eps))
+        np.multiply(x, (weight * inv_std)[:, None], out=out)
+        out += (bias - running_mean * weight * inv_std)[:, None]
+        return
+    count = x.shape[0] * x.shape[2]
+    mean[...] = x.mean(axis=(0, 2))
+    xhat = x - mean[:, None]
+    var = np.einsum("ncl,ncl->c", xhat, xhat) / x.dtype.type(count)  # biased, to normalize
+    inv_std[...] = 1.0 / np.sqrt(var + x.dtype.type(eps))
+    xhat *= inv_std[:, None]
+    np.multiply(xhat, weight[:, None], out=out)
+    out += bias[:, None]
+    m = momentum  # a Python float, rounded as numpy rounds it in each in-place update
+    if running_mean is not None:
+        running_mean *= 1 - m
+        running_mean += m * mean
+    if running_var is not None:
+        running_var *= 1 - m
+        running_var += (m * count / (count - 1)) * var
+
+
+def batch_norm_backward(
+    grad_out: np.ndarray, x: np.ndarray, weight: np.ndarray, mean: np.ndarray,
+    inv_std: np.ndarray, grad_x: np.ndarray, grad_weight: np.ndarray, grad_bias: np.ndarray,
+    training: bool, n_threads: int,
+) -> None:  # fmt: skip
+    """Gradients of :func:`batch_norm_forward` from the statistics it used."""
+    xhat = x - mean[:, None]
+    xhat *= inv_std[:, None]
+    np.sum(grad_out, axis=(0, 2), out=grad_bias)
+    np.einsum("ncl,ncl->c", grad_out, xhat, out=grad_weight)
+    scale = (weight * inv_std)[:, None]
+    if not training:  # the statistics are constants: a per-channel affine map
+        np.multiply(grad_out, scale, out=grad_x)
+        return
+    # dx = weight * inv_std * (g - mean(g) - xhat * mean(g * xhat)), per channel.
+    count = x.dtype.type(x.shape[0] * x.shape[2])
+    np.multiply(xhat, (-grad_weight / count)[:, None], out=grad_x)
+    grad_x += grad_out
+    grad_x -= (grad_bias / count)[:, None]
+    grad_x *= scale
+
+
 # ---------------------------------------------------------------------------------------
 # Optimizer updates (every parameter array of a model in one call, in place)
 
 
 def sgd_update(
-    params: list[np.ndarray],
-    grads: list[np.ndarray],
-    momentum_buffers: list[np.ndarray] | None,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-    nesterov: bool,
-    first: bool,
-    n_threads: int,
-) -> None:
-    """SGD as ``torch.optim.SGD`` with dampening 0, one parameter array at a time.
-
-    ``d = grad + weight_decay * param``; with momentum, ``buf = d`` on the first step and
-    ``buf = momentum * buf + d`` after it; then ``param -= lr * d + lr * momentum * buf``
-    (Nesterov), ``param -= lr * buf`` (momentum) or ``param -= lr * d`` (none).
-    """
+    params: list[np.ndarray], grads: list[np.ndarray],
+    momentum_buffers: list[np.ndarray] | None, lr: float, momentum: float,
+    weight_decay: float, nesterov: bool, first: bool, n_threads: int,
+) -> None:  # fmt: skip
+    """SGD as ``torch.optim.SGD`` (dampening 0), one parameter array at a time."""
     for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
         d = grad
         if weight_decay:
@@ -686,25 +620,11 @@ def sgd_update(
 
 
 def adam_update(
-    params: list[np.ndarray],
-    grads: list[np.ndarray],
-    exp_avgs: list[np.ndarray],
-    exp_avg_sqs: list[np.ndarray],
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    step_size: float,
-    denom_scale: float,
-    n_threads: int,
-) -> None:
-    """Adam as ``torch.optim.Adam`` (L2 weight decay), one parameter array at a time.
-
-    ``g = grad + weight_decay * param``, ``m = beta1 * m + (1 - beta1) * g``,
-    ``v = beta2 * v + (1 - beta2) * g * g``, then
-    ``param -= step_size * m / (sqrt(v) / denom_scale + eps)``, where the caller gives
-    ``step_size = lr / (1 - beta1**t)`` and ``denom_scale = sqrt(1 - beta2**t)`` for step t.
-    """
+    params: list[np.ndarray], grads: list[np.ndarray], exp_avgs: list[np.ndarray],
+    exp_avg_sqs: list[np.ndarray], beta1: float, beta2: float, eps: float,
+    weight_decay: float, step_size: float, denom_scale: float, n_threads: int,
+) -> None:  # fmt: skip
+    """Adam as ``torch.optim.Adam`` (L2 weight decay), one parameter array at a time."""
     for param, grad, m, v in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True):
         g = grad
         if weight_decay:
@@ -727,9 +647,7 @@ def adam_update(
 def softmax_cross_entropy(
     logits: np.ndarray, y: np.ndarray, grad: np.ndarray, n_threads: int
 ) -> float:
-    """Mean of ``log(sum(exp(shifted))) - shifted[y]`` over the rows, with ``shifted`` the
-    logits minus their row maximum; ``grad = (softmax(logits) - one_hot(y)) / N``.
-    """
+    """Mean softmax cross-entropy of the rows; ``grad`` gets its gradient."""
     n = logits.shape[0]
     # A private copy, checked and used alike: numpy indexes without the GIL, so another
     # thread could change the caller's labels in between.

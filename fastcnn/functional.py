@@ -1,148 +1,101 @@
-"""Stateless convolution, pooling, fully connected and activation ops: the one API every
-layer calls.
+"""Stateless ops: the one API every layer, loss and optimizer calls.
 
-Each op validates its arguments once, resolves defaults (``stride=None``, ``'same'``
-padding, ``ceil_mode``), allocates its outputs and hands plain ints and C-contiguous
-arrays to the active backend (compiled Cython kernels or the numpy reference; see
-:func:`fastcnn.set_backend`). Layout is NCHW, weights are ``(C_out, C_in // groups, kH, kW)``
-and the semantics are PyTorch's, so results compare directly with ``torch.nn.functional``.
+Convolution, pooling, fully connected, activations, normalization, dropout, the loss and
+the optimizer steps.
 
-Every op returns new C-contiguous arrays of the input's dtype (float32 or float64).
+Each op validates its arguments once (:mod:`fastcnn._validation`), resolves defaults
+(``stride=None``, ``'same'`` padding, ``ceil_mode``), allocates its outputs and hands plain
+ints and C-contiguous arrays to the active backend (compiled Cython kernels or the numpy
+reference; see :func:`fastcnn.set_backend`). Layout is NCHW, weights are ``(C_out,
+C_in // groups, kH, kW)`` and the semantics are PyTorch's, so results compare directly
+with ``torch.nn.functional``.
+
+Every op returns new C-contiguous arrays of the input's dtype (float32 or float64), with
+two exceptions that update state in place, as PyTorch's do: the optimizer steps
+(:func:`sgd_step`, :func:`adam_step`) and :func:`batch_norm`'s running statistics. The
+ops that keep training state (dropout, batch norm, the loss, the optimizer steps) are
+written in ``_functional_training.py``, to keep each module short; they are part of this
+API.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fastcnn import _backend, _buffers, _threads
-from fastcnn._validation import (
-    MAX_BLAS_DIM,
-    as_float_array,
-    check_size,
-    contiguous,
-    conv_output_size,
-    conv_padding,
-    is_int,
-    pair,
-    pool_output_size,
-    same_dtype,
-    short_repr,
+from fastcnn._functional_training import (
+    adam_step,
+    batch_norm,
+    batch_norm_backward,
+    dropout,
+    dropout_backward,
+    sgd_step,
+    softmax_cross_entropy,
 )
+from fastcnn._validation import (
+    ConvArgs,
+    PoolArgs,
+    as_float_array,
+    check_bias,
+    check_conv,
+    check_divisor,
+    check_finite_float,
+    check_grad_out,
+    check_input_shape,
+    check_linear,
+    check_max_pool_indices,
+    check_pool,
+    contiguous,
+    same_dtype,
+)
+from fastcnn._validation import IntPair as IntPair
+from fastcnn._validation import RngLike as RngLike
 
 # Annotations only: the API pages then show these names as written.
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
 __all__ = [
-    "linear",
-    "linear_backward",
+    "adam_step",
     "avg_pool2d",
     "avg_pool2d_backward",
+    "batch_norm",
+    "batch_norm_backward",
     "conv2d",
     "conv2d_backward",
+    "dropout",
+    "dropout_backward",
+    "leaky_relu",
+    "leaky_relu_backward",
+    "linear",
+    "linear_backward",
     "max_pool2d",
     "max_pool2d_backward",
     "relu",
     "relu_backward",
+    "sgd_step",
     "sigmoid",
     "sigmoid_backward",
+    "softmax_cross_entropy",
     "tanh",
     "tanh_backward",
 ]
-
-IntPair = int | tuple[int, int]
 
 
 # ---------------------------------------------------------------------------------------
 # Convolution
 
 
-class _Conv(NamedTuple):
-    """A validated convolution: the (possibly extra-padded) input and every size."""
-
-    x: np.ndarray  # contiguous; padded at bottom/right when 'same' needs it
-    weight: np.ndarray
-    stride: tuple[int, int]
-    pad: tuple[int, int]  # symmetric part handled by the kernel
-    dilation: tuple[int, int]
-    groups: int
-    out_shape: tuple[int, int, int, int]
-    extra: tuple[int, int]  # bottom/right rows/columns padded here, cropped from grad_x
-
-
-def _check_conv(
-    x: ArrayLike,
-    weight: ArrayLike,
-    stride: IntPair,
-    padding: IntPair | str,
-    dilation: IntPair,
-    groups: int,
-) -> _Conv:
-    x = as_float_array(x, "x", 4)
-    weight = as_float_array(weight, "weight", 4)
-    same_dtype(x, weight, "x", "weight")
-    n, c_in, h, w = x.shape
-    c_out, c_per_group, kh, kw = weight.shape
-    if isinstance(groups, bool) or not isinstance(groups, int | np.integer) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {short_repr(groups)}")
-    groups = int(groups)
-    if c_in < 1 or c_out < 1 or kh < 1 or kw < 1:
-        raise ValueError(
-            f"x {x.shape} and weight {weight.shape} need at least one channel and a "
-            "non-empty kernel"
-        )
-    if c_in % groups or c_out % groups:
-        raise ValueError(
-            f"groups={groups} must divide both the input channels ({c_in}, x {x.shape}) "
-            f"and the output channels ({c_out}, weight {weight.shape})"
-        )
-    if c_per_group * groups != c_in:
-        raise ValueError(
-            f"weight {weight.shape} expects {c_per_group * groups} input channels "
-            f"({c_per_group} per group x {groups} groups) but x {x.shape} has {c_in}"
-        )
-    stride = pair(stride, "stride", 1)
-    dilation = pair(dilation, "dilation", 1)
-    (top, bottom), (left, right) = conv_padding(padding, (kh, kw), dilation, stride)
-    extent_h, extent_w = dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1
-    if extent_h > h + top + bottom or extent_w > w + left + right:
-        raise ValueError(
-            f"kernel of extent ({extent_h}, {extent_w}) (weight {weight.shape}, dilation "
-            f"{dilation}) is larger than the padded input ({h + top + bottom}, "
-            f"{w + left + right}) (x {x.shape}, padding {padding!r})"
-        )
-    extra = (bottom - top, right - left)
-    h_out = conv_output_size(h + extra[0], kh, stride[0], top, dilation[0])
-    w_out = conv_output_size(w + extra[1], kw, stride[1], left, dilation[1])
-    out_shape = (n, c_out, h_out, w_out)
-    check_size(out_shape, "conv2d output")
-    # BLAS takes 32-bit sizes: the lowered matrices must fit, whichever backend runs.
-    for what, size in (
-        ("kernel taps per group (C_in/groups * kH * kW)", c_per_group * kh * kw),
-        ("output plane (H_out * W_out)", h_out * w_out),
-        ("input block per group (C_in/groups * H * W)", c_per_group * h * w),
-    ):
-        if size > MAX_BLAS_DIM:
-            raise ValueError(
-                f"conv2d too large: {what} = {size} exceeds {MAX_BLAS_DIM} "
-                f"(x {x.shape}, weight {weight.shape}, output {out_shape})"
-            )
-    x = contiguous(x)
-    if extra != (0, 0):
-        x = np.pad(x, ((0, 0), (0, 0), (0, extra[0]), (0, extra[1])))
-    return _Conv(x, contiguous(weight), stride, (top, left), dilation, groups, out_shape, extra)
-
-
 def _zero(*gradients: np.ndarray | None) -> None:
-    """An empty batch contributes nothing: its gradients are zero, not uninitialized."""
+    """Zero the gradients of an empty batch (it contributes nothing)."""
     for gradient in gradients:
         if gradient is not None:
             gradient.fill(0)
 
 
-def _kernel_args(conv: _Conv) -> tuple[int, int, int, int, int, int, int]:
+def _kernel_args(conv: ConvArgs) -> tuple[int, int, int, int, int, int, int]:
     return (*conv.stride, *conv.pad, *conv.dilation, conv.groups)
 
 
@@ -186,16 +139,9 @@ def conv2d(
     >>> F.conv2d(x, np.ones((2, 1, 3, 3), np.float32), padding=1).shape
     (1, 2, 4, 4)
     """
-    conv = _check_conv(x, weight, stride, padding, dilation, groups)
+    conv = check_conv(x, weight, stride, padding, dilation, groups)
     if bias is not None:
-        bias = as_float_array(bias, "bias", 1)
-        same_dtype(conv.x, bias, "x", "bias")
-        if bias.shape[0] != conv.out_shape[1]:
-            raise ValueError(
-                f"bias must have shape ({conv.out_shape[1]},) to match weight "
-                f"{conv.weight.shape}, got {bias.shape}"
-            )
-        bias = contiguous(bias)
+        bias = check_bias(bias, conv.x, conv.out_shape[1], conv.weight)
     out = _buffers.empty(conv.out_shape, dtype=conv.x.dtype)
     if out.size == 0:
         return out
@@ -233,7 +179,7 @@ def conv2d_backward(
     grad_weight : ndarray of shape (C_out, C_in // groups, kH, kW)
     grad_bias : ndarray of shape (C_out,)
     """
-    conv = _check_conv(x, weight, stride, padding, dilation, groups)
+    conv = check_conv(x, weight, stride, padding, dilation, groups)
     grad_out = as_float_array(grad_out, "grad_out", 4)
     same_dtype(conv.x, grad_out, "x", "grad_out")
     if grad_out.shape != conv.out_shape:
@@ -262,18 +208,6 @@ def conv2d_backward(
 # Fully connected
 
 
-def _check_linear(x: ArrayLike, weight: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    x = as_float_array(x, "x", 2)
-    weight = as_float_array(weight, "weight", 2)
-    same_dtype(x, weight, "x", "weight")
-    if weight.shape[1] != x.shape[1] or weight.shape[0] < 1:
-        raise ValueError(
-            f"weight {weight.shape} must be (out_features, in_features) with in_features "
-            f"= {x.shape[1]} to match x {x.shape}"
-        )
-    return contiguous(x), contiguous(weight)
-
-
 def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     """Fully connected layer, ``x @ weight.T + bias`` (PyTorch's ``linear``).
 
@@ -293,16 +227,9 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) ->
     -------
     y : ndarray of shape (N, out_features)
     """
-    x, weight = _check_linear(x, weight)
+    x, weight = check_linear(x, weight)
     if bias is not None:
-        bias = as_float_array(bias, "bias", 1)
-        same_dtype(x, bias, "x", "bias")
-        if bias.shape[0] != weight.shape[0]:
-            raise ValueError(
-                f"bias must have shape ({weight.shape[0]},) to match weight {weight.shape}, "
-                f"got {bias.shape}"
-            )
-        bias = contiguous(bias)
+        bias = check_bias(bias, x, weight.shape[0], weight)
     out = _buffers.empty((x.shape[0], weight.shape[0]), dtype=x.dtype)
     if out.size:
         _backend.current().linear_forward(x, weight, bias, out, _threads.get_num_threads())
@@ -328,12 +255,8 @@ def linear_backward(
     grad_weight : ndarray of shape (out_features, in_features)
     grad_bias : ndarray of shape (out_features,)
     """
-    x, weight = _check_linear(x, weight)
-    grad_out = as_float_array(grad_out, "grad_out", 2)
-    same_dtype(x, grad_out, "x", "grad_out")
-    expected = (x.shape[0], weight.shape[0])
-    if grad_out.shape != expected:
-        raise ValueError(f"grad_out must have shape {expected}, got {grad_out.shape}")
+    x, weight = check_linear(x, weight)
+    grad_out = check_grad_out(grad_out, x, (x.shape[0], weight.shape[0]))
     dtype = x.dtype
     grad_x = _buffers.empty(x.shape, dtype=dtype) if needs_input_grad else None
     grad_weight = _buffers.empty(weight.shape, dtype=dtype)
@@ -342,92 +265,13 @@ def linear_backward(
         _zero(grad_x, grad_weight, grad_bias)
     else:
         _backend.current().linear_backward(
-            contiguous(grad_out), x, weight, grad_x, grad_weight, grad_bias,
-            _threads.get_num_threads(),
+            grad_out, x, weight, grad_x, grad_weight, grad_bias, _threads.get_num_threads(),
         )  # fmt: skip
     return grad_x, grad_weight, grad_bias
 
 
 # ---------------------------------------------------------------------------------------
 # Pooling
-
-
-class _Pool(NamedTuple):
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    pad: tuple[int, int]
-    dilation: tuple[int, int]
-    out_shape: tuple[int, int, int, int]
-
-
-def _check_input_shape(input_shape: object) -> tuple[int, int, int, int]:
-    if not isinstance(input_shape, tuple | list | np.ndarray) or not all(
-        is_int(s) for s in input_shape
-    ):
-        raise TypeError(
-            f"input_shape must be a tuple (N, C, H, W), got {short_repr(input_shape)}; "
-            "every entry must be an int (pass x.shape, not x)"
-        )
-    shape = tuple(int(s) for s in input_shape)
-    if len(shape) != 4 or min(shape) < 0:
-        raise ValueError(
-            f"input_shape must be 4 non-negative sizes (N, C, H, W), got {short_repr(input_shape)}"
-        )
-    return shape
-
-
-def _check_pool(
-    shape: tuple[int, ...],
-    kernel_size: IntPair,
-    stride: IntPair | None,
-    padding: IntPair,
-    dilation: IntPair,
-    ceil_mode: bool,
-    name: str,
-) -> _Pool:
-    kernel = pair(kernel_size, "kernel_size", 1)
-    stride = kernel if stride is None else pair(stride, "stride", 1)
-    pad = pair(padding, "padding", 0)
-    dilation = pair(dilation, "dilation", 1)
-    if pad[0] > kernel[0] // 2 or pad[1] > kernel[1] // 2:
-        raise ValueError(
-            f"padding {padding!r} must be at most half the kernel size {kernel} in {name}"
-        )
-    if not isinstance(ceil_mode, bool | np.bool_):
-        raise TypeError(f"ceil_mode must be a bool, got {short_repr(ceil_mode)}")
-    n, c, h, w = shape
-    h_out = pool_output_size(h, kernel[0], stride[0], pad[0], dilation[0], bool(ceil_mode))
-    w_out = pool_output_size(w, kernel[1], stride[1], pad[1], dilation[1], bool(ceil_mode))
-    if h_out < 1 or w_out < 1:
-        raise ValueError(
-            f"{name}: input of shape {tuple(shape)} is too small for kernel_size {kernel}, "
-            f"dilation {dilation} and padding {pad} (output would be {h_out}x{w_out})"
-        )
-    for axis, size, n_out in ((0, h, h_out), (1, w, w_out)):
-        if not _windows_touch_input(
-            size, kernel[axis], stride[axis], pad[axis], dilation[axis], n_out
-        ):
-            raise ValueError(
-                f"{name}: with dilation {dilation} and padding {pad}, some pooling windows "
-                f"over the input of shape {tuple(shape)} contain only padding"
-            )
-    out_shape = (n, c, h_out, w_out)
-    check_size(out_shape, f"{name} output")
-    return _Pool(kernel, stride, pad, dilation, out_shape)
-
-
-def _windows_touch_input(
-    size: int, kernel: int, stride: int, pad: int, dilation: int, n_out: int
-) -> bool:
-    """True if every window has at least one tap inside the input.
-
-    Always so without dilation, since padding is at most half the kernel, unless the
-    input is empty (H or W == 0), when every window is padding only.
-    """
-    if dilation == 1 and size > 0:
-        return True
-    taps = np.arange(n_out)[:, None] * stride - pad + np.arange(kernel)[None, :] * dilation
-    return bool(((taps >= 0) & (taps < size)).any(axis=1).all())
 
 
 def max_pool2d(
@@ -469,7 +313,7 @@ def max_pool2d(
     (``ceil`` instead of ``floor`` with ``ceil_mode``), and the same for ``W_out``.
     """
     x = as_float_array(x, "x", 4)
-    pool = _check_pool(x.shape, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d")
+    pool = check_pool(x.shape, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d")
     out = _buffers.empty(pool.out_shape, dtype=x.dtype)
     indices = _buffers.empty(pool.out_shape, dtype=np.int64)
     if out.size:
@@ -502,24 +346,15 @@ def max_pool2d_backward(
         ``grad_out`` routed to the selected positions, summed where windows overlap.
     """
     grad_out = as_float_array(grad_out, "grad_out", 4)
-    shape = _check_input_shape(input_shape)
-    indices = np.asarray(indices)
-    if indices.dtype.kind not in "iu":
-        raise TypeError(f"indices must be an integer array, got dtype {indices.dtype}")
-    if indices.shape != grad_out.shape:
-        raise ValueError(
-            f"indices must have the shape of grad_out {grad_out.shape}, got {indices.shape}"
-        )
-    if grad_out.shape[:2] != shape[:2]:
-        raise ValueError(f"grad_out {grad_out.shape} and input_shape {shape} disagree on (N, C)")
+    shape = check_input_shape(input_shape)
+    indices = check_max_pool_indices(indices, grad_out, shape)
     if grad_out.size == 0:
         return np.zeros(shape, dtype=grad_out.dtype)
     grad_x = _buffers.empty(shape, dtype=grad_out.dtype)  # the kernel zeroes each plane it fills
     # The kernel checks each index as it reads it, skips and counts those outside the
     # plane: a check here first could not see a change another thread makes in between.
     bad = _backend.current().max_pool2d_backward(
-        contiguous(grad_out), contiguous(indices.astype(np.int64, copy=False)), grad_x,
-        _threads.get_num_threads(),
+        contiguous(grad_out), indices, grad_x, _threads.get_num_threads(),
     )  # fmt: skip
     if bad:
         raise _indices_out_of_range(indices, bad, shape)
@@ -527,7 +362,7 @@ def max_pool2d_backward(
 
 
 def _indices_out_of_range(indices: np.ndarray, bad: int, shape: tuple[int, ...]) -> ValueError:
-    """The error for ``bad`` indices outside the (H, W) plane of ``shape``."""
+    """Return the error for ``bad`` indices outside the (H, W) plane of ``shape``."""
     plane = shape[2] * shape[3]
     expected = f"indices must lie in [0, H*W) = [0, {plane}) for input_shape {shape}"
     low, high = indices.min(), indices.max()
@@ -551,21 +386,9 @@ def _check_avg(
     ceil_mode: bool,
     count_include_pad: bool,
     divisor_override: int | None,
-) -> tuple[_Pool, _AvgArgs]:
-    pool = _check_pool(shape, kernel_size, stride, padding, 1, ceil_mode, "avg_pool2d")
-    if divisor_override is None:
-        divisor = 0
-    elif isinstance(divisor_override, bool) or not isinstance(divisor_override, int | np.integer):
-        raise TypeError(
-            f"divisor_override must be a positive int or None, got {short_repr(divisor_override)}"
-        )
-    elif not 1 <= divisor_override <= MAX_BLAS_DIM:
-        raise ValueError(
-            f"divisor_override must be a positive int or None, got {divisor_override} "
-            f"(at most {MAX_BLAS_DIM})"
-        )
-    else:
-        divisor = int(divisor_override)
+) -> tuple[PoolArgs, _AvgArgs]:
+    pool = check_pool(shape, kernel_size, stride, padding, 1, ceil_mode, "avg_pool2d")
+    divisor = check_divisor(divisor_override)
     args = (*pool.kernel, *pool.stride, *pool.pad, bool(count_include_pad), divisor)
     return pool, args
 
@@ -640,7 +463,7 @@ def avg_pool2d_backward(
     grad_x : ndarray of shape ``input_shape``
     """
     grad_out = as_float_array(grad_out, "grad_out", 4)
-    shape = _check_input_shape(input_shape)
+    shape = check_input_shape(input_shape)
     pool, args = _check_avg(
         shape, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
     )
@@ -786,3 +609,62 @@ def sigmoid_backward(grad_out: np.ndarray, y: np.ndarray) -> np.ndarray:
     grad_x : ndarray of the shape and dtype of y
     """
     return _activation_backward("sigmoid_backward", grad_out, y)
+
+
+def _activation_with(kernel: str, x: ArrayLike, slope: float) -> np.ndarray:
+    x = as_float_array(x, "x")
+    out = _buffers.empty(x.shape, dtype=x.dtype)
+    getattr(_backend.current(), kernel)(
+        contiguous(x).reshape(-1), out.reshape(-1), slope, _threads.get_num_threads()
+    )
+    return out
+
+
+def leaky_relu(x: np.ndarray, negative_slope: float = 0.01) -> np.ndarray:
+    """Leaky rectifier: ``x`` where ``x > 0``, ``negative_slope * x`` elsewhere.
+
+    NaN propagates. ``negative_slope`` is rounded to the dtype of ``x`` first, as PyTorch's
+    ``leaky_relu`` does.
+
+    Parameters
+    ----------
+    x : ndarray of any shape, float32 or float64
+    negative_slope : float, default 0.01
+        Finite; may be negative or zero.
+
+    Returns
+    -------
+    y : ndarray of the shape and dtype of x
+    """
+    slope = check_finite_float(negative_slope, "negative_slope")
+    return _activation_with("leaky_relu_forward", x, slope)
+
+
+def leaky_relu_backward(
+    grad_out: np.ndarray, x: np.ndarray, negative_slope: float = 0.01
+) -> np.ndarray:
+    """Gradient of :func:`leaky_relu` from its input ``x``.
+
+    ``grad_out`` where ``x > 0``, ``negative_slope * grad_out`` elsewhere (at 0 and NaN too,
+    as in PyTorch). The input, not the output: with ``negative_slope <= 0`` the output's
+    sign does not tell the branch.
+
+    Parameters
+    ----------
+    grad_out : ndarray, the shape and dtype of x
+    x : ndarray, the input of :func:`leaky_relu`
+    negative_slope : float, default 0.01
+
+    Returns
+    -------
+    grad_x : ndarray of the shape and dtype of x
+    """
+    slope = check_finite_float(negative_slope, "negative_slope")
+    x = as_float_array(x, "x")
+    grad_out = check_grad_out(grad_out, x, x.shape)
+    grad_x = _buffers.empty(x.shape, dtype=x.dtype)
+    _backend.current().leaky_relu_backward(
+        grad_out.reshape(-1), contiguous(x).reshape(-1), grad_x.reshape(-1), slope,
+        _threads.get_num_threads(),
+    )  # fmt: skip
+    return grad_x

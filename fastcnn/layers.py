@@ -1,8 +1,9 @@
 """Stateful layers: parameters, their gradients and what backward needs, over ``functional``.
 
-Each layer's ``forward`` is one call into :mod:`fastcnn.functional` (or a couple of numpy
-expressions) plus a reference to whatever ``backward`` will need (the conv input, the
-max-pooling indices, the normalized activations), so backward never recomputes forward.
+Each layer's ``forward`` is one call into :mod:`fastcnn.functional` plus a reference to
+whatever ``backward`` will need (the conv input, the max-pooling indices, the batch
+statistics, the dropout mask), so backward never recomputes forward. Argument checks and
+output-shape formulas come from ``fastcnn._validation``, shared with functional.
 
 Conventions shared by every layer:
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -31,7 +31,21 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 import fastcnn.functional as F
-from fastcnn._validation import conv_output_size, conv_padding, pair, pool_output_size
+from fastcnn._validation import (
+    IntPair,
+    RngLike,
+    check_bool,
+    check_dtype,
+    check_finite_float,
+    check_float,
+    check_positive_int,
+    check_rng,
+    conv2d_output_hw,
+    conv_padding,
+    pair,
+    pool2d_output_hw,
+    pool_window,
+)
 
 if TYPE_CHECKING:  # at run time, __getattr__ at the end: fastcnn.saving imports this module
     from fastcnn.saving.registry import LAYER_REGISTRY, layer_from_config, register_layer
@@ -55,58 +69,6 @@ __all__ = [
 ]
 
 Shape = tuple[int, ...]
-IntPair = int | tuple[int, int]
-RngLike = int | np.random.Generator | None
-
-
-# ---------------------------------------------------------------------------------------
-# Argument checks shared by the constructors
-
-
-def _check_dtype(dtype: DTypeLike) -> np.dtype:
-    try:
-        resolved = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
-    if resolved not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
-    return resolved
-
-
-def _check_rng(rng: RngLike) -> np.random.Generator:
-    """None -> fresh entropy; int -> seeded Generator; a Generator is used (and advanced)."""
-    if rng is None:
-        return np.random.default_rng()
-    if isinstance(rng, numbers.Integral) and not isinstance(rng, bool):
-        return np.random.default_rng(int(rng))
-    if isinstance(rng, np.random.Generator):
-        return rng
-    raise TypeError(f"rng must be None, an int seed or a numpy.random.Generator, got {rng!r}")
-
-
-def _check_positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _check_float(
-    value: object, name: str, low: float, high: float, *, high_open: bool = False
-) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a float, got {value!r}")
-    value = float(value)
-    bad = not (low <= value <= high) or (high_open and value == high)
-    if bad:
-        bracket = ")" if high_open else "]"
-        raise ValueError(f"{name} must be in [{low}, {high}{bracket}, got {value!r}")
-    return value
-
-
-def _check_bool(value: object, name: str) -> bool:
-    if not isinstance(value, bool | np.bool_):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
-    return bool(value)
 
 
 # ---------------------------------------------------------------------------------------
@@ -209,16 +171,17 @@ class Layer:
         """
 
     def get_config(self) -> dict[str, Any]:
-        """Constructor arguments as JSON-able values: ``type(self)(**config)`` rebuilds it."""
+        """Return the constructor arguments as JSON-able values (``type(self)(**config)``)."""
         return {}
 
     def extra_repr(self) -> str:
-        """The arguments shown inside ``repr(layer)`` (PyTorch's convention)."""
+        """Return the arguments shown inside ``repr(layer)`` (PyTorch's convention)."""
         return ""
 
     # -- shared machinery ---------------------------------------------------------------
 
     def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """Run :meth:`forward`."""
         return self.forward(x, training)
 
     def __repr__(self) -> str:
@@ -304,9 +267,9 @@ class _WeightBias(Layer):
     def _init_weight_bias(
         self, weight_shape: Shape, bias: bool, dtype: DTypeLike, rng: RngLike
     ) -> None:
-        self.dtype = _check_dtype(dtype)
-        self.use_bias = _check_bool(bias, "bias")
-        self.rng = _check_rng(rng)
+        self.dtype = check_dtype(dtype)
+        self.use_bias = check_bool(bias, "bias")
+        self.rng = check_rng(rng)
         self._add_param("weight", weight_shape)
         if self.use_bias:
             self._add_param("bias", (weight_shape[0],))
@@ -371,12 +334,12 @@ class Conv2D(_WeightBias):
         rng: RngLike = None,
     ) -> None:
         super().__init__()
-        self.in_channels = _check_positive_int(in_channels, "in_channels")
-        self.out_channels = _check_positive_int(out_channels, "out_channels")
+        self.in_channels = check_positive_int(in_channels, "in_channels")
+        self.out_channels = check_positive_int(out_channels, "out_channels")
         self.kernel_size = pair(kernel_size, "kernel_size", 1)
         self.stride = pair(stride, "stride", 1)
         self.dilation = pair(dilation, "dilation", 1)
-        self.groups = _check_positive_int(groups, "groups")
+        self.groups = check_positive_int(groups, "groups")
         if isinstance(padding, str):
             self.padding: tuple[int, int] | str = padding.lower()
         else:
@@ -393,7 +356,8 @@ class Conv2D(_WeightBias):
         self._init_weight_bias(weight_shape, bias, dtype, rng)
 
     def reset_parameters(self, rng: RngLike = None) -> None:
-        rng = self.rng if rng is None else _check_rng(rng)
+        """Re-initialize the parameters in place."""
+        rng = self.rng if rng is None else check_rng(rng)
         fan_in = self.weight[0].size
         bound = math.sqrt(6.0 / fan_in)
         # Drawn in float64 and cast, so a seed gives the same weights for either dtype.
@@ -402,6 +366,7 @@ class Conv2D(_WeightBias):
             self.bias.fill(0)
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """Compute the output for the batch ``x``."""
         self._check_input(x)
         self._cache["x"] = x
         return F.conv2d(
@@ -409,6 +374,7 @@ class Conv2D(_WeightBias):
         )
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
+        """Fill ``grads`` and return the gradient with respect to the input."""
         x = self._saved("x")
         grad_x, grad_w, grad_b = F.conv2d_backward(
             grad_out, x, self.weight, self.stride, self.padding, self.dilation, self.groups,
@@ -422,14 +388,8 @@ class Conv2D(_WeightBias):
     def _output_shape(self, shape: Shape, received: Shape, batched: bool) -> Shape:
         if len(shape) != 3 or shape[0] != self.in_channels:
             raise self._shape_error(f"({self.in_channels}, H, W)", received, batched)
-        (top, bottom), (left, right) = self._pads
-        kh, kw = self.kernel_size
-        # Asymmetric 'same' padding: count the extra bottom/right row in the input size.
-        h_out = conv_output_size(
-            shape[1] + bottom - top, kh, self.stride[0], top, self.dilation[0]
-        )
-        w_out = conv_output_size(
-            shape[2] + right - left, kw, self.stride[1], left, self.dilation[1]
+        h_out, w_out = conv2d_output_hw(
+            (shape[1], shape[2]), self.kernel_size, self.stride, self._pads, self.dilation
         )
         if h_out < 1 or w_out < 1:
             raise ValueError(
@@ -439,6 +399,7 @@ class Conv2D(_WeightBias):
         return (self.out_channels, h_out, w_out)
 
     def get_config(self) -> dict[str, Any]:
+        """Return the constructor arguments as JSON-able values."""
         return {
             "in_channels": self.in_channels,
             "out_channels": self.out_channels,
@@ -452,6 +413,7 @@ class Conv2D(_WeightBias):
         }
 
     def extra_repr(self) -> str:
+        """Return the arguments shown inside ``repr(layer)``."""
         text = (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}"
@@ -504,23 +466,26 @@ class Dense(_WeightBias):
         rng: RngLike = None,
     ) -> None:
         super().__init__()
-        self.in_features = _check_positive_int(in_features, "in_features")
-        self.out_features = _check_positive_int(out_features, "out_features")
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.out_features = check_positive_int(out_features, "out_features")
         self._init_weight_bias((self.out_features, self.in_features), bias, dtype, rng)
 
     def reset_parameters(self, rng: RngLike = None) -> None:
-        rng = self.rng if rng is None else _check_rng(rng)
+        """Re-initialize the parameters in place."""
+        rng = self.rng if rng is None else check_rng(rng)
         limit = math.sqrt(6.0 / (self.in_features + self.out_features))
         self.weight[...] = rng.uniform(-limit, limit, size=self.weight.shape)
         if self.bias is not None:
             self.bias.fill(0)
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """Compute the output for the batch ``x``."""
         self._check_input(x)
         self._cache["x"] = x
         return F.linear(x, self.weight, self.bias if self.use_bias else None)
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
+        """Fill ``grads`` and return the gradient with respect to the input."""
         x = self._saved("x")
         grad_x, grad_weight, grad_bias = F.linear_backward(
             grad_out, x, self.weight, needs_input_grad=self.needs_input_grad
@@ -539,6 +504,7 @@ class Dense(_WeightBias):
         return (self.out_features,)
 
     def get_config(self) -> dict[str, Any]:
+        """Return the constructor arguments as JSON-able values."""
         return {
             "in_features": self.in_features,
             "out_features": self.out_features,
@@ -547,6 +513,7 @@ class Dense(_WeightBias):
         }
 
     def extra_repr(self) -> str:
+        """Return the arguments shown inside ``repr(layer)``."""
         text = f"in_features={self.in_features}, out_features={self.out_features}"
         if not self.use_bias:
             text += ", bias=False"
@@ -596,12 +563,12 @@ class BatchNorm2D(Layer):
         dtype: DTypeLike = np.float32,
     ) -> None:
         super().__init__()
-        self.num_features = _check_positive_int(num_features, "num_features")
-        self.eps = _check_float(eps, "eps", 0.0, math.inf)
+        self.num_features = check_positive_int(num_features, "num_features")
+        self.eps = check_float(eps, "eps", 0.0, math.inf)
         if self.eps <= 0:
             raise ValueError(f"eps must be > 0, got {eps!r}")
-        self.momentum = _check_float(momentum, "momentum", 0.0, 1.0)
-        self.dtype = _check_dtype(dtype)
+        self.momentum = check_float(momentum, "momentum", 0.0, 1.0)
+        self.dtype = check_dtype(dtype)
         self._add_param("gamma", (self.num_features,))
         self._add_param("beta", (self.num_features,))
         _reserve((2 * self.num_features,), "running statistics")
@@ -611,81 +578,51 @@ class BatchNorm2D(Layer):
 
     @property
     def gamma(self) -> np.ndarray:
+        """The ``gamma`` array (in ``params``)."""
         return self.params["gamma"]
 
     @property
     def beta(self) -> np.ndarray:
+        """The ``beta`` array (in ``params``)."""
         return self.params["beta"]
 
     @property
     def running_mean(self) -> np.ndarray:
+        """The ``running_mean`` array (in ``buffers``)."""
         return self.buffers["running_mean"]
 
     @property
     def running_var(self) -> np.ndarray:
+        """The ``running_var`` array (in ``buffers``)."""
         return self.buffers["running_var"]
 
     def reset_parameters(self, rng: RngLike = None) -> None:
+        """Re-initialize the parameters in place."""
         self.gamma.fill(1)
         self.beta.fill(0)
         self.running_mean.fill(0)
         self.running_var.fill(1)
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """Normalize ``x`` with the batch's statistics (training) or the running ones."""
         self._check_input(x)
-        c = self.num_features
-        if not training:
-            inv_std = 1.0 / np.sqrt(self.running_var + self.eps)
-            scale = (self.gamma * inv_std).reshape(1, c, 1, 1)
-            shift = (self.beta - self.running_mean * self.gamma * inv_std).reshape(1, c, 1, 1)
-            self._cache.update(training=False, x=x, inv_std=inv_std)
-            y: np.ndarray = x * scale
-            y += shift
-            return y
-        count = x.size // c
-        if count < 2:
-            raise ValueError(
-                f"{self!r} needs more than one value per channel in training mode, got "
-                f"input of shape {x.shape}"
-            )
-        mean = x.mean(axis=(0, 2, 3))
-        xhat = x - mean.reshape(1, c, 1, 1)
-        var = np.einsum("nchw,nchw->c", xhat, xhat) / count  # biased, as used to normalize
-        inv_std = 1.0 / np.sqrt(var + self.eps)
-        xhat *= inv_std.reshape(1, c, 1, 1)
-        y = xhat * self.gamma.reshape(1, c, 1, 1)
-        y += self.beta.reshape(1, c, 1, 1)
-        m = self.momentum
-        running_mean, running_var = self.running_mean, self.running_var
-        running_mean *= 1 - m
-        running_mean += m * mean
-        running_var *= 1 - m
-        running_var += (m * count / (count - 1)) * var
-        self._cache.update(training=True, xhat=xhat, inv_std=inv_std)
+        training = bool(training)
+        y, mean, inv_std = F.batch_norm(
+            x, self.running_mean, self.running_var, self.gamma, self.beta, training,
+            self.momentum, self.eps,
+        )  # fmt: skip
+        self._cache.update(training=training, x=x, mean=mean, inv_std=inv_std)
         return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Fill the gradients of gamma and beta; return the input gradient."""
         training = self._saved("training")
-        c = self.num_features
-        inv_std = self._cache["inv_std"]
-        if training:
-            xhat = self._cache["xhat"]
-        else:  # eval-mode backward is rare: rebuild xhat instead of caching it every batch
-            x = self._cache["x"]
-            xhat = (x - self.running_mean.reshape(1, c, 1, 1)) * inv_std.reshape(1, c, 1, 1)
-        dgamma, dbeta = self.grads["gamma"], self.grads["beta"]
-        np.sum(grad_out, axis=(0, 2, 3), out=dbeta)
-        np.einsum("nchw,nchw->c", grad_out, xhat, out=dgamma)
-        scale = (self.gamma * inv_std).reshape(1, c, 1, 1)
-        if not training:  # statistics are constants: a per-channel affine map
-            affine: np.ndarray = grad_out * scale
-            return affine
-        # dx = gamma * inv_std * (g - mean(g) - xhat * mean(g * xhat)), per channel.
-        count = grad_out.size // c
-        grad_x: np.ndarray = xhat * (-dgamma / count).reshape(1, c, 1, 1)
-        grad_x += grad_out
-        grad_x -= (dbeta / count).reshape(1, c, 1, 1)
-        grad_x *= scale
+        grad_x, grad_gamma, grad_beta = F.batch_norm_backward(
+            grad_out, self._cache["x"], self.gamma, self._cache["mean"], self._cache["inv_std"],
+            training,
+        )  # fmt: skip
+        self.grads["gamma"][...] = grad_gamma
+        self.grads["beta"][...] = grad_beta
         return grad_x
 
     def _output_shape(self, shape: Shape, received: Shape, batched: bool) -> Shape:
@@ -694,6 +631,7 @@ class BatchNorm2D(Layer):
         return shape
 
     def get_config(self) -> dict[str, Any]:
+        """Return the constructor arguments as JSON-able values."""
         return {
             "num_features": self.num_features,
             "eps": self.eps,
@@ -702,6 +640,7 @@ class BatchNorm2D(Layer):
         }
 
     def extra_repr(self) -> str:
+        """Return the arguments shown inside ``repr(layer)``."""
         text = f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
         if self.dtype != np.float32:
             text += f", dtype={self.dtype.name}"
@@ -723,17 +662,9 @@ class _Pool2D(Layer):
     ) -> Shape:
         if len(shape) != 3:
             raise self._shape_error("(C, H, W)", received, batched)
-        size = [
-            pool_output_size(
-                shape[1 + i],
-                self.kernel_size[i],
-                self.stride[i],
-                self.padding[i],
-                dilation[i],
-                ceil_mode,
-            )  # fmt: skip
-            for i in range(2)
-        ]
+        size = pool2d_output_hw(
+            (shape[1], shape[2]), self.kernel_size, self.stride, self.padding, dilation, ceil_mode
+        )
         if min(size) < 1:
             raise ValueError(
                 f"{self!r}: input of spatial size {shape[1]}x{shape[2]} is too small for "
@@ -745,14 +676,8 @@ class _Pool2D(Layer):
     def _check_pool_args(
         self, kernel_size: IntPair, stride: IntPair | None, padding: IntPair
     ) -> None:
-        self.kernel_size = pair(kernel_size, "kernel_size", 1)
-        self.stride = self.kernel_size if stride is None else pair(stride, "stride", 1)
-        self.padding = pair(padding, "padding", 0)
-        if any(p > k // 2 for p, k in zip(self.padding, self.kernel_size, strict=True)):
-            raise ValueError(
-                f"padding must be at most half of kernel_size={self.kernel_size}, "
-                f"got padding={padding!r}"
-            )
+        window = pool_window(kernel_size, stride, padding, type(self).__name__)
+        self.kernel_size, self.stride, self.padding = window
 
 
 class MaxPool2D(_Pool2D):
@@ -787,9 +712,10 @@ class MaxPool2D(_Pool2D):
         super().__init__()
         self._check_pool_args(kernel_size, stride, padding)
         self.dilation = pair(dilation, "dilation", 1)
-        self.ceil_mode = _check_bool(ceil_mode, "ceil_mode")
+        self.ceil_mode = check_bool(ceil_mode, "ceil_mode")
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """Compute the output for the batch ``x``."""
         self._check_input(x)
         y, indices = F.max_pool2d(
             x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
@@ -799,6 +725,7 @@ class MaxPool2D(_Pool2D):
         return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Fill ``grads`` and return the gradient with respect to the input."""
         indices = self._saved("indices")
         return F.max_pool2d_backward(grad_out, indices, self._cache["input_shape"])
 
@@ -806,6 +733,7 @@ class MaxPool2D(_Pool2D):
         return self._pool_output(shape, received, batched, self.dilation, self.ceil_mode)
 
     def get_config(self) -> dict[str, Any]:
+        """Return the constructor arguments as JSON-able values."""
         return {
             "kernel_size": list(self.kernel_size),
             "stride": list(self.stride),
@@ -815,6 +743,7 @@ class MaxPool2D(_Pool2D):
         }
 
     def extra_repr(self) -> str:
+        """Return the arguments shown inside ``repr(layer)``."""
         text = f"kernel_size={self.kernel_size}, stride={self.stride}"
         if self.padding != (0, 0):
             text += f", padding={self.padding}"
@@ -859,10 +788,10 @@ class AvgPool2D(_Pool2D):
     ) -> None:
         super().__init__()
         self._check_pool_args(kernel_size, stride, padding)
-        self.ceil_mode = _check_bool(ceil_mode, "ceil_mode")
-        self.count_include_pad = _check_bool(count_include_pad, "count_include_pad")
+        self.ceil_mode = check_bool(ceil_mode, "ceil_mode")
+        self.count_include_pad = check_bool(count_include_pad, "count_include_pad")
         if divisor_override is not None:
-            divisor_override = _check_positive_int(divisor_override, "divisor_override")
+            divisor_override = check_positive_int(divisor_override, "divisor_override")
         self.divisor_override = divisor_override
 
     def _args(self) -> tuple[IntPair, IntPair, IntPair, bool, bool, int | None]:
@@ -872,17 +801,20 @@ class AvgPool2D(_Pool2D):
         )  # fmt: skip
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """Compute the output for the batch ``x``."""
         self._check_input(x)
         self._cache["input_shape"] = x.shape
         return F.avg_pool2d(x, *self._args())
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Fill ``grads`` and return the gradient with respect to the input."""
         return F.avg_pool2d_backward(grad_out, self._saved("input_shape"), *self._args())
 
     def _output_shape(self, shape: Shape, received: Shape, batched: bool) -> Shape:
         return self._pool_output(shape, received, batched, (1, 1), self.ceil_mode)
 
     def get_config(self) -> dict[str, Any]:
+        """Return the constructor arguments as JSON-able values."""
         return {
             "kernel_size": list(self.kernel_size),
             "stride": list(self.stride),
@@ -893,6 +825,7 @@ class AvgPool2D(_Pool2D):
         }
 
     def extra_repr(self) -> str:
+        """Return the arguments shown inside ``repr(layer)``."""
         text = f"kernel_size={self.kernel_size}, stride={self.stride}"
         if self.padding != (0, 0):
             text += f", padding={self.padding}"
@@ -941,24 +874,24 @@ class LeakyReLU(Layer):
 
     def __init__(self, negative_slope: float = 0.01) -> None:
         super().__init__()
-        self.negative_slope = _check_float(negative_slope, "negative_slope", -math.inf, math.inf)
-        if not math.isfinite(self.negative_slope):
-            raise ValueError(f"negative_slope must be finite, got {negative_slope!r}")
+        self.negative_slope = check_finite_float(negative_slope, "negative_slope")
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """Apply the leaky rectifier; keep ``x`` for backward."""
         self._check_input(x)
-        positive = x > 0
-        self._cache["positive"] = positive
-        return np.where(positive, x, x * self.negative_slope)
+        self._cache["x"] = x
+        return F.leaky_relu(x, self.negative_slope)
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        positive = self._saved("positive")
-        return np.where(positive, grad_out, grad_out * self.negative_slope)
+        """Return the input gradient."""
+        return F.leaky_relu_backward(grad_out, self._saved("x"), self.negative_slope)
 
     def get_config(self) -> dict[str, Any]:
+        """Return the constructor arguments as JSON-able values."""
         return {"negative_slope": self.negative_slope}
 
     def extra_repr(self) -> str:
+        """Return the arguments shown inside ``repr(layer)``."""
         return f"negative_slope={self.negative_slope}"
 
 
@@ -978,11 +911,13 @@ class Flatten(Layer):
     """Flatten every axis but the batch axis: (N, C, H, W) -> (N, C * H * W)."""
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """Compute the output for the batch ``x``."""
         self._check_input(x)
         self._cache["input_shape"] = x.shape
         return x.reshape(x.shape[0], -1)
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Fill ``grads`` and return the gradient with respect to the input."""
         shape: Shape = self._saved("input_shape")
         return grad_out.reshape(shape)
 
@@ -993,8 +928,9 @@ class Flatten(Layer):
 
 
 class Dropout(Layer):
-    """Inverted dropout: in training, zero each element with probability ``p`` and scale
-    the survivors by ``1 / (1 - p)``; in eval mode, the identity. Any input shape.
+    """Inverted dropout: zero elements with probability ``p`` in training, scale the rest.
+
+    The survivors are scaled by ``1 / (1 - p)``; in eval mode, the identity. Any input shape.
 
     Parameters
     ----------
@@ -1007,31 +943,25 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5, *, rng: RngLike = None) -> None:
         super().__init__()
-        self.p = _check_float(p, "p", 0.0, 1.0)
-        self.rng = _check_rng(rng)
+        self.p = check_float(p, "p", 0.0, 1.0)
+        self.rng = check_rng(rng)
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """Drop elements in training (the identity otherwise); keep the mask for backward."""
         self._check_input(x)
-        if not training or self.p == 0.0:
-            self._cache["mask"] = None
-            return x
-        # Drawn in float64 whatever x's dtype, so a seed gives the same mask for both
-        # dtypes; stored as 0 or 1/(1-p) in x's dtype, it serves forward and backward.
-        mask = (self.rng.random(x.shape) >= self.p).astype(x.dtype)
-        if self.p < 1.0:
-            mask *= 1.0 / (1.0 - self.p)
-        self._cache["mask"] = mask
-        out: np.ndarray = x * mask
-        return out
+        y, self._cache["mask"] = F.dropout(x, self.p, bool(training), self.rng)
+        return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        mask: np.ndarray | None = self._saved("mask")
-        return grad_out if mask is None else grad_out * mask
+        """Return the input gradient: ``grad_out`` through the last mask."""
+        return F.dropout_backward(grad_out, self._saved("mask"))
 
     def get_config(self) -> dict[str, Any]:
+        """Return the constructor arguments as JSON-able values."""
         return {"p": self.p}
 
     def extra_repr(self) -> str:
+        """Return the arguments shown inside ``repr(layer)``."""
         return f"p={self.p}"
 
 

@@ -14,44 +14,18 @@ weight acts as repeating the sample.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fastcnn import _backend, _threads
-from fastcnn._validation import FLOAT_DTYPES
+import fastcnn.functional as F
+from fastcnn._validation import check_sample_weight
 
-# Annotations only: the API pages then show these names as written.
-if TYPE_CHECKING:
-    from numpy.typing import ArrayLike
+# model.py and estimator.py import this name; it lives in _validation now.
+_check_sample_weight = check_sample_weight
 
 __all__ = ["LOSSES", "get_loss", "log_softmax", "mse", "softmax", "softmax_cross_entropy"]
 
 LossFunction = Callable[..., tuple[float, np.ndarray]]
-
-
-def _check_logits(logits: ArrayLike, name: str = "logits") -> np.ndarray:
-    logits = np.asarray(logits)
-    if logits.dtype.kind != "f":
-        raise TypeError(f"{name} must be a float array, got dtype {logits.dtype}")
-    if logits.ndim != 2 or logits.shape[1] < 1:
-        raise ValueError(f"{name} must have shape (N, n_classes), got {logits.shape}")
-    return logits
-
-
-def _check_sample_weight(sample_weight: ArrayLike, n: int) -> np.ndarray:
-    """Validate per-sample weights: shape (n,), real, finite, non-negative; as float64."""
-    w = np.asarray(sample_weight)
-    if w.dtype.kind not in "biuf":
-        raise TypeError(f"sample_weight must hold real numbers, got dtype {w.dtype}")
-    if w.shape != (n,):
-        raise ValueError(f"sample_weight must have shape ({n},), one per sample, got {w.shape}")
-    w = w.astype(np.float64, copy=False)
-    if not np.all(np.isfinite(w)):
-        raise ValueError("sample_weight must be finite, got NaN or infinity")
-    if np.any(w < 0):
-        raise ValueError(f"sample_weight must be non-negative, got a minimum of {w.min()}")
-    return w
 
 
 def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -87,9 +61,8 @@ def softmax_cross_entropy(
 ) -> tuple[float, np.ndarray]:
     """Mean softmax cross-entropy of integer labels, and its gradient w.r.t. the logits.
 
-    ``loss = mean_i( logsumexp(logits[i]) - logits[i, y[i]] )``, computed with the row
-    maximum subtracted first, so logits of any finite magnitude (e.g. 1e4) are exact
-    where a naive ``log(softmax)`` would overflow to inf/NaN.
+    :func:`fastcnn.functional.softmax_cross_entropy` under the loss's name: the row
+    maximum is subtracted first, so logits of any finite magnitude are exact.
 
     Parameters
     ----------
@@ -106,37 +79,7 @@ def softmax_cross_entropy(
     grad_logits : ndarray of shape (N, n_classes), dtype of ``logits``
         ``w[:, None] * (softmax(logits) - one_hot(y)) / N`` (``w = 1`` without weights).
     """
-    logits = _check_logits(logits)
-    y = np.asarray(y)
-    n, n_classes = logits.shape
-    if y.ndim != 1 or y.shape[0] != n:
-        raise ValueError(f"y must have shape ({n},) to match logits {logits.shape}, got {y.shape}")
-    if y.dtype.kind not in "iu":
-        raise TypeError(f"y must hold integer class indices, got dtype {y.dtype}")
-    if n == 0:
-        raise ValueError("cannot compute a loss over an empty batch (N == 0)")
-    low, high = y.min(), y.max()
-    if low < 0 or high >= n_classes:
-        raise ValueError(
-            f"y must hold class indices in [0, {n_classes}) for logits {logits.shape}, "
-            f"got values in [{low}, {high}]"
-        )
-    w = None if sample_weight is None else _check_sample_weight(sample_weight, n)
-    grad = np.empty(logits.shape, logits.dtype)
-    if logits.dtype in FLOAT_DTYPES:
-        backend = _backend.current()
-        logits = np.ascontiguousarray(logits)
-        y = np.ascontiguousarray(y, dtype=np.intp)
-    else:  # float16: the compiled loss takes float32 and float64
-        backend = _backend._reference_module()
-    loss = backend.softmax_cross_entropy(logits, y, grad, _threads.get_num_threads())
-    if w is None:
-        return loss, grad
-    # The kernel gives the unweighted gradient; each row scales by its weight. The value
-    # needs each sample's own loss, -log_softmax at its label (stable, see log_softmax).
-    row_losses = -log_softmax(logits.astype(np.float64, copy=False), axis=1)[np.arange(n), y]
-    grad *= w[:, None].astype(grad.dtype)
-    return float(np.dot(w, row_losses)) / n, grad
+    return F.softmax_cross_entropy(logits, y, sample_weight)
 
 
 def mse(
@@ -167,7 +110,7 @@ def mse(
         raise ValueError(f"target must have the shape of pred {pred.shape}, got {target.shape}")
     if pred.size == 0:
         raise ValueError("cannot compute a loss over an empty batch")
-    w = None if sample_weight is None else _check_sample_weight(sample_weight, pred.shape[0])
+    w = None if sample_weight is None else check_sample_weight(sample_weight, pred.shape[0])
     diff = pred - target.astype(pred.dtype, copy=False)
     if w is None:
         loss = float(np.vdot(diff, diff)) / diff.size

@@ -10,8 +10,9 @@ training where it stopped. A list of another layout starts fresh state.
 
 The update rules are PyTorch's (``torch.optim.SGD`` and ``torch.optim.Adam`` with default
 flags), so results can be compared step by step. SGD and Adam update every parameter in
-one call to the active backend (``sgd_update``/``adam_update``): the compiled one makes
-a single pass over each array, where numpy needs up to a dozen ufunc calls per array.
+one call to :func:`fastcnn.functional.sgd_step` / :func:`~fastcnn.functional.adam_step`:
+the compiled backend makes a single pass over each array, where numpy needs up to a dozen
+ufunc calls per array.
 
 A schedule changes ``optimizer.lr`` once per epoch: call ``scheduler.step()`` after each
 epoch, or pass the scheduler to ``fit(callbacks=[scheduler])``.
@@ -20,30 +21,18 @@ epoch, or pass the scheduler to ``fit(callbacks=[scheduler])``.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from fastcnn import _backend, _threads
-from fastcnn._validation import is_int
+import fastcnn.functional as F
+from fastcnn._validation import check_bool, check_number, check_param_pairs, is_int
 
 __all__ = ["SGD", "Adam", "CosineAnnealingLR", "LRScheduler", "Optimizer", "StepLR"]
 
 ParamsAndGrads = Sequence[tuple[np.ndarray, np.ndarray]]
-_Lists = tuple[
-    list[tuple[np.ndarray, np.ndarray]] | None, list[np.ndarray], list[np.ndarray], bool
-]
-
-
-def _check_number(value: object, name: str, *, low: float = 0.0, high: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a float, got {value!r}")
-    value = float(value)
-    if not (low <= value < high) or math.isnan(value):
-        raise ValueError(f"{name} must be in [{low}, {high}), got {value!r}")
-    return value
+_Lists = tuple[list[tuple[np.ndarray, np.ndarray]] | None, list[np.ndarray], list[np.ndarray]]
 
 
 class Optimizer:
@@ -66,7 +55,7 @@ class Optimizer:
     """
 
     def __init__(self, lr: float) -> None:
-        self.lr = _check_number(lr, "lr")
+        self.lr = check_number(lr, "lr")
         self.n_steps = 0
         self._params: list[tuple[np.ndarray, np.ndarray]] | None = None
         self._state: list[dict[str, Any]] = []
@@ -100,8 +89,10 @@ class Optimizer:
         )
 
     def _holds_bound_pairs(self, params_and_grads: ParamsAndGrads) -> bool:
-        """Whether the list holds exactly the bound arrays, in order: a cheap identity
-        check per step, so pairs added to or replaced in a list already seen are bound.
+        """Tell whether the list holds exactly the bound arrays, in order.
+
+        A cheap identity check per step, so pairs added to or replaced in a list already
+        seen are bound.
         """
         old = self._params
         if old is None or len(params_and_grads) != len(old):
@@ -113,18 +104,13 @@ class Optimizer:
                 return False
         return True
 
-    def _arrays(self) -> tuple[list[np.ndarray], list[np.ndarray], _backend.Backend]:
-        """The bound params and grads as two lists, and the backend to update them with:
-        the active one, or numpy's when an array is not C-contiguous (the compiled
-        updates need flat arrays; numpy's work on any layout).
-        """
+    def _arrays(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Return the bound params and grads as two lists (built once per bound list)."""
         if self._lists is None or self._lists[0] is not self._params:
             params = [param for param, _ in self._params or ()]
             grads = [grad for _, grad in self._params or ()]
-            flat = all(a.flags.c_contiguous for a in params + grads)
-            self._lists = (self._params, params, grads, flat)
-        _, params, grads, flat = self._lists
-        return params, grads, _backend.current() if flat else _backend._reference_module()
+            self._lists = (self._params, params, grads)
+        return self._lists[1], self._lists[2]
 
     def step(self, params_and_grads: ParamsAndGrads | None = None) -> None:
         """Update every parameter in place from its current gradient.
@@ -157,7 +143,7 @@ class Optimizer:
         raise NotImplementedError
 
     def get_config(self) -> dict[str, Any]:
-        """Constructor arguments (hyper-parameters) as a dict."""
+        """Return the constructor arguments (hyper-parameters) as a dict."""
         return {"lr": self.lr}
 
     def __repr__(self) -> str:
@@ -166,26 +152,7 @@ class Optimizer:
 
     @staticmethod
     def _check_params(params_and_grads: Iterable[Any]) -> list[tuple[np.ndarray, np.ndarray]]:
-        pairs = []
-        for i, item in enumerate(params_and_grads):
-            try:
-                param, grad = item
-            except (TypeError, ValueError):
-                raise TypeError(
-                    f"parameters must be (param, grad) pairs as returned by "
-                    f"model.parameters(); item {i} is {type(item).__name__}"
-                ) from None
-            if not (isinstance(param, np.ndarray) and isinstance(grad, np.ndarray)):
-                raise TypeError(f"parameter {i}: param and grad must be numpy arrays")
-            if param.dtype.kind != "f" or grad.shape != param.shape or grad.dtype != param.dtype:
-                raise ValueError(
-                    f"parameter {i}: grad must be a float array of the param's shape and "
-                    f"dtype; param {param.shape} {param.dtype}, grad {grad.shape} {grad.dtype}"
-                )
-            if not param.flags.writeable:
-                raise ValueError(f"parameter {i} is read-only; it must be updated in place")
-            pairs.append((param, grad))
-        return pairs
+        return check_param_pairs(params_and_grads)
 
 
 class SGD(Optimizer):
@@ -216,39 +183,33 @@ class SGD(Optimizer):
         weight_decay: float = 0.0,
     ) -> None:
         super().__init__(lr)
-        self.momentum = _check_number(momentum, "momentum")
-        if not isinstance(nesterov, bool | np.bool_):
-            raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
-        self.nesterov = bool(nesterov)
+        self.momentum = check_number(momentum, "momentum")
+        self.nesterov = check_bool(nesterov, "nesterov")
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True requires momentum > 0, got momentum=0")
-        self.weight_decay = _check_number(weight_decay, "weight_decay")
+        self.weight_decay = check_number(weight_decay, "weight_decay")
 
     def _step(self) -> None:
-        params, grads, backend = self._arrays()
-        n_threads = _threads.get_num_threads()
-        args = (self.lr, self.momentum, self.weight_decay, self.nesterov)
+        params, grads = self._arrays()
         if not self.momentum:
-            backend.sgd_update(params, grads, None, *args, False, n_threads)
+            F.sgd_step(
+                params, grads, None, lr=self.lr, weight_decay=self.weight_decay,
+                nesterov=self.nesterov,
+            )  # fmt: skip
             return
-        # The first step copies d into each new buffer; a checkpoint may restore some
-        # buffers before that, so the two kinds are updated in separate calls.
-        new = [state.get("momentum_buffer") is None for state in self._state]
-        for state, param, is_new in zip(self._state, params, new, strict=True):
-            if is_new:
-                state["momentum_buffer"] = np.empty_like(param)
-        buffers = [state["momentum_buffer"] for state in self._state]
-        for first in (True, False):
-            pick = [i for i, is_new in enumerate(new) if is_new == first]
-            if len(pick) == len(params):
-                backend.sgd_update(params, grads, buffers, *args, first, n_threads)
-            elif pick:
-                backend.sgd_update(
-                    [params[i] for i in pick], [grads[i] for i in pick],
-                    [buffers[i] for i in pick], *args, first, n_threads,
-                )  # fmt: skip
+        # A None buffer is a first step: sgd_step puts a new buffer in its place.
+        buffers = [state.get("momentum_buffer") for state in self._state]
+        new = any(buffer is None for buffer in buffers)
+        F.sgd_step(
+            params, grads, buffers, lr=self.lr, momentum=self.momentum,
+            weight_decay=self.weight_decay, nesterov=self.nesterov,
+        )  # fmt: skip
+        if new:
+            for state, buffer in zip(self._state, buffers, strict=True):
+                state["momentum_buffer"] = buffer
 
     def get_config(self) -> dict[str, Any]:
+        """Return the constructor arguments (hyper-parameters) as a dict."""
         return {
             "lr": self.lr,
             "momentum": self.momentum,
@@ -288,30 +249,29 @@ class Adam(Optimizer):
         if not isinstance(betas, tuple | list) or len(betas) != 2:
             raise TypeError(f"betas must be a pair of floats, got {betas!r}")
         self.betas = (
-            _check_number(betas[0], "betas[0]", high=1.0),
-            _check_number(betas[1], "betas[1]", high=1.0),
+            check_number(betas[0], "betas[0]", high=1.0),
+            check_number(betas[1], "betas[1]", high=1.0),
         )
-        self.eps = _check_number(eps, "eps")
-        self.weight_decay = _check_number(weight_decay, "weight_decay")
+        self.eps = check_number(eps, "eps")
+        self.weight_decay = check_number(weight_decay, "weight_decay")
 
     def _step(self) -> None:
-        params, grads, backend = self._arrays()
+        params, grads = self._arrays()
         for state, param in zip(self._state, params, strict=True):
             if "exp_avg" not in state:
                 state["exp_avg"] = np.zeros_like(param)
                 state["exp_avg_sq"] = np.zeros_like(param)
         beta1, beta2 = self.betas
-        t = self.n_steps
-        backend.adam_update(
+        F.adam_step(
             params, grads,
             [state["exp_avg"] for state in self._state],
             [state["exp_avg_sq"] for state in self._state],
-            beta1, beta2, self.eps, self.weight_decay,
-            self.lr / (1 - beta1**t), math.sqrt(1 - beta2**t),
-            _threads.get_num_threads(),
+            step=self.n_steps, lr=self.lr, beta1=beta1, beta2=beta2, eps=self.eps,
+            weight_decay=self.weight_decay,
         )  # fmt: skip
 
     def get_config(self) -> dict[str, Any]:
+        """Return the constructor arguments (hyper-parameters) as a dict."""
         return {
             "lr": self.lr,
             "betas": self.betas,
@@ -349,11 +309,11 @@ class LRScheduler:
         self.optimizer.lr = self.get_lr(self.last_epoch)
 
     def get_last_lr(self) -> float:
-        """The learning rate set by the last ``step()`` (the base rate before any)."""
+        """Return the learning rate set by the last ``step()`` (the base rate before any)."""
         return self.optimizer.lr
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        """Callback hook for :meth:`fastcnn.Sequential.fit`: one ``step()`` per epoch."""
+        """Take one ``step()`` per epoch (a :meth:`fastcnn.Sequential.fit` callback hook)."""
         self.step()
 
     def __repr__(self) -> str:
@@ -379,9 +339,10 @@ class StepLR(LRScheduler):
         if step_size < 1:
             raise ValueError(f"step_size must be a positive int, got {step_size!r}")
         self.step_size = int(step_size)
-        self.gamma = _check_number(gamma, "gamma")
+        self.gamma = check_number(gamma, "gamma")
 
     def get_lr(self, epoch: int) -> float:
+        """Return the learning rate of epoch ``epoch``."""
         return self.base_lr * self.gamma ** (epoch // self.step_size)
 
 
@@ -407,8 +368,9 @@ class CosineAnnealingLR(LRScheduler):
         if T_max < 1:
             raise ValueError(f"T_max must be a positive int, got {T_max!r}")
         self.T_max = int(T_max)
-        self.eta_min = _check_number(eta_min, "eta_min")
+        self.eta_min = check_number(eta_min, "eta_min")
 
     def get_lr(self, epoch: int) -> float:
+        """Return the learning rate of epoch ``epoch``."""
         cosine = (1 + math.cos(math.pi * epoch / self.T_max)) / 2
         return self.eta_min + (self.base_lr - self.eta_min) * cosine

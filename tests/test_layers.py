@@ -417,7 +417,7 @@ def test_pickle_carries_weights_not_activations(rng):
         (lambda: Conv2D(2, 4, 3, rng="seed"), TypeError, "rng must be None, an int seed"),
         (lambda: Dense(10, 0), ValueError, "out_features must be a positive int, got 0"),
         (lambda: Dense(2.5, 3), ValueError, "in_features must be a positive int, got 2.5"),
-        (lambda: MaxPool2D(2, padding=2), ValueError, "padding must be at most half"),
+        (lambda: MaxPool2D(2, padding=2), ValueError, "padding 2 must be at most half"),
         (lambda: MaxPool2D(0), ValueError, "kernel_size must be >= 1"),
         (lambda: AvgPool2D(2, divisor_override=0), ValueError, "divisor_override must be"),
         (lambda: AvgPool2D(2, ceil_mode=1), TypeError, "ceil_mode must be a bool"),

@@ -132,7 +132,7 @@ def test_mse_hand_computed_and_gradient(dtype, rng):
     [
         (np.zeros((3, 4)), np.array([0, 1, 4]), ValueError, r"class indices in \[0, 4\)"),
         (np.zeros((3, 4)), np.array([0, -1, 2]), ValueError, r"got values in \[-1, 2\]"),
-        (np.zeros((3, 4)), np.array([0, 1]), ValueError, r"y must have shape \(3,\)"),
+        (np.zeros((3, 4)), np.array([0, 1]), ValueError, r"labels must have shape \(3,\)"),
         (np.zeros((3, 4)), np.array([0.0, 1.0, 2.0]), TypeError, "integer class indices"),
         (np.zeros(4), np.array([0]), ValueError, r"logits must have shape \(N, n_classes\)"),
         (np.zeros((2, 3), int), np.array([0, 1]), TypeError, "logits must be a float array"),
