@@ -27,7 +27,8 @@ from fastcnn import _backend
 
 # The compiled modules every build has; any further one must come with its stub too.
 CORE_KERNELS = {
-    "_activation", "_conv", "_linear", "_loss", "_memory", "_optim", "_pool", "_openmp",
+    "_activation", "_conv", "_elementwise", "_linear", "_loss", "_memory", "_norm", "_optim",
+    "_pool", "_openmp",
 }  # fmt: skip
 KERNELS_DIR = Path(fastcnn.__file__).parent / "_kernels"
 COMPILED = _backend._compiled is not None
@@ -52,6 +53,25 @@ def _package_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("FASTCNN_BACKEND",)}
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     return env
+
+
+# ---------------------------------------------------------------------------------------
+# The package list
+
+
+def test_every_subpackage_is_listed_for_the_build():
+    # pyproject.toml names the packages one by one; a subpackage left out would be missing
+    # from the wheel while every test run from a checkout still passed.
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    listed = re.search(r"^packages = \[(.*?)\]", pyproject.read_text(), re.M | re.S)
+    assert listed, "pyproject.toml has no [tool.setuptools] packages list"
+    names = set(re.findall(r'"([\w.]+)"', listed.group(1)))
+    root = Path(fastcnn.__file__).resolve().parent
+    found = {
+        ".".join(("fastcnn", *init.parent.relative_to(root).parts))
+        for init in root.rglob("__init__.py")
+    }
+    assert found <= names, f"packages missing from pyproject.toml: {sorted(found - names)}"
 
 
 # ---------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fastcnn.layers import allocation_budget
+from fastcnn.layers.base import allocation_budget
 from fastcnn.saving.registry import MAX_FILE_LAYERS, layers_from_config, model_config
 
 if TYPE_CHECKING:  # fastcnn.model imports this package

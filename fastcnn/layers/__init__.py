@@ -1,0 +1,88 @@
+"""Stateful layers: parameters, their gradients and what backward needs, over ``functional``.
+
+Each layer's ``forward`` is one call into :mod:`fastcnn.functional` plus a reference to
+whatever ``backward`` will need (the conv input, the max-pooling indices, the batch
+statistics, the dropout mask), so backward never recomputes forward. Argument checks and
+output-shape formulas come from ``fastcnn._validation``, shared with functional.
+
+Conventions shared by every layer:
+
+* Layout is NCHW for images and (N, F) for features; ``output_shape`` takes and returns the
+  shape of *one sample*, (C, H, W) or (F,), so it composes without a batch size.
+* ``params`` and ``grads`` are dicts with the same keys. Both are allocated once, in
+  ``__init__``; ``reset_parameters`` and ``backward`` overwrite them in place, so an
+  optimizer may hold on to the arrays for the life of the layer.
+* Layers with parameters have a ``dtype`` (float32 by default) and only accept inputs of
+  that dtype: the conversion of e.g. uint8 images happens once, at the model boundary
+  (:class:`fastcnn.Sequential`), not silently on every batch.
+* ``get_config()`` returns the constructor arguments as JSON-able values, so
+  ``type(layer)(**layer.get_config())`` rebuilds the architecture (used by save/load).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fastcnn.layers.activation import LeakyReLU, ReLU, Sigmoid, Tanh
+from fastcnn.layers.base import Layer
+from fastcnn.layers.conv import Conv2D
+from fastcnn.layers.dense import Dense
+from fastcnn.layers.normalization import BatchNorm2D
+from fastcnn.layers.pooling import AvgPool2D, MaxPool2D
+from fastcnn.layers.regularization import Dropout
+from fastcnn.layers.reshaping import Flatten
+
+if TYPE_CHECKING:  # at run time, __getattr__ at the end: fastcnn.saving imports this package
+    from fastcnn.saving.registry import LAYER_REGISTRY, layer_from_config, register_layer
+
+__all__ = [
+    "AvgPool2D",
+    "BatchNorm2D",
+    "Conv2D",
+    "Dense",
+    "Dropout",
+    "Flatten",
+    "LAYER_REGISTRY",
+    "Layer",
+    "LeakyReLU",
+    "MaxPool2D",
+    "ReLU",
+    "Sigmoid",
+    "Tanh",
+    "layer_from_config",
+    "register_layer",
+]
+
+# The classes show (repr, pickle, the API pages) under the name users import them by.
+for _cls in (
+    AvgPool2D,
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    Layer,
+    LeakyReLU,
+    MaxPool2D,
+    ReLU,
+    Sigmoid,
+    Tanh,
+):
+    _cls.__module__ = __name__
+del _cls
+
+# ---------------------------------------------------------------------------------------
+# The registry of the classes a model file may name lives in fastcnn.saving.registry;
+# its names stay importable from here, where users have always found them.
+
+_SAVING_NAMES = ("LAYER_REGISTRY", "layer_from_config", "register_layer")
+
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:
+        """Serve the registry's names from :mod:`fastcnn.saving`, their home."""
+        if name in _SAVING_NAMES:
+            from fastcnn.saving import registry
+
+            return getattr(registry, name)
+        raise AttributeError(f"module 'fastcnn.layers' has no attribute {name!r}")
