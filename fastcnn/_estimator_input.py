@@ -23,8 +23,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_X_y, column_or_1d, validate_data
 
 from fastcnn._backend import FastCNNWarning
-from fastcnn._validation import image_shape_of
-from fastcnn.losses import _check_sample_weight
+from fastcnn._validation import check_sample_weight, image_shape_of
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
@@ -223,7 +222,7 @@ class EstimatorInput:
     ) -> np.ndarray | None:
         """Each sample's weight: ``sample_weight`` times its class's weight, or None."""
         n = y_encoded.shape[0]
-        weights = None if sample_weight is None else _check_sample_weight(sample_weight, n)
+        weights = None if sample_weight is None else check_sample_weight(sample_weight, n)
         if self.class_weight is None:
             return weights
         per_class = np.ones(len(self.classes_))
@@ -243,5 +242,5 @@ class EstimatorInput:
         by_sample = per_class[y_encoded]
         if weights is not None:
             by_sample *= weights
-        checked: np.ndarray = _check_sample_weight(by_sample, n)  # also the dict's values
+        checked: np.ndarray = check_sample_weight(by_sample, n)  # also the dict's values
         return checked

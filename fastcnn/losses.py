@@ -21,7 +21,6 @@ import fastcnn.functional as F
 from fastcnn._validation import check_sample_weight
 
 # model.py and estimator.py import this name; it lives in _validation now.
-_check_sample_weight = check_sample_weight
 
 __all__ = ["LOSSES", "get_loss", "log_softmax", "mse", "softmax", "softmax_cross_entropy"]
 

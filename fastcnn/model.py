@@ -24,11 +24,11 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from fastcnn import saving, training
+from fastcnn._validation import check_int, check_sample_weight
 from fastcnn.callbacks import History
 from fastcnn.layers import Layer
 from fastcnn.losses import (
     LossFunction,
-    _check_sample_weight,
     get_loss,
     softmax,
     softmax_cross_entropy,
@@ -502,7 +502,7 @@ class Sequential:
         loss_fn = get_loss(loss)
         x, out_shape = training.check_X(self, x, "x")
         y = training.check_y(self, y, x.shape[0], out_shape, loss_fn is softmax_cross_entropy)
-        w = None if sample_weight is None else _check_sample_weight(sample_weight, x.shape[0])
+        w = None if sample_weight is None else check_sample_weight(sample_weight, x.shape[0])
         self.optimizer, self._loss = optimizer, loss
         return training.train_step(self, optimizer, loss_fn, x, y, w)[0]
 
@@ -521,7 +521,7 @@ class Sequential:
         -------
         ndarray of shape ``(n_samples, *output_shape)``, the model dtype
         """
-        batch_size = training.check_int(batch_size, "batch_size", 1)
+        batch_size = check_int(batch_size, "batch_size", 1)
         X, out_shape = training.check_X(self, X, convert=False)
         out = np.empty((X.shape[0], *out_shape), dtype=self.dtype)
         for sl, xb in self._batches(X, batch_size):
@@ -573,7 +573,7 @@ class Sequential:
         dict
             ``{"loss": float, "accuracy": float}`` (no ``accuracy`` for other losses).
         """
-        batch_size = training.check_int(batch_size, "batch_size", 1)
+        batch_size = check_int(batch_size, "batch_size", 1)
         loss_fn = get_loss(self._loss if loss is None else loss)
         classification = loss_fn is softmax_cross_entropy
         X, out_shape = training.check_X(self, X, convert=False)

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fastcnn._validation import check_int
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -53,14 +55,6 @@ def _finish(fig: Figure, path: str | os.PathLike[str] | None, dpi: float) -> Fig
     if path is not None:
         fig.savefig(os.fspath(path), dpi=dpi)
     return fig
-
-
-def _check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def _unfitted_estimator(obj: object) -> bool:
@@ -395,7 +389,7 @@ def plot_feature_maps(
     """
     Figure = require_matplotlib()
     model = _as_model(model, "model")
-    max_channels = _check_int(max_channels, "max_channels", 1)
+    max_channels = check_int(max_channels, "max_channels", 1)
     x = _one_image(image)
     index, stack = _feature_stack(model, x, layer)
     maps = stack.forward(x[None])[0]

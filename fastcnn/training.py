@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fastcnn import saving
+from fastcnn._validation import check_int, check_sample_weight
 from fastcnn.callbacks import (
     Callback,
     CallbackList,
@@ -36,7 +37,7 @@ from fastcnn.callbacks import (
     check_callbacks,
 )
 from fastcnn.layers import Dropout
-from fastcnn.losses import LossFunction, _check_sample_weight, get_loss, softmax_cross_entropy
+from fastcnn.losses import LossFunction, get_loss, softmax_cross_entropy
 from fastcnn.optim import SGD, Adam, Optimizer
 
 if TYPE_CHECKING:
@@ -50,15 +51,6 @@ OPTIMIZER_NAMES = {"adam": Adam, "sgd": SGD}
 
 # ---------------------------------------------------------------------------------------
 # The options of fit, its generator, its validation split
-
-
-def check_int(value: object, name: str, minimum: int) -> int:
-    """Return ``value`` as an int, refusing bools, non-integers and values below ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def resolve_optimizer(optimizer: object, previous: object) -> Any:
@@ -303,7 +295,7 @@ def fit_data(
     """Check fit's data; return its batches and the validation pair (or None)."""
     X, out_shape = check_X(model, X)
     y = check_y(model, y, X.shape[0], out_shape, options.classification)
-    w = None if sample_weight is None else _check_sample_weight(sample_weight, X.shape[0])
+    w = None if sample_weight is None else check_sample_weight(sample_weight, X.shape[0])
     validation = None
     if options.validation_split:
         X, y, w, validation = split_validation(X, y, w, options.validation_split, rng)
