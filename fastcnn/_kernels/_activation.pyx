@@ -89,7 +89,7 @@ cdef void run(Op op, const floating* a, const floating* y, floating* out, Py_ssi
 
 
 def relu_forward(const floating[::1] x, floating[::1] out, int n_threads):
-    """See BACKEND_API.md. Writes every element of ``out``."""
+    """See fastcnn._backend.Backend: writes every element of ``out``."""
     if x.shape[0]:
         with nogil:
             run(RELU, &x[0], NULL, &out[0], x.shape[0], n_threads)
@@ -97,14 +97,14 @@ def relu_forward(const floating[::1] x, floating[::1] out, int n_threads):
 
 def relu_backward(const floating[::1] grad_out, const floating[::1] y,
                   floating[::1] grad_x, int n_threads):
-    """See BACKEND_API.md. Writes every element of ``grad_x``."""
+    """See fastcnn._backend.Backend: writes every element of ``grad_x``."""
     if y.shape[0]:
         with nogil:
             run(RELU, &grad_out[0], &y[0], &grad_x[0], y.shape[0], n_threads)
 
 
 def tanh_forward(const floating[::1] x, floating[::1] out, int n_threads):
-    """See BACKEND_API.md. Writes every element of ``out``."""
+    """See fastcnn._backend.Backend: writes every element of ``out``."""
     if floating is double:
         np.tanh(x, out=np.asarray(out))
     elif x.shape[0]:
@@ -114,14 +114,14 @@ def tanh_forward(const floating[::1] x, floating[::1] out, int n_threads):
 
 def tanh_backward(const floating[::1] grad_out, const floating[::1] y,
                   floating[::1] grad_x, int n_threads):
-    """See BACKEND_API.md. Writes every element of ``grad_x``."""
+    """See fastcnn._backend.Backend: writes every element of ``grad_x``."""
     if y.shape[0]:
         with nogil:
             run(TANH, &grad_out[0], &y[0], &grad_x[0], y.shape[0], n_threads)
 
 
 def sigmoid_forward(const floating[::1] x, floating[::1] out, int n_threads):
-    """See BACKEND_API.md. Writes every element of ``out``."""
+    """See fastcnn._backend.Backend: writes every element of ``out``."""
     if x.shape[0]:
         with nogil:
             run(SIGMOID, &x[0], NULL, &out[0], x.shape[0], n_threads)
@@ -129,7 +129,7 @@ def sigmoid_forward(const floating[::1] x, floating[::1] out, int n_threads):
 
 def sigmoid_backward(const floating[::1] grad_out, const floating[::1] y,
                      floating[::1] grad_x, int n_threads):
-    """See BACKEND_API.md. Writes every element of ``grad_x``."""
+    """See fastcnn._backend.Backend: writes every element of ``grad_x``."""
     if y.shape[0]:
         with nogil:
             run(SIGMOID, &grad_out[0], &y[0], &grad_x[0], y.shape[0], n_threads)

@@ -195,7 +195,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                    Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t pad_h,
                    Py_ssize_t pad_w, Py_ssize_t dil_h, Py_ssize_t dil_w,
                    Py_ssize_t groups, int n_threads):
-    """See BACKEND_API.md. Writes every element of ``out``."""
+    """See fastcnn._backend.Backend: writes every element of ``out``."""
     load_blas(&BLAS)
     cdef Py_ssize_t n_batch = x.shape[0], c, n0, ns
     cdef Geometry g = make_geometry(
@@ -253,7 +253,7 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_out,
                     Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t pad_h,
                     Py_ssize_t pad_w, Py_ssize_t dil_h, Py_ssize_t dil_w,
                     Py_ssize_t groups, int n_threads):
-    """See BACKEND_API.md. Overwrites each gradient buffer that is not None."""
+    """See fastcnn._backend.Backend: overwrites each gradient buffer that is not None."""
     load_blas(&BLAS)
     cdef Py_ssize_t n_batch = x.shape[0], c, n0, ns
     cdef Geometry g = make_geometry(

@@ -120,7 +120,7 @@ cdef void forward_transposed(const float* x, const float* w, float* wt, Py_ssize
 
 def linear_forward(const floating[:, ::1] x, const floating[:, ::1] weight, bias,
                    floating[:, ::1] out, int n_threads):
-    """See BACKEND_API.md. Writes every element of ``out``."""
+    """See fastcnn._backend.Backend: writes every element of ``out``."""
     cdef int n = x.shape[0], n_in = x.shape[1], n_out = weight.shape[0]
     cdef Py_ssize_t macs = <Py_ssize_t> n * n_in * n_out
     cdef int threads = team_size(macs, MIN_PARALLEL_MACS, n_threads)
@@ -182,7 +182,7 @@ cdef void add_bias(floating[:, ::1] out, bias) except *:
 def linear_backward(const floating[:, ::1] grad_out, const floating[:, ::1] x,
                     const floating[:, ::1] weight, grad_x, grad_weight, grad_bias,
                     int n_threads):
-    """See BACKEND_API.md. Overwrites each gradient buffer that is not None."""
+    """See fastcnn._backend.Backend: overwrites each gradient buffer that is not None."""
     cdef int n = x.shape[0], n_in = x.shape[1], n_out = weight.shape[0]
     cdef Py_ssize_t macs = <Py_ssize_t> n * n_in * n_out
     cdef int threads = team_size(macs, MIN_PARALLEL_MACS, n_threads)

@@ -74,7 +74,7 @@ cdef double all_rows(const floating* x, const Py_ssize_t* y, floating* grad, Py_
 
 def softmax_cross_entropy(const floating[:, ::1] logits, const Py_ssize_t[::1] y,
                           floating[:, ::1] grad, int n_threads) -> float:
-    """See BACKEND_API.md. Overwrites ``grad``; returns the mean loss."""
+    """See fastcnn._backend.Backend: overwrites ``grad``; returns the mean loss."""
     cdef Py_ssize_t i, n = logits.shape[0], c = logits.shape[1]
     cdef double total = 0
     if y.shape[0] != n or grad.shape[0] != n or grad.shape[1] != c or c == 0:

@@ -189,7 +189,7 @@ cdef Arrays* check_all(list params, list grads, list first, str first_name, list
 
 def sgd_update(list params, list grads, momentum_buffers, double lr, double momentum,
                double weight_decay, bint nesterov, bint first, int n_threads):
-    """See BACKEND_API.md. Updates every array of ``params`` (and the buffers) in place."""
+    """See fastcnn._backend.Backend: updates every param (and buffer) in place."""
     cdef Py_ssize_t count = len(params)
     if len(grads) != count:
         raise ValueError(f"{count} params but {len(grads)} grads")
@@ -208,7 +208,7 @@ def sgd_update(list params, list grads, momentum_buffers, double lr, double mome
 def adam_update(list params, list grads, list exp_avgs, list exp_avg_sqs, double beta1,
                 double beta2, double eps, double weight_decay, double step_size,
                 double denom_scale, int n_threads):
-    """See BACKEND_API.md. Updates every array of ``params`` and both moments in place."""
+    """See fastcnn._backend.Backend: updates every param and both moments in place."""
     cdef Py_ssize_t count = len(params)
     if len(grads) != count or len(exp_avgs) != count or len(exp_avg_sqs) != count:
         raise ValueError(

@@ -225,7 +225,7 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
                        Py_ssize_t stride_h, Py_ssize_t stride_w,
                        Py_ssize_t pad_h, Py_ssize_t pad_w,
                        Py_ssize_t dil_h, Py_ssize_t dil_w, int n_threads):
-    """See BACKEND_API.md. Writes every element of ``out`` and ``indices``."""
+    """See fastcnn._backend.Backend: writes every element of ``out`` and ``indices``."""
     cdef Py_ssize_t planes = x.shape[0] * x.shape[1], p
     cdef Py_ssize_t h = x.shape[2], w = x.shape[3]
     cdef Py_ssize_t h_out = out.shape[2], w_out = out.shape[3]
@@ -257,7 +257,7 @@ cdef Py_ssize_t max_plane_backward(const floating* go, const long long* idx, flo
 def max_pool2d_backward(const floating[:, :, :, ::1] grad_out,
                         const long long[:, :, :, ::1] indices,
                         floating[:, :, :, ::1] grad_x, int n_threads):
-    """See BACKEND_API.md. Overwrites ``grad_x``; returns how many indices lay outside
+    """See fastcnn._backend.Backend: overwrites ``grad_x``; returns how many indices lay outside
     [0, H*W) (skipped)."""
     cdef Py_ssize_t planes = grad_x.shape[0] * grad_x.shape[1], p, bad = 0
     cdef Py_ssize_t plane = grad_x.shape[2] * grad_x.shape[3]
@@ -282,7 +282,7 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] ou
                        Py_ssize_t stride_h, Py_ssize_t stride_w,
                        Py_ssize_t pad_h, Py_ssize_t pad_w,
                        bint count_include_pad, Py_ssize_t divisor_override, int n_threads):
-    """See BACKEND_API.md. Writes every element of ``out``."""
+    """See fastcnn._backend.Backend: writes every element of ``out``."""
     cdef Py_ssize_t planes = x.shape[0] * x.shape[1], p
     cdef Py_ssize_t h = x.shape[2], w = x.shape[3]
     cdef Py_ssize_t h_out = out.shape[2], w_out = out.shape[3]
@@ -301,7 +301,7 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out,
                         Py_ssize_t stride_h, Py_ssize_t stride_w,
                         Py_ssize_t pad_h, Py_ssize_t pad_w,
                         bint count_include_pad, Py_ssize_t divisor_override, int n_threads):
-    """See BACKEND_API.md. Overwrites ``grad_x``."""
+    """See fastcnn._backend.Backend: overwrites ``grad_x``."""
     cdef Py_ssize_t planes = grad_x.shape[0] * grad_x.shape[1], p
     cdef Py_ssize_t h = grad_x.shape[2], w = grad_x.shape[3]
     cdef Py_ssize_t h_out = grad_out.shape[2], w_out = grad_out.shape[3]
