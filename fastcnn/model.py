@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from fastcnn import saving, training
-from fastcnn._validation import check_int, check_sample_weight
+from fastcnn._validation import check_int, check_sample_weight, check_X, check_y
 from fastcnn.callbacks import History
 from fastcnn.layers import Layer
 from fastcnn.losses import (
@@ -500,8 +500,8 @@ class Sequential:
         optimizer = training.resolve_optimizer(optimizer, self.optimizer)
         loss = self._loss if loss is None else loss
         loss_fn = get_loss(loss)
-        x, out_shape = training.check_X(self, x, "x")
-        y = training.check_y(self, y, x.shape[0], out_shape, loss_fn is softmax_cross_entropy)
+        x, out_shape = check_X(self, x, "x")
+        y = check_y(self, y, x.shape[0], out_shape, loss_fn is softmax_cross_entropy)
         w = None if sample_weight is None else check_sample_weight(sample_weight, x.shape[0])
         self.optimizer, self._loss = optimizer, loss
         return training.train_step(self, optimizer, loss_fn, x, y, w)[0]
@@ -522,7 +522,7 @@ class Sequential:
         ndarray of shape ``(n_samples, *output_shape)``, the model dtype
         """
         batch_size = check_int(batch_size, "batch_size", 1)
-        X, out_shape = training.check_X(self, X, convert=False)
+        X, out_shape = check_X(self, X, convert=False)
         out = np.empty((X.shape[0], *out_shape), dtype=self.dtype)
         for sl, xb in self._batches(X, batch_size):
             out[sl] = self._forward(xb, False)
@@ -576,8 +576,8 @@ class Sequential:
         batch_size = check_int(batch_size, "batch_size", 1)
         loss_fn = get_loss(self._loss if loss is None else loss)
         classification = loss_fn is softmax_cross_entropy
-        X, out_shape = training.check_X(self, X, convert=False)
-        y = training.check_y(self, y, X.shape[0], out_shape, classification)
+        X, out_shape = check_X(self, X, convert=False)
+        y = check_y(self, y, X.shape[0], out_shape, classification)
         return training.evaluate(self, X, y, loss_fn, classification, batch_size)
 
     # -- architecture and persistence ---------------------------------------------------

@@ -3,12 +3,13 @@
 functional, the layers, the model and its training loop, the losses, the optimizers, the
 estimator and the plots use these. The modules split them by what they check: ``arrays``
 (arrays, dtypes, int pairs, output-size formulas), ``scalars`` (numbers, flags, ints,
-generators), ``ops`` (the arguments of each op) and ``estimator`` (``CNNClassifier``'s
-hyper-parameters); this package re-exports every name, so callers import from
-``fastcnn._validation`` alone. Each check
-returns the normalized value or raises TypeError/ValueError naming the argument, what
-was expected and what was received. Everything here runs once per call, before any
-kernel: a kernel only ever sees C-contiguous float32/float64 arrays and plain,
+generators), ``ops`` (the arguments of each op), ``data`` (the samples and targets given
+to a model) and ``estimator`` (``CNNClassifier``'s hyper-parameters). This package
+re-exports every name, so callers import from ``fastcnn._validation`` alone.
+
+Each check returns the normalized value or raises TypeError/ValueError naming the
+argument, what was expected and what was received. Everything here runs once per call,
+before any kernel: a kernel only ever sees C-contiguous float32/float64 arrays and plain,
 already-checked ints.
 """
 
@@ -32,6 +33,10 @@ from fastcnn._validation.arrays import (
     pool_output_size,
     same_dtype,
     short_repr,
+)
+from fastcnn._validation.data import (
+    check_X,
+    check_y,
 )
 from fastcnn._validation.estimator import (
     check_estimator_params,
@@ -79,6 +84,7 @@ __all__ = [
     "PoolArgs",
     "RngLike",
     "as_float_array",
+    "check_X",
     "check_batch_input",
     "check_bias",
     "check_bool",
@@ -105,6 +111,7 @@ __all__ = [
     "check_size",
     "check_state_arrays",
     "check_step_lists",
+    "check_y",
     "contiguous",
     "conv2d_output_hw",
     "conv_output_size",
