@@ -111,7 +111,8 @@ def lenet_data(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray
 
 def fastcnn_train_step(model, x, y) -> Callable[[], float]:
     """One SGD training step of ``model`` on ``(x, y)``, as a callable returning the loss."""
-    # Use Sequential.train_step once it exists: one public call for this whole step.
+    # The public pieces of Sequential.train_step without its per-batch data checks, so the
+    # step times the same work as PyTorch's loop below.
     from fastcnn.losses import softmax_cross_entropy
     from fastcnn.optim import SGD
 
