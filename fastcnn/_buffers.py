@@ -61,3 +61,10 @@ def empty_cache() -> None:
 def kept_bytes() -> int:
     """Bytes of freed output memory currently kept for reuse."""
     return 0 if _memory is None else _memory.kept_bytes()
+
+
+def fill_zero(*arrays: np.ndarray | None) -> None:
+    """Zero each array given (None skipped): the gradients of an empty batch."""
+    for array in arrays:
+        if array is not None:
+            array.fill(0)
