@@ -3,7 +3,7 @@
 Convolution, pooling, fully connected, activations, normalization, dropout, the loss and
 the optimizer steps.
 
-Each op validates its arguments once (:mod:`fastcnn._validation`), resolves defaults
+Each op validates its arguments once (``fastcnn._validation``), resolves defaults
 (``stride=None``, ``'same'`` padding, ``ceil_mode``), allocates its outputs and hands plain
 ints and C-contiguous arrays to the active backend (compiled Cython kernels or the numpy
 reference; see :func:`fastcnn.set_backend`). Layout is NCHW, weights are ``(C_out,

@@ -226,12 +226,12 @@ class WeightBias(Layer):
             self._add_param("bias", (weight_shape[0],))
         self.reset_parameters()
 
+    # The two properties are documented in each layer's Attributes section: a docstring
+    # here would make numpydoc link them to pages that do not exist.
     @property
-    def weight(self) -> np.ndarray:
-        """The weight parameter (the array in ``params``, updated in place)."""
+    def weight(self) -> np.ndarray:  # noqa: D102
         return self.params["weight"]
 
     @property
-    def bias(self) -> np.ndarray | None:
-        """The bias parameter, or None for a layer built with ``bias=False``."""
+    def bias(self) -> np.ndarray | None:  # noqa: D102
         return self.params.get("bias")
