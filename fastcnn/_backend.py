@@ -201,6 +201,38 @@ class Backend(Protocol):
         (another thread may write them): one outside [0, C) raises ValueError. grad (N, C)
         gets ``(softmax(logits) - one_hot(y)) / N``. A row with a NaN gives NaN.
         """
+    # GELU, SiLU and softmax
+    def gelu_forward(
+        self, x: np.ndarray, out: np.ndarray, approximate_tanh: bool, n_threads: int, /
+    ) -> None:
+        """Write ``x / 2 * (1 + erf(x / sqrt(2)))`` (1-D) into out.
+
+        With approximate_tanh: ``x / 2 * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))``.
+        """
+    def gelu_backward(
+        self, grad_out: np.ndarray, x: np.ndarray, grad_x: np.ndarray, approximate_tanh: bool,
+        n_threads: int, /,
+    ) -> None:
+        """Write ``grad_out * gelu'(x)`` into grad_x, x the forward's input."""
+    def silu_forward(self, x: np.ndarray, out: np.ndarray, n_threads: int, /) -> None:
+        """Write ``x * sigmoid(x)`` (1-D, the sigmoid as in sigmoid_forward) into out."""
+    def silu_backward(
+        self, grad_out: np.ndarray, x: np.ndarray, grad_x: np.ndarray, n_threads: int, /
+    ) -> None:
+        """Write ``grad_out * s * (1 + x * (1 - s))``, ``s = sigmoid(x)``, into grad_x."""
+    def softmax_forward(
+        self, x: np.ndarray, out: np.ndarray, log_out: bool, n_threads: int, /
+    ) -> None:
+        """Write the softmax of each row of x (M, C) into out; log-softmax with log_out.
+
+        ``s = x - max(row)``; ``out = exp(s) / sum(exp(s))`` or ``s - log(sum(exp(s)))``,
+        the sum accumulated in double. A NaN in a row makes the row NaN. M or C may be 0.
+        """
+    def softmax_backward(
+        self, grad_out: np.ndarray, y: np.ndarray, grad_x: np.ndarray, log_out: bool,
+        n_threads: int, /,
+    ) -> None:
+        """Write ``y * (g - sum(g * y))`` per row (log_out: ``g - exp(y) * sum(g)``)."""
     # fmt: on
 
 
@@ -287,6 +319,13 @@ def _import_compiled() -> tuple[Backend | None, str | None]:
         sgd_update = staticmethod(_optim.sgd_update)
         adam_update = staticmethod(_optim.adam_update)
         softmax_cross_entropy = staticmethod(_loss.softmax_cross_entropy)
+        # GELU, SiLU and softmax
+        gelu_forward = staticmethod(_elementwise.gelu_forward)
+        gelu_backward = staticmethod(_elementwise.gelu_backward)
+        silu_forward = staticmethod(_elementwise.silu_forward)
+        silu_backward = staticmethod(_elementwise.silu_backward)
+        softmax_forward = staticmethod(_elementwise.softmax_forward)
+        softmax_backward = staticmethod(_elementwise.softmax_backward)
 
     # mypy checks this assignment: a missing kernel or a signature that disagrees with
     # the Backend protocol (the stubs give the compiled signatures) is a type error.

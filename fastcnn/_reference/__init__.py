@@ -29,13 +29,19 @@ from fastcnn._reference.conv import (
     conv2d_backward,
     conv2d_forward,
 )
-from fastcnn._reference.elementwise import (
+from fastcnn._reference.elementwise import (  # GELU, SiLU and softmax
+    gelu_backward,
+    gelu_forward,
     leaky_relu_backward,
     leaky_relu_forward,
     relu_backward,
     relu_forward,
     sigmoid_backward,
     sigmoid_forward,
+    silu_backward,
+    silu_forward,
+    softmax_backward,
+    softmax_forward,
     tanh_backward,
     tanh_forward,
 )
@@ -83,4 +89,11 @@ __all__ = [
     "leaky_relu_backward",
     "batch_norm_forward",
     "batch_norm_backward",
+    # GELU, SiLU and softmax
+    "gelu_forward",
+    "gelu_backward",
+    "silu_forward",
+    "silu_backward",
+    "softmax_forward",
+    "softmax_backward",
 ]

@@ -61,3 +61,98 @@ def leaky_relu_backward(
     """``grad_x = grad_out where x > 0, else negative_slope * grad_out``."""
     slope = grad_out.dtype.type(negative_slope)
     np.copyto(grad_x, np.where(x > 0, grad_out, grad_out * slope))
+
+
+# ---------------------------------------------------------------------------------------
+# GELU and SiLU: the gradient takes the input x.
+
+_SQRT_HALF = 0.70710678118654752440
+_INV_SQRT_2PI = 0.39894228040143267794
+_SQRT_2_PI = 0.79788456080286535588
+_GELU_CUBIC = 0.044715
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    from scipy.special import erf  # imported on first use: keeps the backend's import light
+
+    result: np.ndarray = erf(x)
+    return result
+
+
+def _stable_sigmoid(x: np.ndarray) -> np.ndarray:
+    """``e / (1 + e)`` for x < 0, ``1 / (1 + e)`` else, ``e = exp(-|x|)``."""
+    e = np.exp(-np.abs(x))
+    result: np.ndarray = np.where(x < 0, e, 1) / (1 + e)
+    return result
+
+
+def _gelu_tanh_inner(x: np.ndarray) -> np.ndarray:
+    t = x.dtype.type
+    result: np.ndarray = np.tanh(t(_SQRT_2_PI) * (x + t(_GELU_CUBIC) * x * x * x))
+    return result
+
+
+def gelu_forward(x: np.ndarray, out: np.ndarray, approximate_tanh: bool, n_threads: int) -> None:
+    """``out = x * Phi(x)``, or ``x / 2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x**3)))``."""
+    half = x.dtype.type(0.5)
+    if approximate_tanh:
+        np.copyto(out, half * x * (1 + _gelu_tanh_inner(x)))
+    else:
+        np.copyto(out, half * x * (1 + _erf(x * x.dtype.type(_SQRT_HALF))))
+
+
+def gelu_backward(
+    grad_out: np.ndarray, x: np.ndarray, grad_x: np.ndarray, approximate_tanh: bool, n_threads: int
+) -> None:
+    """``grad_x = grad_out * (Phi(x) + x * phi(x))``, or the tanh form's derivative."""
+    t = x.dtype.type
+    if approximate_tanh:
+        th = _gelu_tanh_inner(x)
+        slope = t(_SQRT_2_PI) * (1 + 3 * t(_GELU_CUBIC) * x * x)
+        np.multiply(grad_out, t(0.5) * (1 + th) + t(0.5) * x * (1 - th * th) * slope, out=grad_x)
+    else:
+        cdf = t(0.5) * (1 + _erf(x * t(_SQRT_HALF)))
+        pdf = t(_INV_SQRT_2PI) * np.exp(t(-0.5) * x * x)
+        np.multiply(grad_out, cdf + x * pdf, out=grad_x)
+
+
+def silu_forward(x: np.ndarray, out: np.ndarray, n_threads: int) -> None:
+    """``out = x * sigmoid(x)``, the sigmoid computed without overflow."""
+    np.multiply(x, _stable_sigmoid(x), out=out)
+
+
+def silu_backward(grad_out: np.ndarray, x: np.ndarray, grad_x: np.ndarray, n_threads: int) -> None:
+    """``grad_x = grad_out * s * (1 + x * (1 - s))`` with ``s = sigmoid(x)``."""
+    s = _stable_sigmoid(x)
+    np.multiply(grad_out, s * (1 + x * (1 - s)), out=grad_x)
+
+
+# ---------------------------------------------------------------------------------------
+# Softmax and log-softmax over the rows of an (M, C) array.
+
+
+def softmax_forward(x: np.ndarray, out: np.ndarray, log_out: bool, n_threads: int) -> None:
+    """Row softmax (log-softmax) of ``x``, the row maximum subtracted first."""
+    if x.size == 0:
+        return
+    shifted = x - x.max(axis=1, keepdims=True)  # a NaN in a row makes the whole row NaN
+    e = np.exp(shifted)
+    total = e.sum(axis=1, keepdims=True, dtype=np.float64)
+    if log_out:
+        np.subtract(shifted, np.log(total).astype(x.dtype), out=out)
+    else:
+        np.multiply(e, (1.0 / total).astype(x.dtype), out=out)
+
+
+def softmax_backward(
+    grad_out: np.ndarray, y: np.ndarray, grad_x: np.ndarray, log_out: bool, n_threads: int
+) -> None:
+    """``y * (g - sum(g * y))`` per row, or ``g - exp(y) * sum(g)`` for the log-softmax."""
+    if y.size == 0:
+        return
+    if log_out:
+        total = grad_out.sum(axis=1, keepdims=True, dtype=np.float64).astype(y.dtype)
+        np.subtract(grad_out, np.exp(y) * total, out=grad_x)
+    else:
+        dot = (grad_out.astype(np.float64) * y).sum(axis=1, keepdims=True).astype(y.dtype)
+        np.multiply(y, grad_out - dot, out=grad_x)

@@ -22,13 +22,21 @@ from __future__ import annotations
 
 from fastcnn._validation import IntPair as IntPair
 from fastcnn._validation import RngLike as RngLike
-from fastcnn.functional.activation import (
+from fastcnn.functional.activation import (  # GELU, SiLU and softmax
+    gelu,
+    gelu_backward,
     leaky_relu,
     leaky_relu_backward,
+    log_softmax,
+    log_softmax_backward,
     relu,
     relu_backward,
     sigmoid,
     sigmoid_backward,
+    silu,
+    silu_backward,
+    softmax,
+    softmax_backward,
     tanh,
     tanh_backward,
 )
@@ -80,4 +88,13 @@ __all__ = [
     "softmax_cross_entropy",
     "tanh",
     "tanh_backward",
+    # GELU, SiLU and softmax
+    "gelu",
+    "gelu_backward",
+    "log_softmax",
+    "log_softmax_backward",
+    "silu",
+    "silu_backward",
+    "softmax",
+    "softmax_backward",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,6 +15,7 @@ from fastcnn._validation import (
     contiguous,
     same_dtype,
 )
+from fastcnn._validation.ops import check_axis, check_gelu_approximate, check_same_shape
 
 # Annotations only: the API pages then show these names as written.
 if TYPE_CHECKING:
@@ -206,3 +208,232 @@ def leaky_relu_backward(
         _threads.get_num_threads(),
     )  # fmt: skip
     return grad_x
+
+
+# ---------------------------------------------------------------------------------------
+# GELU and SiLU: the gradient takes the input x.
+
+
+def _from_input(kernel: str, x: ArrayLike, *extra: bool) -> np.ndarray:
+    x = as_float_array(x, "x")
+    out = _buffers.empty(x.shape, dtype=x.dtype)
+    getattr(_backend.current(), kernel)(
+        contiguous(x).reshape(-1), out.reshape(-1), *extra, _threads.get_num_threads()
+    )
+    return out
+
+
+def _from_input_backward(
+    kernel: str, grad_out: ArrayLike, x: ArrayLike, *extra: bool
+) -> np.ndarray:
+    x = as_float_array(x, "x")
+    grad_out = check_same_shape(grad_out, x, "x")
+    grad_x = _buffers.empty(x.shape, dtype=x.dtype)
+    getattr(_backend.current(), kernel)(
+        contiguous(grad_out).reshape(-1), contiguous(x).reshape(-1), grad_x.reshape(-1), *extra,
+        _threads.get_num_threads(),
+    )  # fmt: skip
+    return grad_x
+
+
+def gelu(x: np.ndarray, approximate: str = "none") -> np.ndarray:
+    """Gaussian error linear unit, ``x * Phi(x)`` element-wise (PyTorch's ``gelu``).
+
+    ``Phi`` is the standard normal CDF, ``(1 + erf(x / sqrt(2))) / 2``. With
+    ``approximate='tanh'``: ``x / 2 * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))``.
+    NaN propagates.
+
+    Parameters
+    ----------
+    x : ndarray of any shape, float32 or float64
+    approximate : {'none', 'tanh'}, default 'none'
+
+    Returns
+    -------
+    y : ndarray of the shape and dtype of x
+
+    Shapes
+    ------
+    Any shape; the output has the input's.
+    """
+    return _from_input("gelu_forward", x, check_gelu_approximate(approximate))
+
+
+def gelu_backward(grad_out: np.ndarray, x: np.ndarray, approximate: str = "none") -> np.ndarray:
+    """Gradient of :func:`gelu` from its input ``x``.
+
+    ``grad_out * (Phi(x) + x * phi(x))`` (``phi`` the normal density), or the derivative
+    of the tanh form with ``approximate='tanh'``.
+
+    Parameters
+    ----------
+    grad_out : ndarray, the shape and dtype of x
+    x : ndarray, the input of :func:`gelu`
+    approximate : {'none', 'tanh'}, default 'none'
+        As given to :func:`gelu`.
+
+    Returns
+    -------
+    grad_x : ndarray of the shape and dtype of x
+    """
+    tanh_form = check_gelu_approximate(approximate)
+    return _from_input_backward("gelu_backward", grad_out, x, tanh_form)
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    """Sigmoid linear unit (swish), ``x * sigmoid(x)`` element-wise (PyTorch's ``silu``).
+
+    The sigmoid is computed as in :func:`sigmoid`, so nothing overflows. NaN propagates.
+
+    Parameters
+    ----------
+    x : ndarray of any shape, float32 or float64
+
+    Returns
+    -------
+    y : ndarray of the shape and dtype of x
+
+    Shapes
+    ------
+    Any shape; the output has the input's.
+    """
+    return _from_input("silu_forward", x)
+
+
+def silu_backward(grad_out: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Gradient of :func:`silu` from its input: ``grad_out * s * (1 + x * (1 - s))``.
+
+    ``s = sigmoid(x)``.
+
+    Parameters
+    ----------
+    grad_out : ndarray, the shape and dtype of x
+    x : ndarray, the input of :func:`silu`
+
+    Returns
+    -------
+    grad_x : ndarray of the shape and dtype of x
+    """
+    return _from_input_backward("silu_backward", grad_out, x)
+
+
+# ---------------------------------------------------------------------------------------
+# Softmax and log-softmax along one axis. The backends work on the rows of an (M, C)
+# array: any other axis is moved last (a transposed copy) and moved back after.
+
+
+def _rows(a: np.ndarray, axis: int) -> np.ndarray:
+    """Return ``a`` with ``axis`` moved last, as a C-contiguous (M, C) array."""
+    moved = np.moveaxis(a, axis, -1)
+    return contiguous(moved).reshape(math.prod(moved.shape[:-1]), a.shape[axis])
+
+
+def _unrows(rows: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
+    """Undo :func:`_rows`: return an array of ``shape``, C-contiguous."""
+    moved = rows.reshape(*shape[:axis], *shape[axis + 1 :], shape[axis])
+    return np.ascontiguousarray(np.moveaxis(moved, -1, axis))
+
+
+def _softmax(x: ArrayLike, axis: int, log_out: bool) -> np.ndarray:
+    x = as_float_array(x, "x")
+    axis = check_axis(axis, x.ndim)
+    rows = _rows(x, axis)
+    out = _buffers.empty(rows.shape, dtype=x.dtype)
+    _backend.current().softmax_forward(rows, out, log_out, _threads.get_num_threads())
+    return _unrows(out, x.shape, axis)
+
+
+def _softmax_backward(grad_out: ArrayLike, y: ArrayLike, axis: int, log_out: bool) -> np.ndarray:
+    y = as_float_array(y, "y")
+    axis = check_axis(axis, y.ndim)
+    grad_out = check_same_shape(grad_out, y, "y")
+    y_rows = _rows(y, axis)
+    grad_x = _buffers.empty(y_rows.shape, dtype=y.dtype)
+    _backend.current().softmax_backward(
+        _rows(grad_out, axis), y_rows, grad_x, log_out, _threads.get_num_threads()
+    )
+    return _unrows(grad_x, y.shape, axis)
+
+
+def softmax(x: np.ndarray, axis: int = 1) -> np.ndarray:
+    """Softmax along ``axis``: ``exp(x) / sum(exp(x))`` (PyTorch's ``softmax(x, dim=axis)``).
+
+    Numerically stable: the maximum along the axis is subtracted before ``exp``, so any
+    finite input gives no overflow, and the sums are accumulated in float64. A NaN makes
+    its whole slice NaN; a slice of only ``-inf`` gives NaN, as in PyTorch.
+
+    Parameters
+    ----------
+    x : ndarray of at least 1 dimension, float32 or float64
+    axis : int, default 1
+        The class axis (channels of an (N, C, H, W) batch); negative counts from the end.
+
+    Returns
+    -------
+    y : ndarray of the shape and dtype of x, summing to 1 along ``axis``
+
+    Shapes
+    ------
+    Any shape, e.g. (N, C) or (N, C, H, W); the output has the input's. The compiled
+    kernel works along the last axis: another axis costs a transposed copy each way.
+    """
+    return _softmax(x, axis, False)
+
+
+def softmax_backward(grad_out: np.ndarray, y: np.ndarray, axis: int = 1) -> np.ndarray:
+    """Gradient of :func:`softmax` from its output: ``y * (grad_out - sum(grad_out * y))``.
+
+    The sum runs along ``axis``.
+
+    Parameters
+    ----------
+    grad_out : ndarray, the shape and dtype of y
+    y : ndarray, the output of :func:`softmax`
+    axis : int, default 1
+        As given to :func:`softmax`.
+
+    Returns
+    -------
+    grad_x : ndarray of the shape and dtype of y
+    """
+    return _softmax_backward(grad_out, y, axis, False)
+
+
+def log_softmax(x: np.ndarray, axis: int = 1) -> np.ndarray:
+    """``log(softmax(x))`` along ``axis``, as ``x - max - log(sum(exp(x - max)))``.
+
+    PyTorch's ``log_softmax(x, dim=axis)``; stable for any finite input.
+
+    Parameters
+    ----------
+    x : ndarray of at least 1 dimension, float32 or float64
+    axis : int, default 1
+
+    Returns
+    -------
+    y : ndarray of the shape and dtype of x
+
+    Shapes
+    ------
+    Any shape; the output has the input's.
+    """
+    return _softmax(x, axis, True)
+
+
+def log_softmax_backward(grad_out: np.ndarray, y: np.ndarray, axis: int = 1) -> np.ndarray:
+    """Gradient of :func:`log_softmax` from its output: ``grad_out - exp(y) * sum(grad_out)``.
+
+    The sum runs along ``axis``.
+
+    Parameters
+    ----------
+    grad_out : ndarray, the shape and dtype of y
+    y : ndarray, the output of :func:`log_softmax`
+    axis : int, default 1
+        As given to :func:`log_softmax`.
+
+    Returns
+    -------
+    grad_x : ndarray of the shape and dtype of y
+    """
+    return _softmax_backward(grad_out, y, axis, True)
