@@ -23,11 +23,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fastcnn.layers.activation import LeakyReLU, ReLU, Sigmoid, Tanh
+from fastcnn.layers.activation import GELU, LeakyReLU, ReLU, Sigmoid, SiLU, Softmax, Tanh
 from fastcnn.layers.base import Layer
 from fastcnn.layers.conv import Conv2D
 from fastcnn.layers.dense import Dense
-from fastcnn.layers.normalization import BatchNorm2D
+from fastcnn.layers.normalization import BatchNorm1D, BatchNorm2D
 from fastcnn.layers.pooling import AvgPool2D, MaxPool2D
 from fastcnn.layers.regularization import Dropout
 from fastcnn.layers.reshaping import Flatten
@@ -51,6 +51,11 @@ __all__ = [
     "Tanh",
     "layer_from_config",
     "register_layer",
+    # GELU, SiLU, softmax and BatchNorm1D
+    "BatchNorm1D",
+    "GELU",
+    "SiLU",
+    "Softmax",
 ]
 
 # The classes show (repr, pickle, the API pages) under the name users import them by.
@@ -67,6 +72,11 @@ for _cls in (
     ReLU,
     Sigmoid,
     Tanh,
+    # GELU, SiLU, softmax and BatchNorm1D
+    BatchNorm1D,
+    GELU,
+    SiLU,
+    Softmax,
 ):
     _cls.__module__ = __name__
 del _cls

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fastcnn.layers import (
+from fastcnn.layers import (  # GELU, SiLU, softmax and BatchNorm1D
+    GELU,
     AvgPool2D,
+    BatchNorm1D,
     BatchNorm2D,
     Conv2D,
     Dense,
@@ -21,6 +23,8 @@ from fastcnn.layers import (
     MaxPool2D,
     ReLU,
     Sigmoid,
+    SiLU,
+    Softmax,
     Tanh,
 )
 
@@ -52,6 +56,11 @@ LAYER_REGISTRY: dict[str, type[Layer]] = {
         Sigmoid,
         Flatten,
         Dropout,
+        # GELU, SiLU, softmax and BatchNorm1D
+        BatchNorm1D,
+        GELU,
+        SiLU,
+        Softmax,
     )  # fmt: skip
 }
 
