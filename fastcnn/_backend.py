@@ -207,7 +207,8 @@ class Backend(Protocol):
     ) -> None:
         """Write ``x / 2 * (1 + erf(x / sqrt(2)))`` (1-D) into out.
 
-        With approximate_tanh: ``x / 2 * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))``.
+        With approximate_tanh: ``x / 2 * (1 + tanh(z))``, ``z = sqrt(2 / pi) * (x + 0.044715
+        * x**3)``, computed as ``x * sigmoid(2 z)`` (no cancellation for negative x).
         """
     def gelu_backward(
         self, grad_out: np.ndarray, x: np.ndarray, grad_x: np.ndarray, approximate_tanh: bool,

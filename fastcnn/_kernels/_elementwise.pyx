@@ -10,7 +10,9 @@ As in ``_activation.pyx``: flat, C-contiguous buffers (the caller passes
 ``MIN_PARALLEL`` elements unless the team is still awake (``_openmp.team_size``). The
 gradients take the forward's *input* ``x`` (GELU's and SiLU's outputs do not give it
 back). Formulas are the numpy backend's, evaluated in the arrays' dtype with libm's float
-or double functions (``erff``/``erf``, ``expf``/``exp``, ``tanhf``/``tanh``).
+or double functions (``erff``/``erf``, ``expf``/``exp``). GELU's tanh form is computed
+as ``x * sigmoid(2 z)``, equal to ``x / 2 * (1 + tanh(z))`` but without its cancellation
+for negative x.
 
 Leaky ReLU: the slope is rounded to the array's dtype first, as numpy rounds a Python
 float, so both backends give the same bits. NaN fails ``x > 0``: it takes the slope
@@ -25,7 +27,7 @@ in a row makes the whole row NaN, as numpy's ``max`` does.
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport erf, erff, exp, expf, log, tanh, tanhf
+from libc.math cimport erf, erff, exp, expf, log
 
 from fastcnn._kernels._openmp cimport team_released, team_size
 
@@ -99,13 +101,6 @@ cdef inline floating exp_t(floating v) noexcept nogil:
         return exp(v)
 
 
-cdef inline floating tanh_t(floating v) noexcept nogil:
-    if floating is float:
-        return tanhf(v)
-    else:
-        return tanh(v)
-
-
 cdef inline floating sigmoid_t(floating v) noexcept nogil:
     cdef floating e = exp_t(-v if v >= 0 else v)
     return e / (1 + e) if v < 0 else 1 / (1 + e)
@@ -121,7 +116,8 @@ cdef void unary_block(Op op, const floating* x, floating* y, Py_ssize_t n) noexc
         if op == GELU:
             y[i] = (<floating> 0.5) * v * (1 + erf_t(v * c_half))
         elif op == GELU_TANH:
-            y[i] = (<floating> 0.5) * v * (1 + tanh_t(c_pi * (v + c_cubic * v * v * v)))
+            # (1 + tanh(z)) / 2 = sigmoid(2 z): no cancellation where tanh(z) is near -1.
+            y[i] = v * sigmoid_t(2 * c_pi * (v + c_cubic * v * v * v))
         else:
             y[i] = v * sigmoid_t(v)
 
@@ -139,9 +135,9 @@ cdef void unary_grad_block(Op op, const floating* g, const floating* x, floating
             t = (<floating> 0.5) * (1 + erf_t(v * c_half))
             gx[i] = g[i] * (t + v * c_pdf * exp_t((<floating> -0.5) * v * v))
         elif op == GELU_TANH:
-            t = tanh_t(c_pi * (v + c_cubic * v * v * v))
-            gx[i] = g[i] * ((<floating> 0.5) * (1 + t) + (<floating> 0.5) * v * (1 - t * t)
-                            * c_pi * (1 + 3 * c_cubic * v * v))
+            # s + x * 2 s (1 - s) * dz/dx, s = sigmoid(2 z) = (1 + tanh(z)) / 2
+            s = sigmoid_t(2 * c_pi * (v + c_cubic * v * v * v))
+            gx[i] = g[i] * (s + 2 * v * s * (1 - s) * c_pi * (1 + 3 * c_cubic * v * v))
         else:
             # s * (1 + x * (1 - s))
             s = sigmoid_t(v)

@@ -86,19 +86,18 @@ def _stable_sigmoid(x: np.ndarray) -> np.ndarray:
     return result
 
 
-def _gelu_tanh_inner(x: np.ndarray) -> np.ndarray:
+def _gelu_tanh_gate(x: np.ndarray) -> np.ndarray:
+    """``(1 + tanh(z)) / 2`` as ``sigmoid(2 z)``: no cancellation where tanh(z) is near -1."""
     t = x.dtype.type
-    result: np.ndarray = np.tanh(t(_SQRT_2_PI) * (x + t(_GELU_CUBIC) * x * x * x))
-    return result
+    return _stable_sigmoid(t(2 * _SQRT_2_PI) * (x + t(_GELU_CUBIC) * x * x * x))
 
 
 def gelu_forward(x: np.ndarray, out: np.ndarray, approximate_tanh: bool, n_threads: int) -> None:
     """``out = x * Phi(x)``, or ``x / 2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x**3)))``."""
-    half = x.dtype.type(0.5)
     if approximate_tanh:
-        np.copyto(out, half * x * (1 + _gelu_tanh_inner(x)))
+        np.multiply(x, _gelu_tanh_gate(x), out=out)
     else:
-        np.copyto(out, half * x * (1 + _erf(x * x.dtype.type(_SQRT_HALF))))
+        np.copyto(out, x.dtype.type(0.5) * x * (1 + _erf(x * x.dtype.type(_SQRT_HALF))))
 
 
 def gelu_backward(
@@ -107,9 +106,9 @@ def gelu_backward(
     """``grad_x = grad_out * (Phi(x) + x * phi(x))``, or the tanh form's derivative."""
     t = x.dtype.type
     if approximate_tanh:
-        th = _gelu_tanh_inner(x)
+        s = _gelu_tanh_gate(x)
         slope = t(_SQRT_2_PI) * (1 + 3 * t(_GELU_CUBIC) * x * x)
-        np.multiply(grad_out, t(0.5) * (1 + th) + t(0.5) * x * (1 - th * th) * slope, out=grad_x)
+        np.multiply(grad_out, s + 2 * x * s * (1 - s) * slope, out=grad_x)
     else:
         cdf = t(0.5) * (1 + _erf(x * t(_SQRT_HALF)))
         pdf = t(_INV_SQRT_2PI) * np.exp(t(-0.5) * x * x)
