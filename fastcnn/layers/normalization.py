@@ -201,9 +201,11 @@ class BatchNorm1D(_BatchNorm):
 
     def _output_shape(self, shape: Shape, received: Shape, batched: bool) -> Shape:
         if len(shape) not in (1, 2) or shape[0] != self.num_features:
-            raise self._shape_error(
-                f"({self.num_features},) or ({self.num_features}, L)", received, batched
+            n = "N, " if batched else ""
+            expected = (
+                f"({n}{self.num_features}{'' if batched else ','}) or ({n}{self.num_features}, L)"
             )
+            raise ValueError(f"{self!r} expected input of shape {expected}, got {tuple(received)}")
         return shape
 
     def get_config(self) -> dict[str, Any]:
