@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 import fastcnn.functional as F
-from fastcnn._validation import check_sample_weight
+from fastcnn._validation import FLOAT_DTYPES, check_sample_weight
 
 # model.py and estimator.py import this name; it lives in _validation now.
 
@@ -28,8 +28,13 @@ LossFunction = Callable[..., tuple[float, np.ndarray]]
 
 
 def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
-    """``log(softmax(logits))`` computed stably (log-sum-exp with the max subtracted)."""
+    """``log(softmax(logits))`` computed stably (log-sum-exp with the max subtracted).
+
+    Float32 and float64 logits go through :func:`fastcnn.functional.log_softmax`.
+    """
     logits = np.asarray(logits)
+    if logits.dtype in FLOAT_DTYPES and logits.ndim:
+        return F.log_softmax(logits, axis)
     shifted: np.ndarray = logits - logits.max(axis=axis, keepdims=True)
     shifted -= np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
     return shifted
@@ -49,6 +54,8 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     probabilities : ndarray of the shape and dtype of ``logits``, summing to 1 along ``axis``.
     """
     logits = np.asarray(logits)
+    if logits.dtype in FLOAT_DTYPES and logits.ndim:
+        return F.softmax(logits, axis)  # the op, compiled where the backend is
     # exp of (logits - max) is in (0, 1]: nothing overflows, and the max term is exactly 1.
     e: np.ndarray = np.exp(logits - logits.max(axis=axis, keepdims=True))
     e /= e.sum(axis=axis, keepdims=True)
