@@ -205,7 +205,7 @@ class Backend(Protocol):
     def gelu_forward(
         self, x: np.ndarray, out: np.ndarray, approximate_tanh: bool, n_threads: int, /
     ) -> None:
-        """Write ``x / 2 * (1 + erf(x / sqrt(2)))`` (1-D) into out.
+        """Write ``x / 2 * (1 + erf(x / sqrt(2)))``, as ``x / 2 * erfc(-x / sqrt(2))``, into out.
 
         With approximate_tanh: ``x / 2 * (1 + tanh(z))``, ``z = sqrt(2 / pi) * (x + 0.044715
         * x**3)``, computed as ``x * sigmoid(2 z)`` (no cancellation for negative x).

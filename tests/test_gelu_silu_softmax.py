@@ -364,3 +364,20 @@ def test_layers_in_a_model_gradient_check(backend, rng):
     model.backward(w)
     expected_w = numerical_grad(lambda: float(np.sum(model.forward(x, training=True) * w)), weight)
     np.testing.assert_allclose(grad_weight, expected_w, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_keeps_its_relative_precision_for_negative_inputs(backend, dtype, approximate):
+    # Where 1 + erf (1 + tanh) cancels, the output is tiny but still exact to a few ulp.
+    from scipy.special import erfc, expit
+
+    x = -np.linspace(2.0, 9.0, 57).astype(dtype)
+    x64 = x.astype(np.float64)
+    if approximate == "none":
+        exact = x64 * 0.5 * erfc(-x64 / np.sqrt(2))
+    else:
+        exact = x64 * expit(2 * np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64**3))
+    y = F.gelu(x, approximate)
+    assert np.all(y < 0)
+    # float32: rounding x / sqrt(2) costs up to ~2 z**2 ulp of relative error in erfc(z).
+    np.testing.assert_allclose(y, exact, rtol=2e-5 if dtype == np.float32 else 1e-12, atol=0)

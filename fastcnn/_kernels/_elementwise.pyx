@@ -10,9 +10,10 @@ As in ``_activation.pyx``: flat, C-contiguous buffers (the caller passes
 ``MIN_PARALLEL`` elements unless the team is still awake (``_openmp.team_size``). The
 gradients take the forward's *input* ``x`` (GELU's and SiLU's outputs do not give it
 back). Formulas are the numpy backend's, evaluated in the arrays' dtype with libm's float
-or double functions (``erff``/``erf``, ``expf``/``exp``). GELU's tanh form is computed
-as ``x * sigmoid(2 z)``, equal to ``x / 2 * (1 + tanh(z))`` but without its cancellation
-for negative x.
+or double functions (``erfcf``/``erfc``, ``expf``/``exp``). Both GELUs avoid the
+cancellation of ``1 + erf`` and ``1 + tanh`` for negative x: the normal CDF is
+``erfc(-x / sqrt(2)) / 2`` and the tanh form ``x * sigmoid(2 z)``, equal to
+``x / 2 * (1 + tanh(z))``.
 
 Leaky ReLU: the slope is rounded to the array's dtype first, as numpy rounds a Python
 float, so both backends give the same bits. NaN fails ``x > 0``: it takes the slope
@@ -27,7 +28,7 @@ in a row makes the whole row NaN, as numpy's ``max`` does.
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport erf, erff, exp, expf, log
+from libc.math cimport erfc, erfcf, exp, expf, log
 
 from fastcnn._kernels._openmp cimport team_released, team_size
 
@@ -87,11 +88,11 @@ cdef double SQRT_2_PI = 0.79788456080286535588
 cdef double GELU_CUBIC = 0.044715
 
 
-cdef inline floating erf_t(floating v) noexcept nogil:
+cdef inline floating erfc_t(floating v) noexcept nogil:
     if floating is float:
-        return erff(v)
+        return erfcf(v)
     else:
-        return erf(v)
+        return erfc(v)
 
 
 cdef inline floating exp_t(floating v) noexcept nogil:
@@ -114,7 +115,8 @@ cdef void unary_block(Op op, const floating* x, floating* y, Py_ssize_t n) noexc
     for i in range(n):
         v = x[i]
         if op == GELU:
-            y[i] = (<floating> 0.5) * v * (1 + erf_t(v * c_half))
+            # Phi(x) = erfc(-x / sqrt(2)) / 2: no cancellation, unlike (1 + erf) / 2, for x < 0.
+            y[i] = (<floating> 0.5) * v * erfc_t(-v * c_half)
         elif op == GELU_TANH:
             # (1 + tanh(z)) / 2 = sigmoid(2 z): no cancellation where tanh(z) is near -1.
             y[i] = v * sigmoid_t(2 * c_pi * (v + c_cubic * v * v * v))
@@ -132,7 +134,7 @@ cdef void unary_grad_block(Op op, const floating* g, const floating* x, floating
         v = x[i]
         if op == GELU:
             # Phi(x) + x * phi(x)
-            t = (<floating> 0.5) * (1 + erf_t(v * c_half))
+            t = (<floating> 0.5) * erfc_t(-v * c_half)
             gx[i] = g[i] * (t + v * c_pdf * exp_t((<floating> -0.5) * v * v))
         elif op == GELU_TANH:
             # s + x * 2 s (1 - s) * dz/dx, s = sigmoid(2 z) = (1 + tanh(z)) / 2

@@ -72,10 +72,12 @@ _SQRT_2_PI = 0.79788456080286535588
 _GELU_CUBIC = 0.044715
 
 
-def _erf(x: np.ndarray) -> np.ndarray:
-    from scipy.special import erf  # imported on first use: keeps the backend's import light
+def _normal_cdf(x: np.ndarray) -> np.ndarray:
+    """``erfc(-x / sqrt(2)) / 2``: unlike ``(1 + erf) / 2``, no cancellation for x < 0."""
+    from scipy.special import erfc  # imported on first use: keeps the backend's import light
 
-    result: np.ndarray = erf(x)
+    t = x.dtype.type
+    result: np.ndarray = t(0.5) * erfc(-x * t(_SQRT_HALF))
     return result
 
 
@@ -97,7 +99,7 @@ def gelu_forward(x: np.ndarray, out: np.ndarray, approximate_tanh: bool, n_threa
     if approximate_tanh:
         np.multiply(x, _gelu_tanh_gate(x), out=out)
     else:
-        np.copyto(out, x.dtype.type(0.5) * x * (1 + _erf(x * x.dtype.type(_SQRT_HALF))))
+        np.multiply(x, _normal_cdf(x), out=out)
 
 
 def gelu_backward(
@@ -110,7 +112,7 @@ def gelu_backward(
         slope = t(_SQRT_2_PI) * (1 + 3 * t(_GELU_CUBIC) * x * x)
         np.multiply(grad_out, s + 2 * x * s * (1 - s) * slope, out=grad_x)
     else:
-        cdf = t(0.5) * (1 + _erf(x * t(_SQRT_HALF)))
+        cdf = _normal_cdf(x)
         pdf = t(_INV_SQRT_2PI) * np.exp(t(-0.5) * x * x)
         np.multiply(grad_out, cdf + x * pdf, out=grad_x)
 

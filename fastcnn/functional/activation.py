@@ -239,7 +239,8 @@ def _from_input_backward(
 def gelu(x: np.ndarray, approximate: str = "none") -> np.ndarray:
     """Gaussian error linear unit, ``x * Phi(x)`` element-wise (PyTorch's ``gelu``).
 
-    ``Phi`` is the standard normal CDF, ``(1 + erf(x / sqrt(2))) / 2``. With
+    ``Phi`` is the standard normal CDF, ``(1 + erf(x / sqrt(2))) / 2``, evaluated as
+    ``erfc(-x / sqrt(2)) / 2`` so that it keeps its relative precision for x < 0. With
     ``approximate='tanh'``: ``x / 2 * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))``,
     evaluated as the equal ``x * sigmoid(2 * sqrt(2 / pi) * (...))``, which keeps its
     relative precision for negative x where ``1 + tanh`` cancels. NaN propagates, and
