@@ -79,9 +79,18 @@ def test_golden_model_loads_its_architecture_and_weights_bit_for_bit(name):
     assert model.dtype == np.dtype(np.float32 if name == "f32" else np.float64)
 
 
-def test_golden_f32_model_holds_every_registered_layer_class():
+# The layer classes of format 1 when the golden files were written (b7fbf2c). Layers added
+# since are checked by their own save/load round trips; these must keep loading as they were.
+FORMAT_1_LAYERS = {
+    "AvgPool2D", "BatchNorm2D", "Conv2D", "Dense", "Dropout", "Flatten", "LeakyReLU",
+    "MaxPool2D", "ReLU", "Sigmoid", "Tanh",
+}  # fmt: skip
+
+
+def test_golden_f32_model_holds_every_layer_class_of_its_format():
     model = fastcnn.load(os.path.join(DATA, MODELS["f32"]))
-    assert {type(layer).__name__ for layer in model} == set(fastcnn.layers.LAYER_REGISTRY)
+    assert {type(layer).__name__ for layer in model} == FORMAT_1_LAYERS
+    assert FORMAT_1_LAYERS <= set(fastcnn.layers.LAYER_REGISTRY)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
