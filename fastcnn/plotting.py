@@ -308,11 +308,12 @@ def _one_image(image: ArrayLike) -> np.ndarray:
 
 def _end_of_first_block(model: Sequential) -> int:
     """Find the end of the first conv block: a Conv2D and the norm/dropout/activations after it."""
-    from fastcnn.layers import BatchNorm2D, Dropout, LeakyReLU, ReLU, Sigmoid, Tanh
+    from fastcnn.layers import GELU, BatchNorm2D, Dropout, LeakyReLU, ReLU, Sigmoid, SiLU, Tanh
 
+    block = (BatchNorm2D, Dropout, ReLU, LeakyReLU, Tanh, Sigmoid, GELU, SiLU)
     index = _first_conv(model)
     for following in model.layers[index + 1 :]:
-        if not isinstance(following, BatchNorm2D | Dropout | ReLU | LeakyReLU | Tanh | Sigmoid):
+        if not isinstance(following, block):
             break
         index += 1
     return index
