@@ -60,6 +60,13 @@ from fastcnn._reference.pooling import (
     max_pool2d_backward,
     max_pool2d_forward,
 )
+from fastcnn._reference.resample import (
+    adaptive_avg_pool2d_backward,
+    adaptive_avg_pool2d_forward,
+    adaptive_max_pool2d_forward,
+    interpolate_backward,
+    interpolate_forward,
+)
 
 __all__ = [
     "conv2d_forward",
@@ -83,4 +90,9 @@ __all__ = [
     "leaky_relu_backward",
     "batch_norm_forward",
     "batch_norm_backward",
+    "adaptive_avg_pool2d_forward",
+    "adaptive_avg_pool2d_backward",
+    "adaptive_max_pool2d_forward",
+    "interpolate_forward",
+    "interpolate_backward",
 ]

@@ -46,6 +46,14 @@ from fastcnn.functional.pooling import (
     max_pool2d,
     max_pool2d_backward,
 )
+from fastcnn.functional.resample import (
+    adaptive_avg_pool2d,
+    adaptive_avg_pool2d_backward,
+    adaptive_max_pool2d,
+    adaptive_max_pool2d_backward,
+    interpolate,
+    interpolate_backward,
+)
 from fastcnn.functional.training import (
     adam_step,
     batch_norm,
@@ -80,4 +88,11 @@ __all__ = [
     "softmax_cross_entropy",
     "tanh",
     "tanh_backward",
+    # resampling: adaptive pooling and interpolation
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool2d_backward",
+    "adaptive_max_pool2d",
+    "adaptive_max_pool2d_backward",
+    "interpolate",
+    "interpolate_backward",
 ]
