@@ -13,6 +13,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 import fastcnn
 import fastcnn.functional as F
+from fastcnn import layers as L
 
 torch = pytest.importorskip("torch")
 TF = torch.nn.functional
@@ -329,3 +330,103 @@ def test_ops_return_new_arrays_and_keep_empty_batches():
     assert F.interpolate_backward(g, x.shape, scale_factor=2).shape == x.shape
     x = np.ones((1, 1, 2, 2))
     assert F.interpolate(x, size=(2, 2)) is not x
+
+
+# ---------------------------------------------------------------------------------------
+# Layers
+
+
+def _layers():
+    return [
+        L.GlobalAvgPool2D(),
+        L.GlobalMaxPool2D(),
+        L.AdaptiveAvgPool2D((3, None)),
+        L.AdaptiveMaxPool2D(2),
+        L.Upsample2D(),
+        L.Upsample2D(size=(4, 9), mode="bilinear"),
+        L.Upsample2D(1.5, mode="bilinear", align_corners=True),
+    ]
+
+
+def _torch_layer(layer):
+    nn = torch.nn
+    if isinstance(layer, L.GlobalAvgPool2D):
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    if isinstance(layer, L.GlobalMaxPool2D):
+        return nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten())
+    if isinstance(layer, L.AdaptiveAvgPool2D):
+        return nn.AdaptiveAvgPool2d(layer.output_size)
+    if isinstance(layer, L.AdaptiveMaxPool2D):
+        return nn.AdaptiveMaxPool2d(layer.output_size)
+    corners = layer.align_corners if layer.mode == "bilinear" else None
+    return nn.Upsample(layer.size, layer.scale_factor, layer.mode, corners)
+
+
+@pytest.mark.parametrize("layer", _layers(), ids=repr)
+def test_layers_match_torch_modules(backend, dtype, rng, layer):
+    x = rng.standard_normal((2, 3, 5, 7)).astype(dtype)
+    y = layer.forward(x, training=True)
+    assert y.shape == (2, *layer.output_shape((3, 5, 7)))
+    tx = t(x, grad=True)
+    ty = _torch_layer(layer)(tx)
+    assert_allclose(y, ty.detach().numpy(), **tol(dtype))
+    g = rng.standard_normal(y.shape).astype(dtype)
+    ty.backward(t(g))
+    assert_allclose(layer.backward(g), tx.grad.numpy(), **tol(dtype))
+
+
+@pytest.mark.parametrize("layer", _layers(), ids=repr)
+def test_layer_gradients_central_differences(backend, rng, layer):
+    x = rng.standard_normal((2, 2, 4, 5))
+    _check_grad(lambda a: layer.forward(a), layer.backward, x, rng)
+
+
+def test_layer_save_load_round_trip(rng, tmp_path):
+    model = fastcnn.Sequential(
+        [
+            L.Conv2D(3, 4, 3, padding=1),
+            L.Upsample2D(mode="bilinear"),
+            L.AdaptiveMaxPool2D((6, None)),
+            L.Upsample2D(size=(5, 9)),
+            L.AdaptiveAvgPool2D(3),
+            L.Upsample2D((2, 1.5), align_corners=False),
+            L.GlobalMaxPool2D(),
+            L.Dense(4, 4),
+        ]
+    )
+    x = rng.standard_normal((2, 3, 6, 7)).astype(np.float32)
+    model.save(tmp_path / "m.npz")
+    loaded = fastcnn.load(tmp_path / "m.npz")
+    assert [repr(a) for a in loaded.layers] == [repr(b) for b in model.layers]
+    assert_array_equal(loaded.forward(x), model.forward(x))
+    head = fastcnn.Sequential([L.GlobalAvgPool2D(), L.Dense(3, 2)])
+    head.save(tmp_path / "h.npz")
+    assert_array_equal(fastcnn.load(tmp_path / "h.npz").forward(x), head.forward(x))
+
+
+@pytest.mark.parametrize("layer", _layers(), ids=repr)
+def test_layer_config_rebuilds_the_layer(layer):
+    clone = type(layer)(**layer.get_config())
+    assert repr(clone) == repr(layer)
+    assert clone.output_shape((3, 5, 7)) == layer.output_shape((3, 5, 7))
+
+
+def test_layer_errors():
+    with pytest.raises(ValueError, match=r"expected input of shape \(C, H, W\)"):
+        L.GlobalAvgPool2D().output_shape((3, 4))
+    with pytest.raises(ValueError, match="non-zero H and W"):
+        L.AdaptiveMaxPool2D(2).output_shape((3, 0, 4))
+    with pytest.raises(ValueError, match="output_size must be in"):
+        L.AdaptiveAvgPool2D(0)
+    with pytest.raises(ValueError, match="either size or scale_factor"):
+        L.Upsample2D(2, size=4)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        L.Upsample2D(mode="area")
+    with pytest.raises(ValueError, match="needs mode='bilinear'"):
+        L.Upsample2D(align_corners=True)
+    with pytest.raises(ValueError, match="gives an output of 0x0"):
+        L.Upsample2D(0.2).output_shape((3, 4, 4))
+    layer = L.GlobalMaxPool2D()
+    layer.forward(np.ones((2, 3, 4, 4), np.float32))
+    with pytest.raises(ValueError, match=r"grad_out must have shape \(2, 3\)"):
+        layer.backward(np.ones((2, 4), np.float32))

@@ -10,18 +10,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fastcnn.layers import (
+    AdaptiveAvgPool2D,
+    AdaptiveMaxPool2D,
     AvgPool2D,
     BatchNorm2D,
     Conv2D,
     Dense,
     Dropout,
     Flatten,
+    GlobalAvgPool2D,
+    GlobalMaxPool2D,
     Layer,
     LeakyReLU,
     MaxPool2D,
     ReLU,
     Sigmoid,
     Tanh,
+    Upsample2D,
 )
 
 if TYPE_CHECKING:  # fastcnn.model imports this package
@@ -52,6 +57,12 @@ LAYER_REGISTRY: dict[str, type[Layer]] = {
         Sigmoid,
         Flatten,
         Dropout,
+        # resampling: adaptive and global pooling, upsampling
+        AdaptiveAvgPool2D,
+        AdaptiveMaxPool2D,
+        GlobalAvgPool2D,
+        GlobalMaxPool2D,
+        Upsample2D,
     )  # fmt: skip
 }
 
