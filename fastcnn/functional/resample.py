@@ -179,7 +179,9 @@ def interpolate(
         position ``s * (i + 0.5) - 0.5`` (clamped at 0), or ``i * (H - 1) / (H_out - 1)``
         with ``align_corners``. An axis whose size does not change is copied.
     align_corners : bool or None
-        Bilinear only: align the centres of the corner pixels (None means False).
+        Bilinear only: align the centres of the corner pixels (None means False;
+        True with ``'nearest'`` raises ValueError, PyTorch's rule, though False is
+        accepted there).
 
     Returns
     -------
