@@ -234,6 +234,43 @@ class Backend(Protocol):
         n_threads: int, /,
     ) -> None:
         """Write ``y * (g - sum(g * y))`` per row (log_out: ``g - exp(y) * sum(g)``)."""
+    # -- resampling: adaptive pooling and interpolation ---------------------------------
+    def adaptive_avg_pool2d_forward(
+        self, x: np.ndarray, out: np.ndarray, n_threads: int, /
+    ) -> None:
+        """Write the mean of each adaptive bin of x (N, C, H, W) into out (N, C, oh, ow).
+
+        Bin ``i`` of an axis spans ``[floor(i * H / oh), ceil((i + 1) * H / oh))`` (W
+        alike); the divisor is the bin's size.
+        """
+    def adaptive_avg_pool2d_backward(
+        self, grad_out: np.ndarray, grad_x: np.ndarray, n_threads: int, /
+    ) -> None:
+        """Spread each grad_out / bin size over its bin; overlapping bins accumulate."""
+    def adaptive_max_pool2d_forward(
+        self, x: np.ndarray, out: np.ndarray, indices: np.ndarray, n_threads: int, /
+    ) -> None:
+        """Write each adaptive bin's max and its ``h * W + w`` (max_pool2d_forward's scan rule)."""
+    def interpolate_forward(
+        self, x: np.ndarray, out: np.ndarray, bilinear: bool, align_corners: bool,
+        scale_h: float, scale_w: float, n_threads: int, /,
+    ) -> None:
+        """Resize x into out, nearest or bilinear, with PyTorch's source indices.
+
+        ``scale_h`` is the scale factor given (0.0: none, ``H / oh`` is used instead).
+        Nearest: ``min(floor(i * s), H - 1)`` in float32, ``s = 1 / scale_h`` or
+        ``H / oh`` (``i`` if ``oh == H``, ``i // 2`` if ``oh == 2 * H``). Bilinear, in
+        the arrays' dtype: ``src = s * i`` (align_corners, ``s = (H - 1) / (oh - 1)``,
+        0 if ``oh == 1``) else ``max(s * (i + 0.5) - 0.5, 0)``; ``s = 1`` if
+        ``oh == H``; ``i0 = min(floor(src), H - 1)``, ``i1 = i0 + (i0 < H - 1)``,
+        ``l1 = clip(src - i0, 0, 1)``, ``l0 = 1 - l1``; W alike;
+        ``out = l0h * (l0w * x00 + l1w * x01) + l1h * (l0w * x10 + l1w * x11)``.
+        """
+    def interpolate_backward(
+        self, grad_out: np.ndarray, grad_x: np.ndarray, bilinear: bool, align_corners: bool,
+        scale_h: float, scale_w: float, n_threads: int, /,
+    ) -> None:
+        """Zero grad_x and add each grad_out times its weight to each of its sources."""
     # fmt: on
 
 
@@ -286,6 +323,7 @@ def _import_compiled() -> tuple[Backend | None, str | None]:
                 _openmp,
                 _optim,
                 _pool,
+                _resample,
             )
         # Under a spin the user chose (a passive policy, say) workers may sleep at once:
         # small ops then stay on one thread.
@@ -327,6 +365,12 @@ def _import_compiled() -> tuple[Backend | None, str | None]:
         silu_backward = staticmethod(_elementwise.silu_backward)
         softmax_forward = staticmethod(_elementwise.softmax_forward)
         softmax_backward = staticmethod(_elementwise.softmax_backward)
+        # resampling: adaptive pooling and interpolation
+        adaptive_avg_pool2d_forward = staticmethod(_resample.adaptive_avg_pool2d_forward)
+        adaptive_avg_pool2d_backward = staticmethod(_resample.adaptive_avg_pool2d_backward)
+        adaptive_max_pool2d_forward = staticmethod(_resample.adaptive_max_pool2d_forward)
+        interpolate_forward = staticmethod(_resample.interpolate_forward)
+        interpolate_backward = staticmethod(_resample.interpolate_backward)
 
     # mypy checks this assignment: a missing kernel or a signature that disagrees with
     # the Backend protocol (the stubs give the compiled signatures) is a type error.

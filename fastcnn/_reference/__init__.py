@@ -66,6 +66,13 @@ from fastcnn._reference.pooling import (
     max_pool2d_backward,
     max_pool2d_forward,
 )
+from fastcnn._reference.resample import (
+    adaptive_avg_pool2d_backward,
+    adaptive_avg_pool2d_forward,
+    adaptive_max_pool2d_forward,
+    interpolate_backward,
+    interpolate_forward,
+)
 
 __all__ = [
     "conv2d_forward",
@@ -96,4 +103,9 @@ __all__ = [
     "silu_backward",
     "softmax_forward",
     "softmax_backward",
+    "adaptive_avg_pool2d_forward",
+    "adaptive_avg_pool2d_backward",
+    "adaptive_max_pool2d_forward",
+    "interpolate_forward",
+    "interpolate_backward",
 ]

@@ -14,7 +14,7 @@ Every op returns new C-contiguous arrays of the input's dtype (float32 or float6
 two exceptions that update state in place, as PyTorch's do: the optimizer steps
 (:func:`sgd_step`, :func:`adam_step`) and :func:`batch_norm`'s running statistics. This
 package re-exports every op from its modules: ``conv``, ``linear``, ``pooling``,
-``activation`` and ``training`` (the ops that keep training state: dropout, batch norm,
+``resample`` (adaptive pooling, interpolation), ``activation`` and ``training`` (the ops that keep training state: dropout, batch norm,
 the loss, the optimizer steps).
 """
 
@@ -53,6 +53,14 @@ from fastcnn.functional.pooling import (
     avg_pool2d_backward,
     max_pool2d,
     max_pool2d_backward,
+)
+from fastcnn.functional.resample import (
+    adaptive_avg_pool2d,
+    adaptive_avg_pool2d_backward,
+    adaptive_max_pool2d,
+    adaptive_max_pool2d_backward,
+    interpolate,
+    interpolate_backward,
 )
 from fastcnn.functional.training import (
     adam_step,
@@ -97,4 +105,11 @@ __all__ = [
     "silu_backward",
     "softmax",
     "softmax_backward",
+    # resampling: adaptive pooling and interpolation
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool2d_backward",
+    "adaptive_max_pool2d",
+    "adaptive_max_pool2d_backward",
+    "interpolate",
+    "interpolate_backward",
 ]

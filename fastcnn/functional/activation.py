@@ -10,12 +10,14 @@ import numpy as np
 from fastcnn import _backend, _buffers, _threads
 from fastcnn._validation import (
     as_float_array,
+    check_axis,
     check_finite_float,
+    check_gelu_approximate,
     check_grad_out,
+    check_same_shape,
     contiguous,
     same_dtype,
 )
-from fastcnn._validation.ops import check_axis, check_gelu_approximate, check_same_shape
 
 # Annotations only: the API pages then show these names as written.
 if TYPE_CHECKING:

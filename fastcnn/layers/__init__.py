@@ -28,8 +28,16 @@ from fastcnn.layers.base import Layer
 from fastcnn.layers.conv import Conv2D
 from fastcnn.layers.dense import Dense
 from fastcnn.layers.normalization import BatchNorm1D, BatchNorm2D
-from fastcnn.layers.pooling import AvgPool2D, MaxPool2D
+from fastcnn.layers.pooling import (
+    AdaptiveAvgPool2D,
+    AdaptiveMaxPool2D,
+    AvgPool2D,
+    GlobalAvgPool2D,
+    GlobalMaxPool2D,
+    MaxPool2D,
+)
 from fastcnn.layers.regularization import Dropout
+from fastcnn.layers.resampling import Upsample2D
 from fastcnn.layers.reshaping import Flatten
 
 if TYPE_CHECKING:  # at run time, __getattr__ at the end: fastcnn.saving imports this package
@@ -56,6 +64,12 @@ __all__ = [
     "GELU",
     "SiLU",
     "Softmax",
+    # resampling: adaptive and global pooling, upsampling
+    "AdaptiveAvgPool2D",
+    "AdaptiveMaxPool2D",
+    "GlobalAvgPool2D",
+    "GlobalMaxPool2D",
+    "Upsample2D",
 ]
 
 # The classes show (repr, pickle, the API pages) under the name users import them by.
@@ -77,6 +91,12 @@ for _cls in (
     GELU,
     SiLU,
     Softmax,
+    # resampling: adaptive and global pooling, upsampling
+    AdaptiveAvgPool2D,
+    AdaptiveMaxPool2D,
+    GlobalAvgPool2D,
+    GlobalMaxPool2D,
+    Upsample2D,
 ):
     _cls.__module__ = __name__
 del _cls

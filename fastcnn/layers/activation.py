@@ -9,11 +9,12 @@ import numpy as np
 
 import fastcnn.functional as F
 from fastcnn._validation import (
+    check_axis,
     check_finite_float,
+    check_gelu_approximate,
     is_int,
     short_repr,
 )
-from fastcnn._validation.ops import check_axis, check_gelu_approximate
 from fastcnn.layers.base import Layer
 
 # ---------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""``MaxPool2D`` and ``AvgPool2D``: 2-D pooling over NCHW batches."""
+"""2-D pooling over NCHW batches: windowed (``MaxPool2D``, ``AvgPool2D``), adaptive and global."""
 
 from __future__ import annotations
 
@@ -9,12 +9,15 @@ import numpy as np
 import fastcnn.functional as F
 from fastcnn._validation import (
     IntPair,
+    adaptive_output_hw,
+    check_adaptive_size,
     check_bool,
     check_positive_int,
     pair,
     pool2d_output_hw,
     pool_window,
 )
+from fastcnn.functional.resample import OutputSize
 from fastcnn.layers.base import Layer, Shape
 
 # ---------------------------------------------------------------------------------------
@@ -206,3 +209,164 @@ class AvgPool2D(_Pool2D):
         if self.divisor_override is not None:
             text += f", divisor_override={self.divisor_override}"
         return text
+
+
+# ---------------------------------------------------------------------------------------
+# Adaptive and global pooling
+
+
+class _Adaptive2D(Layer):
+    """Shared by the adaptive pools: the (C, H, W) check and the output-size rule."""
+
+    output_size: tuple[int | None, int | None]
+
+    def _adaptive_output(self, shape: Shape, received: Shape, batched: bool) -> Shape:
+        if len(shape) != 3:
+            raise self._shape_error("(C, H, W)", received, batched)
+        if shape[1] < 1 or shape[2] < 1:
+            raise ValueError(f"{self!r} needs inputs of non-zero H and W, got {tuple(received)}")
+        return (shape[0], *adaptive_output_hw(shape, self.output_size))
+
+    def _output_shape(self, shape: Shape, received: Shape, batched: bool) -> Shape:
+        return self._adaptive_output(shape, received, batched)
+
+    def get_config(self) -> dict[str, Any]:
+        """Return the constructor arguments as JSON-able values."""
+        return {"output_size": list(self.output_size)}
+
+    def extra_repr(self) -> str:
+        """Return the arguments shown inside ``repr(layer)``."""
+        return f"output_size={self.output_size}"
+
+
+class AdaptiveAvgPool2D(_Adaptive2D):
+    """2-D adaptive average pooling to a fixed output size (PyTorch's AdaptiveAvgPool2d).
+
+    Parameters
+    ----------
+    output_size : int, None or (int or None, int or None)
+        ``(H_out, W_out)``; None keeps that input size.
+
+    Shapes
+    ------
+    Input (N, C, H, W), output (N, C, H_out, W_out). Output row ``i`` averages input
+    rows ``floor(i * H / H_out)`` to ``ceil((i + 1) * H / H_out)`` (exclusive), and the
+    same for columns (see :func:`fastcnn.functional.adaptive_avg_pool2d`).
+    """
+
+    def __init__(self, output_size: OutputSize) -> None:
+        super().__init__()
+        self.output_size = check_adaptive_size(output_size, type(self).__name__)
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """Compute the output for the batch ``x``."""
+        self._check_input(x)
+        self._cache["input_shape"] = x.shape
+        return F.adaptive_avg_pool2d(x, self.output_size)
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Return the gradient with respect to the input."""
+        shape = self._saved("input_shape")
+        return F.adaptive_avg_pool2d_backward(grad_out, shape, self.output_size)
+
+
+class AdaptiveMaxPool2D(_Adaptive2D):
+    """2-D adaptive max pooling to a fixed output size (PyTorch's AdaptiveMaxPool2d).
+
+    Parameters
+    ----------
+    output_size : int, None or (int or None, int or None)
+        ``(H_out, W_out)``; None keeps that input size.
+
+    Shapes
+    ------
+    Input (N, C, H, W), output (N, C, H_out, W_out), bins as for
+    :class:`AdaptiveAvgPool2D`; ties and NaN as :class:`MaxPool2D`.
+    """
+
+    def __init__(self, output_size: OutputSize) -> None:
+        super().__init__()
+        self.output_size = check_adaptive_size(output_size, type(self).__name__)
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """Compute the output for the batch ``x``."""
+        self._check_input(x)
+        y, indices = F.adaptive_max_pool2d(x, self.output_size)
+        self._cache["indices"] = indices
+        self._cache["input_shape"] = x.shape
+        return y
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Return the gradient with respect to the input."""
+        indices = self._saved("indices")
+        return F.adaptive_max_pool2d_backward(grad_out, indices, self._cache["input_shape"])
+
+
+class _Global2D(_Adaptive2D):
+    """Shared by the global pools: one value per feature map, no arguments."""
+
+    output_size = (1, 1)
+
+    def _output_shape(self, shape: Shape, received: Shape, batched: bool) -> Shape:
+        return self._adaptive_output(shape, received, batched)[:1]
+
+    def _grad_4d(self, grad_out: np.ndarray, shape: Shape) -> np.ndarray:
+        grad_out = np.asarray(grad_out)
+        if grad_out.shape != shape[:2]:
+            raise ValueError(
+                f"{self!r}: grad_out must have shape {shape[:2]}, got {grad_out.shape}"
+            )
+        return grad_out.reshape(*shape[:2], 1, 1)
+
+    def get_config(self) -> dict[str, Any]:
+        """Return the constructor arguments (none)."""
+        return {}
+
+    def extra_repr(self) -> str:
+        """Return the arguments shown inside ``repr(layer)`` (none)."""
+        return ""
+
+
+class GlobalAvgPool2D(_Global2D):
+    """Average each feature map to one value: (N, C, H, W) -> (N, C).
+
+    Shapes
+    ------
+    Input (N, C, H, W) with H, W >= 1, output (N, C).
+    """
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """Compute the output for the batch ``x``."""
+        self._check_input(x)
+        self._cache["input_shape"] = x.shape
+        return F.adaptive_avg_pool2d(x, 1).reshape(x.shape[:2])
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Return the gradient with respect to the input."""
+        shape = self._saved("input_shape")
+        return F.adaptive_avg_pool2d_backward(self._grad_4d(grad_out, shape), shape, 1)
+
+
+class GlobalMaxPool2D(_Global2D):
+    """Take the maximum of each feature map: (N, C, H, W) -> (N, C).
+
+    Ties and NaN as :class:`MaxPool2D`; backward routes each gradient to its maximum.
+
+    Shapes
+    ------
+    Input (N, C, H, W) with H, W >= 1, output (N, C).
+    """
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """Compute the output for the batch ``x``."""
+        self._check_input(x)
+        y, indices = F.adaptive_max_pool2d(x, 1)
+        self._cache["indices"] = indices
+        self._cache["input_shape"] = x.shape
+        return y.reshape(x.shape[:2])
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Return the gradient with respect to the input."""
+        indices = self._saved("indices")
+        shape = self._cache["input_shape"]
+        return F.adaptive_max_pool2d_backward(self._grad_4d(grad_out, shape), indices, shape)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fastcnn.layers import (  # GELU, SiLU, softmax and BatchNorm1D
+from fastcnn.layers import (
     GELU,
+    AdaptiveAvgPool2D,
+    AdaptiveMaxPool2D,
     AvgPool2D,
     BatchNorm1D,
     BatchNorm2D,
@@ -18,6 +20,8 @@ from fastcnn.layers import (  # GELU, SiLU, softmax and BatchNorm1D
     Dense,
     Dropout,
     Flatten,
+    GlobalAvgPool2D,
+    GlobalMaxPool2D,
     Layer,
     LeakyReLU,
     MaxPool2D,
@@ -26,6 +30,7 @@ from fastcnn.layers import (  # GELU, SiLU, softmax and BatchNorm1D
     SiLU,
     Softmax,
     Tanh,
+    Upsample2D,
 )
 
 if TYPE_CHECKING:  # fastcnn.model imports this package
@@ -61,6 +66,12 @@ LAYER_REGISTRY: dict[str, type[Layer]] = {
         GELU,
         SiLU,
         Softmax,
+        # resampling: adaptive and global pooling, upsampling
+        AdaptiveAvgPool2D,
+        AdaptiveMaxPool2D,
+        GlobalAvgPool2D,
+        GlobalMaxPool2D,
+        Upsample2D,
     )  # fmt: skip
 }
 
