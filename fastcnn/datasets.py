@@ -1,8 +1,8 @@
 """Image datasets as NCHW float32 arrays in [0, 1], ready for a CNN.
 
 :func:`load_digits` reads the copy of the UCI digits that ships inside scikit-learn, so it
-works offline. :func:`load_mnist` goes through scikit-learn's OpenML fetcher and its
-on-disk cache (or a Keras-style ``mnist.npz`` placed in ``data_home``).
+works offline. :func:`load_mnist` and :func:`load_cifar10` go through scikit-learn's
+OpenML fetcher and its on-disk cache (or a Keras-style ``.npz`` placed in ``data_home``).
 :func:`make_shapes` draws a synthetic RGB set of coloured shapes, computed on the spot.
 scikit-learn is imported inside the functions: ``import fastcnn`` stays fast.
 """
@@ -25,8 +25,10 @@ if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
 __all__ = [
+    "CIFAR10_CLASSES",
     "SHAPES",
     "DatasetUnavailableError",
+    "load_cifar10",
     "load_digits",
     "load_mnist",
     "make_shapes",
@@ -154,6 +156,118 @@ def load_mnist(
             f"y_train, x_test, y_test) at {npz!r}."
         ) from exc
     return _mnist_arrays(X[:_MNIST_TRAIN], y[:_MNIST_TRAIN], X[_MNIST_TRAIN:], y[_MNIST_TRAIN:])
+
+
+# ---------------------------------------------------------------------------------------
+# CIFAR-10
+
+_CIFAR_NPZ = "cifar10.npz"
+_CIFAR_TRAIN = 50_000
+#: CIFAR-10's class names, by label.
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+
+
+def _cifar_images(x: ArrayLike) -> np.ndarray:
+    """Return CIFAR images as (N, 3, 32, 32) float32 in [0, 1].
+
+    Takes the rows OpenML stores (3072 values: the red plane, then green, then blue, each
+    row-major, as in CIFAR's own files), NCHW arrays, or NHWC arrays as Keras gives them.
+    """
+    x = np.asarray(x)
+    if x.shape[1:] == (32, 32, 3):
+        x = x.transpose(0, 3, 1, 2)
+    elif x.shape[1:] not in ((3072,), (3, 32, 32)):
+        raise ValueError(
+            "CIFAR-10 images must be rows of 3072 values or 32x32 RGB arrays, got array "
+            f"of shape {x.shape}"
+        )
+    x = np.ascontiguousarray(x.reshape(-1, 3, 32, 32), dtype=np.float32)
+    if x.size and x.max() > 1.0:
+        x /= np.float32(255.0)
+    return x
+
+
+def _cifar_split(X: ArrayLike, y: ArrayLike, n_train: int) -> _Split:
+    X, y = _cifar_images(X), np.asarray(y).astype(np.int64).reshape(-1)
+    return (X[:n_train], y[:n_train]), (X[n_train:], y[n_train:])
+
+
+def _cifar_from_npz(path: str) -> _Split:
+    with np.load(path, allow_pickle=False) as data:
+        missing = {"x_train", "y_train", "x_test", "y_test"} - set(data.files)
+        if missing:
+            raise ValueError(
+                f"{path!r} is not a CIFAR-10 archive: it lacks {sorted(missing)} (expected "
+                "x_train, y_train, x_test, y_test as keras.datasets.cifar10.load_data gives)"
+            )
+        x_train, y_train, x_test, y_test = (
+            data[key] for key in ("x_train", "y_train", "x_test", "y_test")
+        )
+    train, _ = _cifar_split(x_train, y_train, len(x_train))
+    test, _ = _cifar_split(x_test, y_test, len(x_test))
+    return train, test
+
+
+def load_cifar10(
+    data_home: str | os.PathLike[str] | None = None,
+) -> _Split:
+    """Load CIFAR-10: 60,000 32x32 colour images of 10 classes, 50,000 train / 10,000 test.
+
+    Looks first for ``<data_home>/cifar10.npz`` (arrays ``x_train``, ``y_train``,
+    ``x_test``, ``y_test``; the images as Keras's ``cifar10.load_data()`` gives them,
+    (N, 32, 32, 3) uint8, or as (N, 3, 32, 32) or (N, 3072) rows), then asks
+    scikit-learn's ``fetch_openml('CIFAR_10', version=1)``, which reads its cache under
+    ``data_home`` and downloads (about 180 MB of ARFF) only when that is empty. OpenML
+    keeps CIFAR's own order, the five training batches then the test batch, and its own
+    pixel layout, the red plane, then green, then blue: both are kept here.
+
+    Parameters
+    ----------
+    data_home : str or path-like, optional
+        scikit-learn's data directory (``sklearn.datasets.get_data_home()``, by default
+        ``~/scikit_learn_data`` or ``$SCIKIT_LEARN_DATA``).
+
+    Returns
+    -------
+    (X_train, y_train), (X_test, y_test)
+        X of shape (N, 3, 32, 32), float32 in [0, 1], RGB; y int64 labels 0..9, named
+        by :data:`CIFAR10_CLASSES`. N is 50,000 for train and 10,000 for test.
+
+    Raises
+    ------
+    DatasetUnavailableError
+        If the data is not cached and cannot be downloaded (no network access). The
+        message says where to put the files.
+    """
+    from sklearn.datasets import fetch_openml, get_data_home
+
+    home = get_data_home(data_home)
+    npz = os.path.join(home, _CIFAR_NPZ)
+    if os.path.isfile(npz):
+        return _cifar_from_npz(npz)
+    try:
+        X, y = fetch_openml(
+            "CIFAR_10",
+            version=1,
+            as_frame=False,
+            return_X_y=True,
+            data_home=data_home,
+            parser="liac-arff",
+        )
+    except (OSError, urllib.error.URLError, HTTPException, TimeoutError) as exc:
+        raise DatasetUnavailableError(
+            "CIFAR-10 is not in the local cache and could not be downloaded from OpenML "
+            f"({type(exc).__name__}: {exc}). This machine may have no network access. "
+            "To use CIFAR-10 offline, either run fastcnn.datasets.load_cifar10() once on a "
+            "machine with network access and copy scikit-learn's data directory "
+            f"(its 'openml' folder) to {home!r} (or pass data_home=, or set "
+            f"SCIKIT_LEARN_DATA), or save the arrays of keras.datasets.cifar10.load_data() "
+            f"(x_train, y_train, x_test, y_test) with numpy.savez to {npz!r}."
+        ) from exc
+    return _cifar_split(X, y, _CIFAR_TRAIN)
 
 
 # ---------------------------------------------------------------------------------------
