@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fastcnn.layers.activation import LeakyReLU, ReLU, Sigmoid, Tanh
+from fastcnn.layers.augmentation import RandomCrop, RandomFlip
 from fastcnn.layers.base import Layer
 from fastcnn.layers.conv import Conv2D
 from fastcnn.layers.dense import Dense
@@ -49,6 +50,8 @@ __all__ = [
     "ReLU",
     "Sigmoid",
     "Tanh",
+    "RandomCrop",
+    "RandomFlip",
     "layer_from_config",
     "register_layer",
 ]
@@ -67,6 +70,8 @@ for _cls in (
     ReLU,
     Sigmoid,
     Tanh,
+    RandomCrop,
+    RandomFlip,
 ):
     _cls.__module__ = __name__
 del _cls

@@ -23,6 +23,7 @@ from fastcnn.layers import (
     Sigmoid,
     Tanh,
 )
+from fastcnn.layers.augmentation import RandomCrop, RandomFlip
 
 if TYPE_CHECKING:  # fastcnn.model imports this package
     from fastcnn.model import Sequential
@@ -52,6 +53,8 @@ LAYER_REGISTRY: dict[str, type[Layer]] = {
         Sigmoid,
         Flatten,
         Dropout,
+        RandomCrop,
+        RandomFlip,
     )  # fmt: skip
 }
 
