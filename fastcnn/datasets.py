@@ -176,18 +176,18 @@ def _cifar_images(x: ArrayLike) -> np.ndarray:
     Takes the rows OpenML stores (3072 values: the red plane, then green, then blue, each
     row-major, as in CIFAR's own files), NCHW arrays, or NHWC arrays as Keras gives them.
     """
-    x = np.asarray(x)
-    if x.shape[1:] == (32, 32, 3):
-        x = x.transpose(0, 3, 1, 2)
-    elif x.shape[1:] not in ((3072,), (3, 32, 32)):
+    images = np.asarray(x)
+    if images.shape[1:] == (32, 32, 3):
+        images = images.transpose(0, 3, 1, 2)
+    elif images.shape[1:] not in ((3072,), (3, 32, 32)):
         raise ValueError(
             "CIFAR-10 images must be rows of 3072 values or 32x32 RGB arrays, got array "
-            f"of shape {x.shape}"
+            f"of shape {images.shape}"
         )
-    x = np.ascontiguousarray(x.reshape(-1, 3, 32, 32), dtype=np.float32)
-    if x.size and x.max() > 1.0:
-        x /= np.float32(255.0)
-    return x
+    images = np.ascontiguousarray(images.reshape(-1, 3, 32, 32), dtype=np.float32)
+    if images.size and images.max() > 1.0:
+        images /= np.float32(255.0)
+    return images
 
 
 def _cifar_split(X: ArrayLike, y: ArrayLike, n_train: int) -> _Split:
@@ -283,21 +283,47 @@ def _signed_distance(kind: str, u: np.ndarray, v: np.ndarray, size: np.ndarray) 
     Negative inside. ``u``, ``v`` are the points in the shape's own frame (centred,
     rotated), of shape (n, H, W); ``size`` (n, 1, 1) is the shape's half-width.
     """
-    if kind == "disc":
-        return np.sqrt(u * u + v * v) - size
+    distance: np.ndarray
     square = np.maximum(np.abs(u), np.abs(v)) - size
-    if kind == "square":
-        return square
-    if kind == "triangle":
+    if kind == "disc":
+        distance = np.sqrt(u * u + v * v) - size
+    elif kind == "square":
+        distance = square
+    elif kind == "triangle":
         # Equilateral: the largest of the distances along the three edge normals, less
         # the inradius (half the circumradius, which is 1.3 * size so the areas compare).
         edges = [np.cos(a) * u + np.sin(a) * v for a in (np.pi / 2, np.pi * 7 / 6, np.pi * 11 / 6)]
-        return np.maximum(np.maximum(edges[0], edges[1]), edges[2]) - 0.65 * size
-    # stripes: bands across u, about four per square (never under 3 pixels a period, so
-    # they stay stripes rather than a blur), clipped to the square.
-    period = np.maximum(size / 2, np.float32(3.0))
-    band = np.abs((u / period) % 1.0 - 0.5) * period - period / 4
-    return np.maximum(square, band)
+        distance = np.maximum(np.maximum(edges[0], edges[1]), edges[2]) - 0.65 * size
+    else:
+        # stripes: bands across u, about four per square (never under 3 pixels a period,
+        # so they stay stripes rather than a blur), clipped to the square.
+        period = np.maximum(size / 2, np.float32(3.0))
+        band = np.abs((u / period) % 1.0 - 0.5) * period - period / 4
+        distance = np.maximum(square, band)
+    return distance
+
+
+def _coverage(
+    kinds: tuple[str, ...],
+    y: np.ndarray,
+    half: np.ndarray,
+    angle: np.ndarray,
+    dy: np.ndarray,
+    dx: np.ndarray,
+) -> np.ndarray:
+    """Return how much of each pixel each image's shape covers, (n, H, W) in [0, 1].
+
+    ``dy`` (n, H, 1) and ``dx`` (n, 1, W) place the pixel centres relative to the
+    shape's centre.
+    """
+    cos, sin = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
+    u, v = cos * dx + sin * dy, cos * dy - sin * dx  # the shape's own frame
+    alpha = np.empty(u.shape, dtype=np.float32)
+    for label, kind in enumerate(kinds):
+        rows = np.flatnonzero(y == label)
+        distance = _signed_distance(kind, u[rows], v[rows], half[rows, None, None])
+        alpha[rows] = np.clip(np.float32(0.5) - distance, 0.0, 1.0)  # a pixel-wide edge
+    return alpha
 
 
 def make_shapes(
@@ -370,14 +396,7 @@ def make_shapes(
     grid = np.arange(size, dtype=np.float32) + np.float32(0.5)  # pixel centres
     dy = grid[None, :, None] - centre[:, 0, None, None]
     dx = grid[None, None, :] - centre[:, 1, None, None]
-    cos, sin = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
-    u, v = cos * dx + sin * dy, cos * dy - sin * dx
-    alpha = np.empty((n, size, size), dtype=np.float32)
-    for label, kind in enumerate(kinds):
-        rows = np.flatnonzero(y == label)
-        distance = _signed_distance(kind, u[rows], v[rows], half[rows, None, None])
-        alpha[rows] = np.clip(np.float32(0.5) - distance, 0.0, 1.0)  # a pixel-wide edge
-
+    alpha = _coverage(kinds, y, half, angle, dy, dx)
     ramp = (gradient[:, 0, None, None] * dy + gradient[:, 1, None, None] * dx) / side
     X = background[:, :, None, None] + ramp[:, None]
     X += (foreground - background)[:, :, None, None] * alpha[:, None]
@@ -400,6 +419,6 @@ def _check_shapes_args(
     unknown = [kind for kind in kinds if kind not in SHAPES]
     if not kinds or unknown or len(set(kinds)) != len(kinds):
         raise ValueError(f"classes must be distinct names from {SHAPES}, got {classes!r}")
-    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not noise >= 0:
+    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not float(noise) >= 0:
         raise ValueError(f"noise must be a non-negative float, got {noise!r}")
     return int(n), int(image_size), kinds, float(noise)

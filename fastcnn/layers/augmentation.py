@@ -26,7 +26,8 @@ def _pair(value: object, name: str, low: int) -> tuple[int, int]:
     """Return ``value`` as a pair of ints of at least ``low`` (an int means both)."""
     items = tuple(value) if isinstance(value, tuple | list) else (value, value)
     if len(items) != 2 or not all(
-        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low for v in items
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= low
+        for v in items
     ):
         raise ValueError(
             f"{name} must be an int or a pair of ints, each at least {low}, got {value!r}"
@@ -164,7 +165,8 @@ class RandomFlip(Layer):
         if not training:
             self._cache["flips"] = None
             return x
-        flips = [(axis, self.rng.random(x.shape[0]) < 0.5) for axis in _FLIP_AXES[self.mode]]
+        flips = [(axis, np.asarray(self.rng.random(x.shape[0]) < 0.5))
+                 for axis in _FLIP_AXES[self.mode]]  # fmt: skip
         self._cache["flips"] = flips
         return self._flip(x, flips)
 
@@ -179,7 +181,7 @@ class RandomFlip(Layer):
 
     @staticmethod
     def _flip(x: np.ndarray, flips: list[tuple[int, np.ndarray]]) -> np.ndarray:
-        out = x.copy()
+        out: np.ndarray = x.copy()
         for axis, chosen in flips:
             out[chosen] = np.flip(out[chosen], axis=axis)
         return out
