@@ -1,4 +1,4 @@
-"""Ready-made architectures: the classic LeNet-5 and a small CNN for 8x8 digit images.
+"""Ready-made architectures: LeNet-5, a small CNN for 8x8 digits, a small VGG for 32x32 RGB.
 
 Each builder returns a fresh :class:`fastcnn.Sequential`. Weights are drawn, layer after
 layer, from one ``numpy.random.Generator`` seeded with ``random_state``, in float64 and then
@@ -29,7 +29,7 @@ from fastcnn.layers import (
 )
 from fastcnn.model import Sequential
 
-__all__ = ["digits_cnn", "lenet5"]
+__all__ = ["digits_cnn", "lenet5", "vgg_small"]
 
 _T = TypeVar("_T")
 # Seeds as scikit-learn takes them: None, an int, a Generator or a RandomState.
@@ -206,6 +206,62 @@ def digits_cnn(
         Dense(channels * height * width, 128, dtype=dtype, rng=rng),
         ReLU(),
         Dropout(0.3, rng=np.random.default_rng(rng.integers(2**63))),
+        Dense(128, num_classes, dtype=dtype, rng=rng),
+    ]
+    return Sequential(layers)
+
+
+def vgg_small(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    input_size: int | tuple[int, int] = 32,
+    *,
+    dtype: DTypeLike = np.float32,
+    random_state: SeedLike = None,
+) -> Sequential:
+    """Build a small VGG-style CNN for 32x32 colour images (CIFAR-10, :func:`make_shapes`).
+
+    Two blocks of two 3x3 convs (padding 1, each followed by ReLU) and a 2x2 max pooling,
+    with 32 and 64 maps, then dense 128 -> ReLU -> dense ``num_classes``. On 3x32x32 input
+    that is 32x32x32 -> 16x16x32 -> 16x16x64 -> 8x8x64 -> 4096 features, and 591,274
+    parameters for 10 classes.
+
+    Parameters
+    ----------
+    num_classes : int, default 10
+    in_channels : int, default 3
+    input_size : int or (int, int), default 32
+        Height and width of the input, at least 4: the features after the two poolings
+        are ``64 * (H // 4) * (W // 4)``.
+    dtype : float32 or float64, default float32
+    random_state : int, numpy.random.Generator or None
+        Seeds the initial weights.
+
+    Returns
+    -------
+    Sequential
+        Input (N, in_channels, H, W), output (N, num_classes) logits.
+    """
+    num_classes = _positive_int(num_classes, "num_classes")
+    in_channels = _positive_int(in_channels, "in_channels")
+    height, width = _size_pair(input_size, "input_size")
+    if height < 4 or width < 4:
+        raise ValueError(
+            f"vgg_small needs input of at least 4x4 pixels (it pools twice by 2), "
+            f"got input_size={input_size!r}"
+        )
+    rng = _rng(random_state)
+    layers: list[Layer] = []
+    channels = in_channels
+    for out_channels in (32, 64):
+        for _ in range(2):
+            layers += [Conv2D(channels, out_channels, 3, padding=1, dtype=dtype, rng=rng), ReLU()]
+            channels = out_channels
+        layers.append(MaxPool2D(2))
+    layers += [
+        Flatten(),
+        Dense(channels * (height // 4) * (width // 4), 128, dtype=dtype, rng=rng),
+        ReLU(),
         Dense(128, num_classes, dtype=dtype, rng=rng),
     ]
     return Sequential(layers)

@@ -157,13 +157,15 @@ def split_validation(
     return X[train], y[train], None if w is None else w[train], (X[val], y[val])
 
 
-def reseed_dropout(model: Any, rng: np.random.Generator) -> None:
-    """Give each Dropout layer of ``model`` a generator drawn from ``rng``.
+def reseed_layers(model: Any, rng: np.random.Generator) -> None:
+    """Give each random layer of ``model`` a generator drawn from ``rng``, in layer order.
 
-    This makes the dropout masks part of a seeded run.
+    The random layers are the Dropout layers and every layer that says
+    ``reseeds = True`` (the augmentation layers): their ``rng`` is replaced. This makes
+    the dropout masks and the augmentations part of a seeded run.
     """
     for layer in getattr(model, "layers", ()):
-        if isinstance(layer, Dropout):
+        if isinstance(layer, Dropout) or getattr(layer, "reseeds", False):
             layer.rng = np.random.default_rng(rng.integers(2**63))
 
 
@@ -201,8 +203,8 @@ def fit_data(
         X, y, w, validation = split_validation(X, y, w, options.validation_split, rng)
     elif validation_data is not None:
         validation = _check_validation(model, validation_data, options.classification)
-    if options.seeded:  # make the dropout masks part of the seeded run
-        reseed_dropout(model, rng)
+    if options.seeded:  # make the dropout masks and augmentations part of the seeded run
+        reseed_layers(model, rng)
     if w is not None:
         w = normalized_weights(w)
     return Batches(X, y, w, options.batch_size, options.shuffle), validation

@@ -25,6 +25,7 @@ SCRIPTS = [
     "sklearn_pipeline.py",
     "classic_filters.py",
     "benchmark_vs_numpy.py",
+    "shapes_vgg.py",
 ]
 
 # The status the examples document for "a needed resource is unavailable" (sysexits.h).
@@ -204,3 +205,18 @@ def test_benchmark_vs_numpy():
         assert float(speedup) == pytest.approx(float(numpy_ms) / float(compiled_ms), rel=0.1)
         assert float(difference) < 1e-5
     assert "results agree" in stdout
+
+
+def test_shapes_vgg():
+    stdout = check_ok(run_example("shapes_vgg.py", "--n-train", "800", "--epochs", "3"))
+    assert "RandomCrop(size=(32, 32), padding=(3, 3))" in stdout
+    assert "Total params: 27,908" in stdout and "trained 3 epoch(s) on 800 images" in stdout
+    assert accuracy_in(stdout) > 0.35  # 0.52 measured; chance is 0.25
+
+
+def test_shapes_vgg_small():
+    stdout = check_ok(
+        run_example("shapes_vgg.py", "--model", "vgg_small", "--n-train", "128", "--epochs", "1")
+    )
+    assert "Total params: 590,500" in stdout  # vgg_small with 4 classes
+    assert 0.0 <= accuracy_in(stdout) <= 1.0

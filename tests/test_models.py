@@ -6,7 +6,7 @@ from conftest import tol
 
 import fastcnn
 from fastcnn.layers import AvgPool2D, BatchNorm2D, Conv2D, MaxPool2D, ReLU, Tanh
-from fastcnn.models import digits_cnn, lenet5
+from fastcnn.models import digits_cnn, lenet5, vgg_small
 
 
 def _conv_params(c_in, c_out, k):
@@ -169,3 +169,67 @@ def test_models_save_and_load(tmp_path):
         loaded = fastcnn.load(path)
         x = np.random.default_rng(1).random((3, *shape), dtype=np.float32)
         np.testing.assert_array_equal(loaded.forward(x), model.forward(x))
+
+
+# ---------------------------------------------------------------------------------------
+# vgg_small
+
+
+def _torch_vgg_small(num_classes):
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(4096, 128), nn.ReLU(), nn.Linear(128, num_classes),
+    )  # fmt: skip
+
+
+def test_vgg_small_matches_its_pytorch_twin():
+    torch = pytest.importorskip("torch")
+    model = vgg_small(random_state=0, dtype=np.float64)
+    twin = _torch_vgg_small(10).double()
+    assert model.num_params == sum(p.numel() for p in twin.parameters()) == 591_274
+    assert model.output_shape((3, 32, 32)) == (10,)
+    # The same weights give the same logits: the layers are the twin's, in its order.
+    with torch.no_grad():
+        for (param, _), theirs in zip(model.parameters(), twin.parameters(), strict=True):
+            assert param.shape == tuple(theirs.shape)
+            theirs.copy_(torch.from_numpy(param))
+        x = np.random.default_rng(0).random((2, 3, 32, 32))
+        expected = twin(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model.forward(x), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_vgg_small_options_and_errors():
+    model = vgg_small(4, in_channels=1, input_size=(16, 12), random_state=0)
+    assert model.output_shape((1, 16, 12)) == (4,)
+    assert model.forward(np.zeros((2, 1, 16, 12), np.float32)).shape == (2, 4)
+    with pytest.raises(ValueError, match="at least 4x4"):
+        vgg_small(input_size=3)
+    with pytest.raises(ValueError, match="num_classes must be a positive int"):
+        vgg_small(0)
+    a, b = vgg_small(random_state=5).state_dict(), vgg_small(random_state=5).state_dict()
+    assert all(np.array_equal(a[key], b[key]) for key in a)
+
+
+def test_vgg_small_save_and_load(tmp_path):
+    model = vgg_small(3, random_state=0)
+    model.save(tmp_path / "vgg.npz")
+    loaded = fastcnn.load(tmp_path / "vgg.npz")
+    x = np.random.default_rng(1).random((2, 3, 32, 32), dtype=np.float32)
+    np.testing.assert_array_equal(loaded.forward(x), model.forward(x))
+
+
+def test_vgg_small_backends_agree(dtype):
+    if "cython" not in fastcnn.available_backends():
+        pytest.skip("compiled backend not available")
+    x = np.random.default_rng(0).random((3, 3, 32, 32)).astype(dtype)
+    model = vgg_small(random_state=0, dtype=dtype)
+    outputs = []
+    for name in ("numpy", "cython"):
+        with fastcnn.use_backend(name):
+            outputs.append(model.forward(x))
+    np.testing.assert_allclose(outputs[1], outputs[0], rtol=tol(dtype)["rtol"] * 10, atol=1e-5)

@@ -29,6 +29,7 @@ TINY_BUDGETS = {
     "sklearn_pipeline.py": ["--max-iter", "2", "--cv", "2"],
     "classic_filters.py": ["--downsample", "4", "--out", str(PICTURES / "classic_filters.png")],
     "benchmark_vs_numpy.py": ["--quick", "--repeats", "2"],
+    "shapes_vgg.py": ["--n-train", "800", "--epochs", "3"],
 }
 
 _real_exit = sys.exit

@@ -12,10 +12,11 @@ with ``torch.nn.functional``.
 
 Every op returns new C-contiguous arrays of the input's dtype (float32 or float64), with
 two exceptions that update state in place, as PyTorch's do: the optimizer steps
-(:func:`sgd_step`, :func:`adam_step`) and :func:`batch_norm`'s running statistics. This
-package re-exports every op from its modules: ``conv``, ``linear``, ``pooling``,
-``resample`` (adaptive pooling, interpolation), ``activation`` and ``training`` (the ops that keep training state: dropout, batch norm,
-the loss, the optimizer steps).
+(:func:`sgd_step`, :func:`adam_step`) and :func:`batch_norm`'s running statistics.
+
+This package re-exports every op from its modules: ``conv``, ``linear``, ``pooling``,
+``resample`` (adaptive pooling, interpolation), ``activation`` and ``training`` (the ops
+that keep training state: dropout, batch norm, the loss, the optimizer steps).
 """
 
 from __future__ import annotations

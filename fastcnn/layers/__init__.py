@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fastcnn.layers.activation import GELU, LeakyReLU, ReLU, Sigmoid, SiLU, Softmax, Tanh
+from fastcnn.layers.augmentation import RandomCrop, RandomFlip
 from fastcnn.layers.base import Layer
 from fastcnn.layers.conv import Conv2D
 from fastcnn.layers.dense import Dense
@@ -57,6 +58,8 @@ __all__ = [
     "ReLU",
     "Sigmoid",
     "Tanh",
+    "RandomCrop",
+    "RandomFlip",
     "layer_from_config",
     "register_layer",
     # GELU, SiLU, softmax and BatchNorm1D
@@ -97,6 +100,9 @@ for _cls in (
     GlobalAvgPool2D,
     GlobalMaxPool2D,
     Upsample2D,
+    # augmentation, in training only
+    RandomCrop,
+    RandomFlip,
 ):
     _cls.__module__ = __name__
 del _cls

@@ -32,6 +32,7 @@ from fastcnn.layers import (
     Tanh,
     Upsample2D,
 )
+from fastcnn.layers.augmentation import RandomCrop, RandomFlip
 
 if TYPE_CHECKING:  # fastcnn.model imports this package
     from fastcnn.model import Sequential
@@ -72,6 +73,9 @@ LAYER_REGISTRY: dict[str, type[Layer]] = {
         GlobalAvgPool2D,
         GlobalMaxPool2D,
         Upsample2D,
+        # augmentation, in training only
+        RandomCrop,
+        RandomFlip,
     )  # fmt: skip
 }
 
