@@ -201,6 +201,21 @@ class Backend(Protocol):
         (another thread may write them): one outside [0, C) raises ValueError. grad (N, C)
         gets ``(softmax(logits) - one_hot(y)) / N``. A row with a NaN gives NaN.
         """
+    # -- padding modes (conv_transpose2d needs none: it runs on the conv2d kernels) --
+    def pad2d_forward(
+        self, x: np.ndarray, out: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+        n_threads: int, /,
+    ) -> None:
+        """Write ``x[n, c, rows[i], cols[j]]`` into ``out[n, c, i, j]``, 0 where either is -1.
+
+        rows (H_out,) and cols (W_out,) are int64 maps the caller builds for the mode,
+        each entry -1 or a valid index of x's H (rows) or W (cols); out has N * C planes.
+        """
+    def pad2d_backward(
+        self, grad_out: np.ndarray, grad_x: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+        n_threads: int, /,
+    ) -> None:
+        """Overwrite grad_x with the adjoint of :meth:`pad2d_forward` (sums, not copies)."""
     # fmt: on
 
 
@@ -252,6 +267,7 @@ def _import_compiled() -> tuple[Backend | None, str | None]:
                 _norm,
                 _openmp,
                 _optim,
+                _pad,
                 _pool,
             )
         # Under a spin the user chose (a passive policy, say) workers may sleep at once:
@@ -287,6 +303,9 @@ def _import_compiled() -> tuple[Backend | None, str | None]:
         sgd_update = staticmethod(_optim.sgd_update)
         adam_update = staticmethod(_optim.adam_update)
         softmax_cross_entropy = staticmethod(_loss.softmax_cross_entropy)
+        # padding modes
+        pad2d_forward = staticmethod(_pad.pad2d_forward)
+        pad2d_backward = staticmethod(_pad.pad2d_backward)
 
     # mypy checks this assignment: a missing kernel or a signature that disagrees with
     # the Backend protocol (the stubs give the compiled signatures) is a type error.

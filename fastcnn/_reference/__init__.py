@@ -54,6 +54,10 @@ from fastcnn._reference.optim import (
     adam_update,
     sgd_update,
 )
+from fastcnn._reference.pad import (
+    pad2d_backward,
+    pad2d_forward,
+)
 from fastcnn._reference.pooling import (
     avg_pool2d_backward,
     avg_pool2d_forward,
@@ -83,4 +87,6 @@ __all__ = [
     "leaky_relu_backward",
     "batch_norm_forward",
     "batch_norm_backward",
+    "pad2d_forward",
+    "pad2d_backward",
 ]
