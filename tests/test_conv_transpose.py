@@ -1,4 +1,6 @@
-"""conv_transpose2d: PyTorch, the numpy oracle, central differences."""
+"""conv_transpose2d and ConvTranspose2D: PyTorch, the numpy oracle, central differences."""
+
+import json
 
 import numpy as np
 import pytest
@@ -7,6 +9,8 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 import fastcnn
 import fastcnn.functional as F
+from fastcnn.layers import ConvTranspose2D, Flatten, layer_from_config
+from fastcnn.model import Sequential
 
 torch = pytest.importorskip(
     "torch", reason="PyTorch is not installed: comparisons with torch.nn.functional skipped"
@@ -168,3 +172,90 @@ def test_errors_on_dtypes_bias_and_grad_out():
         F.conv_transpose2d(x, w, np.zeros(2))
     with pytest.raises(ValueError, match=r"grad_out must have shape \(1, 4, 5, 5\)"):
         F.conv_transpose2d_backward(np.zeros((1, 4, 6, 6)), x, w)
+
+
+# ---------------------------------------------------------------------------------------
+# The layer
+
+
+def test_layer_matches_torch_with_copied_weights(backend, dtype, rng):
+    layer = ConvTranspose2D(4, 6, (3, 2), stride=2, padding=1, output_padding=1, groups=2,
+                            dtype=dtype, rng=0)  # fmt: skip
+    twin = torch.nn.ConvTranspose2d(4, 6, (3, 2), 2, 1, 1, groups=2).to(torch.float64)
+    with torch.no_grad():
+        twin.weight.copy_(torch.from_numpy(layer.weight.astype(np.float64)))
+        twin.bias.copy_(torch.from_numpy(rng.standard_normal(6)))
+    layer.bias[...] = twin.bias.detach().numpy()
+    x = rng.standard_normal((2, 4, 5, 4)).astype(dtype)
+    tx = tensor(x.astype(np.float64))
+    ty = twin(tx)
+    y = layer.forward(x)
+    assert y.shape == (2, *layer.output_shape((4, 5, 4)))
+    assert_close(y, ty.detach().numpy().astype(dtype), dtype)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    ty.backward(torch.from_numpy(g.astype(np.float64)))
+    gx = layer.backward(g)
+    assert_close(gx, tx.grad.numpy().astype(dtype), dtype)
+    assert_close(layer.grads["weight"], twin.weight.grad.numpy().astype(dtype), dtype)
+    assert_close(layer.grads["bias"], twin.bias.grad.numpy().astype(dtype), dtype)
+
+
+def test_layer_init_uses_torchs_fan_in_and_zero_bias():
+    layer = ConvTranspose2D(8, 6, 3, groups=2, rng=0)
+    assert layer.weight.shape == (8, 3, 3, 3) and layer.bias.shape == (6,)
+    bound = np.sqrt(6.0 / (3 * 3 * 3))
+    assert np.abs(layer.weight).max() <= bound
+    assert np.abs(layer.weight).max() > 0.8 * bound
+    assert_array_equal(layer.bias, np.zeros(6, np.float32))
+    assert ConvTranspose2D(8, 6, 3, bias=False).bias is None
+
+
+def test_layer_gradients_match_central_differences(rng):
+    layer = ConvTranspose2D(2, 3, 3, stride=2, padding=1, output_padding=1, dtype=np.float64,
+                            rng=1)  # fmt: skip
+    layer.bias[...] = rng.standard_normal(3)
+    x = rng.standard_normal((2, 2, 3, 3))
+    weights = rng.standard_normal((2, *layer.output_shape((2, 3, 3))))
+
+    def loss():
+        return float((layer.forward(x) * weights).sum())
+
+    loss()
+    gx = layer.backward(weights)
+    assert_allclose(gx, numerical_grad(loss, x), rtol=1e-6, atol=1e-7)
+    for name in ("weight", "bias"):
+        loss()
+        layer.backward(weights)
+        analytic = layer.grads[name].copy()
+        assert_allclose(analytic, numerical_grad(loss, layer.params[name]), rtol=1e-6, atol=1e-7)
+
+
+def test_layer_config_shape_errors_and_repr():
+    layer = ConvTranspose2D(2, 4, (3, 2), stride=2, padding=(1, 0), output_padding=1,
+                            dilation=1, groups=2, bias=False, dtype=np.float64)  # fmt: skip
+    config = json.loads(json.dumps(layer.get_config()))
+    rebuilt = layer_from_config("ConvTranspose2D", config)
+    assert rebuilt.get_config() == config and rebuilt.weight.shape == (2, 2, 3, 2)
+    assert layer.output_shape((2, 4, 5)) == (4, 8, 11)
+    assert "output_padding=(1, 1)" in repr(layer) and "groups=2" in repr(layer)
+    with pytest.raises(ValueError, match=r"expected input of shape \(2, H, W\)"):
+        layer.output_shape((3, 4, 4))
+    with pytest.raises(ValueError, match="leaves no output"):
+        ConvTranspose2D(1, 1, 1, padding=2).output_shape((1, 3, 3))
+    with pytest.raises(ValueError, match="output_padding"):
+        ConvTranspose2D(1, 1, 3, stride=2, output_padding=2)
+    with pytest.raises(ValueError, match="groups=2 must divide"):
+        ConvTranspose2D(3, 4, 3, groups=2)
+
+
+def test_layer_save_load_round_trip(backend, dtype, tmp_path, rng):
+    model = Sequential(
+        ConvTranspose2D(2, 3, 3, stride=2, padding=1, output_padding=1, dtype=dtype, rng=0),
+        Flatten(),
+    )
+    model.layers[0].bias[...] = rng.standard_normal(3)
+    x = rng.standard_normal((2, 2, 4, 4)).astype(dtype)
+    model.save(tmp_path / "m.npz")
+    loaded = fastcnn.load(tmp_path / "m.npz")
+    assert loaded.get_config() == model.get_config()
+    assert_array_equal(loaded.forward(x), model.forward(x), strict=True)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastcnn.layers.activation import LeakyReLU, ReLU, Sigmoid, Tanh
 from fastcnn.layers.base import Layer
-from fastcnn.layers.conv import Conv2D
+from fastcnn.layers.conv import Conv2D, ConvTranspose2D, DepthwiseConv2D, SeparableConv2D
 from fastcnn.layers.dense import Dense
 from fastcnn.layers.normalization import BatchNorm2D
 from fastcnn.layers.pooling import AvgPool2D, MaxPool2D
@@ -51,6 +51,9 @@ __all__ = [
     "Tanh",
     "layer_from_config",
     "register_layer",
+    "ConvTranspose2D",
+    "DepthwiseConv2D",
+    "SeparableConv2D",
 ]
 
 # The classes show (repr, pickle, the API pages) under the name users import them by.
@@ -67,6 +70,9 @@ for _cls in (
     ReLU,
     Sigmoid,
     Tanh,
+    ConvTranspose2D,
+    DepthwiseConv2D,
+    SeparableConv2D,
 ):
     _cls.__module__ = __name__
 del _cls

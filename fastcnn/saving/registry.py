@@ -13,13 +13,16 @@ from fastcnn.layers import (
     AvgPool2D,
     BatchNorm2D,
     Conv2D,
+    ConvTranspose2D,
     Dense,
+    DepthwiseConv2D,
     Dropout,
     Flatten,
     Layer,
     LeakyReLU,
     MaxPool2D,
     ReLU,
+    SeparableConv2D,
     Sigmoid,
     Tanh,
 )
@@ -52,6 +55,9 @@ LAYER_REGISTRY: dict[str, type[Layer]] = {
         Sigmoid,
         Flatten,
         Dropout,
+        ConvTranspose2D,
+        DepthwiseConv2D,
+        SeparableConv2D,
     )  # fmt: skip
 }
 
