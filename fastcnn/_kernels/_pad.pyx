@@ -63,11 +63,14 @@ def pad2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
     if planes * h_out * w_out == 0:
         return
     cdef const floating* x_ptr = &x[0, 0, 0, 0] if h * w > 0 else NULL
+    cdef floating* out_ptr = &out[0, 0, 0, 0]
+    cdef const long long* rows_ptr = &rows[0]
+    cdef const long long* cols_ptr = &cols[0]
     cdef int threads = team_size(planes * h_out * w_out, MIN_PARALLEL_ELEMENTS, n_threads)
     with nogil:
         for p in prange(planes, num_threads=threads, schedule="static"):
-            gather_plane(x_ptr + p * h * w, &out[0, 0, 0, 0] + p * h_out * w_out,
-                         &rows[0], &cols[0], w, h_out, w_out)
+            gather_plane(x_ptr + p * h * w, out_ptr + p * h_out * w_out, rows_ptr, cols_ptr,
+                         w, h_out, w_out)
         team_released(threads)
 
 
@@ -79,10 +82,16 @@ def pad2d_backward(const floating[:, :, :, ::1] grad_out, floating[:, :, :, ::1]
     cdef Py_ssize_t h_out = grad_out.shape[2], w_out = grad_out.shape[3]
     if planes * h * w == 0:
         return
+    if h_out * w_out == 0:  # nothing copies any pixel
+        grad_x[:, :, :, :] = 0
+        return
+    cdef const floating* go_ptr = &grad_out[0, 0, 0, 0]
+    cdef floating* gx_ptr = &grad_x[0, 0, 0, 0]
+    cdef const long long* rows_ptr = &rows[0]
+    cdef const long long* cols_ptr = &cols[0]
     cdef int threads = team_size(planes * h_out * w_out, MIN_PARALLEL_ELEMENTS, n_threads)
     with nogil:
         for p in prange(planes, num_threads=threads, schedule="static"):
-            scatter_plane(&grad_out[0, 0, 0, 0] + p * h_out * w_out,
-                          &grad_x[0, 0, 0, 0] + p * h * w, &rows[0], &cols[0], h, w,
-                          h_out, w_out)
+            scatter_plane(go_ptr + p * h_out * w_out, gx_ptr + p * h * w, rows_ptr, cols_ptr,
+                          h, w, h_out, w_out)
         team_released(threads)
