@@ -185,6 +185,8 @@ def test_padding_mode_config_repr_and_errors():
     assert layer_from_config("Conv2D", plain.get_config()).padding_mode == "zeros"
     with pytest.raises(ValueError, match="padding mode must be one of"):
         Conv2D(2, 3, 3, padding_mode="mirror")
+    with pytest.raises(ValueError, match=r"Conv2D\(.*reflect padding needs pads smaller"):
+        Conv2D(1, 1, 3, padding=3, padding_mode="reflect").output_shape((1, 3, 8))
     with pytest.raises(ValueError, match="reflect padding needs pads smaller"):
         Conv2D(1, 1, 3, padding=2, padding_mode="reflect").forward(
             np.zeros((1, 1, 2, 5), np.float32)

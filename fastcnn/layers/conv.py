@@ -20,7 +20,7 @@ from fastcnn._validation import (
     conv_padding,
     pair,
 )
-from fastcnn._validation.ops import check_pad_mode, conv_transpose2d_output_hw
+from fastcnn._validation.ops import check_pad_mode, check_pads, conv_transpose2d_output_hw
 from fastcnn.layers.base import Layer, Shape, WeightBias
 
 
@@ -147,6 +147,11 @@ class Conv2D(WeightBias):
     def _output_shape(self, shape: Shape, received: Shape, batched: bool) -> Shape:
         if len(shape) != 3 or shape[0] != self.in_channels:
             raise self._shape_error(f"({self.in_channels}, H, W)", received, batched)
+        if self.padding_mode != "zeros":  # reflect and circular need pads within the image
+            try:
+                check_pads(self._mode_pads, (1, *shape), self.padding_mode)
+            except ValueError as exc:
+                raise ValueError(f"{self!r}: {exc}; got input {tuple(received)}") from None
         h_out, w_out = conv2d_output_hw(
             (shape[1], shape[2]), self.kernel_size, self.stride, self._pads, self.dilation
         )
