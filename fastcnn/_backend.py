@@ -271,6 +271,21 @@ class Backend(Protocol):
         scale_h: float, scale_w: float, n_threads: int, /,
     ) -> None:
         """Zero grad_x and add each grad_out times its weight to each of its sources."""
+    # -- padding modes (conv_transpose2d needs none: it runs on the conv2d kernels) --
+    def pad2d_forward(
+        self, x: np.ndarray, out: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+        n_threads: int, /,
+    ) -> None:
+        """Write ``x[n, c, rows[i], cols[j]]`` into ``out[n, c, i, j]``, 0 where either is -1.
+
+        rows (H_out,) and cols (W_out,) are int64 maps the caller builds for the mode,
+        each entry -1 or a valid index of x's H (rows) or W (cols); out has N * C planes.
+        """
+    def pad2d_backward(
+        self, grad_out: np.ndarray, grad_x: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+        n_threads: int, /,
+    ) -> None:
+        """Overwrite grad_x with the adjoint of :meth:`pad2d_forward` (sums, not copies)."""
     # fmt: on
 
 
@@ -322,6 +337,7 @@ def _import_compiled() -> tuple[Backend | None, str | None]:
                 _norm,
                 _openmp,
                 _optim,
+                _pad,
                 _pool,
                 _resample,
             )
@@ -371,6 +387,9 @@ def _import_compiled() -> tuple[Backend | None, str | None]:
         adaptive_max_pool2d_forward = staticmethod(_resample.adaptive_max_pool2d_forward)
         interpolate_forward = staticmethod(_resample.interpolate_forward)
         interpolate_backward = staticmethod(_resample.interpolate_backward)
+        # padding modes
+        pad2d_forward = staticmethod(_pad.pad2d_forward)
+        pad2d_backward = staticmethod(_pad.pad2d_backward)
 
     # mypy checks this assignment: a missing kernel or a signature that disagrees with
     # the Backend protocol (the stubs give the compiled signatures) is a type error.

@@ -60,6 +60,10 @@ from fastcnn._reference.optim import (
     adam_update,
     sgd_update,
 )
+from fastcnn._reference.pad import (
+    pad2d_backward,
+    pad2d_forward,
+)
 from fastcnn._reference.pooling import (
     avg_pool2d_backward,
     avg_pool2d_forward,
@@ -108,4 +112,6 @@ __all__ = [
     "adaptive_max_pool2d_forward",
     "interpolate_forward",
     "interpolate_backward",
+    "pad2d_forward",
+    "pad2d_backward",
 ]

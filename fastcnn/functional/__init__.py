@@ -45,9 +45,17 @@ from fastcnn.functional.conv import (
     conv2d,
     conv2d_backward,
 )
+from fastcnn.functional.conv_transpose import (
+    conv_transpose2d,
+    conv_transpose2d_backward,
+)
 from fastcnn.functional.linear import (
     linear,
     linear_backward,
+)
+from fastcnn.functional.padding import (
+    pad2d,
+    pad2d_backward,
 )
 from fastcnn.functional.pooling import (
     avg_pool2d,
@@ -113,4 +121,8 @@ __all__ = [
     "adaptive_max_pool2d_backward",
     "interpolate",
     "interpolate_backward",
+    "conv_transpose2d",
+    "conv_transpose2d_backward",
+    "pad2d",
+    "pad2d_backward",
 ]

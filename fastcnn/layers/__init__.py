@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from fastcnn.layers.activation import GELU, LeakyReLU, ReLU, Sigmoid, SiLU, Softmax, Tanh
 from fastcnn.layers.augmentation import RandomCrop, RandomFlip
 from fastcnn.layers.base import Layer
-from fastcnn.layers.conv import Conv2D
+from fastcnn.layers.conv import Conv2D, ConvTranspose2D, DepthwiseConv2D, SeparableConv2D
 from fastcnn.layers.dense import Dense
 from fastcnn.layers.normalization import BatchNorm1D, BatchNorm2D
 from fastcnn.layers.pooling import (
@@ -73,6 +73,9 @@ __all__ = [
     "GlobalAvgPool2D",
     "GlobalMaxPool2D",
     "Upsample2D",
+    "ConvTranspose2D",
+    "DepthwiseConv2D",
+    "SeparableConv2D",
 ]
 
 # The classes show (repr, pickle, the API pages) under the name users import them by.
@@ -103,6 +106,10 @@ for _cls in (
     # augmentation, in training only
     RandomCrop,
     RandomFlip,
+    # transposed, depthwise and separable convolution
+    ConvTranspose2D,
+    DepthwiseConv2D,
+    SeparableConv2D,
 ):
     _cls.__module__ = __name__
 del _cls

@@ -17,7 +17,9 @@ from fastcnn.layers import (
     BatchNorm1D,
     BatchNorm2D,
     Conv2D,
+    ConvTranspose2D,
     Dense,
+    DepthwiseConv2D,
     Dropout,
     Flatten,
     GlobalAvgPool2D,
@@ -26,6 +28,7 @@ from fastcnn.layers import (
     LeakyReLU,
     MaxPool2D,
     ReLU,
+    SeparableConv2D,
     Sigmoid,
     SiLU,
     Softmax,
@@ -76,6 +79,10 @@ LAYER_REGISTRY: dict[str, type[Layer]] = {
         # augmentation, in training only
         RandomCrop,
         RandomFlip,
+        # transposed, depthwise and separable convolution
+        ConvTranspose2D,
+        DepthwiseConv2D,
+        SeparableConv2D,
     )  # fmt: skip
 }
 
