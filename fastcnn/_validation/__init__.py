@@ -3,9 +3,10 @@
 functional, the layers, the model and its training loop, the losses, the optimizers, the
 estimator and the plots use these. The modules split them by what they check: ``arrays``
 (arrays, dtypes, int pairs, output-size formulas), ``scalars`` (numbers, flags, ints,
-generators), ``ops`` (the arguments of each op), ``data`` (the samples and targets given
-to a model) and ``estimator`` (``CNNClassifier``'s hyper-parameters). This package
-re-exports every name, so callers import from ``fastcnn._validation`` alone.
+generators), the arguments of each op (``ops``; ``activation``, ``resample`` and
+``padding`` for those families), ``data`` (the samples and targets given to a model) and
+``estimator`` (``CNNClassifier``'s hyper-parameters). This package re-exports every name,
+so callers import from ``fastcnn._validation`` alone.
 
 Each check returns the normalized value or raises TypeError/ValueError naming the
 argument, what was expected and what was received. Everything here runs once per call,
@@ -15,6 +16,12 @@ already-checked ints.
 
 from __future__ import annotations
 
+from fastcnn._validation.activation import (
+    GELU_APPROXIMATIONS,
+    check_axis,
+    check_gelu_approximate,
+    check_same_shape,
+)
 from fastcnn._validation.arrays import (
     FLOAT_DTYPES,
     MAX_BLAS_DIM,
@@ -43,44 +50,44 @@ from fastcnn._validation.estimator import (
     image_shape_of,
 )
 from fastcnn._validation.ops import (
-    GELU_APPROXIMATIONS,
-    INTERPOLATE_MODES,
-    PAD_MODES,
     ConvArgs,
-    ConvTransposeArgs,
-    InterpolateArgs,
     PoolArgs,
-    adaptive_output_hw,
-    check_adaptive,
-    check_adaptive_size,
-    check_axis,
     check_batch_input,
     check_bias,
     check_channel_vector,
     check_conv,
-    check_conv_transpose,
     check_divisor,
-    check_gelu_approximate,
     check_grad_out,
     check_input_shape,
-    check_interpolate,
-    check_interpolate_mode,
     check_labels,
     check_linear,
     check_logits,
     check_max_pool_indices,
-    check_pad_mode,
-    check_pads,
     check_param_pairs,
     check_pool,
-    check_same_shape,
     check_sample_weight,
-    check_scale_factor,
     check_state_arrays,
     check_step_lists,
-    conv_transpose2d_output_hw,
     pool_window,
     windows_touch_input,
+)
+from fastcnn._validation.padding import (
+    PAD_MODES,
+    ConvTransposeArgs,
+    check_conv_transpose,
+    check_pad_mode,
+    check_pads,
+    conv_transpose2d_output_hw,
+)
+from fastcnn._validation.resample import (
+    INTERPOLATE_MODES,
+    InterpolateArgs,
+    adaptive_output_hw,
+    check_adaptive,
+    check_adaptive_size,
+    check_interpolate,
+    check_interpolate_mode,
+    check_scale_factor,
 )
 from fastcnn._validation.scalars import (
     check_bool,
