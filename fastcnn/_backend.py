@@ -201,6 +201,13 @@ class Backend(Protocol):
         (another thread may write them): one outside [0, C) raises ValueError. grad (N, C)
         gets ``(softmax(logits) - one_hot(y)) / N``. A row with a NaN gives NaN.
         """
+    # -- merging (graph models: Add, Concatenate) --
+    def add_n(self, arrays: list[np.ndarray], out: np.ndarray, n_threads: int, /) -> None:
+        """Write the sum of ``arrays`` (two or more, out's shape), added left to right."""
+    def concatenate(self, arrays: list[np.ndarray], out: np.ndarray, n_threads: int, /) -> None:
+        """Write the 3-D ``arrays`` (outer, C_i, inner) one after another on axis 1 into out."""
+    def split(self, grad: np.ndarray, outs: list[np.ndarray], n_threads: int, /) -> None:
+        """Cut the 3-D ``grad`` on axis 1 into ``outs`` (outer, C_i, inner), in order."""
     # fmt: on
 
 
@@ -254,6 +261,8 @@ def _import_compiled() -> tuple[Backend | None, str | None]:
                 _optim,
                 _pool,
             )
+        from fastcnn._reference import merging as _merging
+
         # Under a spin the user chose (a passive policy, say) workers may sleep at once:
         # small ops then stay on one thread.
         warm = spin_known and _openmp.openmp_enabled()
@@ -287,6 +296,11 @@ def _import_compiled() -> tuple[Backend | None, str | None]:
         sgd_update = staticmethod(_optim.sgd_update)
         adam_update = staticmethod(_optim.adam_update)
         softmax_cross_entropy = staticmethod(_loss.softmax_cross_entropy)
+        # merging: numpy's vectorized sum and block copies, shared with the reference;
+        # these ops only move memory once, at numpy's speed.
+        add_n = staticmethod(_merging.add_n)
+        concatenate = staticmethod(_merging.concatenate)
+        split = staticmethod(_merging.split)
 
     # mypy checks this assignment: a missing kernel or a signature that disagrees with
     # the Backend protocol (the stubs give the compiled signatures) is a type error.

@@ -46,6 +46,11 @@ from fastcnn._reference.linear import (
 from fastcnn._reference.loss import (
     softmax_cross_entropy,
 )
+from fastcnn._reference.merging import (
+    add_n,
+    concatenate,
+    split,
+)
 from fastcnn._reference.normalization import (
     batch_norm_backward,
     batch_norm_forward,
@@ -83,4 +88,8 @@ __all__ = [
     "leaky_relu_backward",
     "batch_norm_forward",
     "batch_norm_backward",
+    # merging
+    "add_n",
+    "concatenate",
+    "split",
 ]

@@ -40,6 +40,11 @@ from fastcnn.functional.linear import (
     linear,
     linear_backward,
 )
+from fastcnn.functional.merging import (
+    add,
+    concatenate,
+    concatenate_backward,
+)
 from fastcnn.functional.pooling import (
     avg_pool2d,
     avg_pool2d_backward,
@@ -58,6 +63,9 @@ from fastcnn.functional.training import (
 
 __all__ = [
     "adam_step",
+    "add",
+    "concatenate",
+    "concatenate_backward",
     "avg_pool2d",
     "avg_pool2d_backward",
     "batch_norm",

@@ -27,6 +27,7 @@ from fastcnn.layers.activation import LeakyReLU, ReLU, Sigmoid, Tanh
 from fastcnn.layers.base import Layer
 from fastcnn.layers.conv import Conv2D
 from fastcnn.layers.dense import Dense
+from fastcnn.layers.merging import Add, Concatenate, Identity
 from fastcnn.layers.normalization import BatchNorm2D
 from fastcnn.layers.pooling import AvgPool2D, MaxPool2D
 from fastcnn.layers.regularization import Dropout
@@ -50,6 +51,10 @@ __all__ = [
     "Sigmoid",
     "Tanh",
     "layer_from_config",
+    # merging
+    "Add",
+    "Concatenate",
+    "Identity",
     "register_layer",
 ]
 
@@ -67,6 +72,10 @@ for _cls in (
     ReLU,
     Sigmoid,
     Tanh,
+    # merging
+    Add,
+    Concatenate,
+    Identity,
 ):
     _cls.__module__ = __name__
 del _cls
