@@ -178,7 +178,7 @@ def topological_order(outputs: list[Node]) -> list[Node]:
                 raise ValueError(
                     "the graph has a cycle: "
                     + " -> ".join(repr(n.layer) for n in reversed(cycle))
-                    + f" -> {child.layer!r}"
+                    + f" -> {cycle[-1].layer!r}"
                 )
             if seen is None:
                 state[id(child)] = 1
