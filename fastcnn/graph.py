@@ -378,6 +378,22 @@ class Model(BaseModel):
                 raise ValueError(f"layer {index[id(node.layer)]}: {exc}") from None
         return shapes
 
+    def layer_calls(self, input_shape: Any = None) -> list[tuple[Unit, Any, Shape]]:
+        """Return each call, in the order they run: ``(layer, input shape, output shape)``.
+
+        The input shape is a list of shapes where the layer took a list. ``input_shape``
+        (the model's, a list with several inputs) defaults to the inputs' own shapes.
+        """
+        given = [inp.shape for inp in self.inputs]
+        if input_shape is not None:
+            given = list(input_shape) if self._many_inputs else [input_shape]
+        shapes = self._shapes([tuple(int(d) for d in s) for s in given])
+        calls: list[tuple[Unit, Any, Shape]] = []
+        for node in self._steps:
+            args = [shapes[id(n)] for n in node.inputs]
+            calls.append((node.layer, args if node.multi else args[0], shapes[id(node)]))  # type: ignore[arg-type]
+        return calls
+
     def output_shape(self, input_shape: Any) -> Any:
         """Shape of one output sample for one input sample of shape ``input_shape``.
 

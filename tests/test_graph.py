@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from conftest import numerical_grad
 from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.utils.estimator_checks import parametrize_with_checks
+from test_estimator import _expected_failed_checks  # the checks CNNClassifier fails
 
 import fastcnn
 import fastcnn.functional as F
@@ -323,3 +325,55 @@ def test_other_graph_errors():
         L.ReLU()([inp, inp])
     with pytest.raises(ValueError, match="cannot be called on"):
         L.Add()(inp)
+
+
+# ---------------------------------------------------------------------------------------
+# CNNClassifier with a graph architecture
+
+
+def _graph_architecture(input_shape, n_classes):
+    """A residual graph for any (C, H, W): what CNNClassifier(architecture=...) calls."""
+    c, h, w = input_shape
+    inp = fastcnn.Input(input_shape)
+    x = L.ReLU()(L.Conv2D(c, 4, 3, padding=1)(inp))
+    x = L.Add()([x, L.ReLU()(L.Conv2D(4, 4, 3, padding=1)(x))])
+    return fastcnn.Model(inp, L.Dense(4 * h * w, n_classes)(L.Flatten()(x)))
+
+
+def _chain_layers(input_shape, n_classes):
+    c, h, w = input_shape
+    return [L.Conv2D(c, 4, 3, padding=1), L.ReLU(), L.Flatten(), L.Dense(4 * h * w, n_classes)]
+
+
+def _chain_graph(input_shape, n_classes):
+    node = inp = fastcnn.Input(input_shape)
+    for layer in _chain_layers(input_shape, n_classes):
+        node = layer(node)
+    return fastcnn.Model(inp, node)
+
+
+def test_cnn_classifier_trains_a_graph_architecture():
+    X, y = fastcnn.datasets.load_digits()
+    clf = fastcnn.CNNClassifier(_graph_architecture, max_iter=8, random_state=0)
+    clf.fit(X[:600], y[:600])
+    assert isinstance(clf.model_, fastcnn.Model)
+    assert clf.score(X[600:900], y[600:900]) > 0.8
+    # A chain written as a graph is the same network as its list of layers, seeded alike.
+    probas = [
+        fastcnn.CNNClassifier(arch, max_iter=2, random_state=0)
+        .fit(X[:300], y[:300])
+        .predict_proba(X[300:400])
+        for arch in (_chain_layers, _chain_graph, _chain_graph((1, 8, 8), 10))
+    ]
+    assert_array_equal(probas[1], probas[0])
+    assert_array_equal(probas[2], probas[0])
+    with pytest.raises(ValueError, match="must output 3 logits"):
+        fastcnn.CNNClassifier(_graph_architecture((1, 8, 8), 10)).fit(X[:50], y[:50] % 3)
+
+
+@parametrize_with_checks(
+    [fastcnn.CNNClassifier(_graph_architecture, random_state=0)],
+    expected_failed_checks=_expected_failed_checks,
+)
+def test_cnn_classifier_with_a_graph_passes_the_estimator_checks(estimator, check):
+    check(estimator)
