@@ -53,33 +53,6 @@ _ARCHITECTURES: dict[str, Callable[..., Sequential]] = {
 }
 
 
-def _leaf_layers(model: BaseModel) -> list[Layer]:
-    """Return the layers of ``model``, those of a Sequential inside a graph among them."""
-    return [
-        layer
-        for unit in model.layers
-        for layer in (unit.layers if isinstance(unit, Sequential) else [unit])
-    ]
-
-
-def _layer_inputs(model: BaseModel, shape: tuple[int, ...]) -> list[tuple[Layer, Any]]:
-    """Return each layer of ``model`` with the input sample shape it is called on."""
-    calls: list[tuple[Any, Any]]
-    if isinstance(model, Model):
-        calls = [(unit, given) for unit, given, _ in model.layer_calls(shape)]
-    else:
-        calls = [(model, shape)]
-    pairs: list[tuple[Layer, Any]] = []
-    for unit, given in calls:
-        if isinstance(unit, Sequential):
-            for layer in unit.layers:
-                pairs.append((layer, given))
-                given = layer.output_shape(given)
-        else:
-            pairs.append((unit, given))
-    return pairs
-
-
 def _seed(random_state: object) -> int:
     """One int seed from scikit-learn's ``random_state`` (None, int or RandomState)."""
     return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
@@ -420,7 +393,11 @@ default='digits_cnn'
                     "architecture(input_shape, n_classes) must return a fastcnn Sequential, "
                     f"a fastcnn Model or a list of fastcnn layers, got {type(built).__name__}"
                 )
-        self._reset_layers(_leaf_layers(built) if isinstance(built, Model) else list(built), rng)
+        if isinstance(built, Model):  # each layer once, in the order they run
+            built_layers = list(dict.fromkeys(layer for layer, _, _ in built.layer_calls()))
+        else:
+            built_layers = list(built)
+        self._reset_layers(built_layers, rng)
         model = built if isinstance(built, Model) else Sequential(list(built))
         try:
             out = model.output_shape(shape)
@@ -493,7 +470,7 @@ default='digits_cnn'
         # one sample would give it where the feature maps are 1x1 (tiny images): avoid that.
         one_by_one = any(
             isinstance(layer, BatchNorm2D) and shape[1] * shape[2] == 1
-            for layer, shape in _layer_inputs(self.model_, self.image_shape_)
+            for layer, shape, _ in self.model_.layer_calls(self.image_shape_)
         )
         if one_by_one and n > 1:
             while n % batch_size == 1:

@@ -378,20 +378,25 @@ class Model(BaseModel):
                 raise ValueError(f"layer {index[id(node.layer)]}: {exc}") from None
         return shapes
 
-    def layer_calls(self, input_shape: Any = None) -> list[tuple[Unit, Any, Shape]]:
+    def layer_calls(self, input_shape: Any = None) -> list[tuple[Layer, Any, Shape]]:
         """Return each call, in the order they run: ``(layer, input shape, output shape)``.
 
-        The input shape is a list of shapes where the layer took a list. ``input_shape``
-        (the model's, a list with several inputs) defaults to the inputs' own shapes.
+        The input shape is a list of shapes where the layer took a list; a Sequential
+        called in the graph gives the calls of its layers. ``input_shape`` (the
+        model's, a list with several inputs) defaults to the inputs' own shapes.
         """
         given = [inp.shape for inp in self.inputs]
         if input_shape is not None:
             given = list(input_shape) if self._many_inputs else [input_shape]
         shapes = self._shapes([tuple(int(d) for d in s) for s in given])
-        calls: list[tuple[Unit, Any, Shape]] = []
+        calls: list[tuple[Layer, Any, Shape]] = []
         for node in self._steps:
             args = [shapes[id(n)] for n in node.inputs]
-            calls.append((node.layer, args if node.multi else args[0], shapes[id(node)]))  # type: ignore[arg-type]
+            arg: Any = args if node.multi else args[0]
+            if isinstance(node.layer, Sequential):
+                calls += node.layer.layer_calls(arg)
+            else:
+                calls.append((node.layer, arg, shapes[id(node)]))  # type: ignore[arg-type]
         return calls
 
     def output_shape(self, input_shape: Any) -> Any:

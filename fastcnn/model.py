@@ -123,6 +123,10 @@ class BaseModel:
         """Shape of one output sample for one input sample of shape ``input_shape``."""
         raise NotImplementedError
 
+    def layer_calls(self, input_shape: Any) -> list[tuple[Layer, Any, Shape]]:
+        """Return each layer call with its input and output sample shapes, in run order."""
+        raise NotImplementedError
+
     def _state_arrays(self) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
@@ -587,6 +591,15 @@ class Sequential(BaseModel):
             except ValueError as exc:
                 raise ValueError(f"layer {i}: {exc}") from None
         return shape
+
+    def layer_calls(self, input_shape: Shape) -> list[tuple[Layer, Shape, Shape]]:
+        """Return each layer with the input and output sample shapes it is called on."""
+        shape, calls = tuple(int(s) for s in input_shape), []
+        for layer in self.layers:
+            out = layer.output_shape(shape)
+            calls.append((layer, shape, out))
+            shape = out
+        return calls
 
     def summary(self, input_shape: Shape) -> str:
         """Return a table of the layers with their output shapes and parameter counts.

@@ -185,6 +185,9 @@ def test_sequential_as_a_layer_of_a_graph(backend, rng):
     grad_x = model.backward(w)
     assert_allclose(grad_x, numerical_grad(lambda: float((model(x) * w).sum()), x), rtol=1e-6)
     assert [n for n, _, _ in model.named_parameters()] == ["0.0.weight", "0.0.bias"]
+    calls = model.layer_calls()
+    assert [type(layer).__name__ for layer, _, _ in calls] == ["Conv2D", "ReLU", "Add", "Flatten"]
+    assert calls[2][1:] == ([(2, 4, 4), (2, 4, 4)], (2, 4, 4))
 
 
 def test_several_inputs_and_outputs(backend, rng):
