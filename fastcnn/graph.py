@@ -288,16 +288,18 @@ class Model(BaseModel):
         for node in sorted(self._steps, key=lambda n: n.serial):
             calls.setdefault(id(node.layer), []).append(node)
         self.layers: list[Unit] = [group[0].layer for group in calls.values()]  # type: ignore[misc]
-        self._shared = {key for key, group in calls.items() if len(group) > 1}
-        self._check_layers()
+        shared = {key for key, group in calls.items() if len(group) > 1}
+        # By step, not by id(): a copy or an unpickled model has other ids.
+        self._shared = [id(node.layer) in shared for node in self._steps]
+        self._check_layers(shared)
         self._activations: dict[int, dict[str, Any]] = {}  # of each call of a shared layer
 
-    def _check_layers(self) -> None:
+    def _check_layers(self, shared: set[int]) -> None:
         dtype = None
         for i, unit in enumerate(self.layers):
             if not isinstance(unit, Layer | Sequential):
                 raise TypeError(f"layer {i} ({unit!r}) is neither a Layer nor a Sequential")
-            if isinstance(unit, Sequential) and id(unit) in self._shared:
+            if isinstance(unit, Sequential) and id(unit) in shared:
                 raise ValueError(
                     f"layer {i} ({type(unit).__name__} of {len(unit)} layers) is called "
                     "more than once; a Sequential may be called once in a graph: call its "
@@ -461,7 +463,7 @@ class Model(BaseModel):
             unit = node.layer
             args = [values[id(n)] for n in node.inputs]
             values[id(node)] = unit.forward(args if node.multi else args[0], training)  # type: ignore[union-attr, arg-type]
-            if id(unit) in self._shared:
+            if self._shared[step]:
                 self._activations[step] = unit._saved_activations()  # type: ignore[union-attr]
         return [values[id(out)] for out in self.outputs]
 
@@ -488,7 +490,7 @@ class Model(BaseModel):
         if isinstance(unit, Sequential):
             return unit.backward(grad, input_grad=needs, retain_activations=retain)
         assert unit is not None, "the steps are layer calls"
-        if id(unit) in self._shared:
+        if self._shared[step]:
             unit._restore_activations(self._activations[step])
         unit.needs_input_grad = needs
         try:
@@ -519,7 +521,7 @@ class Model(BaseModel):
             needs = input_grad or any(n.layer is not None for n in node.inputs)
             result = self._backward_step(step, node, grads.pop(id(node)), needs,
                                          retain_activations)  # fmt: skip
-            if id(node.layer) in self._shared:
+            if self._shared[step]:
                 held = sums.get(id(node.layer))
                 if held is None:
                     sums[id(node.layer)] = [g.copy() for g in _unit_grads(node.layer)]  # type: ignore[arg-type]

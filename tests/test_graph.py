@@ -100,7 +100,7 @@ def _residual_model(dtype=np.float64, in_channels=2, seed=0):
     c = L.Concatenate(axis=1)([h, L.AvgPool2D(2)(inp)])  # (6 + in_channels, 3, 3)
     flat = L.Flatten()(c)
     shared = L.Dense((6 + in_channels) * 9, 5, dtype=dtype, rng=r)
-    out = L.Add()([shared(flat), shared(flat)])  # a layer called twice
+    out = L.Add()([shared(flat), shared(L.Tanh()(flat))])  # a layer called twice
     return fastcnn.Model(inp, out)
 
 
@@ -120,7 +120,7 @@ def test_model_parameters_in_call_order_shared_layer_once():
     kinds = [type(u).__name__ for u in model.layers]
     assert kinds == [
         "Conv2D", "BatchNorm2D", "ReLU", "Conv2D", "Add", "Tanh", "Conv2D", "Conv2D", "Add",
-        "AvgPool2D", "Concatenate", "Flatten", "Dense", "Add",
+        "AvgPool2D", "Concatenate", "Flatten", "Dense", "Tanh", "Add",
     ]  # fmt: skip
     expected = [
         (p, layer.grads[name]) for layer in model.layers for name, p in layer.params.items()
@@ -210,7 +210,7 @@ def test_several_inputs_and_outputs(backend, rng):
 def test_summary_lists_calls_inputs_and_shapes():
     text = _residual_model().summary()
     assert "Input 'input_" in text and "(5,)" in text and "shares layer 12" in text
-    assert "Inputs" in text and "#12, #13" in text
+    assert "Inputs" in text and "#12, #14" in text
     assert f"Total params: {_residual_model().num_params:,}" in text
 
 
@@ -380,3 +380,17 @@ def test_cnn_classifier_trains_a_graph_architecture():
 )
 def test_cnn_classifier_with_a_graph_passes_the_estimator_checks(estimator, check):
     check(estimator)
+
+
+def test_a_copied_or_unpickled_model_keeps_its_shared_layers(rng):
+    import pickle
+
+    model = _residual_model()
+    x, w = rng.standard_normal((2, 2, 6, 6)), rng.standard_normal((2, 5))
+    model.forward(x, True)
+    want = [model.backward(w)] + [g.copy() for _, g in model.parameters()]
+    for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        other.forward(x, True)
+        got = [other.backward(w)] + [g for _, g in other.parameters()]
+        for a, b in zip(got, want, strict=True):
+            assert_allclose(a, b, rtol=1e-12)
