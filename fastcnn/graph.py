@@ -55,6 +55,7 @@ class Node:
         self.multi = multi  # the layer was called on a list of nodes
         self.name = name
         self.serial = next(_serials)  # creation order: the order layers were called
+        self.given_name: str | None = None
 
     def __repr__(self) -> str:
         made = "Input" if self.layer is None else repr(self.layer)
@@ -92,8 +93,8 @@ def Input(shape: Sequence[int], name: str | None = None) -> Node:  # noqa: N802 
         raise ValueError(f"shape must be a non-empty tuple of positive ints, got {shape!r}")
     if name is not None and not isinstance(name, str):
         raise TypeError(f"name must be a str, got {name!r}")
-    node = Node(tuple(int(d) for d in dims), None, (), False, "")
-    node.name = name if name is not None else f"input_{node.serial}"
+    node = Node(tuple(int(d) for d in dims), None, (), False, name or "input")
+    node.given_name = name  # what a model file keeps: None unless the user named it
     return node
 
 
@@ -429,10 +430,10 @@ class Model(BaseModel):
         if input_shape is not None:
             given = input_shape if self._many_inputs else [tuple(input_shape)]
         shapes = self._shapes([tuple(int(d) for d in s) for s in given])
-        label = {id(inp): inp.name for inp in self.inputs}
+        label = {id(inp): inp.given_name or f"input_{i}" for i, inp in enumerate(self.inputs)}
         index = {id(unit): i for i, unit in enumerate(self.layers)}
         rows = [("#", "Layer", "Inputs", "Output shape", "Params")]
-        rows += [("", f"Input {inp.name!r}", "", str(shapes[id(inp)]), "0") for inp in self.inputs]
+        rows += [("", f"Input {label[id(i)]!r}", "", str(shapes[id(i)]), "0") for i in self.inputs]
         first_call: set[int] = set()
         for row, node in enumerate(self._steps):
             label[id(node)] = f"#{row}"

@@ -394,3 +394,17 @@ def test_a_copied_or_unpickled_model_keeps_its_shared_layers(rng):
         got = [other.backward(w)] + [g for _, g in other.parameters()]
         for a, b in zip(got, want, strict=True):
             assert_allclose(a, b, rtol=1e-12)
+
+
+def test_fit_checkpoint_resumes_a_graph_model(tmp_path, rng):
+    X = rng.random((40, 2, 6, 6)).astype(np.float32)
+    y = rng.integers(0, 5, 40)
+    path = tmp_path / "run.npz"
+    _residual_model(np.float32).fit(X, y, epochs=2, verbose=0, checkpoint=path, random_state=0)
+    resumed = _residual_model(np.float32)
+    history = resumed.fit(X, y, epochs=3, verbose=0, checkpoint=path, random_state=0)
+    assert history.epoch == [0, 1, 2]
+    straight = _residual_model(np.float32)
+    straight.fit(X, y, epochs=3, verbose=0, random_state=0)
+    assert_allclose(resumed.predict_proba(X), straight.predict_proba(X), rtol=1e-5)
+    assert isinstance(fastcnn.load(path), fastcnn.Model)

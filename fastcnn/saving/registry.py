@@ -174,7 +174,7 @@ def graph_config(model: Model) -> dict[str, Any]:
     return {
         "kind": GRAPH_KIND,
         "layers": layers,
-        "inputs": [{"name": n.name, "shape": list(n.shape)} for n in model.inputs],
+        "inputs": [{"name": n.given_name, "shape": list(n.shape)} for n in model.inputs],
         "nodes": [
             {
                 "layer": unit_index[id(n.layer)],
