@@ -256,13 +256,12 @@ def _import_compiled() -> tuple[Backend | None, str | None]:
                 _elementwise,
                 _linear,
                 _loss,
+                _merge,
                 _norm,
                 _openmp,
                 _optim,
                 _pool,
             )
-        from fastcnn._reference import merging as _merging
-
         # Under a spin the user chose (a passive policy, say) workers may sleep at once:
         # small ops then stay on one thread.
         warm = spin_known and _openmp.openmp_enabled()
@@ -296,11 +295,10 @@ def _import_compiled() -> tuple[Backend | None, str | None]:
         sgd_update = staticmethod(_optim.sgd_update)
         adam_update = staticmethod(_optim.adam_update)
         softmax_cross_entropy = staticmethod(_loss.softmax_cross_entropy)
-        # merging: numpy's vectorized sum and block copies, shared with the reference;
-        # these ops only move memory once, at numpy's speed.
-        add_n = staticmethod(_merging.add_n)
-        concatenate = staticmethod(_merging.concatenate)
-        split = staticmethod(_merging.split)
+        # merging
+        add_n = staticmethod(_merge.add_n)
+        concatenate = staticmethod(_merge.concatenate)
+        split = staticmethod(_merge.split)
 
     # mypy checks this assignment: a missing kernel or a signature that disagrees with
     # the Backend protocol (the stubs give the compiled signatures) is a type error.
