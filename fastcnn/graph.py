@@ -441,7 +441,10 @@ class Model(BaseModel):
             shared = id(unit) in first_call
             first_call.add(id(unit))
             params = f"shares layer {index[id(unit)]}" if shared else f"{unit.num_params:,}"  # type: ignore[union-attr]
-            rows.append((f"#{row}", f"{index[id(unit)]}: {unit!r}".split("\n")[0],
+            what = (
+                f"Sequential of {len(unit)} layers" if isinstance(unit, Sequential) else repr(unit)
+            )
+            rows.append((f"#{row}", f"{index[id(unit)]}: {what}",
                          ", ".join(label[id(n)] for n in node.inputs),
                          str(shapes[id(node)]), params))  # fmt: skip
         widths = [max(len(r[c]) for r in rows) for c in range(5)]
@@ -463,7 +466,11 @@ class Model(BaseModel):
         for step, node in enumerate(self._steps):
             unit = node.layer
             args = [values[id(n)] for n in node.inputs]
-            values[id(node)] = unit.forward(args if node.multi else args[0], training)  # type: ignore[union-attr, arg-type]
+            arg: Any = args if node.multi else args[0]
+            # A Sequential's own forward would convert to its dtype: float32 for one
+            # without parameters, inside a float64 graph.
+            forward = unit._forward if isinstance(unit, Sequential) else unit.forward  # type: ignore[union-attr]
+            values[id(node)] = forward(arg, training)
             if self._shared[step]:
                 self._activations[step] = unit._saved_activations()  # type: ignore[union-attr]
         return [values[id(out)] for out in self.outputs]

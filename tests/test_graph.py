@@ -185,6 +185,7 @@ def test_sequential_as_a_layer_of_a_graph(backend, rng):
     grad_x = model.backward(w)
     assert_allclose(grad_x, numerical_grad(lambda: float((model(x) * w).sum()), x), rtol=1e-6)
     assert [n for n, _, _ in model.named_parameters()] == ["0.0.weight", "0.0.bias"]
+    assert "0: Sequential of 2 layers" in model.summary()
     calls = model.layer_calls()
     assert [type(layer).__name__ for layer, _, _ in calls] == ["Conv2D", "ReLU", "Add", "Flatten"]
     assert calls[2][1:] == ([(2, 4, 4), (2, 4, 4)], (2, 4, 4))
@@ -408,3 +409,13 @@ def test_fit_checkpoint_resumes_a_graph_model(tmp_path, rng):
     straight.fit(X, y, epochs=3, verbose=0, random_state=0)
     assert_allclose(resumed.predict_proba(X), straight.predict_proba(X), rtol=1e-5)
     assert isinstance(fastcnn.load(path), fastcnn.Model)
+
+
+def test_a_parameter_free_sequential_keeps_a_float64_graph_in_float64(rng):
+    inp = fastcnn.Input((3,))
+    h = fastcnn.Sequential(L.ReLU(), L.Tanh())(L.Dense(3, 3, dtype=np.float64, rng=0)(inp))
+    model = fastcnn.Model(inp, h)
+    x = rng.standard_normal((2, 3))
+    out = model(x)
+    assert out.dtype == np.float64
+    assert_array_equal(out, np.tanh(np.maximum(x @ model.layers[0].weight.T, 0)))
