@@ -18,7 +18,7 @@ from setuptools.command.build_ext import build_ext
 
 KERNELS = [
     "_activation", "_conv", "_elementwise", "_linear", "_loss", "_memory", "_norm", "_optim",
-    "_pool", "_openmp", "_resample", "_pad",
+    "_pool", "_openmp", "_resample", "_pad", "_merge",
 ]  # fmt: skip
 # The C translation units (fastcnn/_kernels/src) each module links besides its .pyx. A
 # unit linked into two modules is two copies with their own state (scratch.c's kept

@@ -152,6 +152,7 @@ PUBLIC_MODULES = [
     "fastcnn.functional",
     "fastcnn.layers",
     "fastcnn.model",
+    "fastcnn.graph",
     "fastcnn.optim",
     "fastcnn.losses",
     "fastcnn.models",

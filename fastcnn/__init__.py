@@ -31,6 +31,9 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 # Heavier parts (scikit-learn, the model stack) load on first use so `import fastcnn` is fast.
 _LAZY = {
     "Sequential": ("fastcnn.model", "Sequential"),
+    "Input": ("fastcnn.graph", "Input"),
+    "Model": ("fastcnn.graph", "Model"),
+    "graph": ("fastcnn.graph", None),
     "History": ("fastcnn.callbacks", "History"),
     "load": ("fastcnn.model", "load"),
     "CNNClassifier": ("fastcnn.estimator", "CNNClassifier"),
@@ -66,6 +69,8 @@ __all__ = [
     "CNNClassifier",
     "FastCNNWarning",
     "History",
+    "Input",
+    "Model",
     "Sequential",
     "__version__",
     "available_backends",
@@ -76,6 +81,7 @@ __all__ = [
     "functional",
     "get_backend",
     "get_num_threads",
+    "graph",
     "layers",
     "load",
     "losses",

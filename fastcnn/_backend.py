@@ -286,6 +286,13 @@ class Backend(Protocol):
         n_threads: int, /,
     ) -> None:
         """Overwrite grad_x with the adjoint of :meth:`pad2d_forward` (sums, not copies)."""
+    # -- merging (graph models: Add, Concatenate) --
+    def add_n(self, arrays: list[np.ndarray], out: np.ndarray, n_threads: int, /) -> None:
+        """Write the sum of ``arrays`` (two or more, out's shape), added left to right."""
+    def concatenate(self, arrays: list[np.ndarray], out: np.ndarray, n_threads: int, /) -> None:
+        """Write the 3-D ``arrays`` (outer, C_i, inner) one after another on axis 1 into out."""
+    def split(self, grad: np.ndarray, outs: list[np.ndarray], n_threads: int, /) -> None:
+        """Cut the 3-D ``grad`` on axis 1 into ``outs`` (outer, C_i, inner), in order."""
     # fmt: on
 
 
@@ -334,6 +341,7 @@ def _import_compiled() -> tuple[Backend | None, str | None]:
                 _elementwise,
                 _linear,
                 _loss,
+                _merge,
                 _norm,
                 _openmp,
                 _optim,
@@ -390,6 +398,10 @@ def _import_compiled() -> tuple[Backend | None, str | None]:
         # padding modes
         pad2d_forward = staticmethod(_pad.pad2d_forward)
         pad2d_backward = staticmethod(_pad.pad2d_backward)
+        # merging
+        add_n = staticmethod(_merge.add_n)
+        concatenate = staticmethod(_merge.concatenate)
+        split = staticmethod(_merge.split)
 
     # mypy checks this assignment: a missing kernel or a signature that disagrees with
     # the Backend protocol (the stubs give the compiled signatures) is a type error.

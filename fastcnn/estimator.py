@@ -33,8 +33,9 @@ from fastcnn import _threads, models
 from fastcnn._estimator_input import EstimatorInput
 from fastcnn._validation import check_estimator_params
 from fastcnn.callbacks import Callback
+from fastcnn.graph import Model
 from fastcnn.layers import BatchNorm2D, Dropout, Layer
-from fastcnn.model import Sequential
+from fastcnn.model import BaseModel, Sequential
 from fastcnn.optim import SGD, Adam, CosineAnnealingLR, Optimizer
 
 # Annotations only: the API pages then show these names as written.
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["CNNClassifier"]
 
 # A callable architecture: (input_shape (C, H, W), n_classes) -> a model or its layers.
-Architecture = Callable[[tuple[int, ...], int], "Sequential | Sequence[Layer]"]
+Architecture = Callable[[tuple[int, ...], int], "BaseModel | Sequence[Layer]"]
 
 _ARCHITECTURES: dict[str, Callable[..., Sequential]] = {
     "digits_cnn": models.digits_cnn,
@@ -153,16 +154,16 @@ class CNNClassifier(EstimatorInput, ClassifierMixin, BaseEstimator):  # type: ig
 
     Parameters
     ----------
-    architecture : {'digits_cnn', 'lenet5'}, callable, Sequential or list of Layer, \
+    architecture : {'digits_cnn', 'lenet5'}, callable, Sequential, Model or list of Layer, \
 default='digits_cnn'
         The network. ``'digits_cnn'`` (:func:`fastcnn.models.digits_cnn`) adapts to any
         input size, including 1-row strips of tabular features; ``'lenet5'``
         (:func:`fastcnn.models.lenet5`) needs images of at least 16x16. A callable is
         called as ``architecture(input_shape, n_classes)`` with ``input_shape = (C, H, W)``
-        and returns a ``Sequential`` or a list of layers. A ``Sequential`` or a list of
-        layers is used as given. Whatever the source, ``fit`` works on a copy and
-        re-initializes every parameter from ``random_state``; the model must output
-        ``n_classes`` logits.
+        and returns a ``Sequential``, a graph :class:`~fastcnn.Model` or a list of layers.
+        A ``Sequential``, a ``Model`` or a list of layers is used as given. Whatever the
+        source, ``fit`` works on a copy and re-initializes every parameter from
+        ``random_state``; the model must output ``n_classes`` logits.
     image_shape : (H, W), (C, H, W) or (H, W, C), default=None
         Shape of one image when ``X`` is given flat, as (n_samples, C * H * W); a 3-tuple
         is in ``data_format`` order. None: square images (1, s, s) when
@@ -234,7 +235,7 @@ default='digits_cnn'
     ----------
     classes_ : ndarray of shape (n_classes,)
         Class labels, sorted.
-    model_ : fastcnn.Sequential
+    model_ : fastcnn.Sequential or fastcnn.Model
         The trained network (input (N, C, H, W), output n_classes logits).
     image_shape_ : tuple of int
         (C, H, W) of the network input.
@@ -268,7 +269,7 @@ default='digits_cnn'
     # Learned in fit (scikit-learn's convention: the names end in "_"); declared here
     # for the type checker only, so that hasattr and check_is_fitted are unchanged.
     classes_: np.ndarray
-    model_: Sequential
+    model_: BaseModel
     image_shape_: tuple[int, ...]
     n_features_in_: int
     loss_curve_: list[float]
@@ -348,7 +349,7 @@ default='digits_cnn'
                 )
         elif not (
             callable(arch)
-            or isinstance(arch, Sequential)
+            or isinstance(arch, BaseModel)
             or (
                 isinstance(arch, list | tuple)
                 and arch
@@ -357,12 +358,13 @@ default='digits_cnn'
         ):
             raise ValueError(
                 f"architecture must be one of {list(_ARCHITECTURES)}, a callable, a "
-                f"fastcnn Sequential or a non-empty list of fastcnn layers, got {arch!r}"
+                f"fastcnn Sequential or Model, or a non-empty list of fastcnn layers, got "
+                f"{arch!r}"
             )
 
     # -- the network --------------------------------------------------------------------
 
-    def _build_model(self, n_classes: int, rng: np.random.Generator) -> Sequential:
+    def _build_model(self, n_classes: int, rng: np.random.Generator) -> BaseModel:
         arch, shape, dtype = self.architecture, self.image_shape_, self._np_dtype
         if isinstance(arch, str):
             channels, height, width = shape
@@ -374,31 +376,29 @@ default='digits_cnn'
                 random_state=rng,
             )
         built: object
-        if isinstance(arch, Sequential) or isinstance(arch, list | tuple):
-            built = copy.deepcopy(list(arch))  # never train the user's objects
+        if isinstance(arch, Model):
+            built = copy.deepcopy(arch)  # never train the user's objects
+        elif isinstance(arch, Sequential) or isinstance(arch, list | tuple):
+            built = copy.deepcopy(list(arch))
         else:
             assert callable(arch), "_check_params accepts no other architecture"
             built = arch(shape, n_classes)
             if isinstance(built, Sequential):
                 built = list(built.layers)
-            if not isinstance(built, list | tuple) or not all(
-                isinstance(layer, Layer) for layer in built
+            if not isinstance(built, Model | list | tuple) or (
+                not isinstance(built, Model)
+                and not all(isinstance(layer, Layer) for layer in built)
             ):
                 raise ValueError(
-                    "architecture(input_shape, n_classes) must return a fastcnn Sequential "
-                    f"or a list of fastcnn layers, got {type(built).__name__}"
+                    "architecture(input_shape, n_classes) must return a fastcnn Sequential, "
+                    f"a fastcnn Model or a list of fastcnn layers, got {type(built).__name__}"
                 )
-        for layer in built:
-            if layer.dtype is not None and layer.dtype != dtype:
-                raise ValueError(
-                    f"architecture layer {layer!r} has dtype {layer.dtype}, but dtype="
-                    f"{self.dtype!r}; build the layers with dtype={dtype.name!r} or set "
-                    f"dtype={layer.dtype.name!r}"
-                )
-            layer.reset_parameters(rng)  # seeded, whatever the layers were built with
-            if isinstance(layer, Dropout):
-                layer.rng = np.random.default_rng(rng.integers(2**63))
-        model = Sequential(list(built))
+        if isinstance(built, Model):  # each layer once, in the order they run
+            built_layers = list(dict.fromkeys(layer for layer, _, _ in built.layer_calls()))
+        else:
+            built_layers = list(built)
+        self._reset_layers(built_layers, rng)
+        model = built if isinstance(built, Model) else Sequential(list(built))
         try:
             out = model.output_shape(shape)
         except ValueError as exc:
@@ -411,6 +411,20 @@ default='digits_cnn'
                 f"of shape {shape}, but outputs shape {out}"
             )
         return model
+
+    def _reset_layers(self, layers: list[Layer], rng: np.random.Generator) -> None:
+        """Check each layer's dtype, then re-initialize it from ``rng`` (seeded)."""
+        dtype = self._np_dtype
+        for layer in layers:
+            if layer.dtype is not None and layer.dtype != dtype:
+                raise ValueError(
+                    f"architecture layer {layer!r} has dtype {layer.dtype}, but dtype="
+                    f"{self.dtype!r}; build the layers with dtype={dtype.name!r} or set "
+                    f"dtype={layer.dtype.name!r}"
+                )
+            layer.reset_parameters(rng)  # seeded, whatever the layers were built with
+            if isinstance(layer, Dropout):
+                layer.rng = np.random.default_rng(rng.integers(2**63))
 
     def _make_optimizer(self) -> Optimizer:
         if self.optimizer == "adam":
@@ -454,11 +468,10 @@ default='digits_cnn'
         batch_size = min(self.batch_size, n)
         # BatchNorm cannot normalize a single value per channel, which a final batch of
         # one sample would give it where the feature maps are 1x1 (tiny images): avoid that.
-        shape, one_by_one = self.image_shape_, False
-        for layer in self.model_.layers:
-            if isinstance(layer, BatchNorm2D) and shape[1] * shape[2] == 1:
-                one_by_one = True
-            shape = layer.output_shape(shape)
+        one_by_one = any(
+            isinstance(layer, BatchNorm2D) and shape[1] * shape[2] == 1
+            for layer, shape, _ in self.model_.layer_calls(self.image_shape_)
+        )
         if one_by_one and n > 1:
             while n % batch_size == 1:
                 batch_size += 1

@@ -1,4 +1,7 @@
-"""``Sequential``: a stack of layers with training, inference and save/load.
+"""``Sequential``, a stack of layers, and what every model shares (``BaseModel``).
+
+``BaseModel`` holds training, inference, state and save/load for :class:`Sequential`
+and the graph :class:`fastcnn.Model` (:mod:`fastcnn.graph`) alike.
 
 The model is the boundary of the library: it converts user input (lists, uint8 images,
 float64 arrays) to the model dtype once, checks shapes against every layer before any
@@ -37,7 +40,7 @@ from fastcnn.optim import Optimizer
 from fastcnn.saving import FORMAT_VERSION
 from fastcnn.saving import load_model as load
 
-__all__ = ["FORMAT_VERSION", "History", "Sequential", "load"]
+__all__ = ["FORMAT_VERSION", "BaseModel", "History", "Sequential", "load"]
 
 Shape = tuple[int, ...]
 
@@ -83,157 +86,68 @@ class _LayerIndex(dict[int, Layer]):
         )
 
 
-class Sequential:
-    """A stack of layers applied in order, trained by backpropagation.
+class BaseModel:
+    """What every model has: training, inference, state and files, over its graph of layers.
 
-    Parameters
-    ----------
-    *layers : Layer, or one list of layers
-        ``Sequential(a, b, c)`` and ``Sequential([a, b, c])`` are the same. Layers with
-        parameters must share one dtype, the model's :attr:`dtype`.
-
-    Attributes
-    ----------
-    layers : list of Layer
-    optimizer : Optimizer or None
-        The optimizer of the last :meth:`fit` (reused by the next ``fit`` if none is given).
-    history : History or None
-        What the last :meth:`fit` returned.
-
-    Notes
-    -----
-    Gradients are overwritten, never accumulated, by every :meth:`backward`, so there is no
-    ``zero_grad`` to call between steps.
-
-    Examples
-    --------
-    >>> from fastcnn.layers import Conv2D, ReLU, MaxPool2D, Flatten, Dense
-    >>> model = Sequential([Conv2D(1, 8, 3, padding=1, rng=0), ReLU(), MaxPool2D(2),
-    ...                     Flatten(), Dense(8 * 4 * 4, 10, rng=0)])
-    >>> model.output_shape((1, 8, 8))
-    (10,)
+    :class:`Sequential` and :class:`fastcnn.Model` inherit it. A subclass provides the
+    layers (``layers``), ``_forward(x, training)``, ``_backward(grad, input_grad,
+    retain_activations)``, :meth:`parameters`, ``_state_arrays()`` (every parameter and
+    buffer by its stable name), :meth:`output_shape`, :attr:`dtype`, ``get_config`` and
+    ``from_config``; the trainer (:mod:`fastcnn.training`) drives any of them alike.
     """
 
-    def __init__(self, *layers: Layer | Iterable[Layer]) -> None:
-        if len(layers) == 1 and isinstance(layers[0], list | tuple):
-            layers = tuple(layers[0])
-        self.layers: list[Layer] = []
-        self.optimizer: Any = None
-        self.history: History | None = None
+    layers: list[Any]
+    optimizer: Any
+    history: History | None
+    stop_training: bool
+    _loss: Any
+
+    def _init_training_state(self) -> None:
+        self.optimizer = None
+        self.history = None
         self.stop_training = False  # set by a callback to stop fit after the epoch
-        self._loss: Any = "cross_entropy"
-        for layer in layers:
-            self.add(layer)  # type: ignore[arg-type]
+        self._loss = "cross_entropy"
 
-    def add(self, layer: Layer) -> Sequential:
-        """Append a layer; returns the model."""
-        index = len(self.layers)
-        if not isinstance(layer, Layer):
-            raise TypeError(f"layer {index} must be a fastcnn Layer, got {type(layer).__name__}")
-        known = self._layer_index()
-        # The index only says "maybe" (it may predate an edit of `layers`): confirm.
-        if known.get(id(layer)) is layer and any(layer is other for other in self.layers):
-            raise ValueError(
-                f"layer {index} ({layer!r}) is already in the model; a layer object keeps "
-                "its own forward state, so build a new one to use it twice"
-            )
-        dtype = known.dtype
-        if layer.dtype is not None and dtype is not None and layer.dtype != dtype:
-            raise ValueError(
-                f"layer {index} ({layer!r}) has dtype {layer.dtype} but the model's other "
-                f"layers have dtype {dtype}; build every layer with the same dtype"
-            )
-        self.layers.append(layer)
-        known.note(layer)
-        return self
-
-    def _layer_index(self) -> _LayerIndex:
-        index = self.__dict__.get("_index")
-        if index is None or not index.describes(self.layers):
-            index = self._index = _LayerIndex(self.layers)
-        return index
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.pop("_index", None)  # keyed by id(): meaningless in another process
-        return state
-
-    # -- containers and introspection ---------------------------------------------------
-
-    def _param_dtype(self) -> np.dtype | None:
-        for layer in self.layers:
-            if layer.dtype is not None:
-                return layer.dtype
-        return None
+    # -- what a subclass provides -------------------------------------------------------
 
     @property
     def dtype(self) -> np.dtype:
-        """Dtype of the parameters (float32 if no layer has parameters)."""
-        dtype = self._param_dtype()
-        return np.dtype(np.float32) if dtype is None else dtype
-
-    def __len__(self) -> int:
-        return len(self.layers)
-
-    def __iter__(self) -> Iterator[Layer]:
-        return iter(self.layers)
-
-    @overload
-    def __getitem__(self, index: slice) -> Sequential: ...
-    @overload
-    def __getitem__(self, index: int) -> Layer: ...
-    def __getitem__(self, index: int | slice) -> Layer | Sequential:
-        if isinstance(index, slice):
-            return Sequential(self.layers[index])
-        return self.layers[index]
-
-    def __repr__(self) -> str:
-        lines = [f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers)]
-        return "Sequential(\n" + "\n".join(lines) + "\n)" if lines else "Sequential()"
+        """Dtype of the parameters."""
+        raise NotImplementedError
 
     def parameters(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Every learnable array with its gradient, as ``(param, grad)`` pairs.
+        """Every learnable array with its gradient, as ``(param, grad)`` pairs."""
+        raise NotImplementedError
 
-        The arrays themselves, not copies, in layer order and, within a layer, in the
-        order of ``layer.params``. Both stay the same objects for the life of the model
-        (updates happen in place), so an optimizer can bind to this list once.
-        """
-        return [
-            (p, layer.grads[name]) for layer in self.layers for name, p in layer.params.items()
-        ]
+    def output_shape(self, input_shape: Shape) -> Shape:
+        """Shape of one output sample for one input sample of shape ``input_shape``."""
+        raise NotImplementedError
 
-    def named_parameters(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
-        """As :meth:`parameters`, with names ``"<layer index>.<param name>"``."""
-        return [
-            (f"{i}.{name}", p, layer.grads[name])
-            for i, layer in enumerate(self.layers)
-            for name, p in layer.params.items()
-        ]
+    def layer_calls(self, input_shape: Any) -> list[tuple[Layer, Any, Shape]]:
+        """Return each layer call with its input and output sample shapes, in run order."""
+        raise NotImplementedError
+
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        raise NotImplementedError
+
+    def _backward(
+        self, grad: np.ndarray, input_grad: bool, retain_activations: bool = False
+    ) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
+        """Return the architecture as JSON-able data."""
+        raise NotImplementedError
 
     @property
     def num_params(self) -> int:
         """Number of learnable scalars."""
         return sum(layer.num_params for layer in self.layers)
 
-    def _state_arrays(self) -> dict[str, np.ndarray]:
-        state = {}
-        for i, layer in enumerate(self.layers):
-            for name, array in (*layer.params.items(), *layer.buffers.items()):
-                state[f"{i}.{name}"] = array
-        return state
-
-    def non_finite_state(self) -> tuple[str, str] | None:
-        """Name the first array of the model's state that holds NaN or infinity.
-
-        Returns ``("parameters" or "buffers", name)``, or None when every parameter and
-        buffer is finite: what ``fit`` checks after every epoch.
-        """
-        for i, layer in enumerate(self.layers):
-            for kind, arrays in (("parameters", layer.params), ("buffers", layer.buffers)):
-                for name, array in arrays.items():
-                    if not np.isfinite(array).all():
-                        return kind, f"{i}.{name}"
-        return None
+    # -- state --------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Return copies of every parameter and buffer (BatchNorm statistics) by stable name."""
@@ -266,84 +180,7 @@ class Sequential:
         for name, target in expected.items():
             np.copyto(target, state[name])
 
-    def output_shape(self, input_shape: Shape) -> Shape:
-        """Shape of one output sample for one input sample of shape ``input_shape``."""
-        shape = tuple(int(s) for s in input_shape)
-        for i, layer in enumerate(self.layers):
-            try:
-                shape = layer.output_shape(shape)
-            except ValueError as exc:
-                raise ValueError(f"layer {i}: {exc}") from None
-        return shape
-
-    def summary(self, input_shape: Shape) -> str:
-        """Return a table of the layers with their output shapes and parameter counts.
-
-        Parameters
-        ----------
-        input_shape : tuple of int
-            Shape of one input sample, e.g. ``(1, 28, 28)``.
-
-        Returns
-        -------
-        str
-            Ready to ``print``.
-        """
-        shape = tuple(int(s) for s in input_shape)
-        rows = [("#", "Layer", "Output shape", "Params")]
-        for i, layer in enumerate(self.layers):
-            try:
-                shape = layer.output_shape(shape)
-            except ValueError as exc:
-                raise ValueError(f"layer {i}: {exc}") from None
-            rows.append((str(i), repr(layer), str(shape), f"{layer.num_params:,}"))
-        widths = [max(len(row[c]) for row in rows) for c in range(4)]
-
-        def fmt(row: tuple[str, str, str, str]) -> str:
-            return (
-                f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  "
-                f"{row[2]:<{widths[2]}}  {row[3]:>{widths[3]}}"
-            )
-
-        rule = "-" * len(fmt(rows[0]))
-        lines = [
-            f"Sequential: input {tuple(int(s) for s in input_shape)}, dtype {self.dtype}",
-            rule,
-            fmt(rows[0]),
-            rule,
-            *(fmt(row) for row in rows[1:]),
-            rule,
-            f"Total params: {self.num_params:,}",
-        ]
-        return "\n".join(lines)
-
     # -- forward and backward -----------------------------------------------------------
-
-    def _forward(self, x: np.ndarray, training: bool) -> np.ndarray:
-        for layer in self.layers:
-            x = layer.forward(x, training)
-        return x
-
-    def _backward(
-        self, grad: np.ndarray, input_grad: bool, retain_activations: bool = False
-    ) -> np.ndarray | None:
-        layers = self.layers
-        if not layers:
-            return grad if input_grad else None
-        first = layers[0]
-        first.needs_input_grad = input_grad  # saves the first conv's input-gradient GEMM
-        try:
-            for layer in reversed(layers):
-                # None only from the first layer, run last, when input_grad is False.
-                grad = cast(np.ndarray, layer.backward(grad))
-                if not retain_activations:
-                    # As PyTorch frees a graph's saved tensors: the activations go back
-                    # to the recycled buffers now, and the next forward reuses them
-                    # instead of allocating a second set while these are still held.
-                    layer._release_activations()
-        finally:
-            first.needs_input_grad = True
-        return grad if input_grad else None
 
     def forward(self, x: ArrayLike, training: bool = False) -> np.ndarray:
         """Output for a batch ``x`` (converted to the model dtype if needed).
@@ -352,8 +189,17 @@ class Sequential:
         """
         return self._forward(np.asarray(x, dtype=self.dtype), training)
 
-    def __call__(self, x: ArrayLike, training: bool = False) -> np.ndarray:
-        """Return :meth:`forward`."""
+    def __call__(self, x: ArrayLike, training: bool = False) -> Any:
+        """Return :meth:`forward`; called on graph nodes, record a node of a graph instead.
+
+        A model called on a :class:`fastcnn.graph.Node` (or a list of them) is used as
+        a layer of a :class:`fastcnn.Model` (see :func:`fastcnn.Input`).
+        """
+        if not isinstance(x, np.ndarray):
+            from fastcnn import graph  # not at the top: fastcnn.graph imports this module
+
+            if graph.is_symbolic(x):
+                return graph.call(self, x)
         return self.forward(x, training)
 
     def backward(
@@ -580,6 +426,250 @@ class Sequential:
         y = check_y(self, y, X.shape[0], out_shape, classification)
         return training.evaluate(self, X, y, loss_fn, classification, batch_size)
 
+    # -- persistence --------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the architecture and weights to one ``.npz`` file, atomically.
+
+        The file is written under a temporary name in the same directory, flushed to
+        disk, then renamed over ``path``: a crash or error mid-save leaves any previous
+        file at ``path`` intact. ``path`` is used exactly as given (no suffix is added).
+        """
+        saving.save_model(self, path)
+
+
+class Sequential(BaseModel):
+    """A stack of layers applied in order, trained by backpropagation.
+
+    Parameters
+    ----------
+    *layers : Layer, or one list of layers
+        ``Sequential(a, b, c)`` and ``Sequential([a, b, c])`` are the same. Layers with
+        parameters must share one dtype, the model's :attr:`dtype`.
+
+    Attributes
+    ----------
+    layers : list of Layer
+    optimizer : Optimizer or None
+        The optimizer of the last :meth:`fit` (reused by the next ``fit`` if none is given).
+    history : History or None
+        What the last :meth:`fit` returned.
+
+    Notes
+    -----
+    Gradients are overwritten, never accumulated, by every :meth:`backward`, so there is no
+    ``zero_grad`` to call between steps.
+
+    Examples
+    --------
+    >>> from fastcnn.layers import Conv2D, ReLU, MaxPool2D, Flatten, Dense
+    >>> model = Sequential([Conv2D(1, 8, 3, padding=1, rng=0), ReLU(), MaxPool2D(2),
+    ...                     Flatten(), Dense(8 * 4 * 4, 10, rng=0)])
+    >>> model.output_shape((1, 8, 8))
+    (10,)
+    """
+
+    def __init__(self, *layers: Layer | Iterable[Layer]) -> None:
+        if len(layers) == 1 and isinstance(layers[0], list | tuple):
+            layers = tuple(layers[0])
+        self.layers: list[Layer] = []
+        self._init_training_state()
+        for layer in layers:
+            self.add(layer)  # type: ignore[arg-type]
+
+    def add(self, layer: Layer) -> Sequential:
+        """Append a layer; returns the model."""
+        index = len(self.layers)
+        if not isinstance(layer, Layer):
+            raise TypeError(f"layer {index} must be a fastcnn Layer, got {type(layer).__name__}")
+        known = self._layer_index()
+        # The index only says "maybe" (it may predate an edit of `layers`): confirm.
+        if known.get(id(layer)) is layer and any(layer is other for other in self.layers):
+            raise ValueError(
+                f"layer {index} ({layer!r}) is already in the model; a layer object keeps "
+                "its own forward state, so build a new one to use it twice"
+            )
+        dtype = known.dtype
+        if layer.dtype is not None and dtype is not None and layer.dtype != dtype:
+            raise ValueError(
+                f"layer {index} ({layer!r}) has dtype {layer.dtype} but the model's other "
+                f"layers have dtype {dtype}; build every layer with the same dtype"
+            )
+        self.layers.append(layer)
+        known.note(layer)
+        return self
+
+    def _layer_index(self) -> _LayerIndex:
+        index = self.__dict__.get("_index")
+        if index is None or not index.describes(self.layers):
+            index = self._index = _LayerIndex(self.layers)
+        return index
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_index", None)  # keyed by id(): meaningless in another process
+        return state
+
+    # -- containers and introspection ---------------------------------------------------
+
+    def _param_dtype(self) -> np.dtype | None:
+        for layer in self.layers:
+            if layer.dtype is not None:
+                return layer.dtype
+        return None
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Dtype of the parameters (float32 if no layer has parameters)."""
+        dtype = self._param_dtype()
+        return np.dtype(np.float32) if dtype is None else dtype
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(self.layers)
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequential: ...
+    @overload
+    def __getitem__(self, index: int) -> Layer: ...
+    def __getitem__(self, index: int | slice) -> Layer | Sequential:
+        if isinstance(index, slice):
+            return Sequential(self.layers[index])
+        return self.layers[index]
+
+    def __repr__(self) -> str:
+        lines = [f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers)]
+        return "Sequential(\n" + "\n".join(lines) + "\n)" if lines else "Sequential()"
+
+    def parameters(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every learnable array with its gradient, as ``(param, grad)`` pairs.
+
+        The arrays themselves, not copies, in layer order and, within a layer, in the
+        order of ``layer.params``. Both stay the same objects for the life of the model
+        (updates happen in place), so an optimizer can bind to this list once.
+        """
+        return [
+            (p, layer.grads[name]) for layer in self.layers for name, p in layer.params.items()
+        ]
+
+    def named_parameters(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """As :meth:`parameters`, with names ``"<layer index>.<param name>"``."""
+        return [
+            (f"{i}.{name}", p, layer.grads[name])
+            for i, layer in enumerate(self.layers)
+            for name, p in layer.params.items()
+        ]
+
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        state = {}
+        for i, layer in enumerate(self.layers):
+            for name, array in (*layer.params.items(), *layer.buffers.items()):
+                state[f"{i}.{name}"] = array
+        return state
+
+    def non_finite_state(self) -> tuple[str, str] | None:
+        """Name the first array of the model's state that holds NaN or infinity.
+
+        Returns ``("parameters" or "buffers", name)``, or None when every parameter and
+        buffer is finite: what ``fit`` checks after every epoch.
+        """
+        for i, layer in enumerate(self.layers):
+            for kind, arrays in (("parameters", layer.params), ("buffers", layer.buffers)):
+                for name, array in arrays.items():
+                    if not np.isfinite(array).all():
+                        return kind, f"{i}.{name}"
+        return None
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        """Shape of one output sample for one input sample of shape ``input_shape``."""
+        shape = tuple(int(s) for s in input_shape)
+        for i, layer in enumerate(self.layers):
+            try:
+                shape = layer.output_shape(shape)
+            except ValueError as exc:
+                raise ValueError(f"layer {i}: {exc}") from None
+        return shape
+
+    def layer_calls(self, input_shape: Shape) -> list[tuple[Layer, Shape, Shape]]:
+        """Return each layer with the input and output sample shapes it is called on."""
+        shape, calls = tuple(int(s) for s in input_shape), []
+        for layer in self.layers:
+            out = layer.output_shape(shape)
+            calls.append((layer, shape, out))
+            shape = out
+        return calls
+
+    def summary(self, input_shape: Shape) -> str:
+        """Return a table of the layers with their output shapes and parameter counts.
+
+        Parameters
+        ----------
+        input_shape : tuple of int
+            Shape of one input sample, e.g. ``(1, 28, 28)``.
+
+        Returns
+        -------
+        str
+            Ready to ``print``.
+        """
+        shape = tuple(int(s) for s in input_shape)
+        rows = [("#", "Layer", "Output shape", "Params")]
+        for i, layer in enumerate(self.layers):
+            try:
+                shape = layer.output_shape(shape)
+            except ValueError as exc:
+                raise ValueError(f"layer {i}: {exc}") from None
+            rows.append((str(i), repr(layer), str(shape), f"{layer.num_params:,}"))
+        widths = [max(len(row[c]) for row in rows) for c in range(4)]
+
+        def fmt(row: tuple[str, str, str, str]) -> str:
+            return (
+                f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  "
+                f"{row[2]:<{widths[2]}}  {row[3]:>{widths[3]}}"
+            )
+
+        rule = "-" * len(fmt(rows[0]))
+        lines = [
+            f"Sequential: input {tuple(int(s) for s in input_shape)}, dtype {self.dtype}",
+            rule,
+            fmt(rows[0]),
+            rule,
+            *(fmt(row) for row in rows[1:]),
+            rule,
+            f"Total params: {self.num_params:,}",
+        ]
+        return "\n".join(lines)
+
+    # -- forward and backward -----------------------------------------------------------
+
+    def _forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        return x
+
+    def _backward(
+        self, grad: np.ndarray, input_grad: bool, retain_activations: bool = False
+    ) -> np.ndarray | None:
+        layers = self.layers
+        if not layers:
+            return grad if input_grad else None
+        first = layers[0]
+        first.needs_input_grad = input_grad  # saves the first conv's input-gradient GEMM
+        try:
+            for layer in reversed(layers):
+                # None only from the first layer, run last, when input_grad is False.
+                grad = cast(np.ndarray, layer.backward(grad))
+                if not retain_activations:
+                    # As PyTorch frees a graph's saved tensors: the activations go back
+                    # to the recycled buffers now, and the next forward reuses them
+                    # instead of allocating a second set while these are still held.
+                    layer._release_activations()
+        finally:
+            first.needs_input_grad = True
+        return grad if input_grad else None
+
     # -- architecture and persistence ---------------------------------------------------
 
     def get_config(self) -> dict[str, Any]:
@@ -590,12 +680,3 @@ class Sequential:
     def from_config(cls, config: dict[str, Any]) -> Sequential:
         """Build a model (freshly initialized) from :meth:`get_config` output."""
         return cls(saving.layers_from_config(config))
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the architecture and weights to one ``.npz`` file, atomically.
-
-        The file is written under a temporary name in the same directory, flushed to
-        disk, then renamed over ``path``: a crash or error mid-save leaves any previous
-        file at ``path`` intact. ``path`` is used exactly as given (no suffix is added).
-        """
-        saving.save_model(self, path)

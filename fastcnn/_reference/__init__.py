@@ -52,6 +52,11 @@ from fastcnn._reference.linear import (
 from fastcnn._reference.loss import (
     softmax_cross_entropy,
 )
+from fastcnn._reference.merging import (
+    add_n,
+    concatenate,
+    split,
+)
 from fastcnn._reference.normalization import (
     batch_norm_backward,
     batch_norm_forward,
@@ -114,4 +119,8 @@ __all__ = [
     "interpolate_backward",
     "pad2d_forward",
     "pad2d_backward",
+    # merging
+    "add_n",
+    "concatenate",
+    "split",
 ]

@@ -443,3 +443,56 @@ def check_param_pairs(params_and_grads: Iterable[Any]) -> list[tuple[np.ndarray,
             raise ValueError(f"parameter {i} is read-only; it must be updated in place")
         pairs.append((param, grad))
     return pairs
+
+
+# ---------------------------------------------------------------------------------------
+# Merging: add, concatenate (graph models)
+
+
+def check_merge_arrays(arrays: Any, op: str) -> list[np.ndarray]:
+    """Return ``arrays`` (a sequence of two or more) as float arrays of one dtype and rank."""
+    if isinstance(arrays, np.ndarray) or not isinstance(arrays, list | tuple):
+        raise TypeError(f"{op} expects a list of arrays, got {type(arrays).__name__}")
+    if len(arrays) < 2:
+        raise ValueError(f"{op} needs at least 2 arrays, got {len(arrays)}")
+    checked = [as_float_array(a, f"arrays[{i}]") for i, a in enumerate(arrays)]
+    first = checked[0]
+    for i, array in enumerate(checked[1:], 1):
+        if array.dtype != first.dtype:
+            raise TypeError(
+                f"{op}: arrays[{i}] has dtype {array.dtype} but arrays[0] has dtype "
+                f"{first.dtype}; they must match (cast one with .astype)"
+            )
+        if array.ndim != first.ndim:
+            raise ValueError(
+                f"{op}: arrays[{i}] has {array.ndim} dimensions but arrays[0] has "
+                f"{first.ndim}; got shapes {[a.shape for a in checked]}"
+            )
+    return checked
+
+
+def check_concat_axis(axis: Any, ndim: int) -> int:
+    """Return ``axis`` as a non-negative axis of an ``ndim``-d array (not the batch axis)."""
+    if isinstance(axis, bool) or not isinstance(axis, int | np.integer):
+        raise TypeError(f"axis must be an int, got {axis!r}")
+    value = int(axis)
+    if not -ndim <= value < ndim:
+        raise ValueError(f"axis {value} is out of range for arrays of {ndim} dimensions")
+    return value % ndim
+
+
+def concat_shape(shapes: list[tuple[int, ...]], axis: int, what: str) -> tuple[int, ...]:
+    """Return the shape of the concatenation of ``shapes`` on ``axis``, or say why not.
+
+    ``what`` names the caller in the message (an op or a layer).
+    """
+    first = shapes[0]
+    for i, shape in enumerate(shapes[1:], 1):
+        if len(shape) != len(first) or any(
+            a != b for d, (a, b) in enumerate(zip(shape, first, strict=True)) if d != axis
+        ):
+            raise ValueError(
+                f"{what} needs inputs of one shape but for axis {axis}; input {i} has shape "
+                f"{shape}, input 0 {first} (all: {shapes})"
+            )
+    return (*first[:axis], sum(s[axis] for s in shapes), *first[axis + 1 :])

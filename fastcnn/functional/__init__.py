@@ -53,6 +53,11 @@ from fastcnn.functional.linear import (
     linear,
     linear_backward,
 )
+from fastcnn.functional.merging import (
+    add,
+    concatenate,
+    concatenate_backward,
+)
 from fastcnn.functional.padding import (
     pad2d,
     pad2d_backward,
@@ -83,6 +88,9 @@ from fastcnn.functional.training import (
 
 __all__ = [
     "adam_step",
+    "add",
+    "concatenate",
+    "concatenate_backward",
     "avg_pool2d",
     "avg_pool2d_backward",
     "batch_norm",

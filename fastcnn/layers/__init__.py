@@ -28,6 +28,7 @@ from fastcnn.layers.augmentation import RandomCrop, RandomFlip
 from fastcnn.layers.base import Layer
 from fastcnn.layers.conv import Conv2D, ConvTranspose2D, DepthwiseConv2D, SeparableConv2D
 from fastcnn.layers.dense import Dense
+from fastcnn.layers.merging import Add, Concatenate, Identity
 from fastcnn.layers.normalization import BatchNorm1D, BatchNorm2D
 from fastcnn.layers.pooling import (
     AdaptiveAvgPool2D,
@@ -61,6 +62,10 @@ __all__ = [
     "RandomCrop",
     "RandomFlip",
     "layer_from_config",
+    # merging
+    "Add",
+    "Concatenate",
+    "Identity",
     "register_layer",
     # GELU, SiLU, softmax and BatchNorm1D
     "BatchNorm1D",
@@ -110,6 +115,10 @@ for _cls in (
     ConvTranspose2D,
     DepthwiseConv2D,
     SeparableConv2D,
+    # merging
+    Add,
+    Concatenate,
+    Identity,
 ):
     _cls.__module__ = __name__
 del _cls

@@ -131,8 +131,18 @@ class Layer:
 
     # -- shared machinery ---------------------------------------------------------------
 
-    def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        """Run :meth:`forward`."""
+    def __call__(self, x: Any, training: bool = False) -> Any:
+        """Run :meth:`forward`; called on graph nodes, record a node of a graph instead.
+
+        ``layer(node)`` or ``layer([node, node])``, nodes from :func:`fastcnn.Input` or
+        other layer calls, returns the new :class:`fastcnn.graph.Node` that a
+        :class:`fastcnn.Model` is built from; a layer called twice shares its weights.
+        """
+        if not isinstance(x, np.ndarray):
+            from fastcnn import graph  # not at the top: fastcnn.graph imports the layers
+
+            if graph.is_symbolic(x):
+                return graph.call(self, x)
         return self.forward(x, training)
 
     def __repr__(self) -> str:
@@ -204,6 +214,18 @@ class Layer:
     def _release_activations(self) -> None:
         """Drop what the last forward saved for backward."""
         self._cache.clear()
+
+    def _saved_activations(self) -> dict[str, Any]:
+        """Return what the last forward saved, for a later :meth:`_restore_activations`.
+
+        A graph model calls a layer used twice once per use: it keeps each call's
+        activations and gives them back before that call's backward.
+        """
+        return dict(self._cache)
+
+    def _restore_activations(self, saved: dict[str, Any]) -> None:
+        """Make ``saved`` (from :meth:`_saved_activations`) what backward reads."""
+        self._cache = dict(saved)
 
 
 # ---------------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ from fastcnn.saving.checkpoints import resume as resume
 from fastcnn.saving.checkpoints import save_checkpoint as save_checkpoint
 from fastcnn.saving.npz import FORMAT_VERSION, load_model, save_model
 from fastcnn.saving.registry import LAYER_REGISTRY, layer_from_config, register_layer
+from fastcnn.saving.registry import graph_config as graph_config
+from fastcnn.saving.registry import graph_from_config as graph_from_config
 from fastcnn.saving.registry import layers_from_config as layers_from_config
 from fastcnn.saving.registry import model_config as model_config
 

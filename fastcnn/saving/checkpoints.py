@@ -18,10 +18,9 @@ import numpy as np
 from fastcnn.layers import Dropout
 from fastcnn.optim import LRScheduler
 from fastcnn.saving.npz import CKPT_KEY, ModelFile, atomic_savez, expected_arrays, file_arrays
-from fastcnn.saving.registry import model_config
 
 if TYPE_CHECKING:  # fastcnn.model imports this package
-    from fastcnn.model import Sequential
+    from fastcnn.model import BaseModel
 
 __all__ = ["resume", "save_checkpoint"]  # for fit: users pass fit(checkpoint=...)
 
@@ -31,7 +30,7 @@ __all__ = ["resume", "save_checkpoint"]  # for fit: users pass fit(checkpoint=..
 # "n_samples" and "batch_size" (a checkpoint of other data or batches is refused).
 
 
-def save_checkpoint(model: Sequential, path: str, done: int, run: dict[str, Any]) -> None:
+def save_checkpoint(model: BaseModel, path: str, done: int, run: dict[str, Any]) -> None:
     """Write the model file of ``model`` plus what resuming ``run`` after ``done`` epochs needs.
 
     That is the optimizer state, the random generators, the schedulers' epochs and the
@@ -70,7 +69,7 @@ def save_checkpoint(model: Sequential, path: str, done: int, run: dict[str, Any]
     atomic_savez(path, arrays)
 
 
-def resume(model: Sequential, path: str, run: dict[str, Any]) -> int:
+def resume(model: BaseModel, path: str, run: dict[str, Any]) -> int:
     """Restore the state :func:`save_checkpoint` saved into ``model`` and ``run``.
 
     The file is read as :func:`~fastcnn.saving.load_model` reads one: its architecture
@@ -79,7 +78,7 @@ def resume(model: Sequential, path: str, run: dict[str, Any]) -> int:
     """
     where = f"checkpoint {path!r}"
     with ModelFile(path) as file:
-        if file.config != json.loads(json.dumps(model_config(model))):
+        if file.config != json.loads(json.dumps(model.get_config())):
             raise ValueError(
                 f"{where} was written for a different architecture; delete it or pass "
                 "another checkpoint path to start afresh"
@@ -123,7 +122,7 @@ def _check_run(meta: dict[str, Any], run: dict[str, Any]) -> None:
 
 
 def _optimizer_state(
-    model: Sequential, slots: list[dict[str, str | None]], arrays: dict[str, np.ndarray]
+    model: BaseModel, slots: list[dict[str, str | None]], arrays: dict[str, np.ndarray]
 ) -> list[dict[str, Any]]:
     """Return the optimizer's per-parameter state from a checkpoint's checked arrays."""
     restored = []
@@ -136,7 +135,7 @@ def _optimizer_state(
     return restored
 
 
-def _restore_run(model: Sequential, meta: dict[str, Any], run: dict[str, Any]) -> int:
+def _restore_run(model: BaseModel, meta: dict[str, Any], run: dict[str, Any]) -> int:
     """Restore the generators, schedulers and history; returns the epochs done."""
     dropouts = [layer for layer in model.layers if isinstance(layer, Dropout)]
     schedulers = [cb for cb in run["callbacks"] if isinstance(cb, LRScheduler)]

@@ -30,10 +30,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fastcnn.layers.base import allocation_budget
-from fastcnn.saving.registry import MAX_FILE_LAYERS, layers_from_config, model_config
+from fastcnn.saving.registry import (
+    GRAPH_KIND,
+    MAX_FILE_LAYERS,
+    graph_from_config,
+    layers_from_config,
+)
 
 if TYPE_CHECKING:  # fastcnn.model imports this package
-    from fastcnn.model import Sequential
+    from fastcnn.model import BaseModel
 
 __all__ = ["FORMAT_VERSION", "load_model", "save_model"]
 
@@ -52,7 +57,7 @@ Expected = dict[str, tuple[Shape, np.dtype]]  # array name -> (shape, dtype)
 # Writing model files
 
 
-def save_model(model: Sequential, path: str | os.PathLike[str]) -> None:
+def save_model(model: BaseModel, path: str | os.PathLike[str]) -> None:
     """Write the architecture and weights of ``model`` to one ``.npz`` file, atomically.
 
     The file is written under a temporary name in the same directory, flushed to disk,
@@ -62,7 +67,7 @@ def save_model(model: Sequential, path: str | os.PathLike[str]) -> None:
     atomic_savez(os.fspath(path), file_arrays(model))
 
 
-def file_arrays(model: Sequential) -> dict[str, np.ndarray]:
+def file_arrays(model: BaseModel) -> dict[str, np.ndarray]:
     """Return the entries of the model file of ``model``, in the order they are written."""
     if len(model.layers) > MAX_FILE_LAYERS:
         raise ValueError(
@@ -70,7 +75,7 @@ def file_arrays(model: Sequential) -> dict[str, np.ndarray]:
             f"{MAX_FILE_LAYERS:,} (load would refuse this one)"
         )
     try:
-        architecture = json.dumps(model_config(model))
+        architecture = json.dumps(model.get_config())
     except TypeError as exc:
         raise ValueError(f"the architecture is not JSON-serializable: {exc}") from None
     arrays = {
@@ -298,7 +303,7 @@ class ModelFile:
 
     # -- steps 3 to 5: the layers and the arrays ----------------------------------------
 
-    def build(self) -> Sequential:
+    def build(self) -> BaseModel:
         """Build the model of the architecture, freshly initialized.
 
         Its layers may allocate little more than the array entries declare (checked in
@@ -312,6 +317,8 @@ class ModelFile:
         budget = declared // 4 + _LOAD_SLACK  # 4 bytes: float32, the smallest element
         try:
             with allocation_budget(budget):
+                if isinstance(self.config, dict) and self.config.get("kind") == GRAPH_KIND:
+                    return graph_from_config(self.config)
                 return Sequential(layers_from_config(self.config))
         except (ValueError, TypeError, RecursionError) as exc:
             raise ValueError(f"{self.name!r}: invalid architecture: {exc}") from None
@@ -393,7 +400,7 @@ class ModelFile:
             raise self._corrupt(key, exc) from exc
 
 
-def expected_arrays(model: Sequential, meta: dict[str, Any] | None) -> Expected:
+def expected_arrays(model: BaseModel, meta: dict[str, Any] | None) -> Expected:
     """Return the arrays a file of ``model`` holds, with their shapes and dtypes.
 
     That is the model's state and, with a checkpoint's training state ``meta``, the
@@ -427,7 +434,7 @@ def expected_arrays(model: Sequential, meta: dict[str, Any] | None) -> Expected:
     return expected
 
 
-def load_model(path: str | os.PathLike[str]) -> Sequential:
+def load_model(path: str | os.PathLike[str]) -> BaseModel:
     """Load a model written by :func:`~fastcnn.saving.save_model` (or a ``fit`` checkpoint).
 
     :func:`fastcnn.load` is this function. Nothing in the file is executed: arrays are
