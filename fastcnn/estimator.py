@@ -20,7 +20,7 @@ import copy
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -34,7 +34,7 @@ from fastcnn._estimator_input import EstimatorInput
 from fastcnn._validation import check_estimator_params
 from fastcnn.callbacks import Callback
 from fastcnn.graph import Model
-from fastcnn.layers import BatchNorm2D, Dropout, Layer
+from fastcnn.layers import BatchNorm2D, Layer
 from fastcnn.model import BaseModel, Sequential
 from fastcnn.optim import SGD, Adam, CosineAnnealingLR, Optimizer
 
@@ -423,8 +423,8 @@ default='digits_cnn'
                     f"dtype={layer.dtype.name!r}"
                 )
             layer.reset_parameters(rng)  # seeded, whatever the layers were built with
-            if isinstance(layer, Dropout):
-                layer.rng = np.random.default_rng(rng.integers(2**63))
+            if layer.reseeds:  # Dropout, the augmentation layers: each has an rng
+                cast(Any, layer).rng = np.random.default_rng(rng.integers(2**63))
 
     def _make_optimizer(self) -> Optimizer:
         if self.optimizer == "adam":

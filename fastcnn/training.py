@@ -36,7 +36,6 @@ from fastcnn.callbacks import (
     ProgbarLogger,
     check_callbacks,
 )
-from fastcnn.layers import Dropout
 from fastcnn.losses import LossFunction, get_loss, softmax_cross_entropy
 from fastcnn.optim import SGD, Adam, Optimizer
 
@@ -160,12 +159,12 @@ def split_validation(
 def reseed_layers(model: Any, rng: np.random.Generator) -> None:
     """Give each random layer of ``model`` a generator drawn from ``rng``, in layer order.
 
-    The random layers are the Dropout layers and every layer that says
-    ``reseeds = True`` (the augmentation layers): their ``rng`` is replaced. This makes
-    the dropout masks and the augmentations part of a seeded run.
+    The random layers are those that say ``reseeds = True`` (Dropout, the augmentation
+    layers): their ``rng`` is replaced. This makes the dropout masks and the augmentations
+    part of a seeded run.
     """
     for layer in getattr(model, "layers", ()):
-        if isinstance(layer, Dropout) or getattr(layer, "reseeds", False):
+        if layer.reseeds:
             layer.rng = np.random.default_rng(rng.integers(2**63))
 
 

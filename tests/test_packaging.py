@@ -28,7 +28,7 @@ from fastcnn import _backend
 # The compiled modules every build has; any further one must come with its stub too.
 CORE_KERNELS = {
     "_activation", "_conv", "_elementwise", "_linear", "_loss", "_memory", "_norm", "_optim",
-    "_pool", "_openmp", "_resample",
+    "_pool", "_openmp", "_resample", "_pad", "_merge",
 }  # fmt: skip
 KERNELS_DIR = Path(fastcnn.__file__).parent / "_kernels"
 COMPILED = _backend._compiled is not None

@@ -287,3 +287,40 @@ def test_augmentation_layers_save_and_load(tmp_path):
     assert loaded.layers[1].mode == "vertical"
     x = _batch(np.float32, (2, 3, 6, 5))
     np.testing.assert_array_equal(loaded.forward(x), model.forward(x))
+
+
+class _StopAfter:
+    """A callback that raises at the end of epoch ``epoch``, before its checkpoint."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("power cut")
+
+
+def _augmented_model():
+    return fastcnn.Sequential(
+        RandomFlip("horizontal", rng=0), RandomCrop(6, padding=0, rng=1),
+        Conv2D(3, 4, 3, padding=1, rng=2), ReLU(), Flatten(), Dropout(0.3, rng=3),
+        Dense(4 * 6 * 6, 4, rng=4),
+    )  # fmt: skip
+
+
+def test_resumed_training_draws_the_same_augmentations(tmp_path):
+    # The checkpoint keeps the augmentation layers' generators, as it keeps Dropout's: a
+    # run resumed after a crash equals the uninterrupted one, bit for bit.
+    X, y = make_shapes(64, image_size=8, random_state=0)
+    fit = dict(epochs=3, batch_size=16, random_state=5, verbose=0, optimizer="sgd")
+    reference = _augmented_model()
+    reference.fit(X, y, **fit)
+    path = tmp_path / "ckpt.npz"
+    crashed = _augmented_model()
+    with pytest.raises(RuntimeError, match="power cut"):
+        crashed.fit(X, y, checkpoint=path, callbacks=[_StopAfter(1)], **fit)
+    assert path.exists()  # epoch 0 was saved; the run resumes at epoch 1
+    resumed = _augmented_model()
+    resumed.fit(X, y, checkpoint=path, **fit)
+    for (p, _), (q, _) in zip(resumed.parameters(), reference.parameters(), strict=True):
+        np.testing.assert_array_equal(p, q)

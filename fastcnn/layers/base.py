@@ -6,7 +6,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import DTypeLike
@@ -87,6 +87,9 @@ class Layer:
     """
 
     dtype: np.dtype | None = None
+    #: True for a layer whose ``rng`` draws in training (Dropout, the augmentation layers):
+    #: ``fit(random_state=...)`` and CNNClassifier reseed it, checkpoints save its state.
+    reseeds: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}

@@ -29,6 +29,8 @@ class Dropout(Layer):
         :meth:`fastcnn.Sequential.fit` reseeds it from ``random_state`` when one is given.
     """
 
+    reseeds = True
+
     def __init__(self, p: float = 0.5, *, rng: RngLike = None) -> None:
         super().__init__()
         self.p = check_float(p, "p", 0.0, 1.0)

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fastcnn.layers import Dropout
 from fastcnn.optim import LRScheduler
 from fastcnn.saving.npz import CKPT_KEY, ModelFile, atomic_savez, expected_arrays, file_arrays
 
@@ -37,7 +36,7 @@ def save_checkpoint(model: BaseModel, path: str, done: int, run: dict[str, Any])
     history; written atomically, as :func:`~fastcnn.saving.save_model` writes.
     """
     optimizer, rng, history = run["optimizer"], run["rng"], run["history"]
-    dropouts = [layer for layer in model.layers if isinstance(layer, Dropout)]
+    dropouts = [layer for layer in model.layers if layer.reseeds]  # Dropout and augmentation
     schedulers = [cb for cb in run["callbacks"] if isinstance(cb, LRScheduler)]
     arrays = file_arrays(model)
     slots = []
@@ -137,7 +136,7 @@ def _optimizer_state(
 
 def _restore_run(model: BaseModel, meta: dict[str, Any], run: dict[str, Any]) -> int:
     """Restore the generators, schedulers and history; returns the epochs done."""
-    dropouts = [layer for layer in model.layers if isinstance(layer, Dropout)]
+    dropouts = [layer for layer in model.layers if layer.reseeds]  # Dropout and augmentation
     schedulers = [cb for cb in run["callbacks"] if isinstance(cb, LRScheduler)]
     if len(meta["dropout_rngs"]) != len(dropouts):
         raise ValueError(f"it holds {len(meta['dropout_rngs'])} dropout generators")
