@@ -300,7 +300,7 @@ class _StopAfter:
             raise RuntimeError("power cut")
 
 
-def _augmented_model():
+def _checkpointed_model():
     return fastcnn.Sequential(
         RandomFlip("horizontal", rng=0), RandomCrop(6, padding=0, rng=1),
         Conv2D(3, 4, 3, padding=1, rng=2), ReLU(), Flatten(), Dropout(0.3, rng=3),
@@ -313,14 +313,14 @@ def test_resumed_training_draws_the_same_augmentations(tmp_path):
     # run resumed after a crash equals the uninterrupted one, bit for bit.
     X, y = make_shapes(64, image_size=8, random_state=0)
     fit = dict(epochs=3, batch_size=16, random_state=5, verbose=0, optimizer="sgd")
-    reference = _augmented_model()
+    reference = _checkpointed_model()
     reference.fit(X, y, **fit)
     path = tmp_path / "ckpt.npz"
-    crashed = _augmented_model()
+    crashed = _checkpointed_model()
     with pytest.raises(RuntimeError, match="power cut"):
         crashed.fit(X, y, checkpoint=path, callbacks=[_StopAfter(1)], **fit)
     assert path.exists()  # epoch 0 was saved; the run resumes at epoch 1
-    resumed = _augmented_model()
+    resumed = _checkpointed_model()
     resumed.fit(X, y, checkpoint=path, **fit)
     for (p, _), (q, _) in zip(resumed.parameters(), reference.parameters(), strict=True):
         np.testing.assert_array_equal(p, q)
