@@ -102,6 +102,30 @@ def _mnist_arrays(
     )
 
 
+def _fetch_openml(
+    name: str, label: str, data_home: str | os.PathLike[str] | None, offline: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return OpenML's ``name`` through scikit-learn's cache, or say how to get it offline.
+
+    ``offline`` is the advice the DatasetUnavailableError gives after "To use {label}
+    offline, either ...".
+    """
+    from sklearn.datasets import fetch_openml
+
+    try:
+        X, y = fetch_openml(
+            name, version=1, as_frame=False, return_X_y=True, data_home=data_home,
+            parser="liac-arff",
+        )  # fmt: skip
+    except (OSError, urllib.error.URLError, HTTPException, TimeoutError) as exc:
+        raise DatasetUnavailableError(
+            f"{label} is not in the local cache and could not be downloaded from OpenML "
+            f"({type(exc).__name__}: {exc}). This machine may have no network access. "
+            f"To use {label} offline, either {offline}"
+        ) from exc
+    return X, y
+
+
 def load_mnist(
     data_home: str | os.PathLike[str] | None = None,
 ) -> _Split:
@@ -130,31 +154,21 @@ def load_mnist(
         If the data is not cached and cannot be downloaded (no network access). The
         message says where to put the files.
     """
-    from sklearn.datasets import fetch_openml, get_data_home
+    from sklearn.datasets import get_data_home
 
     home = get_data_home(data_home)
     npz = os.path.join(home, _MNIST_NPZ)
     if os.path.isfile(npz):
         return _mnist_from_npz(npz)
-    try:
-        X, y = fetch_openml(
-            "mnist_784",
-            version=1,
-            as_frame=False,
-            return_X_y=True,
-            data_home=data_home,
-            parser="liac-arff",
-        )
-    except (OSError, urllib.error.URLError, HTTPException, TimeoutError) as exc:
-        raise DatasetUnavailableError(
-            "MNIST is not in the local cache and could not be downloaded from OpenML "
-            f"({type(exc).__name__}: {exc}). This machine may have no network access. "
-            "To use MNIST offline, either run fastcnn.datasets.load_mnist() once on a "
-            "machine with network access and copy scikit-learn's data directory "
-            f"(its 'openml' folder) to {home!r} (or pass data_home=, or set "
-            f"SCIKIT_LEARN_DATA), or put a Keras-style {_MNIST_NPZ!r} (arrays x_train, "
-            f"y_train, x_test, y_test) at {npz!r}."
-        ) from exc
+    X, y = _fetch_openml(
+        "mnist_784",
+        "MNIST",
+        data_home,
+        f"run fastcnn.datasets.load_mnist() once on a machine with network access and copy "
+        f"scikit-learn's data directory (its 'openml' folder) to {home!r} (or pass "
+        f"data_home=, or set SCIKIT_LEARN_DATA), or put a Keras-style {_MNIST_NPZ!r} "
+        f"(arrays x_train, y_train, x_test, y_test) at {npz!r}.",
+    )
     return _mnist_arrays(X[:_MNIST_TRAIN], y[:_MNIST_TRAIN], X[_MNIST_TRAIN:], y[_MNIST_TRAIN:])
 
 
@@ -242,31 +256,22 @@ def load_cifar10(
         If the data is not cached and cannot be downloaded (no network access). The
         message says where to put the files.
     """
-    from sklearn.datasets import fetch_openml, get_data_home
+    from sklearn.datasets import get_data_home
 
     home = get_data_home(data_home)
     npz = os.path.join(home, _CIFAR_NPZ)
     if os.path.isfile(npz):
         return _cifar_from_npz(npz)
-    try:
-        X, y = fetch_openml(
-            "CIFAR_10",
-            version=1,
-            as_frame=False,
-            return_X_y=True,
-            data_home=data_home,
-            parser="liac-arff",
-        )
-    except (OSError, urllib.error.URLError, HTTPException, TimeoutError) as exc:
-        raise DatasetUnavailableError(
-            "CIFAR-10 is not in the local cache and could not be downloaded from OpenML "
-            f"({type(exc).__name__}: {exc}). This machine may have no network access. "
-            "To use CIFAR-10 offline, either run fastcnn.datasets.load_cifar10() once on a "
-            "machine with network access and copy scikit-learn's data directory "
-            f"(its 'openml' folder) to {home!r} (or pass data_home=, or set "
-            f"SCIKIT_LEARN_DATA), or save the arrays of keras.datasets.cifar10.load_data() "
-            f"(x_train, y_train, x_test, y_test) with numpy.savez to {npz!r}."
-        ) from exc
+    X, y = _fetch_openml(
+        "CIFAR_10",
+        "CIFAR-10",
+        data_home,
+        f"run fastcnn.datasets.load_cifar10() once on a machine with network access and "
+        f"copy scikit-learn's data directory (its 'openml' folder) to {home!r} (or pass "
+        f"data_home=, or set SCIKIT_LEARN_DATA), or save the arrays of "
+        f"keras.datasets.cifar10.load_data() (x_train, y_train, x_test, y_test) with "
+        f"numpy.savez to {npz!r}.",
+    )
     return _cifar_split(X, y, _CIFAR_TRAIN)
 
 
