@@ -8,7 +8,7 @@ the calls in a topological order; ``forward`` runs them in that order and ``back
 in reverse, summing the gradients of a node used twice. A layer called twice is one
 layer whose weights both calls share: its gradients are the sum over its calls.
 
-Any model (a :class:`Sequential` as well) may be called on nodes as a layer.
+Any model (a :class:`fastcnn.Sequential` as well) may be called on nodes as a layer.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ _serials = itertools.count()
 
 
 class Node:
-    """A symbolic batch in a graph: an :func:`Input`, or the output of a layer call.
+    """A symbolic batch in a graph: an :func:`fastcnn.Input`, or the output of a layer call.
 
     Attributes
     ----------
@@ -243,7 +243,7 @@ class Model(BaseModel):
     Parameters
     ----------
     inputs : Node or list of Node
-        Nodes made by :func:`Input`.
+        Nodes made by :func:`fastcnn.Input`.
     outputs : Node or list of Node
         Nodes made by calling layers on the inputs (or on nodes made from them).
 

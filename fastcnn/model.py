@@ -93,7 +93,7 @@ class BaseModel:
     layers (``layers``), ``_forward(x, training)``, ``_backward(grad, input_grad,
     retain_activations)``, :meth:`parameters`, ``_state_arrays()`` (every parameter and
     buffer by its stable name), :meth:`output_shape`, :attr:`dtype`, ``get_config`` and
-    ``from_config``; the trainer (:mod:`fastcnn.training`) drives any of them alike.
+    ``from_config``; the trainer (``fastcnn.training``) drives any of them alike.
     """
 
     layers: list[Any]
@@ -240,7 +240,7 @@ class BaseModel:
         checkpoint: str | os.PathLike[str] | None = None,
         sample_weight: ArrayLike | None = None,
     ) -> History:
-        """Train with minibatch gradient descent; returns the per-epoch :class:`History`.
+        """Train with minibatch gradient descent; returns the per-epoch :class:`fastcnn.History`.
 
         Parameters
         ----------
@@ -274,7 +274,7 @@ class BaseModel:
             ``on_epoch_end(epoch, logs)`` works too (a schedule of :mod:`fastcnn.optim`).
         checkpoint : path or None
             After every epoch, save the model and the training state to this file,
-            atomically (:func:`load` reads it as a model). If it exists, training resumes
+            atomically (:func:`fastcnn.load` reads it as a model). If it exists, training resumes
             after its last epoch, to exactly the model of an uninterrupted run (with
             ``validation_split``, pass ``random_state``). ``epochs`` counts those done.
         sample_weight : array-like of shape (n_samples,), optional

@@ -219,7 +219,7 @@ def vgg_small(
     dtype: DTypeLike = np.float32,
     random_state: SeedLike = None,
 ) -> Sequential:
-    """Build a small VGG-style CNN for 32x32 colour images (CIFAR-10, :func:`make_shapes`).
+    """Build a small VGG-style CNN for 32x32 colour images (CIFAR-10, ``make_shapes``).
 
     Two blocks of two 3x3 convs (padding 1, each followed by ReLU) and a 2x2 max pooling,
     with 32 and 64 maps, then dense 128 -> ReLU -> dense ``num_classes``. On 3x32x32 input
