@@ -83,43 +83,16 @@ __all__ = [
     "SeparableConv2D",
 ]
 
+#: Every layer class fastcnn ships (the public ones above, Layer itself aside): the classes
+#: a model file may name (fastcnn.saving's registry starts from them).
+LAYER_CLASSES: tuple[type[Layer], ...] = tuple(
+    obj
+    for name in __all__
+    if isinstance(obj := globals().get(name), type) and issubclass(obj, Layer) and obj is not Layer
+)
+
 # The classes show (repr, pickle, the API pages) under the name users import them by.
-for _cls in (
-    AvgPool2D,
-    BatchNorm2D,
-    Conv2D,
-    Dense,
-    Dropout,
-    Flatten,
-    Layer,
-    LeakyReLU,
-    MaxPool2D,
-    ReLU,
-    Sigmoid,
-    Tanh,
-    # GELU, SiLU, softmax and BatchNorm1D
-    BatchNorm1D,
-    GELU,
-    SiLU,
-    Softmax,
-    # resampling: adaptive and global pooling, upsampling
-    AdaptiveAvgPool2D,
-    AdaptiveMaxPool2D,
-    GlobalAvgPool2D,
-    GlobalMaxPool2D,
-    Upsample2D,
-    # augmentation, in training only
-    RandomCrop,
-    RandomFlip,
-    # transposed, depthwise and separable convolution
-    ConvTranspose2D,
-    DepthwiseConv2D,
-    SeparableConv2D,
-    # merging
-    Add,
-    Concatenate,
-    Identity,
-):
+for _cls in (Layer, *LAYER_CLASSES):
     _cls.__module__ = __name__
 del _cls
 

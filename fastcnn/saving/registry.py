@@ -9,36 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fastcnn.layers import (
-    GELU,
-    AdaptiveAvgPool2D,
-    AdaptiveMaxPool2D,
-    Add,
-    AvgPool2D,
-    BatchNorm1D,
-    BatchNorm2D,
-    Concatenate,
-    Conv2D,
-    ConvTranspose2D,
-    Dense,
-    DepthwiseConv2D,
-    Dropout,
-    Flatten,
-    GlobalAvgPool2D,
-    GlobalMaxPool2D,
-    Identity,
-    Layer,
-    LeakyReLU,
-    MaxPool2D,
-    ReLU,
-    SeparableConv2D,
-    Sigmoid,
-    SiLU,
-    Softmax,
-    Tanh,
-    Upsample2D,
-)
-from fastcnn.layers.augmentation import RandomCrop, RandomFlip
+from fastcnn.layers import LAYER_CLASSES, Layer
 
 if TYPE_CHECKING:  # fastcnn.model imports this package
     from fastcnn.graph import Model
@@ -55,44 +26,7 @@ MAX_FILE_LAYERS = 10_000
 
 
 #: Layer classes by name: the only classes a model file may name.
-LAYER_REGISTRY: dict[str, type[Layer]] = {
-    cls.__name__: cls
-    for cls in (
-        Conv2D,
-        Dense,
-        BatchNorm2D,
-        MaxPool2D,
-        AvgPool2D,
-        ReLU,
-        LeakyReLU,
-        Tanh,
-        Sigmoid,
-        Flatten,
-        Dropout,
-        # GELU, SiLU, softmax and BatchNorm1D
-        BatchNorm1D,
-        GELU,
-        SiLU,
-        Softmax,
-        # resampling: adaptive and global pooling, upsampling
-        AdaptiveAvgPool2D,
-        AdaptiveMaxPool2D,
-        GlobalAvgPool2D,
-        GlobalMaxPool2D,
-        Upsample2D,
-        # augmentation, in training only
-        RandomCrop,
-        RandomFlip,
-        # transposed, depthwise and separable convolution
-        ConvTranspose2D,
-        DepthwiseConv2D,
-        SeparableConv2D,
-        # merging
-        Add,
-        Concatenate,
-        Identity,
-    )  # fmt: skip
-}
+LAYER_REGISTRY: dict[str, type[Layer]] = {cls.__name__: cls for cls in LAYER_CLASSES}
 
 
 def register_layer(cls: type[Layer]) -> type[Layer]:
